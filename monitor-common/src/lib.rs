@@ -1,0 +1,7 @@
+//! The ABI between the kernel programs (`monitor-ebpf`) and the agent (`monitor`).
+//!
+//! Every type here crosses a BPF map: `#[repr(C)]`, no implicit padding (size asserts below),
+//! and `aya::Pod` only behind the `user` feature so the BPF side stays free of `std`.
+#![no_std]
+
+pub mod sched;

@@ -1,0 +1,182 @@
+//! Scheduler accounting: on-CPU time and run-queue latency per process (thread group).
+
+/// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`), NUL included.
+pub const COMM_LEN: usize = 16;
+
+/// Number of run-queue latency buckets. Bucket `i < RUNQ_BUCKETS - 1` counts delays `d` with
+/// `2^(RUNQ_FIRST_BOUND_LOG2 + i - 1) < d <= 2^(RUNQ_FIRST_BOUND_LOG2 + i)` nanoseconds (bucket 0
+/// takes everything up to its bound); the last bucket takes everything above.
+pub const RUNQ_BUCKETS: usize = 24;
+/// log2 of the first bucket's upper bound in nanoseconds: 2^10 ns = 1.024 µs.
+pub const RUNQ_FIRST_BOUND_LOG2: u32 = 10;
+
+/// Maps the delay `ns` to its run-queue bucket. Shared by the kernel (which counts) and the agent
+/// (whose tests check the bounds), so both agree on the bucket edges by construction.
+#[inline(always)]
+pub fn runq_bucket(ns: u64) -> usize {
+    if ns <= 1 {
+        return 0;
+    }
+    // ceil(log2(ns)) = bits needed for ns - 1.
+    let ceil_log2 = 64 - (ns - 1).leading_zeros();
+    let index = ceil_log2.saturating_sub(RUNQ_FIRST_BOUND_LOG2) as usize;
+    if index >= RUNQ_BUCKETS - 1 {
+        RUNQ_BUCKETS - 1
+    } else {
+        index
+    }
+}
+
+/// Per-CPU scratch state of the scheduler programs (a one-entry per-CPU array).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuSlot {
+    /// `bpf_ktime_get_ns()` when the task now on this CPU started running (or was last flushed).
+    pub since_ns: u64,
+    /// Run-queue delay of the task now on this CPU, not yet attributed (0: none). The task's
+    /// process is only known once it is `current`, so the delay waits here until then.
+    pub pending_runq_ns: u64,
+    /// On-CPU time of process `unflushed_tgid` not yet added to `CPU_TIME`. Consecutive
+    /// slices of one process (its threads taking turns, or it and the idle task) add up here
+    /// without a hash lookup; the sum moves to the map when another process runs, and on
+    /// every clock tick, so the agent reads at most one tick late.
+    pub unflushed_ns: u64,
+    pub unflushed_tgid: u32,
+    /// 1 when `unflushed_runq` holds delays not yet added to `RUNQ_LATENCY`.
+    pub runq_dirty: u32,
+    /// Run-queue delays of process `unflushed_tgid` not yet added to `RUNQ_LATENCY`, for the
+    /// same reason as `unflushed_ns`.
+    pub unflushed_runq: RunqHistogram,
+    /// Scratch word: a `task_struct` pointer written here and read back is a plain number to
+    /// the verifier, which forbids arithmetic on the pointer itself (hashing it to a slot).
+    pub task_scratch: u64,
+}
+
+/// Number of slots in the table of runnable-since times (a power of two).
+pub const RUNNABLE_SLOTS: u32 = 1 << 16;
+
+/// When a task became runnable, in the slot its key hashes to. The key is stored too, so a
+/// task whose slot was taken by another is recognised and skipped, never mis-measured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RunnableSince {
+    pub task: u64,
+    pub since_ns: u64,
+}
+
+/// The slot of a task key (a `task_struct` address or a thread id) in the runnable table.
+#[inline(always)]
+pub fn runnable_slot(task: u64) -> u32 {
+    // Fibonacci hashing: addresses share their low bits, so mix before taking the top bits.
+    (task.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - RUNNABLE_SLOTS.trailing_zeros())) as u32
+}
+
+/// Run-queue latency histogram of one process, per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RunqHistogram {
+    pub buckets: [u64; RUNQ_BUCKETS],
+    pub sum_ns: u64,
+}
+
+impl RunqHistogram {
+    pub const ZERO: Self = Self {
+        buckets: [0; RUNQ_BUCKETS],
+        sum_ns: 0,
+    };
+}
+
+/// What the kernel knows about a process: its name and whether it has exited.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessMeta {
+    /// `comm` at exec (or when first seen), NUL-padded.
+    pub comm: [u8; COMM_LEN],
+    /// `bpf_ktime_get_ns()` when the thread-group leader exited; 0 while it lives.
+    pub exit_ns: u64,
+    /// 1 when `comm` was taken at exec (the executable's name), 0 when taken from whichever
+    /// thread happened to run first (which may have renamed itself).
+    pub from_exec: u32,
+    pub _reserved: u32,
+}
+
+/// Offsets into the classic `sched:*` tracepoint records, read from tracefs `format` files at
+/// start-up. Only used when BTF tracepoints are unavailable.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SchedTracepointLayout {
+    pub switch_prev_pid: u32,
+    pub switch_prev_state: u32,
+    pub switch_next_pid: u32,
+    pub wakeup_pid: u32,
+    /// The `prev_state` bit that marks a preempted (still runnable) task; 0 if unknown.
+    pub preempt_marker: u64,
+}
+
+/// Indexes into the per-CPU `SCHED_ERRORS` counter array.
+pub mod errors {
+    /// `CPU_TIME` was full: a process's on-CPU time was not recorded.
+    pub const CPU_TIME_FULL: u32 = 0;
+    /// `RUNQ_LATENCY` was full: a run-queue delay was not recorded.
+    pub const RUNQ_FULL: u32 = 1;
+    /// A runnable task's slot was taken by another task before it ran: its delay was not
+    /// measured (the table is sized so that this stays rare).
+    pub const RUNNABLE_SLOT_TAKEN: u32 = 2;
+    /// `PROCESS_META` was full: a process could not be named by the kernel.
+    pub const PROCESS_META_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
+    /// Label values, in index order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "cpu_time_full",
+        "runq_full",
+        "wakeup_full",
+        "process_meta_full",
+    ];
+}
+
+const _: () =
+    assert!(core::mem::size_of::<CpuSlot>() == 40 + core::mem::size_of::<RunqHistogram>());
+const _: () = assert!(core::mem::size_of::<RunnableSince>() == 16);
+const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 8 * (RUNQ_BUCKETS + 1));
+const _: () = assert!(core::mem::size_of::<ProcessMeta>() == 32);
+const _: () = assert!(core::mem::size_of::<SchedTracepointLayout>() == 24);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), made of integers, without padding (asserted above).
+    unsafe impl aya::Pod for super::CpuSlot {}
+    unsafe impl aya::Pod for super::RunnableSince {}
+    unsafe impl aya::Pod for super::RunqHistogram {}
+    unsafe impl aya::Pod for super::ProcessMeta {}
+    unsafe impl aya::Pod for super::SchedTracepointLayout {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_edges_are_inclusive_upper_bounds() {
+        assert_eq!(runq_bucket(0), 0);
+        assert_eq!(runq_bucket(1024), 0);
+        assert_eq!(runq_bucket(1025), 1);
+        assert_eq!(runq_bucket(2048), 1);
+        assert_eq!(runq_bucket(2049), 2);
+        let last_bound = 1u64 << (RUNQ_FIRST_BOUND_LOG2 + RUNQ_BUCKETS as u32 - 2);
+        assert_eq!(runq_bucket(last_bound), RUNQ_BUCKETS - 2);
+        assert_eq!(runq_bucket(last_bound + 1), RUNQ_BUCKETS - 1);
+        assert_eq!(runq_bucket(u64::MAX), RUNQ_BUCKETS - 1);
+    }
+
+    #[test]
+    fn runnable_slots_spread_aligned_addresses() {
+        // task_struct addresses are a few KiB apart: they must not pile into a few slots.
+        let mut used = [false; RUNNABLE_SLOTS as usize];
+        let base = 0xffff_8880_0000_0000u64;
+        for i in 0..1000u64 {
+            used[runnable_slot(base + i * 0x2c00) as usize] = true;
+        }
+        assert!(used.iter().filter(|&&u| u).count() > 990);
+        assert!(runnable_slot(u64::MAX) < RUNNABLE_SLOTS);
+    }
+}
