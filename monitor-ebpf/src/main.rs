@@ -1,0 +1,167 @@
+//! Kernel programs of `monitor`: entry points only, each a few lines calling into a module.
+//!
+//! Every scheduler hook exists twice: as a BTF tracepoint (cheap, typed arguments) and as a
+//! classic tracepoint (the fallback where BTF is missing). The agent loads one set.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sched;
+
+use aya_ebpf::{
+    macros::{btf_tracepoint, perf_event, tracepoint},
+    programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
+};
+
+use crate::{maps::SCHED_TP_LAYOUT, sched::Switch};
+
+// --- BTF tracepoints: arguments are the tracepoint prototype's, one u64 slot each. ---
+
+/// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    let preempt: u64 = ctx.arg(0);
+    let prev_state: u64 = ctx.arg(3);
+    sched::on_switch(&Switch {
+        prev_task: sched::task_key(ctx.arg(1)),
+        next_task: sched::task_key(ctx.arg(2)),
+        prev_runnable: preempt & 1 != 0 || prev_state == 0,
+    });
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
+    sched::on_wakeup(sched::task_key(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
+    sched::on_wakeup(sched::task_key(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec_btf(_ctx: BtfTracePointContext) -> i32 {
+    sched::on_exec();
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    sched::on_exit();
+    0
+}
+
+// --- Classic tracepoints: fields at the offsets the agent read from tracefs. ---
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
+    let Some(layout) = SCHED_TP_LAYOUT.get(0) else {
+        return 0;
+    };
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (prev, next, state) = unsafe {
+        (
+            ctx.read_at::<i32>(layout.switch_prev_pid as usize),
+            ctx.read_at::<i32>(layout.switch_next_pid as usize),
+            ctx.read_at::<i64>(layout.switch_prev_state as usize),
+        )
+    };
+    if let (Ok(prev), Ok(next), Ok(state)) = (prev, next, state) {
+        let state = state as u64;
+        sched::on_switch(&Switch {
+            prev_task: prev as u64,
+            next_task: next as u64,
+            prev_runnable: state == 0 || state & layout.preempt_marker != 0,
+        });
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
+    wakeup_tp(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
+    wakeup_tp(&ctx);
+    0
+}
+
+#[inline(always)]
+fn wakeup_tp(ctx: &TracePointContext) {
+    let Some(layout) = SCHED_TP_LAYOUT.get(0) else {
+        return;
+    };
+    // SAFETY: as above.
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(layout.wakeup_pid as usize) } {
+        sched::on_wakeup(pid as u64);
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn sched_process_exec_tp(_ctx: TracePointContext) -> u32 {
+    sched::on_exec();
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+pub fn sched_process_exit_tp(_ctx: TracePointContext) -> u32 {
+    sched::on_exit();
+    0
+}
+
+// --- Empty programs on the same hooks: the cost floor that `cargo xtask bench` compares with
+// (the agent's hidden `--empty-programs`). ---
+
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+pub fn sched_wakeup_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+pub fn sched_wakeup_new_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[perf_event]
+pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
+    0
+}
+
+// --- Periodic flush of the running task's time (software cpu-clock event, every CPU). ---
+
+#[perf_event]
+pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
+    sched::on_tick();
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,219 @@
+//! On-CPU time and run-queue latency per process, from the scheduler tracepoints.
+//!
+//! The process of a task is only known while it is `current` (`bpf_get_current_pid_tgid`), so
+//! time and delays are attributed when a task is switched *out* (or by the periodic tick),
+//! never by reading `task_struct` fields, whose offsets vary between kernels.
+//!
+//! Cost matters: these run on every context switch of the host. The common path touches only
+//! per-CPU and array slots; a hash lookup happens when the CPU changes process.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
+use monitor_common::sched::{
+    CpuSlot, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot, runq_bucket,
+};
+
+use crate::maps::{CPU_SLOT, CPU_TIME, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error};
+
+/// A context switch, with tasks identified by a key that is stable while they live.
+pub struct Switch {
+    pub prev_task: u64,
+    pub next_task: u64,
+    /// The outgoing task stays on the run queue (preempted, or yielded while runnable).
+    pub prev_runnable: bool,
+}
+
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+#[inline(always)]
+fn cpu_slot() -> Option<&'static mut CpuSlot> {
+    // SAFETY: this CPU's entry; the scheduler programs and the tick never nest on one CPU
+    // (interrupts are off during a context switch), so nothing else touches it meanwhile.
+    CPU_SLOT.get_ptr_mut(0).map(|slot| unsafe { &mut *slot })
+}
+
+/// A task pointer from a BTF tracepoint as a plain number (see `CpuSlot::task_scratch`).
+/// Storing a kernel pointer in a map is allowed to the privileged programs this agent loads.
+#[inline(always)]
+pub fn task_key(task: u64) -> u64 {
+    let Some(slot) = cpu_slot() else {
+        return 0;
+    };
+    // Volatile, so the compiler keeps the round trip through memory that the verifier needs.
+    unsafe {
+        core::ptr::write_volatile(&mut slot.task_scratch, task);
+        core::ptr::read_volatile(&slot.task_scratch)
+    }
+}
+
+pub fn on_switch(switch: &Switch) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(slot) = cpu_slot() else {
+        return;
+    };
+    account_current(slot, now, false);
+    if switch.prev_runnable {
+        mark_runnable(switch.prev_task, now);
+    }
+    if let Some(entry) = RUNNABLE_SINCE.get_ptr_mut(runnable_slot(switch.next_task)) {
+        // SAFETY: a valid array element; a racing writer can only make the key check fail.
+        let entry = unsafe { &mut *entry };
+        if entry.task == switch.next_task && entry.since_ns != 0 {
+            slot.pending_runq_ns = now.saturating_sub(entry.since_ns).max(1);
+            entry.since_ns = 0;
+        }
+    }
+}
+
+/// A task became runnable.
+pub fn on_wakeup(task: u64) {
+    mark_runnable(task, unsafe { bpf_ktime_get_ns() });
+}
+
+#[inline(always)]
+fn mark_runnable(task: u64, now: u64) {
+    if let Some(entry) = RUNNABLE_SINCE.get_ptr_mut(runnable_slot(task)) {
+        // SAFETY: a valid array element.
+        let entry = unsafe { &mut *entry };
+        if entry.since_ns != 0 && entry.task != task {
+            // Another runnable task holds the slot; it loses its measurement.
+            count_error(errors::RUNNABLE_SLOT_TAKEN);
+        }
+        *entry = RunnableSince {
+            task,
+            since_ns: now,
+        };
+    }
+}
+
+/// Periodic tick on every CPU: moves the running process's time into the map, so a process
+/// that runs for seconds without a context switch is still counted as it goes.
+pub fn on_tick() {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(slot) = cpu_slot() {
+        account_current(slot, now, true);
+    }
+}
+
+/// Charges the time since `slot.since_ns` (and any pending run-queue delay) to `current`.
+#[inline(always)]
+fn account_current(slot: &mut CpuSlot, now: u64, flush: bool) {
+    let ran = if slot.since_ns == 0 {
+        0
+    } else {
+        now.saturating_sub(slot.since_ns)
+    };
+    let pending = slot.pending_runq_ns;
+    slot.since_ns = now;
+    slot.pending_runq_ns = 0;
+
+    let tgid = current_tgid();
+    if tgid != 0 {
+        if tgid != slot.unflushed_tgid {
+            flush_slot(slot);
+            slot.unflushed_tgid = tgid;
+        }
+        slot.unflushed_ns += ran;
+        if pending != 0 {
+            if let Some(count) = slot.unflushed_runq.buckets.get_mut(runq_bucket(pending)) {
+                *count += 1;
+            }
+            slot.unflushed_runq.sum_ns += pending;
+            slot.runq_dirty = 1;
+        }
+    }
+    if flush {
+        flush_slot(slot);
+    }
+}
+
+/// Moves the slot's unflushed time and delays into the per-process maps.
+#[inline(always)]
+fn flush_slot(slot: &mut CpuSlot) {
+    let tgid = slot.unflushed_tgid;
+    if tgid == 0 {
+        return;
+    }
+    let ns = slot.unflushed_ns;
+    slot.unflushed_ns = 0;
+    if let Some(total) = CPU_TIME.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { *total += ns };
+    } else {
+        if CPU_TIME.insert(tgid, ns, BPF_NOEXIST as u64).is_err() {
+            count_error(errors::CPU_TIME_FULL);
+        }
+        // A process the map has not seen: make sure the agent can name it even if it exits
+        // before the agent looks. NOEXIST keeps a name taken at exec.
+        remember_process(tgid, false);
+    }
+    if slot.runq_dirty != 0 {
+        flush_runq(tgid, &slot.unflushed_runq);
+        slot.unflushed_runq = RunqHistogram::ZERO;
+        slot.runq_dirty = 0;
+    }
+}
+
+#[inline(always)]
+fn flush_runq(tgid: u32, delays: &RunqHistogram) {
+    let mut histogram = RUNQ_LATENCY.get_ptr_mut(tgid);
+    if histogram.is_none() {
+        if RUNQ_LATENCY
+            .insert(tgid, delays, BPF_NOEXIST as u64)
+            .is_ok()
+        {
+            return;
+        }
+        histogram = RUNQ_LATENCY.get_ptr_mut(tgid);
+    }
+    let Some(histogram) = histogram else {
+        count_error(errors::RUNQ_FULL);
+        return;
+    };
+    // SAFETY: this CPU's copy of a per-CPU value.
+    let histogram = unsafe { &mut *histogram };
+    for (total, count) in histogram.buckets.iter_mut().zip(delays.buckets.iter()) {
+        *total += count;
+    }
+    histogram.sum_ns += delays.sum_ns;
+}
+
+/// Records the name of the current process. `at_exec` overwrites any earlier name.
+#[inline(always)]
+fn remember_process(tgid: u32, at_exec: bool) {
+    let Ok(comm) = bpf_get_current_comm() else {
+        return;
+    };
+    let meta = ProcessMeta {
+        comm,
+        exit_ns: 0,
+        from_exec: at_exec as u32,
+        _reserved: 0,
+    };
+    let flags = if at_exec { BPF_ANY } else { BPF_NOEXIST };
+    // NOEXIST fails routinely when the name is already there; only a full map is an error.
+    if PROCESS_META.insert(tgid, meta, flags as u64).is_err() && at_exec {
+        count_error(errors::PROCESS_META_FULL);
+    }
+}
+
+pub fn on_exec() {
+    remember_process(current_tgid(), true);
+}
+
+pub fn on_exit() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if tgid != pid {
+        return; // a thread; the process lives on
+    }
+    if let Some(meta) = PROCESS_META.get_ptr_mut(tgid) {
+        // SAFETY: a valid map value pointer for the duration of this program.
+        unsafe { (*meta).exit_ns = bpf_ktime_get_ns() };
+    }
+}
