@@ -1,0 +1,84 @@
+//! Command line and environment: everything a user can set.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+
+/// eBPF host monitor: CPU time per process and run-queue latency per service, measured in the
+/// kernel and served for Prometheus to scrape. Applications are never touched.
+///
+/// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN to mount tracefs where BTF is
+/// missing), and a Linux kernel with BPF tracepoints (5.8+; BTF tracepoints are used where
+/// the kernel has BTF, classic tracepoints otherwise).
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Endpoints: GET /metrics (Prometheus text format), GET /healthz.\n\
+                  Every option can also be set by the environment variable shown with it."
+)]
+pub struct Cli {
+    /// Address to serve /metrics and /healthz on.
+    #[arg(long, env = "MONITOR_LISTEN", default_value = "0.0.0.0:9464")]
+    pub listen: SocketAddr,
+
+    /// Log level: error, warn, info, debug or trace (or an env_logger filter such as
+    /// `monitor=debug`).
+    #[arg(long, env = "MONITOR_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// How long the series of an exited process stay in /metrics (e.g. 5m, 30s, 1h).
+    #[arg(long, env = "MONITOR_EXITED_PROCESS_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub exited_process_grace: Duration,
+
+    /// How often the kernel maps are read between scrapes, so processes that exit are named and
+    /// their map entries freed even when nobody scrapes.
+    #[arg(long, env = "MONITOR_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub refresh_interval: Duration,
+
+    /// Most processes tracked at once in the kernel (sizes the CPU-time and name maps).
+    #[arg(long, env = "MONITOR_MAX_PROCESSES", default_value_t = 16384)]
+    pub max_processes: u32,
+
+    /// Count the run time of the agent's BPF programs (turns on kernel.bpf_stats_enabled while
+    /// the agent runs; costs some tens of nanoseconds per program run). Shown in
+    /// monitor_bpf_program_run_time_seconds_total.
+    #[arg(long, env = "MONITOR_BPF_STATS")]
+    pub bpf_stats: bool,
+
+    /// Which kind of scheduler hooks to attach: `auto` tries BTF tracepoints (cheapest) and falls
+    /// back to classic tracepoints; the others insist on one kind.
+    #[arg(long, env = "MONITOR_SCHED_HOOKS", value_enum, default_value_t = HookChoice::Auto)]
+    pub sched_hooks: HookChoice,
+
+    /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show
+    /// what the hooks alone cost.
+    #[arg(long, hide = true)]
+    pub empty_programs: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookChoice {
+    Auto,
+    TpBtf,
+    Tracepoint,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_units() {
+        let cli = Cli::try_parse_from(["monitor", "--exited-process-grace", "30s"]).unwrap();
+        assert_eq!(cli.exited_process_grace, Duration::from_secs(30));
+        let defaults = Cli::try_parse_from(["monitor"]).unwrap();
+        assert_eq!(defaults.exited_process_grace, Duration::from_secs(300));
+        assert!(Cli::try_parse_from(["monitor", "--refresh-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

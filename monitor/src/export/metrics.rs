@@ -1,0 +1,221 @@
+//! The metric contract: names, labels and help texts of everything `/metrics` serves.
+
+use monitor_common::sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors};
+use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
+
+use super::families::{self, BucketCounts};
+use crate::{
+    collect::sched::SchedSnapshot,
+    model::processes::ProcessLedger,
+    probes::{AttachedProgram, ProgramStats},
+};
+
+/// Everything one scrape shows.
+pub struct Exposition<'a> {
+    pub ledger: &'a ProcessLedger,
+    pub snapshot: &'a SchedSnapshot,
+    pub attached: &'a [AttachedProgram],
+    pub program_stats: &'a [ProgramStats],
+    pub refresh_errors_total: u64,
+}
+
+const NS_PER_SECOND: f64 = 1e9;
+
+/// Upper bounds of the run-queue buckets in seconds (powers of two nanoseconds).
+pub fn runq_bounds_seconds() -> [f64; RUNQ_BUCKETS - 1] {
+    std::array::from_fn(|i| (1u64 << (RUNQ_FIRST_BOUND_LOG2 + i as u32)) as f64 / NS_PER_SECOND)
+}
+
+pub fn render(view: &Exposition<'_>) -> String {
+    let families: Vec<MetricFamily> = [
+        process_cpu_time(view.ledger),
+        run_queue_latency(view.ledger),
+        program_info(view.attached),
+        program_run_time(view.program_stats),
+        program_runs(view.program_stats),
+        map_entries(view.snapshot),
+        map_capacity(view.snapshot),
+        dropped_events(view.snapshot),
+        families::counter(
+            "monitor_processes_exited_total",
+            "Processes the agent saw exit and whose kernel map entries it freed.",
+        )
+        .value(&[], view.ledger.retired_total() as f64)
+        .build(),
+        families::counter(
+            "monitor_refresh_errors_total",
+            "Times reading the kernel maps failed; the previous values were kept.",
+        )
+        .value(&[], view.refresh_errors_total as f64)
+        .build(),
+        families::gauge("monitor_build_info", "Version of the running agent.")
+            .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)
+            .build(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut text = Vec::new();
+    // Encoding fails only on malformed families, which the builders do not make.
+    if let Err(error) = TextEncoder::new().encode(&families, &mut text) {
+        log::error!("encoding metrics failed: {error}");
+    }
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {
+    let mut series: Vec<_> = ledger.processes().collect();
+    series.sort_by(|a, b| (a.pid, &a.executable).cmp(&(b.pid, &b.executable)));
+    series
+        .into_iter()
+        .fold(
+            families::counter(
+                "process_cpu_time_seconds_total",
+                "CPU time consumed by the process (all its threads), measured in the kernel at \
+                 every context switch.",
+            ),
+            |family, process| {
+                let pid = process.pid.to_string();
+                family.value(
+                    &[
+                        ("process_pid", &pid),
+                        ("process_executable_name", &process.executable),
+                        ("service_name", &process.service),
+                    ],
+                    process.cpu_ns as f64 / NS_PER_SECOND,
+                )
+            },
+        )
+        .build()
+}
+
+fn run_queue_latency(ledger: &ProcessLedger) -> Option<MetricFamily> {
+    let bounds = runq_bounds_seconds();
+    ledger
+        .runq_by_service()
+        .fold(
+            families::histogram(
+                "process_run_queue_latency_seconds",
+                "Delay between a thread becoming runnable (woken or preempted) and running, by \
+                 service.",
+            ),
+            |family, (service, counts)| {
+                family.buckets(
+                    &[("service_name", service)],
+                    BucketCounts {
+                        bounds: &bounds,
+                        counts: &counts.buckets[..RUNQ_BUCKETS - 1],
+                        above_last: counts.buckets[RUNQ_BUCKETS - 1],
+                        sum: counts.sum_ns as f64 / NS_PER_SECOND,
+                    },
+                )
+            },
+        )
+        .build()
+}
+
+fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
+    attached
+        .iter()
+        .fold(
+            families::gauge(
+                "monitor_bpf_program_info",
+                "BPF programs attached, by hook and by the kind of hook that was chosen.",
+            ),
+            |family, program| {
+                family.value(
+                    &[
+                        ("hook", program.hook),
+                        ("hook_kind", program.kind.as_str()),
+                        ("program", program.program),
+                    ],
+                    1.0,
+                )
+            },
+        )
+        .build()
+}
+
+fn program_run_time(stats: &[ProgramStats]) -> Option<MetricFamily> {
+    stats
+        .iter()
+        .fold(
+            families::counter(
+                "monitor_bpf_program_run_time_seconds_total",
+                "Time spent in each BPF program (counted only while kernel.bpf_stats_enabled=1).",
+            ),
+            |family, stat| {
+                family.value(
+                    &[("program", stat.program)],
+                    stat.run_time_ns as f64 / NS_PER_SECOND,
+                )
+            },
+        )
+        .build()
+}
+
+fn program_runs(stats: &[ProgramStats]) -> Option<MetricFamily> {
+    stats
+        .iter()
+        .fold(
+            families::counter(
+                "monitor_bpf_program_runs_total",
+                "Runs of each BPF program (counted only while kernel.bpf_stats_enabled=1).",
+            ),
+            |family, stat| family.value(&[("program", stat.program)], stat.run_count as f64),
+        )
+        .build()
+}
+
+fn map_entries(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
+    snapshot
+        .maps
+        .iter()
+        .fold(
+            families::gauge("monitor_bpf_map_entries", "Entries in use in each BPF map."),
+            |family, usage| family.value(&[("map", usage.map)], usage.entries as f64),
+        )
+        .build()
+}
+
+fn map_capacity(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
+    snapshot
+        .maps
+        .iter()
+        .fold(
+            families::gauge(
+                "monitor_bpf_map_capacity_entries",
+                "Most entries each BPF map can hold (max_entries).",
+            ),
+            |family, usage| family.value(&[("map", usage.map)], f64::from(usage.capacity)),
+        )
+        .build()
+}
+
+fn dropped_events(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
+    errors::NAMES
+        .iter()
+        .zip(snapshot.dropped)
+        .fold(
+            families::counter(
+                "monitor_bpf_events_dropped_total",
+                "Kernel events that could not be recorded, by reason (a full map).",
+            ),
+            |family, (reason, count)| family.value(&[("reason", reason)], count as f64),
+        )
+        .build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runq_bounds_are_powers_of_two_nanoseconds() {
+        let bounds = runq_bounds_seconds();
+        assert_eq!(bounds[0], 1024e-9);
+        assert_eq!(bounds[1], 2048e-9);
+        assert!(bounds.windows(2).all(|pair| pair[1] == 2.0 * pair[0]));
+        assert!(bounds[RUNQ_BUCKETS - 2] > 4.0, "covers delays of seconds");
+    }
+}

@@ -1,0 +1,5 @@
+//! Prometheus exposition: metric families built from the model, and the HTTP server.
+
+pub mod families;
+pub mod metrics;
+pub mod server;

@@ -1,0 +1,3 @@
+//! What the agent knows, independent of where it came from and how it is exported.
+
+pub mod processes;

@@ -1,0 +1,253 @@
+//! Per-process CPU series and per-service run-queue histograms, built from successive kernel
+//! snapshots.
+//!
+//! The kernel maps hold running totals per process id. This ledger turns them into Prometheus
+//! counters that never go backwards: it adds the *increase* since the previous snapshot to the
+//! series the process currently belongs to. That keeps every series monotonic when a process
+//! execs under a new name, when its map entries are freed after it exits, and when a pid is
+//! reused.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use monitor_common::sched::COMM_LEN;
+
+use crate::collect::{
+    process::ProcessIdentity,
+    sched::{ProcessSample, RunqCounts, SchedSnapshot},
+};
+
+/// Time after the kernel reported an exit before the process's maps are read for the last
+/// time: its last context switch (the exiting task's own) comes after the exit event.
+const EXIT_SETTLE_NS: u64 = 500_000_000;
+
+/// What the ledger asks procfs; a trait so the ledger can be tested from fixtures.
+pub trait ProcessFacts {
+    fn is_alive(&self, tgid: u32) -> bool;
+    fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity;
+}
+
+/// One `process_cpu_time_seconds_total` series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessSeries {
+    pub pid: u32,
+    pub executable: String,
+    pub service: String,
+    pub cpu_ns: u64,
+}
+
+struct Tracked {
+    series: ProcessSeries,
+    /// The kernel's name when the series was named; a change means the process exec'd.
+    kernel_comm: Option<[u8; COMM_LEN]>,
+    last_cpu_ns: u64,
+    last_runq: RunqCounts,
+}
+
+struct ServiceRunq {
+    counts: RunqCounts,
+    updated: Instant,
+}
+
+pub struct ProcessLedger {
+    grace: Duration,
+    live: HashMap<u32, Tracked>,
+    /// Series of processes that exited (or exec'd under another name), kept for `grace`.
+    ended: Vec<(ProcessSeries, Instant)>,
+    runq: BTreeMap<String, ServiceRunq>,
+    retired_total: u64,
+}
+
+impl ProcessLedger {
+    pub fn new(grace: Duration) -> Self {
+        Self {
+            grace,
+            live: HashMap::new(),
+            ended: Vec::new(),
+            runq: BTreeMap::new(),
+            retired_total: 0,
+        }
+    }
+
+    /// Takes in a snapshot read at `now` (kernel clock `ktime_ns`). Returns the processes whose
+    /// map entries the caller should now free: they exited and their last values are taken.
+    pub fn apply(
+        &mut self,
+        snapshot: &SchedSnapshot,
+        facts: &dyn ProcessFacts,
+        now: Instant,
+        ktime_ns: u64,
+    ) -> Vec<u32> {
+        let mut retire = Vec::new();
+        for (&tgid, sample) in &snapshot.processes {
+            self.observe(tgid, sample, facts, now);
+            let exited = match sample.meta {
+                Some(meta) if meta.exit_ns != 0 => {
+                    ktime_ns.saturating_sub(meta.exit_ns) >= EXIT_SETTLE_NS
+                }
+                _ => !facts.is_alive(tgid),
+            };
+            if exited {
+                retire.push(tgid);
+            }
+        }
+        for &tgid in &retire {
+            if let Some(tracked) = self.live.remove(&tgid) {
+                self.ended.push((tracked.series, now));
+                self.retired_total += 1;
+            }
+        }
+        self.expire(now);
+        retire
+    }
+
+    fn observe(
+        &mut self,
+        tgid: u32,
+        sample: &ProcessSample,
+        facts: &dyn ProcessFacts,
+        now: Instant,
+    ) {
+        let kernel_comm = sample.meta.map(|meta| meta.comm);
+        let renamed = self
+            .live
+            .get(&tgid)
+            .is_some_and(|tracked| kernel_comm.is_some() && tracked.kernel_comm != kernel_comm);
+        if renamed || !self.live.contains_key(&tgid) {
+            let identity = facts.identify(tgid, sample);
+            let previous = self.live.remove(&tgid);
+            let (last_cpu_ns, last_runq) = match previous {
+                Some(previous) if previous.series.executable == identity.executable => {
+                    // Same name after all (e.g. re-exec of itself): keep the series.
+                    self.live.insert(
+                        tgid,
+                        Tracked {
+                            kernel_comm,
+                            ..previous
+                        },
+                    );
+                    return self.add_increase(tgid, sample, now);
+                }
+                Some(previous) => {
+                    self.ended.push((previous.series, now));
+                    (previous.last_cpu_ns, previous.last_runq)
+                }
+                None => (0, RunqCounts::default()),
+            };
+            let series = self.resume_or_start(tgid, identity);
+            self.live.insert(
+                tgid,
+                Tracked {
+                    series,
+                    kernel_comm,
+                    last_cpu_ns,
+                    last_runq,
+                },
+            );
+        }
+        self.add_increase(tgid, sample, now);
+    }
+
+    /// A series with these labels that ended recently continues (pid reused by the same
+    /// program, or a process seen again after its entries were freed); else a new one starts.
+    fn resume_or_start(&mut self, tgid: u32, identity: ProcessIdentity) -> ProcessSeries {
+        if let Some(index) = self.ended.iter().position(|(series, _)| {
+            series.pid == tgid
+                && series.executable == identity.executable
+                && series.service == identity.service
+        }) {
+            return self.ended.swap_remove(index).0;
+        }
+        ProcessSeries {
+            pid: tgid,
+            executable: identity.executable,
+            service: identity.service,
+            cpu_ns: 0,
+        }
+    }
+
+    fn add_increase(&mut self, tgid: u32, sample: &ProcessSample, now: Instant) {
+        let Some(tracked) = self.live.get_mut(&tgid) else {
+            return;
+        };
+        // A total below the last one means the entry was freed and started again from zero.
+        let cpu_increase = if sample.cpu_ns >= tracked.last_cpu_ns {
+            sample.cpu_ns - tracked.last_cpu_ns
+        } else {
+            sample.cpu_ns
+        };
+        tracked.series.cpu_ns += cpu_increase;
+        tracked.last_cpu_ns = sample.cpu_ns;
+
+        let restarted = sample.runq.sum_ns < tracked.last_runq.sum_ns;
+        let base = if restarted {
+            RunqCounts::default()
+        } else {
+            tracked.last_runq
+        };
+        tracked.last_runq = sample.runq;
+        let increase = difference(&sample.runq, &base);
+        let service = self
+            .runq
+            .entry(tracked.series.service.clone())
+            .or_insert_with(|| ServiceRunq {
+                counts: RunqCounts::default(),
+                updated: now,
+            });
+        if increase != RunqCounts::default() {
+            for (total, added) in service.counts.buckets.iter_mut().zip(increase.buckets) {
+                *total += added;
+            }
+            service.counts.sum_ns += increase.sum_ns;
+        }
+        service.updated = now;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let grace = self.grace;
+        self.ended
+            .retain(|(_, ended)| now.saturating_duration_since(*ended) < grace);
+        self.runq
+            .retain(|_, service| now.saturating_duration_since(service.updated) < grace);
+    }
+
+    /// Every series to export: live processes and those ended within the grace period.
+    pub fn processes(&self) -> impl Iterator<Item = &ProcessSeries> {
+        self.live
+            .values()
+            .map(|tracked| &tracked.series)
+            .chain(self.ended.iter().map(|(series, _)| series))
+    }
+
+    pub fn runq_by_service(&self) -> impl Iterator<Item = (&str, &RunqCounts)> {
+        self.runq
+            .iter()
+            .map(|(service, runq)| (service.as_str(), &runq.counts))
+    }
+
+    /// Processes whose exit was seen and whose kernel entries were freed, since start.
+    pub fn retired_total(&self) -> u64 {
+        self.retired_total
+    }
+}
+
+fn difference(now: &RunqCounts, before: &RunqCounts) -> RunqCounts {
+    let mut increase = RunqCounts {
+        sum_ns: now.sum_ns.saturating_sub(before.sum_ns),
+        ..RunqCounts::default()
+    };
+    for ((out, now), before) in increase
+        .buckets
+        .iter_mut()
+        .zip(now.buckets)
+        .zip(before.buckets)
+    {
+        *out = now.saturating_sub(before);
+    }
+    increase
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+use std::collections::HashSet;
+
+use monitor_common::sched::ProcessMeta;
+
+use super::*;
+
+struct Facts {
+    alive: HashSet<u32>,
+}
+
+impl ProcessFacts for Facts {
+    fn is_alive(&self, tgid: u32) -> bool {
+        self.alive.contains(&tgid)
+    }
+    fn identify(&self, _tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
+        let name = sample
+            .meta
+            .map(|meta| crate::collect::process::comm_str(&meta.comm))
+            .unwrap_or_else(|| "unknown".into());
+        ProcessIdentity {
+            executable: name.clone(),
+            service: name,
+        }
+    }
+}
+
+fn alive(pids: &[u32]) -> Facts {
+    Facts {
+        alive: pids.iter().copied().collect(),
+    }
+}
+
+fn sample(comm: &str, cpu_ns: u64, exit_ns: u64) -> ProcessSample {
+    let mut bytes = [0u8; COMM_LEN];
+    bytes[..comm.len()].copy_from_slice(comm.as_bytes());
+    ProcessSample {
+        cpu_ns,
+        runq: RunqCounts::default(),
+        meta: Some(ProcessMeta {
+            comm: bytes,
+            exit_ns,
+            from_exec: 1,
+            _reserved: 0,
+        }),
+    }
+}
+
+fn snapshot(entries: &[(u32, ProcessSample)]) -> SchedSnapshot {
+    SchedSnapshot {
+        processes: entries.iter().cloned().collect(),
+        ..SchedSnapshot::default()
+    }
+}
+
+fn cpu_of(ledger: &ProcessLedger, pid: u32, name: &str) -> Option<u64> {
+    ledger
+        .processes()
+        .find(|s| s.pid == pid && s.executable == name)
+        .map(|s| s.cpu_ns)
+}
+
+const SECOND: u64 = 1_000_000_000;
+
+#[test]
+fn cpu_time_follows_the_kernel_totals() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    ledger.apply(
+        &snapshot(&[(7, sample("nginx", 100, 0))]),
+        &alive(&[7]),
+        t0,
+        SECOND,
+    );
+    ledger.apply(
+        &snapshot(&[(7, sample("nginx", 250, 0))]),
+        &alive(&[7]),
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 7, "nginx"), Some(250));
+}
+
+#[test]
+fn freed_and_recreated_entry_does_not_go_backwards() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    ledger.apply(
+        &snapshot(&[(7, sample("nginx", 500, 0))]),
+        &alive(&[7]),
+        t0,
+        SECOND,
+    );
+    // The entry was freed and the kernel started again from zero.
+    ledger.apply(
+        &snapshot(&[(7, sample("nginx", 40, 0))]),
+        &alive(&[7]),
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 7, "nginx"), Some(540));
+}
+
+#[test]
+fn exited_process_is_retired_after_it_settles_and_kept_for_the_grace_period() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    let exited = snapshot(&[(9, sample("burner", 300, 10 * SECOND))]);
+    // Just exited: its last context switch may not be counted yet.
+    let retire = ledger.apply(&exited, &alive(&[]), t0, 10 * SECOND + 1);
+    assert!(retire.is_empty());
+    let retire = ledger.apply(&exited, &alive(&[]), t0, 11 * SECOND);
+    assert_eq!(retire, vec![9]);
+    assert_eq!(ledger.retired_total(), 1);
+    assert_eq!(cpu_of(&ledger, 9, "burner"), Some(300));
+
+    let empty = snapshot(&[]);
+    ledger.apply(
+        &empty,
+        &alive(&[]),
+        t0 + Duration::from_secs(299),
+        11 * SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 9, "burner"), Some(300));
+    ledger.apply(
+        &empty,
+        &alive(&[]),
+        t0 + Duration::from_secs(301),
+        11 * SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 9, "burner"), None);
+}
+
+#[test]
+fn vanished_process_without_exit_event_is_retired() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let retire = ledger.apply(
+        &snapshot(&[(5, sample("old", 10, 0))]),
+        &alive(&[]),
+        Instant::now(),
+        SECOND,
+    );
+    assert_eq!(retire, vec![5]);
+}
+
+#[test]
+fn exec_starts_a_new_series_with_only_the_later_time() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    ledger.apply(
+        &snapshot(&[(3, sample("bash", 100, 0))]),
+        &alive(&[3]),
+        t0,
+        SECOND,
+    );
+    ledger.apply(
+        &snapshot(&[(3, sample("python3", 180, 0))]),
+        &alive(&[3]),
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 3, "bash"), Some(100));
+    assert_eq!(cpu_of(&ledger, 3, "python3"), Some(80));
+}
+
+#[test]
+fn reused_pid_with_the_same_program_continues_its_series() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    ledger.apply(
+        &snapshot(&[(4, sample("worker", 100, SECOND))]),
+        &alive(&[]),
+        t0,
+        5 * SECOND,
+    );
+    ledger.apply(
+        &snapshot(&[(4, sample("worker", 30, 0))]),
+        &alive(&[4]),
+        t0,
+        6 * SECOND,
+    );
+    let series: Vec<_> = ledger.processes().filter(|s| s.pid == 4).collect();
+    assert_eq!(series.len(), 1, "one series per label set");
+    assert_eq!(series[0].cpu_ns, 130);
+}
+
+#[test]
+fn run_queue_delays_add_up_per_service() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let t0 = Instant::now();
+    let with_delays = |comm: &str, count: u64| {
+        let mut s = sample(comm, 0, 0);
+        s.runq.buckets[3] = count;
+        s.runq.sum_ns = count * 5000;
+        s
+    };
+    let first = snapshot(&[(1, with_delays("app", 2)), (2, with_delays("app", 3))]);
+    ledger.apply(&first, &alive(&[1, 2]), t0, SECOND);
+    let second = snapshot(&[(1, with_delays("app", 4)), (2, with_delays("app", 3))]);
+    ledger.apply(&second, &alive(&[1, 2]), t0, SECOND);
+    let (service, counts) = ledger.runq_by_service().next().unwrap();
+    assert_eq!(service, "app");
+    assert_eq!(counts.buckets[3], 7);
+    assert_eq!(counts.sum_ns, 35_000);
+}

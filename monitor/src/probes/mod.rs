@@ -1,0 +1,87 @@
+//! Loads the embedded BPF object, probes what this kernel offers and attaches each hook with
+//! the cheapest kind that works, falling back where it must.
+
+mod sched;
+pub mod tracefs;
+
+use std::fmt;
+
+use anyhow::{Context as _, Result};
+use aya::{Ebpf, EbpfLoader};
+
+pub use sched::{attach_empty, attach_sched};
+
+/// The embedded kernel programs, built by build.rs from `monitor-ebpf`.
+static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+
+/// How a program is attached; exported as the `hook` label of `monitor_bpf_program_attached`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HookKind {
+    TpBtf,
+    Tracepoint,
+    PerfEvent,
+}
+
+impl HookKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HookKind::TpBtf => "tp_btf",
+            HookKind::Tracepoint => "tracepoint",
+            HookKind::PerfEvent => "perf_event",
+        }
+    }
+}
+
+impl fmt::Display for HookKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One program that is attached and running.
+#[derive(Clone, Debug)]
+pub struct AttachedProgram {
+    /// The hook, e.g. `sched_switch`.
+    pub hook: &'static str,
+    pub kind: HookKind,
+    /// The program's symbol in the object, to find it again (run-time statistics).
+    pub program: &'static str,
+}
+
+/// Map sizes the user may change.
+pub struct MapSizes {
+    pub max_processes: u32,
+}
+
+/// Loads the object: creates the maps; programs are loaded by the attach functions.
+pub fn load(sizes: &MapSizes) -> Result<Ebpf> {
+    let mut loader = EbpfLoader::new();
+    loader
+        .map_max_entries("CPU_TIME", sizes.max_processes)
+        .map_max_entries("PROCESS_META", sizes.max_processes);
+    loader
+        .load(BPF_OBJECT)
+        .context("loading the BPF object (creating its maps) failed")
+}
+
+/// Run time and run count of the attached programs (zero unless `kernel.bpf_stats_enabled`).
+pub struct ProgramStats {
+    pub program: &'static str,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+pub fn program_stats(ebpf: &Ebpf, attached: &[AttachedProgram]) -> Vec<ProgramStats> {
+    attached
+        .iter()
+        .filter_map(|attached| {
+            let program = ebpf.program(attached.program)?;
+            let info = program.info().ok()?;
+            Some(ProgramStats {
+                program: attached.program,
+                run_time_ns: info.run_time().as_nanos() as u64,
+                run_count: info.run_count(),
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,200 @@
+//! Scheduler hooks: BTF tracepoints where the kernel has BTF and allows them, else classic
+//! tracepoints (with field offsets read from tracefs); plus a per-CPU clock tick.
+//!
+//! All scheduler hooks use one kind: the switch and wake-up programs must agree on how they
+//! name a task (a `task_struct` address on the BTF path, a thread id on the classic path).
+
+use anyhow::{Context as _, Result, anyhow};
+use aya::{
+    Btf, Ebpf,
+    maps::Array,
+    programs::{
+        BtfTracePoint, PerfEvent, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
+};
+use monitor_common::sched::SchedTracepointLayout;
+
+use super::{AttachedProgram, HookKind, tracefs};
+use crate::cli::HookChoice;
+
+/// A scheduler hook and the programs that can serve it.
+struct SchedHook {
+    hook: &'static str,
+    btf: &'static str,
+    classic: &'static str,
+    /// An empty BTF program on the same hook: the cost floor for benchmarks.
+    empty: &'static str,
+}
+
+macro_rules! sched_hook {
+    ($hook:literal) => {
+        SchedHook {
+            hook: $hook,
+            btf: concat!($hook, "_btf"),
+            classic: concat!($hook, "_tp"),
+            empty: concat!($hook, "_empty"),
+        }
+    };
+}
+
+const SCHED_HOOKS: [SchedHook; 5] = [
+    sched_hook!("sched_switch"),
+    sched_hook!("sched_wakeup"),
+    sched_hook!("sched_wakeup_new"),
+    sched_hook!("sched_process_exec"),
+    sched_hook!("sched_process_exit"),
+];
+
+/// How often the running task's time is flushed into the maps on each CPU.
+const TICK_PERIOD_NS: u64 = 250_000_000;
+
+/// Attaches empty programs at the scheduler hooks instead of the real ones: what merely being
+/// called there costs, for `cargo xtask bench` to compare with.
+pub fn attach_empty(ebpf: &mut Ebpf) -> Result<Vec<AttachedProgram>> {
+    let btf = Btf::from_sys_fs().context("empty programs are BTF tracepoints; no kernel BTF")?;
+    let mut attached = attach_btf(ebpf, &btf, |hook| hook.empty)?;
+    attached.push(attach_tick(ebpf, "cpu_clock_tick_empty")?);
+    Ok(attached)
+}
+
+/// Attaches the scheduler programs, trying each allowed kind in turn; returns what is attached.
+pub fn attach_sched(ebpf: &mut Ebpf, choice: HookChoice) -> Result<Vec<AttachedProgram>> {
+    if choice == HookChoice::Tracepoint {
+        return attach_classic(ebpf).and_then(|attached| finish(ebpf, attached));
+    }
+    let btf_error = match Btf::from_sys_fs() {
+        Ok(btf) => match attach_btf(ebpf, &btf, |hook| hook.btf) {
+            Ok(attached) => return finish(ebpf, attached),
+            Err(error) => {
+                unload_btf(ebpf);
+                format!("{error:#}")
+            }
+        },
+        Err(error) => format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"),
+    };
+    if choice == HookChoice::TpBtf {
+        return Err(anyhow!(
+            "cannot attach the scheduler hooks as tp_btf: {btf_error}"
+        ));
+    }
+    log::warn!("BTF tracepoints unavailable ({btf_error}); falling back to classic tracepoints");
+    match attach_classic(ebpf) {
+        Ok(attached) => finish(ebpf, attached),
+        Err(classic_error) => Err(anyhow!(
+            "cannot attach the scheduler hooks: tp_btf: {btf_error}; tracepoint: {classic_error:#}"
+        )),
+    }
+}
+
+fn finish(ebpf: &mut Ebpf, mut attached: Vec<AttachedProgram>) -> Result<Vec<AttachedProgram>> {
+    match attach_tick(ebpf, "cpu_clock_tick") {
+        Ok(tick) => attached.push(tick),
+        // Not fatal: time is still counted at every context switch, only less promptly.
+        Err(error) => log::warn!(
+            "per-CPU clock tick unavailable ({error:#}); a busy process's CPU time will only \
+             update when it is switched out"
+        ),
+    }
+    Ok(attached)
+}
+
+fn attach_btf(
+    ebpf: &mut Ebpf,
+    btf: &Btf,
+    pick: impl Fn(&SchedHook) -> &'static str,
+) -> Result<Vec<AttachedProgram>> {
+    let mut attached = Vec::new();
+    for sched_hook in &SCHED_HOOKS {
+        let (hook, program_name) = (sched_hook.hook, pick(sched_hook));
+        let program: &mut BtfTracePoint = program_mut(ebpf, program_name)?.try_into()?;
+        program
+            .load(hook, btf)
+            .with_context(|| format!("loading {program_name}"))?;
+        program
+            .attach()
+            .with_context(|| format!("attaching {program_name}"))?;
+        attached.push(AttachedProgram {
+            hook,
+            kind: HookKind::TpBtf,
+            program: program_name,
+        });
+    }
+    Ok(attached)
+}
+
+fn attach_classic(ebpf: &mut Ebpf) -> Result<Vec<AttachedProgram>> {
+    let root = tracefs::ensure_mounted()?;
+    let layout = tracefs::sched_layout(&root)?;
+    write_layout(ebpf, layout)?;
+    let mut attached = Vec::new();
+    for SchedHook {
+        hook,
+        classic: program_name,
+        ..
+    } in SCHED_HOOKS
+    {
+        let program: &mut TracePoint = program_mut(ebpf, program_name)?.try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading {program_name}"))?;
+        program
+            .attach("sched", hook)
+            .with_context(|| format!("attaching {program_name}"))?;
+        attached.push(AttachedProgram {
+            hook,
+            kind: HookKind::Tracepoint,
+            program: program_name,
+        });
+    }
+    Ok(attached)
+}
+
+fn write_layout(ebpf: &mut Ebpf, layout: SchedTracepointLayout) -> Result<()> {
+    let map = ebpf
+        .map_mut("SCHED_TP_LAYOUT")
+        .ok_or_else(|| anyhow!("map SCHED_TP_LAYOUT missing from the BPF object"))?;
+    let mut array: Array<_, SchedTracepointLayout> = Array::try_from(map)?;
+    array.set(0, layout, 0)?;
+    Ok(())
+}
+
+fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
+    let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
+    program.load()?;
+    let cpus = online_cpus().map_err(|(what, error)| anyhow!("{what}: {error}"))?;
+    for cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(TICK_PERIOD_NS),
+                false,
+            )
+            .with_context(|| format!("attaching {name} on CPU {cpu}"))?;
+    }
+    Ok(AttachedProgram {
+        hook: "cpu_clock",
+        kind: HookKind::PerfEvent,
+        program: name,
+    })
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
+}
+
+/// Unloads (and so detaches) the BTF programs after a partial failure, before the fallback.
+fn unload_btf(ebpf: &mut Ebpf) {
+    for hook in &SCHED_HOOKS {
+        if let Some(Ok(program)) = ebpf
+            .program_mut(hook.btf)
+            .map(<&mut BtfTracePoint>::try_from)
+        {
+            // Programs that never loaded answer an error here; there is nothing to undo.
+            let _ = program.unload();
+        }
+    }
+}

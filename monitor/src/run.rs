@@ -1,0 +1,124 @@
+//! Start-up order, the serving loop and a clean shutdown on SIGINT/SIGTERM.
+
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result};
+use tokio::{net::TcpListener, signal::unix::SignalKind};
+
+use crate::{
+    agent::{Agent, Settings},
+    cli::Cli,
+    export::server::{self, RenderFn},
+    preflight,
+};
+
+/// How long open scrape connections may take to finish once a signal arrived.
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
+
+type SharedAgent = Arc<Mutex<Option<Agent>>>;
+
+pub fn run(cli: Cli) -> Result<()> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> Result<()> {
+    preflight::check_privileges()?;
+    // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
+    let listener = TcpListener::bind(cli.listen).await.map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            " (another monitor or exporter already listens there; choose another with --listen)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {}: {error}{hint}", cli.listen)
+    })?;
+    let agent = Agent::start(&Settings {
+        exited_process_grace: cli.exited_process_grace,
+        max_processes: cli.max_processes,
+        bpf_stats: cli.bpf_stats,
+        sched_hooks: cli.sched_hooks,
+        empty_programs: cli.empty_programs,
+    })?;
+    log_summary(&agent, &cli);
+
+    let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
+    let refresher = tokio::spawn(refresh_periodically(agent.clone(), cli.refresh_interval));
+    let render: RenderFn = {
+        let agent = agent.clone();
+        Arc::new(move || with_agent(&agent, Agent::render))
+    };
+
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(server::serve(listener, render, async {
+        let _ = stop_rx.await;
+    }));
+    let signal = wait_for_signal().await?;
+    log::info!("received {signal}, shutting down");
+    let _ = stop_tx.send(());
+    refresher.abort();
+    // Keep-alive scrapers may hold the server open; they do not get to delay the exit.
+    match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+        Ok(Ok(Err(error))) => log::warn!("HTTP server: {error:#}"),
+        Ok(_) => {}
+        Err(_) => log::debug!("open connections closed by the shutdown deadline"),
+    }
+    // Dropping the agent detaches every program and frees every map: nothing stays behind.
+    drop(agent.lock().unwrap_or_else(PoisonError::into_inner).take());
+    log::info!("stopped; all BPF programs detached");
+    Ok(())
+}
+
+fn with_agent<T>(agent: &SharedAgent, f: impl FnOnce(&mut Agent) -> T) -> Option<T> {
+    agent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+        .map(f)
+}
+
+async fn refresh_periodically(agent: SharedAgent, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let agent = agent.clone();
+        let _ = tokio::task::spawn_blocking(move || with_agent(&agent, Agent::refresh)).await;
+    }
+}
+
+async fn wait_for_signal() -> Result<&'static str> {
+    let mut terminate = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = terminate.recv() => "SIGTERM",
+        _ = interrupt.recv() => "SIGINT",
+    })
+}
+
+fn log_summary(agent: &Agent, cli: &Cli) {
+    let hooks: Vec<String> = agent
+        .attached()
+        .iter()
+        .map(|program| format!("{}={}", program.hook, program.kind))
+        .collect();
+    log::info!(
+        "monitor {} | kernel {} | BTF {} | hooks: {} | listening on http://{}/metrics",
+        env!("CARGO_PKG_VERSION"),
+        preflight::kernel_release(),
+        if preflight::btf_available() {
+            "yes"
+        } else {
+            "no"
+        },
+        hooks.join(" "),
+        cli.listen,
+    );
+}
