@@ -1,0 +1,11 @@
+//! Harness for the integration tests: start the real agent (root), run workloads, scrape,
+//! and poll with a bound instead of sleeping.
+
+pub mod agent;
+pub mod metrics;
+pub mod poll;
+pub mod workload;
+
+pub use agent::MonitorAgent;
+pub use metrics::Scrape;
+pub use poll::poll_until;

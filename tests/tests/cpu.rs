@@ -1,0 +1,167 @@
+//! CPU time and run-queue latency per process, measured by the real kernel programs.
+
+use std::{io::Read as _, time::Duration};
+
+use monitor_tests::{MonitorAgent, agent::signal, burner, poll_until, workload::proc_cpu_seconds};
+
+const CPU: &str = "process_cpu_time_seconds_total";
+const RUNQ: &str = "process_run_queue_latency_seconds";
+
+/// Each behaviour is checked with both kinds of scheduler hooks: BTF tracepoints (the default
+/// here) and classic tracepoints (the fallback where BTF is missing).
+macro_rules! with_each_hook_kind {
+    ($check:ident) => {
+        mod $check {
+            #[test]
+            fn tp_btf() {
+                super::$check("tp-btf");
+            }
+            #[test]
+            fn tracepoint() {
+                super::$check("tracepoint");
+            }
+        }
+    };
+}
+
+/// Starts the agent with the scheduler hooks of `kind` and checks they are the ones attached.
+fn agent_with_hooks(kind: &str) -> MonitorAgent {
+    let agent = MonitorAgent::start(&["--sched-hooks", kind]);
+    let reported = kind.replace('-', "_");
+    let labels = [("hook", "sched_switch"), ("hook_kind", reported.as_str())];
+    assert_eq!(
+        agent.scrape().value("monitor_bpf_program_info", &labels),
+        Some(1.0)
+    );
+    agent
+}
+
+with_each_hook_kind!(busy_process_cpu_time_matches_proc_stat);
+with_each_hook_kind!(short_lived_process_is_counted_after_it_exits);
+with_each_hook_kind!(run_queue_latency_grows_for_an_overloaded_service_only);
+
+fn busy_process_cpu_time_matches_proc_stat(hooks: &str) {
+    let agent = agent_with_hooks(hooks);
+    let burner = burner!("busy");
+    let mut child = burner.spawn(&["spin", "1"]);
+    let pid = child.id();
+    poll_until(
+        "the busy child to use 2 s of CPU",
+        Duration::from_secs(20),
+        || (proc_cpu_seconds(pid) >= 2.0).then_some(()),
+    );
+    // Stopped, it uses no more CPU: both sides then describe the same, final amount.
+    signal(&child, libc::SIGSTOP);
+    poll_until("the child to stop", Duration::from_secs(5), || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.contains(") T ").then_some(())
+    });
+    let expected = proc_cpu_seconds(pid);
+    let pid_label = pid.to_string();
+    let labels = [
+        ("process_pid", pid_label.as_str()),
+        ("service_name", burner.name.as_str()),
+    ];
+    // The agent may lag by its refresh interval; poll until it has caught up, then compare.
+    let measured = poll_until(
+        "the agent to report the child's CPU",
+        Duration::from_secs(5),
+        || {
+            let value = agent.scrape().value(CPU, &labels)?;
+            ((value - expected).abs() <= 0.05 * expected).then_some(value)
+        },
+    );
+    let error = (measured - expected).abs() / expected;
+    println!(
+        "proc stat {expected:.3} s, agent {measured:.3} s, error {:.2}%",
+        error * 100.0
+    );
+    assert!(error <= 0.05);
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+}
+
+fn short_lived_process_is_counted_after_it_exits(hooks: &str) {
+    let agent = agent_with_hooks(hooks);
+    let burner = burner!("short");
+    let mut child = burner.spawn(&["burn", "300"]);
+    let pid = child.id();
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+    let used = out.trim().parse::<f64>().unwrap() / 1e9;
+    assert!(used >= 0.3, "the child reports {used} s of CPU");
+
+    let pid_label = pid.to_string();
+    let labels = [
+        ("process_pid", pid_label.as_str()),
+        ("process_executable_name", burner.name.as_str()),
+    ];
+    let measured = poll_until(
+        "the exited child's CPU series",
+        Duration::from_secs(5),
+        || {
+            agent
+                .scrape()
+                .value(CPU, &labels)
+                .filter(|&v| v >= 0.95 * used)
+        },
+    );
+    println!("child used {used:.3} s, agent counted {measured:.3} s");
+    // The kernel also counts the exec and exit work that precede and follow the child's clock.
+    assert!(
+        measured <= used * 1.05 + 0.02,
+        "counted {measured} s for {used} s of work"
+    );
+}
+
+fn run_queue_latency_grows_for_an_overloaded_service_only(hooks: &str) {
+    let agent = agent_with_hooks(hooks);
+    let idle = burner!("idle");
+    let mut idle_child = idle.spawn(&["idle"]);
+    let idle_labels = [("service_name", idle.name.as_str())];
+    // Its start-up wake-ups are counted once it has run: wait for that, then take the baseline.
+    let idle_before = poll_until("the idle service to appear", Duration::from_secs(5), || {
+        agent.scrape().histogram_count(RUNQ, &idle_labels)
+    });
+
+    let busy = burner!("runq");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads = (cpus * 2).to_string();
+    let mut busy_child = busy.spawn(&["spin", &threads]);
+    let busy_labels = [("service_name", busy.name.as_str())];
+    // More runnable threads than CPUs: each waits behind another for a scheduler slice, so
+    // delays of a millisecond and more accumulate.
+    let slow_waits = poll_until(
+        "run-queue delays of the busy service",
+        Duration::from_secs(20),
+        || {
+            let histogram = agent.scrape().histogram(RUNQ, &busy_labels)?;
+            let total = histogram.last()?.1;
+            let under_1ms = histogram
+                .iter()
+                .filter(|(bound, _)| *bound <= 0.001)
+                .map(|(_, count)| *count)
+                .next_back()
+                .unwrap_or(0);
+            (total - under_1ms >= 100).then_some(total - under_1ms)
+        },
+    );
+    println!("busy service: {slow_waits} waits over 1 ms");
+
+    let idle_after = agent.scrape().histogram_count(RUNQ, &idle_labels);
+    assert_eq!(
+        idle_after,
+        Some(idle_before),
+        "the idle service never waited to run"
+    );
+    signal(&busy_child, libc::SIGKILL);
+    let _ = busy_child.wait();
+    drop(idle_child.stdin.take());
+    let _ = idle_child.wait();
+}

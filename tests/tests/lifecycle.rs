@@ -1,0 +1,145 @@
+//! The agent's life: what it serves, and that it leaves nothing in the kernel when it stops.
+
+use std::{process::Command, time::Duration};
+
+use monitor_tests::{MonitorAgent, poll_until};
+use serde_json::Value;
+
+/// Ids of the BPF programs that process `pid` holds open (`prog_id:` in its fdinfo).
+fn programs_held_by(pid: u32) -> Vec<u64> {
+    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
+    let mut ids: Vec<u64> = fdinfo
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .filter_map(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("prog_id:"))
+                .and_then(|id| id.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+fn all_programs() -> Vec<Value> {
+    let output = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(output.status.success(), "bpftool failed: {output:?}");
+    serde_json::from_slice::<Value>(&output.stdout)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+}
+
+#[test]
+fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
+    let agent = MonitorAgent::start(&[]);
+    let ids = programs_held_by(agent.pid());
+    let listed: Vec<u64> = all_programs()
+        .iter()
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    assert!(
+        ids.len() >= 5,
+        "expected the scheduler programs, found {ids:?}"
+    );
+    assert!(
+        ids.iter().all(|id| listed.contains(id)),
+        "bpftool does not list {ids:?}"
+    );
+    // An open keep-alive scrape must not hold the shutdown up.
+    let _scrape = agent.metrics_text();
+
+    let status = agent.terminate(Duration::from_secs(2));
+    assert!(status.success(), "monitor exited with {status}");
+    // Freeing a program is deferred a moment in the kernel.
+    poll_until(
+        "the kernel to free the agent's programs",
+        Duration::from_secs(2),
+        || {
+            let left: Vec<u64> = all_programs()
+                .iter()
+                .filter_map(|program| program["id"].as_u64())
+                .filter(|id| ids.contains(id))
+                .collect();
+            left.is_empty().then_some(())
+        },
+    );
+}
+
+#[test]
+fn serves_metrics_and_health_and_nothing_else() {
+    let agent = MonitorAgent::start(&[]);
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+    assert_eq!(agent.get("/nope").unwrap().0, 404);
+    assert_eq!(agent.get("/metrics/extra").unwrap().0, 404);
+    let scrape = agent.scrape();
+    for name in [
+        "process_cpu_time_seconds_total",
+        "monitor_bpf_program_info",
+        "monitor_bpf_map_entries",
+    ] {
+        assert!(
+            scrape.names().any(|n| n == name),
+            "{name} missing from /metrics"
+        );
+    }
+    let sched_switch = [("hook", "sched_switch")];
+    assert_eq!(
+        scrape.value("monitor_bpf_program_info", &sched_switch),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn promtool_finds_no_problem_in_a_scrape() {
+    let agent = MonitorAgent::start(&[]);
+    // Wait for run-queue histograms, so every family is in the scrape that is checked.
+    let text = poll_until("a scrape with histograms", Duration::from_secs(10), || {
+        let text = agent.metrics_text();
+        text.contains("process_run_queue_latency_seconds_bucket")
+            .then_some(text)
+    });
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running promtool (installed by `cargo xtask setup`)");
+    use std::io::Write as _;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let output = promtool.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && report.trim().is_empty(),
+        "promtool: {report}"
+    );
+}
+
+#[test]
+fn taken_port_is_reported_by_address() {
+    let agent = MonitorAgent::start(&[]);
+    let output = Command::new(monitor_tests::agent::monitor_bin())
+        .args(["--listen", &format!("127.0.0.1:{}", agent.port)])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{}", agent.port)) && stderr.contains("in use"),
+        "unclear error: {stderr}"
+    );
+}
