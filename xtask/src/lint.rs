@@ -1,0 +1,35 @@
+//! Formatting and clippy. The BPF crate is linted on its own: it is `no_std` for another target,
+//! and linting it with the host crates would unify features it must not see.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use crate::cmd::{cargo, run, workspace_root};
+
+pub fn lint() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "monitor-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The nightly's cargo, through rustup: `-Z` flags are nightly-only.
+    run(Command::new("rustup")
+        .current_dir(workspace_root())
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "monitor-ebpf",
+        ])
+        .args(["--all-targets", "--", "-D", "warnings"])
+        .args(["-C", "panic=abort", "-Zpanic_abort_tests"]))
+}

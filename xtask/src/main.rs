@@ -1,0 +1,63 @@
+//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench>`.
+
+mod bench;
+mod build;
+mod cmd;
+mod lint;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Set up, build, run, test and benchmark monitor", long_about = None)]
+struct Xtask {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (apt packages, nightly rust-src, bpf-linker).
+    /// Idempotent; takes seconds when everything is there.
+    Setup,
+    /// Build the agent (release) with its BPF programs embedded: target/release/monitor.
+    Build,
+    /// Set up, build and run the agent as root; arguments after `--` go to monitor.
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// cargo fmt --check and clippy -D warnings, the BPF crate linted on its own.
+    Lint,
+    /// Set up, lint, run the unit tests, build, and run the integration tests (as root).
+    Test {
+        /// Only run integration tests whose name contains this.
+        filter: Option<String>,
+    },
+    /// Measure the BPF cost of the agent's hooks and write the figures to BENCHMARKS.md.
+    Bench {
+        /// A short run, to check that the benchmark works.
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let xtask = Xtask::parse();
+    let result = match xtask.task {
+        Task::Setup => setup::setup(),
+        Task::Build => setup::setup().and_then(|()| build::build_release()),
+        Task::Run { args } => build::run(&args),
+        Task::Lint => setup::setup().and_then(|()| lint::lint()),
+        Task::Test { filter } => test::test(filter.as_deref()),
+        Task::Bench { quick } => bench::bench(quick),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("xtask: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! `cargo xtask setup`: everything the build and the tests need, installed idempotently.
+//!
+//! - apt packages the tests drive (bpftool, promtool, ...);
+//! - the nightly toolchain's `rust-src` (the BPF crate is built with `-Z build-std=core`);
+//! - stable's clippy and rustfmt (lint);
+//! - `bpf-linker`, built against the nightly's own LLVM so that both agree on the bitcode.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+use crate::cmd::{is_root, output, run};
+
+/// Debian packages the build and the tests use.
+pub const APT_PACKAGES: &[&str] = &[
+    "bpftool",    // lists loaded programs (lifecycle tests)
+    "prometheus", // promtool checks scrapes and rules
+    "curl",       // examples in the README
+    "ca-certificates",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const NIGHTLY: &str = "nightly";
+
+pub fn setup() -> Result<()> {
+    apt_packages()?;
+    rust_components()?;
+    bpf_linker()?;
+    eprintln!("xtask: setup complete");
+    Ok(())
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|package| !apt_installed(package))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !Path::new("/usr/bin/apt-get").exists() {
+        bail!(
+            "missing packages {missing:?} and no apt-get here: install their equivalents by hand \
+             (this setup knows Debian and Ubuntu)"
+        );
+    }
+    if !is_root() {
+        bail!(
+            "missing packages {missing:?}: run as root, or `sudo apt-get install {}`",
+            missing.join(" ")
+        );
+    }
+    let apt = || {
+        let mut command = Command::new("apt-get");
+        command.env("DEBIAN_FRONTEND", "noninteractive");
+        command
+    };
+    run(apt().args(["update", "-qq"]))?;
+    run(apt()
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+    .context("installing apt packages")
+}
+
+fn apt_installed(package: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn rust_components() -> Result<()> {
+    let toolchains = output(rustup().args(["toolchain", "list"]))
+        .ok_or_else(|| anyhow!("rustup not found: install Rust with rustup (https://rustup.rs)"))?;
+    if !toolchains.lines().any(|line| line.starts_with(NIGHTLY)) {
+        run(rustup().args(["toolchain", "install", NIGHTLY, "--profile", "minimal"]))
+            .context("the BPF programs need a nightly toolchain")?;
+    }
+    ensure_components(Some(NIGHTLY), &["rust-src", "clippy"])?;
+    ensure_components(None, &["clippy", "rustfmt"])?;
+    Ok(())
+}
+
+fn ensure_components(toolchain: Option<&str>, components: &[&str]) -> Result<()> {
+    let mut list = rustup();
+    list.args(["component", "list", "--installed"]);
+    if let Some(toolchain) = toolchain {
+        list.args(["--toolchain", toolchain]);
+    }
+    let installed = output(&mut list).unwrap_or_default();
+    let missing: Vec<&str> = components
+        .iter()
+        .copied()
+        .filter(|c| !installed.lines().any(|line| line.starts_with(c)))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let mut add = rustup();
+    add.args(["component", "add"]).args(&missing);
+    if let Some(toolchain) = toolchain {
+        add.args(["--toolchain", toolchain]);
+    }
+    run(&mut add)
+}
+
+/// The nightly's LLVM shared library: (directory, file name), e.g.
+/// `libLLVM.so.22.1-rust-1.97.0-nightly`, and the LLVM major version.
+fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
+    let sysroot = output(rustup().args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))
+        .ok_or_else(|| anyhow!("cannot run the nightly rustc"))?;
+    let lib_dir = PathBuf::from(sysroot.trim()).join("lib");
+    let library = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .find(|name| name.starts_with("libLLVM.so."))
+        .ok_or_else(|| anyhow!("no libLLVM.so.* in {}", lib_dir.display()))?;
+    let version = output(rustup().args(["run", NIGHTLY, "rustc", "-vV"])).unwrap_or_default();
+    let major = version
+        .lines()
+        .find_map(|line| line.strip_prefix("LLVM version: "))
+        .and_then(|v| v.split('.').next())
+        .and_then(|major| major.parse().ok())
+        .ok_or_else(|| anyhow!("cannot read the nightly's LLVM version from `rustc -vV`"))?;
+    Ok((lib_dir, library, major))
+}
+
+fn cargo_home() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn bpf_linker() -> Result<()> {
+    let (lib_dir, library, major) = nightly_llvm()?;
+    // bpf-linker keeps an rpath to this prefix, so it lives in CARGO_HOME, named by the LLVM
+    // it links: a nightly with another LLVM gets a new prefix and a rebuilt linker.
+    let prefix = cargo_home().join("monitor-llvm").join(&library);
+    let stamp = prefix.join("bpf-linker.stamp");
+    let expected_stamp = format!("bpf-linker {BPF_LINKER_VERSION} llvm {library}\n");
+    let linker_works = output(Command::new("bpf-linker").arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    if linker_works && fs::read_to_string(&stamp).ok().as_deref() == Some(expected_stamp.as_str()) {
+        return Ok(());
+    }
+    let prefix_lib = prefix.join("lib");
+    fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("creating {}", prefix_lib.display()))?;
+    for link in ["libLLVM.so", library.as_str()] {
+        let path = prefix_lib.join(link);
+        let _ = fs::remove_file(&path);
+        std::os::unix::fs::symlink(lib_dir.join(&library), &path)
+            .with_context(|| format!("linking {}", path.display()))?;
+    }
+    eprintln!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {library} (about a minute)");
+    run(Command::new("rustup")
+        .args(["run", NIGHTLY, "cargo", "install", "bpf-linker", "--force"])
+        .args(["--version", BPF_LINKER_VERSION, "--no-default-features"])
+        .args(["--features", &format!("llvm-{major}")])
+        .env("LLVM_PREFIX", &prefix))
+    .context("building bpf-linker (needs network access to crates.io)")?;
+    fs::write(&stamp, expected_stamp).context("writing the bpf-linker stamp")?;
+    Ok(())
+}
