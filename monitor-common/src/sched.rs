@@ -129,7 +129,7 @@ pub mod errors {
     pub const NAMES: [&str; COUNT as usize] = [
         "cpu_time_full",
         "runq_full",
-        "wakeup_full",
+        "runnable_slot_taken",
         "process_meta_full",
     ];
 }
