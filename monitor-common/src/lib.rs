@@ -4,4 +4,8 @@
 //! and `aya::Pod` only behind the `user` feature so the BPF side stays free of `std`.
 #![no_std]
 
+#[cfg(any(test, feature = "user"))]
+extern crate alloc;
+
+pub mod http;
 pub mod sched;

@@ -5,15 +5,66 @@
 #![no_std]
 #![no_main]
 
+mod http;
 mod maps;
 mod sched;
+mod syscalls;
 
 use aya_ebpf::{
-    macros::{btf_tracepoint, perf_event, tracepoint},
-    programs::{BtfTracePointContext, PerfEventContext, TracePointContext},
+    bindings::pt_regs,
+    helpers::bpf_probe_read_kernel,
+    macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 
-use crate::{maps::SCHED_TP_LAYOUT, sched::Switch};
+use crate::{maps::SCHED_TP_LAYOUT, sched::Switch, syscalls::SyscallExit};
+
+// --- Syscalls: the exit of every syscall, filtered on the id first. ---
+
+/// `sys_exit(struct pt_regs *regs, long ret)`: the registers are read directly (BTF-typed).
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: a trusted pointer from the tracepoint; the verifier checks field loads.
+    let id = unsafe { (*regs).orig_rax };
+    if syscalls::is_watched(id) {
+        // SAFETY: as above.
+        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx] };
+        syscalls::on_exit(&SyscallExit {
+            id,
+            ret: ctx.arg(1),
+            args,
+        });
+    }
+    0
+}
+
+/// The same without BTF: the registers are an untyped pointer, read with a helper.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the helper checks the kernel address; a failed read skips the event.
+    let Ok(id) = (unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }) else {
+        return 0;
+    };
+    if syscalls::is_watched(id) {
+        // SAFETY: as above.
+        let read = |field: *const u64| unsafe { bpf_probe_read_kernel(field).unwrap_or(0) };
+        // SAFETY: field addresses inside the pt_regs the tracepoint passed.
+        let args = unsafe { [read(&(*regs).rdi), read(&(*regs).rsi), read(&(*regs).rdx)] };
+        syscalls::on_exit(&SyscallExit {
+            id,
+            ret: ctx.arg(1),
+            args,
+        });
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
 
 // --- BTF tracepoints: arguments are the tracepoint prototype's, one u64 slot each. ---
 

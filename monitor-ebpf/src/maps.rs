@@ -3,7 +3,10 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use monitor_common::http::{
+    CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, ProcessRoute, counter,
 };
 use monitor_common::sched::{
     CpuSlot, ProcessMeta, RUNNABLE_SLOTS, RunnableSince, RunqHistogram, SchedTracepointLayout,
@@ -51,5 +54,76 @@ pub fn count_error(reason: u32) {
     if let Some(counter) = SCHED_ERRORS.get_ptr_mut(reason) {
         // SAFETY: a per-CPU slot, only touched by programs on this CPU, which do not nest.
         unsafe { *counter += 1 };
+    }
+}
+
+// --- HTTP ---
+
+/// Tracked connections by (tgid, fd): accepted by a process, or open before the agent started
+/// (seeded by the agent). LRU: a process killed without closing its sockets cannot fill it.
+#[map]
+pub static CONNECTIONS: LruHashMap<u64, Connection> = LruHashMap::with_max_entries(65536, 0);
+
+/// Request durations per (process, method, status, route), per CPU.
+#[map]
+pub static HTTP_DURATION: PerCpuHashMap<DurationKey, DurationHistogram> =
+    PerCpuHashMap::with_max_entries(16384, NO_PREALLOC);
+
+/// Routes each process has been granted under its budget.
+#[map]
+pub static ROUTES_SEEN: HashMap<ProcessRoute, u8> = HashMap::with_max_entries(65536, NO_PREALLOC);
+
+/// Distinct routes granted per process (tgid), for the budget.
+#[map]
+pub static ROUTE_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(16384, NO_PREALLOC);
+
+/// The path bytes of a request line that arrived cut, until the rest comes.
+#[map]
+pub static PARTIAL_PATHS: LruHashMap<u64, PartialPath> = LruHashMap::with_max_entries(1024, 0);
+
+/// New routes, for the agent to learn their text. Rare by design: steady traffic on known
+/// routes writes nothing here.
+#[map]
+pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(256 * 1024, 0);
+
+/// `monitor_common::http::counter`, per CPU.
+#[map]
+pub static HTTP_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// The agent's settings for the HTTP programs (one entry).
+#[map]
+pub static HTTP_CONFIG: Array<HttpConfig> = Array::with_max_entries(1, 0);
+
+/// All zeroes, to insert new entries from: these values are too big for the BPF stack.
+#[map]
+pub static ZERO_DURATION: Array<DurationHistogram> = Array::with_max_entries(1, 0);
+#[map]
+pub static ZERO_PARTIAL: Array<PartialPath> = Array::with_max_entries(1, 0);
+
+/// Per-CPU scratch for the bytes captured from one syscall.
+#[map]
+pub static CAPTURE: PerCpuArray<Capture> = PerCpuArray::with_max_entries(1, 0);
+
+/// Room for a cut request path: appends at any offset below 256 of up to 255 bytes stay in
+/// bounds without the verifier having to follow the arithmetic.
+#[repr(C)]
+pub struct PartialPath {
+    pub len: u32,
+    pub _reserved: u32,
+    pub bytes: [u8; 512],
+}
+
+#[repr(C)]
+pub struct Capture {
+    pub bytes: [u8; CAPTURE_LEN],
+    /// See `http::opaque`.
+    pub scratch: u64,
+}
+
+#[inline(always)]
+pub fn count(counter: u32) {
+    if let Some(value) = HTTP_COUNTERS.get_ptr_mut(counter) {
+        // SAFETY: a per-CPU slot; programs on one CPU do not nest here.
+        unsafe { *value += 1 };
     }
 }

@@ -11,13 +11,25 @@ use aya::Ebpf;
 use crate::{
     cli::HookChoice,
     collect::{
-        process,
+        MapUsage,
+        http::HttpMaps,
+        process::{self, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
+        sockets,
     },
     export::metrics::{self, Exposition},
-    model::processes::{ProcessFacts, ProcessLedger},
-    probes::{self, AttachedProgram, MapSizes},
+    model::{
+        http::{HttpFacts, HttpLedger},
+        processes::{ProcessFacts, ProcessLedger},
+    },
+    probes::{
+        self, AttachedProgram, MapSizes,
+        http::{HttpSettings, http_config},
+    },
 };
+
+/// Refreshes between sweeps of the connection and route maps for processes that are gone.
+const SWEEP_EVERY: u64 = 10;
 
 pub struct Settings {
     pub exited_process_grace: Duration,
@@ -25,17 +37,40 @@ pub struct Settings {
     pub bpf_stats: bool,
     pub sched_hooks: HookChoice,
     pub empty_programs: bool,
+    pub http: HttpSettings,
 }
 
 pub struct Agent {
     // Field order is drop order: maps and programs go before the stats switch.
     maps: SchedMaps,
+    http_maps: HttpMaps,
     ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
     ledger: ProcessLedger,
+    http: HttpLedger,
+    duration_bounds: Vec<f64>,
     snapshot: SchedSnapshot,
+    http_map_usage: Vec<MapUsage>,
+    refreshes: u64,
     refresh_errors: u64,
+    adopted_connections: usize,
     _bpf_stats: Option<OwnedFd>,
+}
+
+/// procfs and the process ledger, as the HTTP model sees them.
+struct HttpProcesses<'a> {
+    ledger: &'a ProcessLedger,
+}
+
+impl HttpFacts for HttpProcesses<'_> {
+    fn is_alive(&self, tgid: u32) -> bool {
+        process::is_alive(tgid)
+    }
+    fn identity(&self, tgid: u32) -> ProcessIdentity {
+        self.ledger
+            .identity(tgid)
+            .unwrap_or_else(|| process::identify(tgid, None))
+    }
 }
 
 /// procfs, as the model sees it.
@@ -53,15 +88,26 @@ impl ProcessFacts for Procfs {
 impl Agent {
     /// Loads and attaches the kernel programs.
     pub fn start(settings: &Settings) -> Result<Self> {
+        let own_tgid = std::process::id();
+        let config = http_config(&settings.http, own_tgid)?;
         let mut ebpf = probes::load(&MapSizes {
             max_processes: settings.max_processes,
         })?;
-        let attached = if settings.empty_programs {
+        probes::http::write_config(&mut ebpf, config)?;
+        let mut attached = if settings.empty_programs {
             probes::attach_empty(&mut ebpf)?
         } else {
             probes::attach_sched(&mut ebpf, settings.sched_hooks)?
         };
+        attached.push(probes::http::attach_syscalls(
+            &mut ebpf,
+            settings.empty_programs,
+        )?);
         let maps = SchedMaps::new(&mut ebpf)?;
+        let mut http_maps = HttpMaps::new(&mut ebpf)?;
+        // After attaching: a connection accepted from now on is the kernel's to track.
+        let adopted_connections =
+            http_maps.adopt_connections(&sockets::server_connections(own_tgid));
         let bpf_stats = if settings.bpf_stats {
             Some(
                 aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -72,13 +118,27 @@ impl Agent {
         };
         Ok(Self {
             maps,
+            http_maps,
             ebpf,
             attached,
             ledger: ProcessLedger::new(settings.exited_process_grace),
+            http: HttpLedger::new(
+                settings.exited_process_grace,
+                settings.http.route_budget as usize,
+            ),
+            duration_bounds: settings.http.duration_buckets.clone(),
             snapshot: SchedSnapshot::default(),
+            http_map_usage: Vec::new(),
+            refreshes: 0,
             refresh_errors: 0,
+            adopted_connections,
             _bpf_stats: bpf_stats,
         })
+    }
+
+    /// Server connections that were open before the agent started and are now tracked.
+    pub fn adopted_connections(&self) -> usize {
+        self.adopted_connections
     }
 
     pub fn attached(&self) -> &[AttachedProgram] {
@@ -87,14 +147,15 @@ impl Agent {
 
     /// Reads the maps into the model and frees the entries of processes that have exited.
     pub fn refresh(&mut self) {
-        let snapshot = match self.maps.read() {
-            Ok(snapshot) => snapshot,
-            Err(error) => {
-                self.refresh_errors += 1;
-                log::warn!("reading the kernel maps failed: {error:#}");
-                return;
-            }
-        };
+        self.refreshes += 1;
+        if let Err(error) = self.refresh_sched().and_then(|()| self.refresh_http()) {
+            self.refresh_errors += 1;
+            log::warn!("reading the kernel maps failed: {error:#}");
+        }
+    }
+
+    fn refresh_sched(&mut self) -> Result<()> {
+        let snapshot = self.maps.read()?;
         let retired = self
             .ledger
             .apply(&snapshot, &Procfs, Instant::now(), monotonic_ns());
@@ -102,6 +163,28 @@ impl Agent {
             self.maps.forget(tgid);
         }
         self.snapshot = snapshot;
+        Ok(())
+    }
+
+    fn refresh_http(&mut self) -> Result<()> {
+        let snapshot = self.http_maps.read()?;
+        let facts = HttpProcesses {
+            ledger: &self.ledger,
+        };
+        let cleanup = self.http.apply(&snapshot, &facts, Instant::now());
+        self.http_maps.forget_durations(&cleanup.forget);
+        for (tgid, route) in cleanup.reannounce {
+            self.http_maps.forget_route(tgid, route);
+        }
+        if self.refreshes % SWEEP_EVERY == 1 {
+            let mut usage = self.http_maps.sweep(process::is_alive);
+            usage.push(
+                self.http_maps
+                    .duration_usage(snapshot.durations.len() - cleanup.forget.len()),
+            );
+            self.http_map_usage = usage;
+        }
+        Ok(())
     }
 
     pub fn render(&mut self) -> String {
@@ -110,6 +193,9 @@ impl Agent {
         metrics::render(&Exposition {
             ledger: &self.ledger,
             snapshot: &self.snapshot,
+            http: &self.http,
+            duration_bounds: &self.duration_bounds,
+            http_map_usage: &self.http_map_usage,
             attached: &self.attached,
             program_stats: &program_stats,
             refresh_errors_total: self.refresh_errors,

@@ -50,6 +50,26 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_SCHED_HOOKS", value_enum, default_value_t = HookChoice::Auto)]
     pub sched_hooks: HookChoice,
 
+    /// Upper bounds of the http_server_request_duration_seconds buckets, in seconds, ascending
+    /// (at most 32).
+    #[arg(
+        long,
+        env = "MONITOR_DURATION_BUCKETS",
+        value_delimiter = ',',
+        default_value = "0.005,0.01,0.025,0.05,0.075,0.1,0.25,0.5,0.75,1,2.5,5,7.5,10"
+    )]
+    pub duration_buckets: Vec<f64>,
+
+    /// Distinct routes per service (and per process in the kernel) before further routes are
+    /// collapsed to `/<first segment>/{*}`, then counted as `__overflow__`.
+    #[arg(long, env = "MONITOR_ROUTE_BUDGET", default_value_t = 200)]
+    pub route_budget: u32,
+
+    /// Executables (by name, as in `ps -o comm`) whose HTTP traffic is never measured; the
+    /// agent's own is never measured anyway. Repeat or separate with commas (at most 8).
+    #[arg(long, env = "MONITOR_EXCLUDE_COMM", value_delimiter = ',')]
+    pub exclude_comm: Vec<String>,
+
     /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show
     /// what the hooks alone cost.
     #[arg(long, hide = true)]
@@ -74,6 +94,20 @@ mod tests {
         let defaults = Cli::try_parse_from(["monitor"]).unwrap();
         assert_eq!(defaults.exited_process_grace, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["monitor", "--refresh-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn bucket_lists_parse_from_commas() {
+        let cli =
+            Cli::try_parse_from(["monitor", "--duration-buckets", "0.001,0.002,0.5"]).unwrap();
+        assert_eq!(cli.duration_buckets, vec![0.001, 0.002, 0.5]);
+        assert_eq!(
+            Cli::try_parse_from(["monitor"])
+                .unwrap()
+                .duration_buckets
+                .len(),
+            14
+        );
     }
 
     #[test]

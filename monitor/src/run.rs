@@ -13,6 +13,7 @@ use crate::{
     cli::Cli,
     export::server::{self, RenderFn},
     preflight,
+    probes::http::HttpSettings,
 };
 
 /// How long open scrape connections may take to finish once a signal arrived.
@@ -46,6 +47,11 @@ async fn serve(cli: Cli) -> Result<()> {
         bpf_stats: cli.bpf_stats,
         sched_hooks: cli.sched_hooks,
         empty_programs: cli.empty_programs,
+        http: HttpSettings {
+            duration_buckets: cli.duration_buckets.clone(),
+            route_budget: cli.route_budget,
+            exclude_comm: cli.exclude_comm.clone(),
+        },
     })?;
     log_summary(&agent, &cli);
 
@@ -110,7 +116,8 @@ fn log_summary(agent: &Agent, cli: &Cli) {
         .map(|program| format!("{}={}", program.hook, program.kind))
         .collect();
     log::info!(
-        "monitor {} | kernel {} | BTF {} | hooks: {} | listening on http://{}/metrics",
+        "monitor {} | kernel {} | BTF {} | hooks: {} | {} open server connections adopted | \
+         listening on http://{}/metrics",
         env!("CARGO_PKG_VERSION"),
         preflight::kernel_release(),
         if preflight::btf_available() {
@@ -119,6 +126,7 @@ fn log_summary(agent: &Agent, cli: &Cli) {
             "no"
         },
         hooks.join(" "),
+        agent.adopted_connections(),
         cli.listen,
     );
 }

@@ -14,12 +14,14 @@ pub struct MonitorAgent {
     pub port: u16,
 }
 
-/// The binary under test: `MONITOR_BIN`, else the workspace's release build.
+/// The binary under test: `MONITOR_BIN` (relative to the workspace root), else the workspace's
+/// release build.
 pub fn monitor_bin() -> PathBuf {
+    let workspace = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     if let Some(path) = std::env::var_os("MONITOR_BIN") {
-        return PathBuf::from(path);
+        return workspace.join(path);
     }
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/monitor");
+    let path = workspace.join("target/release/monitor");
     assert!(
         path.exists(),
         "{} not found: build it with `cargo xtask build` (or run `cargo xtask test`)",

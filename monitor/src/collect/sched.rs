@@ -3,12 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap as _, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues},
 };
 use monitor_common::sched::{ProcessMeta, RUNQ_BUCKETS, RunqHistogram, errors};
+
+use super::{MapUsage, capacity, take, usage};
 
 /// Run-queue delays of one process, summed over CPUs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -34,14 +36,6 @@ pub struct ProcessSample {
     pub meta: Option<ProcessMeta>,
 }
 
-/// Occupancy of one map, for `monitor_bpf_map_entries`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MapUsage {
-    pub map: &'static str,
-    pub entries: usize,
-    pub capacity: u32,
-}
-
 #[derive(Clone, Debug, Default)]
 pub struct SchedSnapshot {
     pub processes: BTreeMap<u32, ProcessSample>,
@@ -55,15 +49,6 @@ pub struct SchedMaps {
     runq: PerCpuHashMap<MapData, u32, RunqHistogram>,
     meta: HashMap<MapData, u32, ProcessMeta>,
     errors: PerCpuArray<MapData, u64>,
-}
-
-fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
-    ebpf.take_map(name)
-        .ok_or_else(|| anyhow!("map {name} missing from the BPF object"))
-}
-
-fn capacity(map: &MapData) -> u32 {
-    map.info().map_or(0, |info| info.max_entries())
 }
 
 impl SchedMaps {
@@ -118,14 +103,6 @@ impl SchedMaps {
         let _ = self.cpu_time.remove(&tgid);
         let _ = self.runq.remove(&tgid);
         let _ = self.meta.remove(&tgid);
-    }
-}
-
-fn usage(map: &'static str, entries: usize, capacity: u32) -> MapUsage {
-    MapUsage {
-        map,
-        entries,
-        capacity,
     }
 }
 

@@ -1,12 +1,15 @@
 //! The metric contract: names, labels and help texts of everything `/metrics` serves.
 
-use monitor_common::sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors};
+use monitor_common::{
+    http::{counter, method},
+    sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors},
+};
 use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use super::families::{self, BucketCounts};
 use crate::{
-    collect::sched::SchedSnapshot,
-    model::processes::ProcessLedger,
+    collect::{MapUsage, sched::SchedSnapshot},
+    model::{http::HttpLedger, processes::ProcessLedger},
     probes::{AttachedProgram, ProgramStats},
 };
 
@@ -14,6 +17,10 @@ use crate::{
 pub struct Exposition<'a> {
     pub ledger: &'a ProcessLedger,
     pub snapshot: &'a SchedSnapshot,
+    pub http: &'a HttpLedger,
+    /// Upper bounds of the HTTP duration buckets, seconds.
+    pub duration_bounds: &'a [f64],
+    pub http_map_usage: &'a [MapUsage],
     pub attached: &'a [AttachedProgram],
     pub program_stats: &'a [ProgramStats],
     pub refresh_errors_total: u64,
@@ -27,14 +34,17 @@ pub fn runq_bounds_seconds() -> [f64; RUNQ_BUCKETS - 1] {
 }
 
 pub fn render(view: &Exposition<'_>) -> String {
-    let families: Vec<MetricFamily> = [
+    let mut families: Vec<Option<MetricFamily>> =
+        vec![http_server_duration(view.http, view.duration_bounds)];
+    families.extend(http_counters(view.http));
+    families.extend([
         process_cpu_time(view.ledger),
         run_queue_latency(view.ledger),
         program_info(view.attached),
         program_run_time(view.program_stats),
         program_runs(view.program_stats),
-        map_entries(view.snapshot),
-        map_capacity(view.snapshot),
+        map_entries(view.snapshot, view.http_map_usage),
+        map_capacity(view.snapshot, view.http_map_usage),
         dropped_events(view.snapshot),
         families::counter(
             "monitor_processes_exited_total",
@@ -51,16 +61,129 @@ pub fn render(view: &Exposition<'_>) -> String {
         families::gauge("monitor_build_info", "Version of the running agent.")
             .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)
             .build(),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    ]);
+    let families: Vec<MetricFamily> = families.into_iter().flatten().collect();
     let mut text = Vec::new();
     // Encoding fails only on malformed families, which the builders do not make.
     if let Err(error) = TextEncoder::new().encode(&families, &mut text) {
         log::error!("encoding metrics failed: {error}");
     }
     String::from_utf8_lossy(&text).into_owned()
+}
+
+fn http_server_duration(http: &HttpLedger, bounds: &[f64]) -> Option<MetricFamily> {
+    http.series()
+        .fold(
+            families::histogram(
+                "http_server_request_duration_seconds",
+                "Duration of HTTP server requests, from the read that brought the request's \
+                 first bytes to the write that sent the response's last bytes.",
+            ),
+            |family, (key, counts)| {
+                let status = key.status.to_string();
+                let method = method::NAMES
+                    .get(usize::from(key.method))
+                    .copied()
+                    .unwrap_or(method::NAMES[0]);
+                family.buckets(
+                    &[
+                        ("service_name", &key.service),
+                        ("http_request_method", method),
+                        ("http_response_status_code", &status),
+                        ("http_route", &key.route),
+                    ],
+                    BucketCounts {
+                        bounds,
+                        counts: &counts.buckets[..bounds.len()],
+                        above_last: counts.buckets[bounds.len()..].iter().sum(),
+                        sum: counts.sum_ns as f64 / NS_PER_SECOND,
+                    },
+                )
+            },
+        )
+        .build()
+}
+
+/// The kernel's HTTP counters and the model's: what was seen, recorded, skipped and why.
+fn http_counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
+    let kernel = |index: u32| http.kernel_counters[index as usize] as f64;
+    let single = |name: &str, help: &str, value: f64| {
+        families::counter(name, help).value(&[], value).build()
+    };
+    vec![
+        single(
+            "monitor_http_requests_seen_total",
+            "HTTP/1.x requests recognised on server connections.",
+            kernel(counter::REQUESTS),
+        ),
+        single(
+            "monitor_http_requests_recorded_total",
+            "Requests paired with their response and recorded in a duration histogram.",
+            kernel(counter::RESPONSES),
+        ),
+        single(
+            "monitor_http_requests_unanswered_total",
+            "Requests whose connection closed before any response.",
+            kernel(counter::UNANSWERED),
+        ),
+        single(
+            "monitor_http_responses_unmatched_total",
+            "Responses with no request to pair (connections picked up mid-request).",
+            kernel(counter::UNMATCHED_RESPONSES),
+        ),
+        single(
+            "monitor_http_reads_not_http_total",
+            "Reads on server connections, between requests, that were not HTTP/1.x requests.",
+            kernel(counter::NOT_HTTP),
+        ),
+        single(
+            "monitor_http_connections_tracked_total",
+            "Server connections the kernel started tracking at accept.",
+            kernel(counter::CONNECTIONS_ACCEPTED),
+        ),
+        single(
+            "monitor_http_route_events_total",
+            "Route announcements the kernel submitted to the agent (new routes only).",
+            kernel(counter::EVENTS_SUBMITTED),
+        ),
+        families::counter(
+            "monitor_http_events_dropped_total",
+            "HTTP observations or announcements the kernel could not record, by reason.",
+        )
+        .value(
+            &[("reason", "histogram_full")],
+            kernel(counter::HISTOGRAM_FULL),
+        )
+        .value(
+            &[("reason", "connections_full")],
+            kernel(counter::CONNECTIONS_FULL),
+        )
+        .value(
+            &[("reason", "route_event_lost")],
+            kernel(counter::EVENTS_LOST),
+        )
+        .build(),
+        families::counter(
+            "monitor_http_routes_limited_total",
+            "Requests counted under a collapsed route (/<first>/{*}) or __overflow__ because a \
+             route budget was spent.",
+        )
+        .value(
+            &[("outcome", "collapsed")],
+            kernel(counter::ROUTES_COLLAPSED),
+        )
+        .value(
+            &[("outcome", "overflow_process")],
+            kernel(counter::ROUTES_OVERFLOWED),
+        )
+        .value(&[("outcome", "overflow_service")], http.overflowed as f64)
+        .build(),
+        single(
+            "monitor_http_route_mismatches_total",
+            "Route announcements whose path did not give the announced route (not learnt).",
+            http.route_text_mismatches() as f64,
+        ),
+    ]
 }
 
 fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {
@@ -167,10 +290,11 @@ fn program_runs(stats: &[ProgramStats]) -> Option<MetricFamily> {
         .build()
 }
 
-fn map_entries(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
+fn map_entries(snapshot: &SchedSnapshot, http: &[MapUsage]) -> Option<MetricFamily> {
     snapshot
         .maps
         .iter()
+        .chain(http)
         .fold(
             families::gauge("monitor_bpf_map_entries", "Entries in use in each BPF map."),
             |family, usage| family.value(&[("map", usage.map)], usage.entries as f64),
@@ -178,10 +302,11 @@ fn map_entries(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
         .build()
 }
 
-fn map_capacity(snapshot: &SchedSnapshot) -> Option<MetricFamily> {
+fn map_capacity(snapshot: &SchedSnapshot, http: &[MapUsage]) -> Option<MetricFamily> {
     snapshot
         .maps
         .iter()
+        .chain(http)
         .fold(
             families::gauge(
                 "monitor_bpf_map_capacity_entries",

@@ -213,6 +213,14 @@ impl ProcessLedger {
             .retain(|_, service| now.saturating_duration_since(service.updated) < grace);
     }
 
+    /// How a live process is named, if the ledger has seen it.
+    pub fn identity(&self, tgid: u32) -> Option<ProcessIdentity> {
+        self.live.get(&tgid).map(|tracked| ProcessIdentity {
+            executable: tracked.series.executable.clone(),
+            service: tracked.series.service.clone(),
+        })
+    }
+
     /// Every series to export: live processes and those ended within the grace period.
     pub fn processes(&self) -> impl Iterator<Item = &ProcessSeries> {
         self.live

@@ -1,6 +1,7 @@
 //! Loads the embedded BPF object, probes what this kernel offers and attaches each hook with
 //! the cheapest kind that works, falling back where it must.
 
+pub mod http;
 mod sched;
 pub mod tracefs;
 
@@ -19,6 +20,7 @@ static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub enum HookKind {
     TpBtf,
     Tracepoint,
+    RawTracepoint,
     PerfEvent,
 }
 
@@ -27,6 +29,7 @@ impl HookKind {
         match self {
             HookKind::TpBtf => "tp_btf",
             HookKind::Tracepoint => "tracepoint",
+            HookKind::RawTracepoint => "raw_tracepoint",
             HookKind::PerfEvent => "perf_event",
         }
     }

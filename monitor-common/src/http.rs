@@ -1,0 +1,611 @@
+//! HTTP/1.x: the map ABI of the HTTP programs, and the byte-level logic both sides share
+//! (method recognition, status lines, route templating), so that the kernel and the agent
+//! agree by construction and the logic is unit-tested on the host.
+
+/// Request methods, as `http_request_method` values (OpenTelemetry: unknown ones are `_OTHER`).
+pub mod method {
+    pub const OTHER: u8 = 0;
+    pub const GET: u8 = 1;
+    pub const HEAD: u8 = 2;
+    pub const POST: u8 = 3;
+    pub const PUT: u8 = 4;
+    pub const DELETE: u8 = 5;
+    pub const CONNECT: u8 = 6;
+    pub const OPTIONS: u8 = 7;
+    pub const TRACE: u8 = 8;
+    pub const PATCH: u8 = 9;
+    pub const NAMES: [&str; 10] = [
+        "_OTHER", "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+}
+
+/// Bytes of a request or response captured per syscall. A power of two (masks keep the
+/// verifier sure of the bounds).
+pub const CAPTURE_LEN: usize = 256;
+/// Most path bytes templated; a longer path ends in `/{*}`.
+pub const MAX_PATH_LEN: usize = 192;
+/// Most duration bucket bounds (`--duration-buckets`).
+pub const MAX_DURATION_BOUNDS: usize = 32;
+
+/// Recognises the start of a request line: `METHOD SP` followed by a request target (`/`,
+/// `*`, or an absolute URI). Returns the method and the offset of the target.
+///
+/// Unknown methods are accepted when they are a token of 3 to 12 upper-case letters, so
+/// WebDAV and custom methods are counted as `_OTHER` rather than lost.
+#[inline(always)]
+pub fn parse_request_start(head: &[u8; 16]) -> Option<(u8, usize)> {
+    let (method, len) = known_method(head);
+    if method != method::OTHER && target_start(head, len) {
+        return Some((method, len + 1));
+    }
+    // A token of upper-case letters, then one space.
+    let mut len = 0;
+    while len < 13 {
+        let b = head[len];
+        if b == b' ' {
+            break;
+        }
+        if !b.is_ascii_uppercase() {
+            return None;
+        }
+        len += 1;
+    }
+    if !(3..=12).contains(&len) || !target_start(head, len) {
+        return None;
+    }
+    Some((method::OTHER, len + 1))
+}
+
+#[inline(always)]
+fn target_start(head: &[u8; 16], method_len: usize) -> bool {
+    if method_len + 1 >= head.len() || head[method_len] != b' ' {
+        return false;
+    }
+    matches!(head[method_len + 1], b'/' | b'*' | b'h' | b'H')
+}
+
+#[inline(always)]
+fn known_method(head: &[u8; 16]) -> (u8, usize) {
+    let word = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    let prefix = |n: u32| word & (u64::MAX >> (64 - 8 * n));
+    const fn le(bytes: &[u8]) -> u64 {
+        let mut value = 0u64;
+        let mut i = bytes.len();
+        while i > 0 {
+            i -= 1;
+            value = (value << 8) | bytes[i] as u64;
+        }
+        value
+    }
+    if prefix(3) == le(b"GET") {
+        (method::GET, 3)
+    } else if prefix(4) == le(b"POST") {
+        (method::POST, 4)
+    } else if prefix(3) == le(b"PUT") {
+        (method::PUT, 3)
+    } else if prefix(4) == le(b"HEAD") {
+        (method::HEAD, 4)
+    } else if prefix(6) == le(b"DELETE") {
+        (method::DELETE, 6)
+    } else if prefix(5) == le(b"PATCH") {
+        (method::PATCH, 5)
+    } else if prefix(7) == le(b"OPTIONS") {
+        (method::OPTIONS, 7)
+    } else if prefix(7) == le(b"CONNECT") {
+        (method::CONNECT, 7)
+    } else if prefix(5) == le(b"TRACE") {
+        (method::TRACE, 5)
+    } else {
+        (method::OTHER, 0)
+    }
+}
+
+/// Reads the status code of a response that starts `HTTP/1.x NNN`.
+#[inline(always)]
+pub fn parse_status_line(head: &[u8; 16]) -> Option<u16> {
+    if &head[..7] != b"HTTP/1." || head[8] != b' ' {
+        return None;
+    }
+    let mut status = 0u16;
+    let mut i = 9;
+    while i < 12 {
+        let b = head[i];
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        status = status * 10 + (b - b'0') as u16;
+        i += 1;
+    }
+    (100..=599).contains(&status).then_some(status)
+}
+
+/// FNV-1a, 64 bits: small, byte-at-a-time, the same in the kernel and the agent.
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+#[inline(always)]
+pub const fn fnv(hash: u64, byte: u8) -> u64 {
+    (hash ^ byte as u64).wrapping_mul(FNV_PRIME)
+}
+
+pub const fn fnv_bytes(mut hash: u64, bytes: &[u8]) -> u64 {
+    let mut i = 0;
+    while i < bytes.len() {
+        hash = fnv(hash, bytes[i]);
+        i += 1;
+    }
+    hash
+}
+
+/// The placeholder for a path segment that is an identifier.
+pub const ID_PLACEHOLDER: &[u8] = b"{id}";
+/// The placeholder that ends a route collapsed under the route budget, or a cut-off path.
+pub const REST_PLACEHOLDER: &[u8] = b"{*}";
+/// The route of requests that fit no budget.
+pub const OVERFLOW_ROUTE: &str = "__overflow__";
+pub const OVERFLOW_ROUTE_HASH: u64 = fnv_bytes(FNV_OFFSET, OVERFLOW_ROUTE.as_bytes());
+
+/// What a path segment looked like, accumulated byte by byte (no buffer: the kernel cannot
+/// afford one per request).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentShape {
+    pub len: u16,
+    pub digits: u16,
+    pub uppers: u16,
+    pub lowers: u16,
+    pub dashes: u16,
+    /// Bytes that are neither hex digits nor `-`.
+    pub non_hex: u16,
+    /// Bytes outside `[A-Za-z0-9-_.~]`, e.g. `@`, `%`, `=`, `+`.
+    pub unusual: u16,
+    pub _reserved: u16,
+}
+
+impl SegmentShape {
+    #[inline(always)]
+    pub fn add(&mut self, b: u8) {
+        self.len += 1;
+        if b.is_ascii_digit() {
+            self.digits += 1;
+        } else if b.is_ascii_uppercase() {
+            self.uppers += 1;
+        } else if b.is_ascii_lowercase() {
+            self.lowers += 1;
+        } else if b == b'-' {
+            self.dashes += 1;
+        }
+        if !(b.is_ascii_hexdigit() || b == b'-') {
+            self.non_hex += 1;
+        }
+        if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')) {
+            self.unusual += 1;
+        }
+    }
+
+    /// Whether the segment names a resource instance rather than a kind of resource:
+    /// numbers, UUIDs, hex ids and hashes, things with several digits (`order-12345`,
+    /// `2024-01-31`), long random-looking tokens, e-mail addresses and other encoded values,
+    /// and anything too long to be a route's name.
+    #[inline(always)]
+    pub fn is_identifier(&self) -> bool {
+        let len = self.len;
+        if len == 0 {
+            return false;
+        }
+        let all_digits = self.digits == len;
+        let hex_id = self.non_hex == 0 && self.dashes == 0 && len >= 8 && self.digits > 0;
+        let uuid = len == 36 && self.dashes == 4 && self.non_hex == 0;
+        let many_digits = self.digits >= 4;
+        // Random tokens mix cases far more than camelCase words do.
+        let mixed_case_token = len >= 16 && self.uppers * 4 >= len && self.lowers > 0;
+        let encoded = self.unusual > 0;
+        all_digits || hex_id || uuid || many_digits || mixed_case_token || encoded || len > 64
+    }
+}
+
+/// Where a byte leaves the templater.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fed {
+    /// Part of the path: feed the next one.
+    More,
+    /// The path ended before this byte (space, `?`, `#`, or a control byte).
+    End,
+}
+
+/// Turns a request path into a route template, one byte at a time, hashing the template as
+/// it goes: `/users/123/orders?x=1` -> `/users/{id}/orders`. Query and fragment are dropped,
+/// empty segments (`//`, a trailing `/`) are ignored.
+///
+/// The kernel keeps only the hash; the agent rebuilds the text from the same bytes with a
+/// [`TemplateSink`] that records it, and checks that the hashes agree.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RouteTemplater {
+    /// Hash of the template up to the last finished segment.
+    pub hash: u64,
+    /// Hash of the template if the current segment stays literal.
+    pub literal_hash: u64,
+    /// Hash of the template after the first segment (for `/<first>/{*}`), 0 until then.
+    pub first_segment_hash: u64,
+    pub shape: SegmentShape,
+    pub path_len: u16,
+    pub segments: u16,
+    pub ended: u16,
+    pub truncated: u16,
+}
+
+/// Receives what the templater decides; the kernel passes `()` and keeps only hashes.
+pub trait TemplateSink {
+    fn segment_byte(&mut self, _b: u8) {}
+    fn segment_end(&mut self, _placeholder: Option<&'static [u8]>) {}
+}
+
+impl TemplateSink for () {}
+
+impl Default for RouteTemplater {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RouteTemplater {
+    pub const fn new() -> Self {
+        Self {
+            hash: FNV_OFFSET,
+            literal_hash: fnv(FNV_OFFSET, b'/'),
+            first_segment_hash: 0,
+            shape: SegmentShape {
+                len: 0,
+                digits: 0,
+                uppers: 0,
+                lowers: 0,
+                dashes: 0,
+                non_hex: 0,
+                unusual: 0,
+                _reserved: 0,
+            },
+            path_len: 0,
+            segments: 0,
+            ended: 0,
+            truncated: 0,
+        }
+    }
+
+    /// Takes the next byte of the request target.
+    #[inline(always)]
+    pub fn feed<S: TemplateSink>(&mut self, b: u8, sink: &mut S) -> Fed {
+        if self.ended != 0 {
+            return Fed::End;
+        }
+        if b <= b' ' || b == b'?' || b == b'#' || b == 0x7f {
+            self.ended = 1;
+            return Fed::End;
+        }
+        if self.path_len as usize >= MAX_PATH_LEN {
+            self.truncated = 1;
+            self.ended = 1;
+            return Fed::End;
+        }
+        self.path_len += 1;
+        if b == b'/' {
+            self.end_segment(sink);
+        } else {
+            self.shape.add(b);
+            self.literal_hash = fnv(self.literal_hash, b);
+            sink.segment_byte(b);
+        }
+        Fed::More
+    }
+
+    #[inline(always)]
+    fn end_segment<S: TemplateSink>(&mut self, sink: &mut S) {
+        if self.shape.len == 0 {
+            return; // empty segment: `//` or the leading `/`
+        }
+        if self.shape.is_identifier() {
+            self.hash = fnv_bytes(fnv(self.hash, b'/'), ID_PLACEHOLDER);
+            sink.segment_end(Some(ID_PLACEHOLDER));
+        } else {
+            self.hash = self.literal_hash;
+            sink.segment_end(None);
+        }
+        if self.segments == 0 {
+            self.first_segment_hash = self.hash;
+        }
+        self.segments += 1;
+        self.shape = SegmentShape::default();
+        self.literal_hash = fnv(self.hash, b'/');
+    }
+
+    /// Closes the last segment; returns the hash of the template.
+    #[inline(always)]
+    pub fn finish<S: TemplateSink>(&mut self, sink: &mut S) -> u64 {
+        self.end_segment(sink);
+        if self.truncated != 0 {
+            self.hash = fnv_bytes(fnv(self.hash, b'/'), REST_PLACEHOLDER);
+            sink.segment_end(Some(REST_PLACEHOLDER));
+        }
+        if self.segments == 0 && self.truncated == 0 {
+            self.hash = fnv(FNV_OFFSET, b'/'); // the root
+        }
+        self.ended = 1;
+        self.hash
+    }
+
+    /// The route `/<first segment>/{*}` that stands for this one when the budget is spent.
+    #[inline(always)]
+    pub fn collapsed_hash(&self) -> u64 {
+        let base = if self.first_segment_hash == 0 {
+            FNV_OFFSET
+        } else {
+            self.first_segment_hash
+        };
+        fnv_bytes(fnv(base, b'/'), REST_PLACEHOLDER)
+    }
+}
+
+/// How a route was admitted under the per-process route budget.
+pub mod route_kind {
+    /// Its own template.
+    pub const TEMPLATE: u8 = 0;
+    /// The budget was spent: `/<first segment>/{*}`.
+    pub const COLLAPSED: u8 = 1;
+}
+
+/// Announces a route the kernel has not seen for this process: the agent rebuilds its text
+/// from `path` (never exported as is) and checks it against `route`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RouteEvent {
+    pub route: u64,
+    pub tgid: u32,
+    pub path_len: u16,
+    pub kind: u8,
+    pub _reserved: u8,
+    pub path: [u8; MAX_PATH_LEN],
+}
+
+/// Key of the duration histograms: one per process, method, status and route.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DurationKey {
+    pub tgid: u32,
+    pub status: u16,
+    pub method: u8,
+    pub _reserved: u8,
+    pub route: u64,
+}
+
+/// Bucket counts of one key on one CPU; bucket `i` counts durations `<= bounds[i]` (and above
+/// `bounds[i-1]`), the bucket after the last bound everything above.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationHistogram {
+    pub buckets: [u64; MAX_DURATION_BOUNDS + 1],
+    pub sum_ns: u64,
+}
+
+impl DurationHistogram {
+    pub const ZERO: Self = Self {
+        buckets: [0; MAX_DURATION_BOUNDS + 1],
+        sum_ns: 0,
+    };
+}
+
+/// Bucket index of `ns` among the first `count` of `bounds` (ascending): a binary search, so
+/// the kernel spends five comparisons whatever the number of buckets.
+#[inline(always)]
+pub fn duration_bucket(bounds: &[u64; MAX_DURATION_BOUNDS], count: usize, ns: u64) -> usize {
+    let count = if count > MAX_DURATION_BOUNDS {
+        MAX_DURATION_BOUNDS
+    } else {
+        count
+    };
+    // Smallest i with ns <= bounds[i]; `count` when above them all.
+    let (mut low, mut high) = (0usize, count);
+    let mut step = 0;
+    while step < 6 && low < high {
+        let mid = (low + high) / 2;
+        if ns <= bounds[mid & (MAX_DURATION_BOUNDS - 1)] {
+            high = mid;
+        } else {
+            low = mid + 1;
+        }
+        step += 1;
+    }
+    low
+}
+
+/// What the agent tells the HTTP programs, written once before they are attached. (A map
+/// rather than globals: arrays in globals are constant-folded by the compiler unless every
+/// read is volatile, and one look-up here is as cheap.)
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Upper bounds of the duration buckets, ascending, in nanoseconds.
+    pub duration_bounds_ns: [u64; MAX_DURATION_BOUNDS],
+    pub duration_bound_count: u32,
+    /// Distinct routes per process before routes collapse to `/<first segment>/{*}`.
+    pub route_budget: u32,
+    /// The agent's own process: never measured.
+    pub agent_tgid: u32,
+    pub _reserved: u32,
+    /// Executables (`comm`, NUL-padded) whose connections are never tracked.
+    pub excluded_comms: [[u8; 16]; MAX_EXCLUDED_COMMS],
+}
+
+pub const MAX_EXCLUDED_COMMS: usize = 8;
+
+/// Roles of a tracked connection.
+pub mod role {
+    pub const SERVER: u8 = 1;
+}
+
+/// Where a server connection is in its request/response cycle.
+pub mod phase {
+    /// Between requests.
+    pub const IDLE: u8 = 0;
+    /// The request line arrived cut: the templater waits for the rest.
+    pub const REQUEST_LINE: u8 = 1;
+    /// A request arrived; no final response yet.
+    pub const REQUEST: u8 = 2;
+    /// The response is being written; it ends with the last write before the next request,
+    /// or the close.
+    pub const RESPONSE: u8 = 3;
+}
+
+/// Per-connection state, keyed by (tgid, fd).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Connection {
+    /// When the read that brought the request's first bytes returned.
+    pub request_start_ns: u64,
+    /// When the last write of the response returned.
+    pub last_write_ns: u64,
+    /// The admitted route of the current request.
+    pub route: u64,
+    /// The last templated route and what it was admitted as: consecutive requests for one
+    /// route skip the budget look-up.
+    pub cached_template: u64,
+    pub cached_route: u64,
+    pub templater: RouteTemplater,
+    pub status: u16,
+    pub method: u8,
+    pub phase: u8,
+    pub role: u8,
+    pub _reserved: [u8; 3],
+}
+
+/// Key of `CONNECTIONS`: the process and the file descriptor.
+#[inline(always)]
+pub const fn connection_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Key of `ROUTES_SEEN`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProcessRoute {
+    pub route: u64,
+    pub tgid: u32,
+    pub _reserved: u32,
+}
+
+/// Indexes into the per-CPU `HTTP_COUNTERS` array, exported as `monitor_http_*`.
+pub mod counter {
+    /// Requests recognised (request lines parsed).
+    pub const REQUESTS: u32 = 0;
+    /// Responses paired with their request and recorded in a histogram.
+    pub const RESPONSES: u32 = 1;
+    /// Responses seen with no request to pair (a connection picked up mid-request).
+    pub const UNMATCHED_RESPONSES: u32 = 2;
+    /// Reads on a server connection, between requests, that were not an HTTP/1.x request.
+    pub const NOT_HTTP: u32 = 3;
+    /// Requests whose connection closed before any response.
+    pub const UNANSWERED: u32 = 4;
+    /// Observations lost because `HTTP_DURATION` was full.
+    pub const HISTOGRAM_FULL: u32 = 5;
+    /// Connections not tracked because `CONNECTIONS` was full.
+    pub const CONNECTIONS_FULL: u32 = 6;
+    /// Route announcements written to the ring buffer.
+    pub const EVENTS_SUBMITTED: u32 = 7;
+    /// Route announcements lost (ring buffer full); their requests still count.
+    pub const EVENTS_LOST: u32 = 8;
+    /// Requests whose route was collapsed to `/<first>/{*}` by the budget.
+    pub const ROUTES_COLLAPSED: u32 = 9;
+    /// Requests counted under `__overflow__`.
+    pub const ROUTES_OVERFLOWED: u32 = 10;
+    /// Connections accepted and tracked.
+    pub const CONNECTIONS_ACCEPTED: u32 = 11;
+    pub const COUNT: u32 = 12;
+}
+
+const _: () = assert!(core::mem::size_of::<SegmentShape>() == 16);
+const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 48);
+const _: () = assert!(core::mem::size_of::<RouteEvent>() == 16 + MAX_PATH_LEN);
+const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
+const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
+const _: () = assert!(core::mem::size_of::<Connection>() == 40 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
+const _: () = assert!(
+    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 16 + 16 * MAX_EXCLUDED_COMMS
+);
+const _: () = assert!(CAPTURE_LEN.is_power_of_two() && MAX_DURATION_BOUNDS.is_power_of_two());
+
+/// The agent's side of templating: the route's text and hashes, from the same bytes the kernel
+/// templated. (`None` for a target that is not a path.)
+#[cfg(any(test, feature = "user"))]
+pub fn template_route(target: &[u8]) -> Template {
+    let mut text = TextSink::default();
+    let mut templater = RouteTemplater::new();
+    for &b in target {
+        if templater.feed(b, &mut text) == Fed::End {
+            break;
+        }
+    }
+    let hash = templater.finish(&mut text);
+    let first = text.first_segment.clone();
+    Template {
+        text: if text.out.is_empty() {
+            alloc::string::String::from("/")
+        } else {
+            text.out
+        },
+        hash,
+        collapsed_text: alloc::format!("{first}/{{*}}"),
+        collapsed_hash: templater.collapsed_hash(),
+    }
+}
+
+#[cfg(any(test, feature = "user"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pub text: alloc::string::String,
+    pub hash: u64,
+    /// `/<first segment>/{*}`, what the route becomes once the budget is spent.
+    pub collapsed_text: alloc::string::String,
+    pub collapsed_hash: u64,
+}
+
+#[cfg(any(test, feature = "user"))]
+#[derive(Default)]
+struct TextSink {
+    out: alloc::string::String,
+    segment: alloc::vec::Vec<u8>,
+    first_segment: alloc::string::String,
+}
+
+#[cfg(any(test, feature = "user"))]
+impl TemplateSink for TextSink {
+    fn segment_byte(&mut self, b: u8) {
+        self.segment.push(b);
+    }
+    fn segment_end(&mut self, placeholder: Option<&'static [u8]>) {
+        let bytes = placeholder.unwrap_or(&self.segment);
+        self.out.push('/');
+        // Segments are bytes; a route label is text: anything not UTF-8 is replaced.
+        self.out
+            .push_str(&alloc::string::String::from_utf8_lossy(bytes));
+        self.segment.clear();
+        if self.first_segment.is_empty() {
+            self.first_segment = self.out.clone();
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), made of integers, without padding (asserted above).
+    unsafe impl aya::Pod for super::RouteEvent {}
+    unsafe impl aya::Pod for super::DurationKey {}
+    unsafe impl aya::Pod for super::DurationHistogram {}
+    unsafe impl aya::Pod for super::Connection {}
+    unsafe impl aya::Pod for super::ProcessRoute {}
+    unsafe impl aya::Pod for super::HttpConfig {}
+}
+
+#[cfg(test)]
+mod tests;

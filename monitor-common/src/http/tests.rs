@@ -1,0 +1,195 @@
+use super::*;
+
+fn head(text: &[u8]) -> [u8; 16] {
+    let mut head = [0u8; 16];
+    let n = text.len().min(16);
+    head[..n].copy_from_slice(&text[..n]);
+    head
+}
+
+fn route(target: &str) -> alloc::string::String {
+    let template = template_route(target.as_bytes());
+    // The text the agent shows and the hash the kernel keys by must describe the same route.
+    assert_eq!(
+        template.hash,
+        fnv_bytes(FNV_OFFSET, template.text.as_bytes()),
+        "hash of {target}"
+    );
+    template.text
+}
+
+#[test]
+fn known_methods_are_recognised() {
+    assert_eq!(
+        parse_request_start(&head(b"GET / HTTP/1.1")),
+        Some((method::GET, 4))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"POST /a HTTP/1.1")),
+        Some((method::POST, 5))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"DELETE /x HTTP/1.1")),
+        Some((method::DELETE, 7))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"OPTIONS * HTTP/1.1")),
+        Some((method::OPTIONS, 8))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"PATCH /p HTTP/1.1")),
+        Some((method::PATCH, 6))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"HEAD / HTTP/1.0")),
+        Some((method::HEAD, 5))
+    );
+}
+
+#[test]
+fn unknown_methods_are_other_and_garbage_is_rejected() {
+    assert_eq!(
+        parse_request_start(&head(b"PROPFIND /d HTTP/1.1")),
+        Some((method::OTHER, 9))
+    );
+    assert_eq!(
+        parse_request_start(&head(b"GETX / HTTP/1.1")),
+        Some((method::OTHER, 5))
+    );
+    assert_eq!(parse_request_start(&head(b"get / HTTP/1.1")), None);
+    assert_eq!(parse_request_start(&head(b"GET")), None);
+    assert_eq!(parse_request_start(&head(b"\x16\x03\x01\x02\x00")), None);
+    assert_eq!(parse_request_start(&head(b"HTTP/1.1 200 OK")), None);
+    assert_eq!(parse_request_start(&head(b"AB / HTTP/1.1")), None);
+}
+
+#[test]
+fn status_lines_are_read() {
+    assert_eq!(parse_status_line(&head(b"HTTP/1.1 200 OK\r\n")), Some(200));
+    assert_eq!(parse_status_line(&head(b"HTTP/1.0 503 Service")), Some(503));
+    assert_eq!(
+        parse_status_line(&head(b"HTTP/1.1 100 Continue")),
+        Some(100)
+    );
+    assert_eq!(parse_status_line(&head(b"HTTP/2 200")), None);
+    assert_eq!(parse_status_line(&head(b"HTTP/1.1 2x0 OK")), None);
+    assert_eq!(parse_status_line(&head(b"HTTP/1.1 999 Odd")), None);
+}
+
+#[test]
+fn identifiers_become_placeholders() {
+    assert_eq!(route("/users/12345"), "/users/{id}");
+    assert_eq!(route("/users/7/orders"), "/users/{id}/orders");
+    assert_eq!(
+        route("/items/123e4567-e89b-12d3-a456-426614174000"),
+        "/items/{id}"
+    );
+    assert_eq!(route("/objects/507f1f77bcf86cd799439011"), "/objects/{id}");
+    assert_eq!(route("/orders/order-12345/lines"), "/orders/{id}/lines");
+    assert_eq!(route("/reports/2024-01-31"), "/reports/{id}");
+}
+
+#[test]
+fn secrets_and_tokens_become_placeholders() {
+    assert_eq!(route("/reset/aZ3kLq9PwX2mNb7VtR5s"), "/reset/{id}");
+    assert_eq!(
+        route("/invite/QWxhZGRpbjpPcGVuU2VzYW1lQUJD"),
+        "/invite/{id}"
+    );
+    assert_eq!(route("/users/jane.doe@example.com"), "/users/{id}");
+    assert_eq!(route("/files/a%20b"), "/files/{id}");
+    assert_eq!(route(&alloc::format!("/x/{}", "a".repeat(70))), "/x/{id}");
+}
+
+#[test]
+fn words_stay_literal() {
+    assert_eq!(route("/api/v2/products"), "/api/v2/products");
+    assert_eq!(route("/docs/getting-started"), "/docs/getting-started");
+    assert_eq!(route("/updateUserPreferences"), "/updateUserPreferences");
+    assert_eq!(route("/cafe"), "/cafe");
+    assert_eq!(route("/deadbeef"), "/deadbeef");
+}
+
+#[test]
+fn query_fragment_and_empty_segments_are_dropped() {
+    assert_eq!(route("/search?q=secret&token=abc"), "/search");
+    assert_eq!(route("/page#top"), "/page");
+    assert_eq!(route("/a//b/"), "/a/b");
+    assert_eq!(route("/"), "/");
+    assert_eq!(route("/?x=1"), "/");
+    assert_eq!(route("/static/app.js HTTP/1.1\r\n"), "/static/app.js");
+}
+
+#[test]
+fn long_paths_end_in_a_rest_placeholder() {
+    let long = alloc::format!("/{}", "segment/".repeat(40));
+    let text = route(&long);
+    assert!(text.ends_with("/{*}"), "{text}");
+    assert!(text.len() < long.len());
+}
+
+#[test]
+fn collapsed_route_keeps_the_first_segment() {
+    let template = template_route(b"/docs/some-page/section");
+    assert_eq!(template.collapsed_text, "/docs/{*}");
+    assert_eq!(
+        template.collapsed_hash,
+        fnv_bytes(FNV_OFFSET, template.collapsed_text.as_bytes())
+    );
+    let root = template_route(b"/");
+    assert_eq!(root.collapsed_text, "/{*}");
+    assert_eq!(root.collapsed_hash, fnv_bytes(FNV_OFFSET, b"/{*}"));
+}
+
+#[test]
+fn streaming_over_split_reads_gives_the_same_route() {
+    // The kernel keeps the templater in the connection when a request line is cut.
+    let whole = template_route(b"/users/42/orders HTTP/1.1").hash;
+    let mut templater = RouteTemplater::new();
+    for &b in b"/users/4" {
+        assert_eq!(templater.feed(b, &mut ()), Fed::More);
+    }
+    // Stored in the map between the two reads: a plain copy of the state.
+    let mut resumed = RouteTemplater::new();
+    resumed.clone_from(&templater);
+    for &b in b"2/orders HTTP/1.1" {
+        if resumed.feed(b, &mut ()) == Fed::End {
+            break;
+        }
+    }
+    assert_eq!(resumed.finish(&mut ()), whole);
+}
+
+#[test]
+fn duration_buckets_are_found_by_bisection() {
+    let mut bounds = [u64::MAX; MAX_DURATION_BOUNDS];
+    let defaults = [
+        5, 10, 25, 50, 75, 100, 250, 500, 750, 1000, 2500, 5000, 7500, 10000,
+    ];
+    for (slot, ms) in bounds.iter_mut().zip(defaults) {
+        *slot = ms * 1_000_000;
+    }
+    let n = defaults.len();
+    assert_eq!(duration_bucket(&bounds, n, 0), 0);
+    assert_eq!(duration_bucket(&bounds, n, 5_000_000), 0);
+    assert_eq!(duration_bucket(&bounds, n, 5_000_001), 1);
+    assert_eq!(duration_bucket(&bounds, n, 100_000_000), 5);
+    assert_eq!(duration_bucket(&bounds, n, 100_000_001), 6);
+    assert_eq!(duration_bucket(&bounds, n, 10_000_000_000), 13);
+    assert_eq!(duration_bucket(&bounds, n, 10_000_000_001), n);
+    // Every count up to the maximum, every position: agrees with a linear scan.
+    for count in 0..=MAX_DURATION_BOUNDS {
+        let bounds: [u64; MAX_DURATION_BOUNDS] = core::array::from_fn(|i| (i as u64 + 1) * 10);
+        for ns in 0..(count as u64 + 2) * 10 {
+            let linear = bounds[..count]
+                .iter()
+                .position(|&b| ns <= b)
+                .unwrap_or(count);
+            assert_eq!(
+                duration_bucket(&bounds, count, ns),
+                linear,
+                "count {count} ns {ns}"
+            );
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! Reads the HTTP maps: duration histograms, the kernel's counters and route announcements;
+//! frees the entries of processes that are gone.
+
+use std::collections::HashSet;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    Ebpf,
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+};
+use monitor_common::http::{
+    Connection, DurationHistogram, DurationKey, MAX_DURATION_BOUNDS, ProcessRoute, RouteEvent,
+    connection_key, counter, phase, role,
+};
+
+use super::{MapUsage, capacity, take, usage};
+
+/// A histogram of one key summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DurationCounts {
+    pub buckets: [u64; MAX_DURATION_BOUNDS + 1],
+    pub sum_ns: u64,
+}
+
+impl Default for DurationCounts {
+    fn default() -> Self {
+        Self {
+            buckets: [0; MAX_DURATION_BOUNDS + 1],
+            sum_ns: 0,
+        }
+    }
+}
+
+impl DurationCounts {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    fn add(&mut self, histogram: &DurationHistogram) {
+        for (total, count) in self.buckets.iter_mut().zip(histogram.buckets) {
+            *total += count;
+        }
+        self.sum_ns += histogram.sum_ns;
+    }
+}
+
+/// A route the kernel granted to a process for the first time, with the path it came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteAnnouncement {
+    pub tgid: u32,
+    pub route: u64,
+    pub kind: u8,
+    pub path: Vec<u8>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct HttpSnapshot {
+    pub durations: Vec<(DurationKey, DurationCounts)>,
+    /// `monitor_common::http::counter`, summed over CPUs.
+    pub counters: [u64; counter::COUNT as usize],
+    pub announcements: Vec<RouteAnnouncement>,
+}
+
+pub struct HttpMaps {
+    durations: PerCpuHashMap<MapData, DurationKey, DurationHistogram>,
+    counters: PerCpuArray<MapData, u64>,
+    events: RingBuf<MapData>,
+    connections: HashMap<MapData, u64, Connection>,
+    routes_seen: HashMap<MapData, ProcessRoute, u8>,
+    route_count: HashMap<MapData, u32, u32>,
+}
+
+impl HttpMaps {
+    pub fn new(ebpf: &mut Ebpf) -> Result<Self> {
+        Ok(Self {
+            durations: take(ebpf, "HTTP_DURATION")?.try_into()?,
+            counters: take(ebpf, "HTTP_COUNTERS")?.try_into()?,
+            events: take(ebpf, "HTTP_EVENTS")?.try_into()?,
+            connections: take(ebpf, "CONNECTIONS")?.try_into()?,
+            routes_seen: take(ebpf, "ROUTES_SEEN")?.try_into()?,
+            route_count: take(ebpf, "ROUTE_COUNT")?.try_into()?,
+        })
+    }
+
+    /// Drains the announcements first, so that every route in the histograms read after has
+    /// its text (the kernel announces a route before it counts a request under it).
+    pub fn read(&mut self) -> Result<HttpSnapshot> {
+        let mut snapshot = HttpSnapshot {
+            announcements: self.drain_announcements(),
+            ..HttpSnapshot::default()
+        };
+        for entry in self.durations.iter() {
+            let (key, per_cpu) = entry.context("reading HTTP_DURATION")?;
+            let mut counts = DurationCounts::default();
+            per_cpu.iter().for_each(|histogram| counts.add(histogram));
+            snapshot.durations.push((key, counts));
+        }
+        for (index, total) in snapshot.counters.iter_mut().enumerate() {
+            let per_cpu = self
+                .counters
+                .get(&(index as u32), 0)
+                .context("reading HTTP_COUNTERS")?;
+            *total = per_cpu.iter().sum();
+        }
+        Ok(snapshot)
+    }
+
+    fn drain_announcements(&mut self) -> Vec<RouteAnnouncement> {
+        let mut announcements = Vec::new();
+        while let Some(item) = self.events.next() {
+            if item.len() < size_of::<RouteEvent>() {
+                continue;
+            }
+            // SAFETY: the kernel wrote a whole RouteEvent (checked length); read unaligned.
+            let event: RouteEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            let len = (event.path_len as usize).min(event.path.len());
+            announcements.push(RouteAnnouncement {
+                tgid: event.tgid,
+                route: event.route,
+                kind: event.kind,
+                path: event.path[..len].to_vec(),
+            });
+        }
+        announcements
+    }
+
+    /// Frees the histogram entries whose final values the model has taken.
+    pub fn forget_durations(&mut self, keys: &[DurationKey]) {
+        for key in keys {
+            let _ = self.durations.remove(key);
+        }
+    }
+
+    /// Asks the kernel to announce a route again (its announcement was lost).
+    pub fn forget_route(&mut self, tgid: u32, route: u64) {
+        let key = ProcessRoute {
+            route,
+            tgid,
+            _reserved: 0,
+        };
+        if self.routes_seen.remove(&key).is_ok()
+            && let Ok(granted) = self.route_count.get(&tgid, 0)
+        {
+            let _ = self.route_count.insert(tgid, granted.saturating_sub(1), 0);
+        }
+    }
+
+    /// Removes connection and route-budget entries of processes that no longer exist (a
+    /// killed process never closes its sockets). Returns the map occupancy it counted.
+    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) -> Vec<MapUsage> {
+        let connections: Vec<u64> = self.connections.keys().flatten().collect();
+        let mut dead = 0;
+        for key in &connections {
+            if !alive((key >> 32) as u32) {
+                let _ = self.connections.remove(key);
+                dead += 1;
+            }
+        }
+        let seen: Vec<ProcessRoute> = self.routes_seen.keys().flatten().collect();
+        let mut dead_routes = 0;
+        for key in &seen {
+            if !alive(key.tgid) {
+                let _ = self.routes_seen.remove(key);
+                dead_routes += 1;
+            }
+        }
+        let counted: Vec<u32> = self.route_count.keys().flatten().collect();
+        let mut dead_counts = 0;
+        for tgid in &counted {
+            if !alive(*tgid) {
+                let _ = self.route_count.remove(tgid);
+                dead_counts += 1;
+            }
+        }
+        vec![
+            usage(
+                "CONNECTIONS",
+                connections.len() - dead,
+                capacity(self.connections.map()),
+            ),
+            usage(
+                "ROUTES_SEEN",
+                seen.len() - dead_routes,
+                capacity(self.routes_seen.map()),
+            ),
+            usage(
+                "ROUTE_COUNT",
+                counted.len() - dead_counts,
+                capacity(self.route_count.map()),
+            ),
+        ]
+    }
+
+    pub fn duration_usage(&self, entries: usize) -> MapUsage {
+        usage("HTTP_DURATION", entries, capacity(self.durations.map()))
+    }
+
+    /// Starts tracking server connections that were open before the agent started, idle
+    /// until their next request. Existing entries (the kernel's own) are left alone.
+    pub fn adopt_connections(&mut self, sockets: &HashSet<(u32, u32)>) -> usize {
+        let mut adopted = 0;
+        for &(tgid, fd) in sockets {
+            let connection = Connection {
+                request_start_ns: 0,
+                last_write_ns: 0,
+                route: 0,
+                cached_template: 0,
+                cached_route: 0,
+                templater: monitor_common::http::RouteTemplater::new(),
+                status: 0,
+                method: 0,
+                phase: phase::IDLE,
+                role: role::SERVER,
+                _reserved: [0; 3],
+            };
+            const BPF_NOEXIST: u64 = 1;
+            if self
+                .connections
+                .insert(connection_key(tgid, fd), connection, BPF_NOEXIST)
+                .is_ok()
+            {
+                adopted += 1;
+            }
+        }
+        adopted
+    }
+}

@@ -1,0 +1,170 @@
+use std::collections::HashSet;
+
+use monitor_common::http::{method, route_kind, template_route};
+
+use super::*;
+use crate::collect::http::RouteAnnouncement;
+
+struct Facts {
+    alive: HashSet<u32>,
+}
+
+impl HttpFacts for Facts {
+    fn is_alive(&self, tgid: u32) -> bool {
+        self.alive.contains(&tgid)
+    }
+    fn identity(&self, tgid: u32) -> ProcessIdentity {
+        // Processes 1 and 2 are two workers of one service.
+        let service = if tgid <= 2 { "nginx" } else { "other" };
+        ProcessIdentity {
+            executable: service.into(),
+            service: service.into(),
+        }
+    }
+}
+
+fn alive(pids: &[u32]) -> Facts {
+    Facts {
+        alive: pids.iter().copied().collect(),
+    }
+}
+
+fn key(tgid: u32, path: &str, status: u16) -> DurationKey {
+    DurationKey {
+        tgid,
+        status,
+        method: method::GET,
+        _reserved: 0,
+        route: template_route(path.as_bytes()).hash,
+    }
+}
+
+fn counts(n: u64) -> DurationCounts {
+    let mut counts = DurationCounts::default();
+    counts.buckets[2] = n;
+    counts.sum_ns = n * 1000;
+    counts
+}
+
+fn announce(tgid: u32, path: &str) -> RouteAnnouncement {
+    RouteAnnouncement {
+        tgid,
+        route: template_route(path.as_bytes()).hash,
+        kind: route_kind::TEMPLATE,
+        path: path.as_bytes().to_vec(),
+    }
+}
+
+fn count_of(ledger: &HttpLedger, service: &str, route: &str, status: u16) -> Option<u64> {
+    ledger
+        .series()
+        .find(|(k, _)| k.service == service && k.route == route && k.status == status)
+        .map(|(_, c)| c.count())
+}
+
+#[test]
+fn workers_of_one_service_add_up_per_route_and_status() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let snapshot = HttpSnapshot {
+        durations: vec![
+            (key(1, "/users/1", 200), counts(3)),
+            (key(2, "/users/2", 200), counts(4)),
+            (key(2, "/users/3", 404), counts(1)),
+        ],
+        announcements: vec![announce(1, "/users/1")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&snapshot, &alive(&[1, 2]), Instant::now());
+    assert_eq!(count_of(&ledger, "nginx", "/users/{id}", 200), Some(7));
+    assert_eq!(count_of(&ledger, "nginx", "/users/{id}", 404), Some(1));
+}
+
+#[test]
+fn counts_wait_in_the_kernel_until_the_route_is_known() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let t0 = Instant::now();
+    let first = HttpSnapshot {
+        durations: vec![(key(1, "/a", 200), counts(5))],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&first, &alive(&[1]), t0);
+    assert_eq!(ledger.series().count(), 0);
+    let second = HttpSnapshot {
+        durations: vec![(key(1, "/a", 200), counts(6))],
+        announcements: vec![announce(1, "/a")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&second, &alive(&[1]), t0);
+    assert_eq!(count_of(&ledger, "nginx", "/a", 200), Some(6));
+}
+
+#[test]
+fn a_lost_announcement_is_asked_for_again() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let snapshot = HttpSnapshot {
+        durations: vec![(key(1, "/lost", 200), counts(1))],
+        ..HttpSnapshot::default()
+    };
+    let mut asked = Vec::new();
+    for _ in 0..REANNOUNCE_AFTER {
+        asked.extend(
+            ledger
+                .apply(&snapshot, &alive(&[1]), Instant::now())
+                .reannounce,
+        );
+    }
+    assert_eq!(asked, vec![(1, key(1, "/lost", 200).route)]);
+}
+
+#[test]
+fn exited_process_entries_are_read_once_more_then_freed() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let t0 = Instant::now();
+    let k = key(3, "/x", 500);
+    let with = |n| HttpSnapshot {
+        durations: vec![(k, counts(n))],
+        announcements: vec![announce(3, "/x")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&with(2), &alive(&[3]), t0);
+    let cleanup = ledger.apply(&with(5), &alive(&[]), t0);
+    assert_eq!(cleanup.forget, vec![k]);
+    assert_eq!(count_of(&ledger, "other", "/x", 500), Some(5));
+    // A new process reusing the key starts from zero in the kernel: no double count.
+    ledger.apply(&with(1), &alive(&[3]), t0);
+    assert_eq!(count_of(&ledger, "other", "/x", 500), Some(6));
+}
+
+#[test]
+fn routes_beyond_the_service_budget_overflow() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 1);
+    let snapshot = HttpSnapshot {
+        durations: vec![
+            (key(1, "/a", 200), counts(1)),
+            (key(1, "/b", 200), counts(2)),
+        ],
+        announcements: vec![announce(1, "/a"), announce(1, "/b")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&snapshot, &alive(&[1]), Instant::now());
+    assert_eq!(count_of(&ledger, "nginx", "/a", 200), Some(1));
+    assert_eq!(count_of(&ledger, "nginx", OVERFLOW_ROUTE, 200), Some(2));
+    assert_eq!(ledger.overflowed, 2);
+}
+
+#[test]
+fn series_without_updates_expire_after_the_grace_period() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(60), 200);
+    let t0 = Instant::now();
+    let snapshot = HttpSnapshot {
+        durations: vec![(key(3, "/x", 200), counts(1))],
+        announcements: vec![announce(3, "/x")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&snapshot, &alive(&[]), t0);
+    let empty = HttpSnapshot::default();
+    ledger.apply(&empty, &alive(&[]), t0 + Duration::from_secs(59));
+    assert_eq!(ledger.series().count(), 1);
+    ledger.apply(&empty, &alive(&[]), t0 + Duration::from_secs(61));
+    assert_eq!(ledger.series().count(), 0);
+}

@@ -1,0 +1,166 @@
+//! The syscall hook of the HTTP programs: `sys_exit` as a BTF tracepoint, else as a raw
+//! tracepoint (no BTF needed); and the settings those programs read.
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use aya::{
+    Btf, Ebpf,
+    maps::Array,
+    programs::{BtfTracePoint, RawTracePoint},
+};
+use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS};
+
+use super::{AttachedProgram, HookKind};
+
+/// What the user chose for HTTP, checked.
+pub struct HttpSettings {
+    pub duration_buckets: Vec<f64>,
+    pub route_budget: u32,
+    pub exclude_comm: Vec<String>,
+}
+
+/// Builds the programs' configuration; errors say which option is wrong and why.
+pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfig> {
+    let buckets = &settings.duration_buckets;
+    if buckets.is_empty() || buckets.len() > MAX_DURATION_BOUNDS {
+        bail!(
+            "--duration-buckets takes 1 to {MAX_DURATION_BOUNDS} bounds, got {}",
+            buckets.len()
+        );
+    }
+    let mut duration_bounds_ns = [u64::MAX; MAX_DURATION_BOUNDS];
+    for (i, &seconds) in buckets.iter().enumerate() {
+        if !(seconds.is_finite() && seconds > 0.0) {
+            bail!("--duration-buckets: {seconds} is not a positive number of seconds");
+        }
+        if i > 0 && seconds <= buckets[i - 1] {
+            bail!(
+                "--duration-buckets must be ascending: {} then {seconds}",
+                buckets[i - 1]
+            );
+        }
+        duration_bounds_ns[i] = (seconds * 1e9).round() as u64;
+    }
+    if settings.exclude_comm.len() > MAX_EXCLUDED_COMMS {
+        bail!("--exclude-comm takes at most {MAX_EXCLUDED_COMMS} names");
+    }
+    let mut excluded_comms = [[0u8; 16]; MAX_EXCLUDED_COMMS];
+    for (slot, name) in excluded_comms.iter_mut().zip(&settings.exclude_comm) {
+        // The kernel keeps 15 bytes of a name: compare what it can see.
+        let bytes = &name.as_bytes()[..name.len().min(15)];
+        if bytes.is_empty() {
+            bail!("--exclude-comm: empty name");
+        }
+        slot[..bytes.len()].copy_from_slice(bytes);
+    }
+    if settings.route_budget == 0 {
+        bail!("--route-budget must be at least 1");
+    }
+    Ok(HttpConfig {
+        duration_bounds_ns,
+        duration_bound_count: buckets.len() as u32,
+        route_budget: settings.route_budget,
+        agent_tgid,
+        _reserved: 0,
+        excluded_comms,
+    })
+}
+
+pub fn write_config(ebpf: &mut Ebpf, config: HttpConfig) -> Result<()> {
+    let map = ebpf
+        .map_mut("HTTP_CONFIG")
+        .ok_or_else(|| anyhow!("map HTTP_CONFIG missing from the BPF object"))?;
+    let mut array: Array<_, HttpConfig> = Array::try_from(map)?;
+    array.set(0, config, 0)?;
+    Ok(())
+}
+
+/// Attaches the `sys_exit` program: BTF tracepoint, else raw tracepoint. With `empty`, a
+/// program that does nothing (the benchmarks' floor).
+pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    const HOOK: &str = "sys_exit";
+    let btf_error = match Btf::from_sys_fs() {
+        Ok(btf) => {
+            let name = if empty {
+                "sys_exit_empty"
+            } else {
+                "sys_exit_btf"
+            };
+            match attach_btf(ebpf, &btf, name) {
+                Ok(()) => {
+                    return Ok(AttachedProgram {
+                        hook: HOOK,
+                        kind: HookKind::TpBtf,
+                        program: name,
+                    });
+                }
+                Err(error) => format!("{error:#}"),
+            }
+        }
+        Err(error) => format!("no kernel BTF: {error}"),
+    };
+    if empty {
+        bail!("empty programs are BTF tracepoints: {btf_error}");
+    }
+    log::warn!("BTF tracepoint sys_exit unavailable ({btf_error}); using a raw tracepoint");
+    const RAW: &str = "sys_exit_raw";
+    let program: &mut RawTracePoint = program_mut(ebpf, RAW)?.try_into()?;
+    program.load().context("loading sys_exit_raw")?;
+    program
+        .attach(HOOK)
+        .map_err(|error| anyhow!("cannot attach sys_exit: tp_btf: {btf_error}; raw_tp: {error}"))?;
+    Ok(AttachedProgram {
+        hook: HOOK,
+        kind: HookKind::RawTracepoint,
+        program: RAW,
+    })
+}
+
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
+    let program: &mut BtfTracePoint = program_mut(ebpf, name)?.try_into()?;
+    program
+        .load("sys_exit", btf)
+        .with_context(|| format!("loading {name}"))?;
+    program
+        .attach()
+        .with_context(|| format!("attaching {name}"))?;
+    Ok(())
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(buckets: &[f64]) -> HttpSettings {
+        HttpSettings {
+            duration_buckets: buckets.to_vec(),
+            route_budget: 200,
+            exclude_comm: vec!["nginx".into()],
+        }
+    }
+
+    #[test]
+    fn buckets_become_nanoseconds() {
+        let config = http_config(&settings(&[0.001, 0.0025, 1.0]), 42).unwrap();
+        assert_eq!(config.duration_bound_count, 3);
+        assert_eq!(
+            &config.duration_bounds_ns[..4],
+            &[1_000_000, 2_500_000, 1_000_000_000, u64::MAX]
+        );
+        assert_eq!(config.agent_tgid, 42);
+        assert_eq!(&config.excluded_comms[0][..6], b"nginx\0");
+    }
+
+    #[test]
+    fn bad_buckets_are_explained() {
+        let error = |b: &[f64]| http_config(&settings(b), 1).unwrap_err().to_string();
+        assert!(error(&[0.1, 0.05]).contains("ascending"));
+        assert!(error(&[]).contains("1 to 32"));
+        assert!(error(&[-1.0]).contains("positive"));
+        assert!(error(&[0.001; 33]).contains("1 to 32"));
+    }
+}
