@@ -347,6 +347,16 @@ impl RouteTemplater {
     }
 }
 
+/// How many of a budget's routes may be templates; the rest is kept for collapsed forms
+/// (`/<first segment>/{*}`), so that one fanned-out segment ends in one collapsed route
+/// rather than in `__overflow__`. A budget allows at most `budget` routes plus
+/// `__overflow__`.
+#[inline(always)]
+pub const fn template_allowance(budget: u32) -> u32 {
+    let templates = budget - budget / 4;
+    if templates == 0 { 1 } else { templates }
+}
+
 /// How a route was admitted under the per-process route budget.
 pub mod route_kind {
     /// Its own template.
@@ -433,6 +443,8 @@ pub struct HttpConfig {
     /// The agent's own process: never measured.
     pub agent_tgid: u32,
     pub _reserved: u32,
+    /// A response with no write for this long, on a connection left open, is finished.
+    pub idle_timeout_ns: u64,
     /// Executables (`comm`, NUL-padded) whose connections are never tracked.
     pub excluded_comms: [[u8; 16]; MAX_EXCLUDED_COMMS],
 }
@@ -447,20 +459,24 @@ pub mod role {
 /// Where a server connection is in its request/response cycle.
 pub mod phase {
     /// Between requests.
-    pub const IDLE: u8 = 0;
+    pub const IDLE: u64 = 0;
     /// The request line arrived cut: the templater waits for the rest.
-    pub const REQUEST_LINE: u8 = 1;
+    pub const REQUEST_LINE: u64 = 1;
     /// A request arrived; no final response yet.
-    pub const REQUEST: u8 = 2;
-    /// The response is being written; it ends with the last write before the next request,
-    /// or the close.
-    pub const RESPONSE: u8 = 3;
+    pub const REQUEST: u64 = 2;
+    /// The response is being written. It ends with its last write, known when the next
+    /// request arrives, the next pipelined response starts, the connection closes, or no
+    /// write has come for the idle timeout (keep-alive connections that wait).
+    pub const RESPONSE: u64 = 3;
 }
 
 /// Per-connection state, keyed by (tgid, fd).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Connection {
+    /// `phase::*`. A whole word: leaving `RESPONSE` is a compare-and-swap, because the
+    /// syscall path and the idle sweep may both try to end the same response.
+    pub phase: u64,
     /// When the read that brought the request's first bytes returned.
     pub request_start_ns: u64,
     /// When the last write of the response returned.
@@ -474,9 +490,8 @@ pub struct Connection {
     pub templater: RouteTemplater,
     pub status: u16,
     pub method: u8,
-    pub phase: u8,
     pub role: u8,
-    pub _reserved: [u8; 3],
+    pub _reserved: [u8; 4],
 }
 
 /// Key of `CONNECTIONS`: the process and the file descriptor.
@@ -520,7 +535,9 @@ pub mod counter {
     pub const ROUTES_OVERFLOWED: u32 = 10;
     /// Connections accepted and tracked.
     pub const CONNECTIONS_ACCEPTED: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// Responses ended by the idle sweep (their connection stayed open without a request).
+    pub const ENDED_IDLE: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentShape>() == 16);
@@ -528,10 +545,10 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 48);
 const _: () = assert!(core::mem::size_of::<RouteEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 40 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 48 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(
-    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 16 + 16 * MAX_EXCLUDED_COMMS
+    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 24 + 16 * MAX_EXCLUDED_COMMS
 );
 const _: () = assert!(CAPTURE_LEN.is_power_of_two() && MAX_DURATION_BOUNDS.is_power_of_two());
 

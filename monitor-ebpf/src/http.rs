@@ -12,14 +12,14 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
+        generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
     },
 };
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, Fed, HttpConfig, MAX_DURATION_BOUNDS,
     MAX_EXCLUDED_COMMS, MAX_PATH_LEN, OVERFLOW_ROUTE_HASH, ProcessRoute, RouteEvent,
     RouteTemplater, connection_key, counter, duration_bucket, parse_request_start,
-    parse_status_line, phase, role, route_kind,
+    parse_status_line, phase, role, route_kind, template_allowance,
 };
 
 use crate::{
@@ -76,6 +76,7 @@ pub fn on_accept(ret: i64) {
         return;
     }
     let connection = Connection {
+        phase: phase::IDLE,
         request_start_ns: 0,
         last_write_ns: 0,
         route: 0,
@@ -84,9 +85,8 @@ pub fn on_accept(ret: i64) {
         templater: RouteTemplater::new(),
         status: 0,
         method: 0,
-        phase: phase::IDLE,
         role: role::SERVER,
-        _reserved: [0; 3],
+        _reserved: [0; 4],
     };
     // BPF_ANY: a stale entry for a reused fd number is replaced.
     let key = connection_key(tgid, ret as u32);
@@ -179,9 +179,11 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
                 let _ = finish_response(conn, tgid, conn.last_write_ns);
                 count(counter::REQUESTS);
                 conn.status = status;
+                conn.last_write_ns = now;
                 conn.phase = phase::RESPONSE;
+            } else {
+                conn.last_write_ns = now;
             }
-            conn.last_write_ns = now;
         }
         phase::IDLE if status_of(buffer, ret).is_some() => {
             count(counter::UNMATCHED_RESPONSES);
@@ -328,7 +330,9 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: PathBytes) -> u64
         return OVERFLOW_ROUTE_HASH;
     };
     let budget = config().map_or(0, |config| config.route_budget);
-    if *granted < budget && ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok() {
+    if *granted < template_allowance(budget)
+        && ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok()
+    {
         *granted += 1;
         announce(tgid, template, route_kind::TEMPLATE, &path);
         return template;
@@ -341,9 +345,8 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: PathBytes) -> u64
         count(counter::ROUTES_COLLAPSED);
         return collapsed;
     }
-    // A quarter more routes for collapsed forms, so one fanned-out segment does not push
-    // every later route into `__overflow__`.
-    if *granted < budget + budget / 4
+    // The rest of the budget goes to collapsed forms (`template_allowance`).
+    if *granted < budget
         && ROUTES_SEEN
             .insert(collapsed_seen, 1, BPF_NOEXIST as u64)
             .is_ok()
@@ -448,12 +451,14 @@ fn append_partial_path(key: u64, capture: &Capture, from: usize, len: usize) {
 
 // --- Responses ---
 
-/// Records the request that `conn` holds, ended at `end_ns`.
+/// Records the request that `conn` holds, ended at `end_ns`; 1 when this call recorded it.
 ///
 /// Not inlined: four places end requests. It returns a value because a BPF function that
 /// returns nothing may leave a stack pointer in r0, which the verifier rejects.
 #[inline(never)]
 fn finish_response(conn: &mut Connection, tgid: u32, end_ns: u64) -> u64 {
+    // Read before the claim: once it is claimed, the syscall path may start the next request
+    // in these fields.
     let duration = end_ns.saturating_sub(conn.request_start_ns);
     let key = DurationKey {
         tgid,
@@ -462,7 +467,9 @@ fn finish_response(conn: &mut Connection, tgid: u32, end_ns: u64) -> u64 {
         _reserved: 0,
         route: conn.route,
     };
-    conn.phase = phase::IDLE;
+    if !claim_response(conn) {
+        return 0; // the sweep (or a syscall on another CPU) ended it already
+    }
     let mut histogram = HTTP_DURATION.get_ptr_mut(key);
     if histogram.is_none() {
         if let Some(zero) = ZERO_DURATION.get(0) {
@@ -491,6 +498,98 @@ fn finish_response(conn: &mut Connection, tgid: u32, end_ns: u64) -> u64 {
     }
     histogram.sum_ns += duration;
     count(counter::RESPONSES);
+    1
+}
+
+/// Moves the connection from RESPONSE to IDLE; true for the one caller that did it.
+#[inline(always)]
+fn claim_response(conn: &mut Connection) -> bool {
+    compare_exchange(
+        core::ptr::addr_of_mut!(conn.phase),
+        phase::RESPONSE,
+        phase::IDLE,
+    ) == phase::RESPONSE
+}
+
+/// Atomically replaces `*word` with `new` if it holds `expected`; returns what it held.
+/// BPF_CMPXCHG (kernel 5.12+) has no Rust intrinsic on the BPF target, so it is written out.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
+    let mut previous = expected;
+    // SAFETY: `word` is an aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "r0 = cmpxchg_64({word} + 0, r0, {new})",
+            word = in(reg) word,
+            new = in(reg) new,
+            inout("r0") previous,
+        );
+    }
+    previous
+}
+
+/// Host builds (clippy, `cargo check`) only: the programs run on the BPF target.
+#[cfg(not(target_arch = "bpf"))]
+fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
+    // SAFETY: as above; never run concurrently on the host.
+    unsafe {
+        let previous = *word;
+        if previous == expected {
+            *word = new;
+        }
+        previous
+    }
+}
+
+// --- The idle sweep ---
+
+#[repr(C)]
+struct SweepContext {
+    now: u64,
+    idle_timeout: u64,
+}
+
+/// Ends responses whose connection has waited, with no write, for the idle timeout: the last
+/// request of a keep-alive connection would otherwise be counted only when the next request
+/// comes or the connection closes. Runs on one CPU from the periodic tick.
+pub fn sweep_idle_responses(now: u64) {
+    let Some(config) = config() else {
+        return;
+    };
+    if config.idle_timeout_ns == 0 {
+        return;
+    }
+    let mut ctx = SweepContext {
+        now,
+        idle_timeout: config.idle_timeout_ns,
+    };
+    // SAFETY: the callback and its context match what the helper expects.
+    unsafe {
+        bpf_for_each_map_elem(
+            core::ptr::addr_of!(CONNECTIONS).cast_mut().cast(),
+            sweep_one as *mut c_void,
+            (&mut ctx as *mut SweepContext).cast(),
+            0,
+        );
+    }
+}
+
+#[inline(never)]
+extern "C" fn sweep_one(
+    _map: *mut c_void,
+    key: *const u64,
+    conn: *mut Connection,
+    ctx: *mut SweepContext,
+) -> i64 {
+    // SAFETY: the helper passes a valid key, value and our context.
+    let (key, conn, ctx) = unsafe { (*key, &mut *conn, &*ctx) };
+    if conn.phase == phase::RESPONSE
+        && ctx.now.saturating_sub(conn.last_write_ns) >= ctx.idle_timeout
+        && finish_response(conn, (key >> 32) as u32, conn.last_write_ns) != 0
+    {
+        count(counter::ENDED_IDLE);
+    }
     0
 }
 

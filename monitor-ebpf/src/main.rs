@@ -4,6 +4,8 @@
 //! classic tracepoint (the fallback where BTF is missing). The agent loads one set.
 #![no_std]
 #![no_main]
+// Inline assembly for BPF_CMPXCHG (see http::compare_exchange); nightly builds this crate.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod http;
 mod maps;
@@ -12,7 +14,10 @@ mod syscalls;
 
 use aya_ebpf::{
     bindings::pt_regs,
-    helpers::bpf_probe_read_kernel,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+    },
     macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
@@ -204,6 +209,12 @@ pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
 #[perf_event]
 pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
     sched::on_tick();
+    // One CPU ends the responses that keep-alive connections left waiting.
+    // SAFETY: no preconditions.
+    if unsafe { bpf_get_smp_processor_id() } == 0 {
+        // SAFETY: as above.
+        http::sweep_idle_responses(unsafe { bpf_ktime_get_ns() });
+    }
     0
 }
 

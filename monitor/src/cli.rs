@@ -65,6 +65,13 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_ROUTE_BUDGET", default_value_t = 200)]
     pub route_budget: u32,
 
+    /// A response counts as finished once its connection has had no write for this long
+    /// (a keep-alive connection waiting for its next request); the next request, the next
+    /// pipelined response or the close end it sooner. Responses that pause longer than this
+    /// mid-body are measured up to the pause.
+    #[arg(long, env = "MONITOR_HTTP_IDLE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub http_idle_timeout: Duration,
+
     /// Executables (by name, as in `ps -o comm`) whose HTTP traffic is never measured; the
     /// agent's own is never measured anyway. Repeat or separate with commas (at most 8).
     #[arg(long, env = "MONITOR_EXCLUDE_COMM", value_delimiter = ',')]

@@ -51,6 +51,7 @@ async fn serve(cli: Cli) -> Result<()> {
             duration_buckets: cli.duration_buckets.clone(),
             route_budget: cli.route_budget,
             exclude_comm: cli.exclude_comm.clone(),
+            idle_timeout: cli.http_idle_timeout,
         },
     })?;
     log_summary(&agent, &cli);

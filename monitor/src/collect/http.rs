@@ -201,6 +201,7 @@ impl HttpMaps {
         let mut adopted = 0;
         for &(tgid, fd) in sockets {
             let connection = Connection {
+                phase: phase::IDLE,
                 request_start_ns: 0,
                 last_write_ns: 0,
                 route: 0,
@@ -209,9 +210,8 @@ impl HttpMaps {
                 templater: monitor_common::http::RouteTemplater::new(),
                 status: 0,
                 method: 0,
-                phase: phase::IDLE,
                 role: role::SERVER,
-                _reserved: [0; 3],
+                _reserved: [0; 4],
             };
             const BPF_NOEXIST: u64 = 1;
             if self

@@ -122,6 +122,12 @@ fn http_counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
             kernel(counter::RESPONSES),
         ),
         single(
+            "monitor_http_responses_ended_idle_total",
+            "Responses ended by the idle timeout: their keep-alive connection stayed open \
+             without a write or a new request.",
+            kernel(counter::ENDED_IDLE),
+        ),
+        single(
             "monitor_http_requests_unanswered_total",
             "Requests whose connection closed before any response.",
             kernel(counter::UNANSWERED),

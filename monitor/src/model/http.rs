@@ -12,7 +12,7 @@ use std::{
 
 use monitor_common::http::{DurationKey, OVERFLOW_ROUTE, counter};
 
-use super::routes::{RouteRegistry, ServiceRouteBudget};
+use super::routes::{Admitted, RouteRegistry, ServiceRouteBudget};
 use crate::collect::{
     http::{DurationCounts, HttpSnapshot},
     process::ProcessIdentity,
@@ -61,6 +61,8 @@ pub struct HttpLedger {
     pub kernel_counters: [u64; counter::COUNT as usize],
     /// Observations moved to `__overflow__` by the per-service budget.
     pub overflowed: u64,
+    /// Observations moved to a collapsed route by the per-service budget.
+    pub collapsed: u64,
 }
 
 /// Refreshes a key may wait for its route's text before the route is announced again.
@@ -77,6 +79,7 @@ impl HttpLedger {
             series: BTreeMap::new(),
             kernel_counters: [0; counter::COUNT as usize],
             overflowed: 0,
+            collapsed: 0,
         }
     }
 
@@ -110,17 +113,21 @@ impl HttpLedger {
                 None => UNKNOWN_ROUTE.to_owned(),
             };
             self.waiting.remove(key);
-            let admitted = self.budget.admit(&identity.service, &route).to_owned();
+            let admitted = self.budget.admit(&identity.service, &route);
+            let increase = increase(counts, self.last.get(key));
+            match &admitted {
+                Admitted::Collapsed(_) => self.collapsed += increase.count(),
+                Admitted::Overflow if route != OVERFLOW_ROUTE => {
+                    self.overflowed += increase.count()
+                }
+                _ => {}
+            }
             let series_key = SeriesKey {
                 service: identity.service.clone(),
                 method: key.method,
                 status: key.status,
-                route: admitted,
+                route: admitted.label().to_owned(),
             };
-            let increase = increase(counts, self.last.get(key));
-            if series_key.route == OVERFLOW_ROUTE && route != OVERFLOW_ROUTE {
-                self.overflowed += increase.count();
-            }
             let series = self.series.entry(series_key).or_insert_with(|| Series {
                 counts: DurationCounts::default(),
                 updated: now,

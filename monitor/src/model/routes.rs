@@ -2,7 +2,9 @@
 
 use std::collections::{HashMap, HashSet};
 
-use monitor_common::http::{OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, route_kind, template_route};
+use monitor_common::http::{
+    OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, route_kind, template_allowance, template_route,
+};
 
 use crate::collect::http::RouteAnnouncement;
 
@@ -46,10 +48,57 @@ impl RouteRegistry {
     }
 }
 
-/// Distinct routes per service, at most `limit`; the rest are `__overflow__`.
+/// Distinct routes per service: templates up to `template_allowance(limit)`, then the
+/// collapsed form `/<first segment>/{*}` of further templates until `limit` routes, then
+/// `__overflow__`: the rule the kernel applies per process, applied again per service
+/// (whose processes may each have admitted different routes).
 pub struct ServiceRouteBudget {
     limit: usize,
-    admitted: HashMap<String, HashSet<String>>,
+    admitted: HashMap<String, ServiceRoutes>,
+}
+
+#[derive(Default)]
+struct ServiceRoutes {
+    routes: HashSet<String>,
+    templates: usize,
+}
+
+/// How a route label was decided.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// The route as it came.
+    AsIs(String),
+    /// The service's templates were spent: collapsed to `/<first segment>/{*}`.
+    Collapsed(String),
+    /// No room at all.
+    Overflow,
+}
+
+impl Admitted {
+    pub fn label(&self) -> &str {
+        match self {
+            Admitted::AsIs(route) | Admitted::Collapsed(route) => route,
+            Admitted::Overflow => OVERFLOW_ROUTE,
+        }
+    }
+}
+
+fn is_collapsed(route: &str) -> bool {
+    route.ends_with("/{*}")
+}
+
+/// `/docs/intro` -> `/docs/{*}`, `/` -> `/{*}`.
+fn collapse(route: &str) -> String {
+    let first = route
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("");
+    if first.is_empty() {
+        "/{*}".to_owned()
+    } else {
+        format!("/{first}/{{*}}")
+    }
 }
 
 impl ServiceRouteBudget {
@@ -61,16 +110,39 @@ impl ServiceRouteBudget {
     }
 
     /// The route label to use for `route` of `service`.
-    pub fn admit<'a>(&mut self, service: &str, route: &'a str) -> &'a str {
-        let routes = self.admitted.entry(service.to_owned()).or_default();
-        if routes.contains(route) {
-            return route;
+    pub fn admit(&mut self, service: &str, route: &str) -> Admitted {
+        let limit = self.limit;
+        let templates_allowed = template_allowance(limit as u32) as usize;
+        let service = self.admitted.entry(service.to_owned()).or_default();
+        if route == OVERFLOW_ROUTE {
+            return Admitted::Overflow;
         }
-        if route == OVERFLOW_ROUTE || routes.len() >= self.limit {
-            return OVERFLOW_ROUTE;
+        if service.routes.contains(route) {
+            return Admitted::AsIs(route.to_owned());
         }
-        routes.insert(route.to_owned());
-        route
+        let already_collapsed = is_collapsed(route);
+        if !already_collapsed
+            && service.templates < templates_allowed
+            && service.routes.len() < limit
+        {
+            service.templates += 1;
+            service.routes.insert(route.to_owned());
+            return Admitted::AsIs(route.to_owned());
+        }
+        let collapsed = if already_collapsed {
+            route.to_owned()
+        } else {
+            collapse(route)
+        };
+        if service.routes.contains(&collapsed) || service.routes.len() < limit {
+            service.routes.insert(collapsed.clone());
+            return if already_collapsed {
+                Admitted::AsIs(collapsed)
+            } else {
+                Admitted::Collapsed(collapsed)
+            };
+        }
+        Admitted::Overflow
     }
 
     /// Forgets services that no longer have series.
@@ -119,13 +191,35 @@ mod tests {
         assert_eq!(registry.mismatches, 1);
     }
 
+    fn admit(budget: &mut ServiceRouteBudget, service: &str, route: &str) -> String {
+        budget.admit(service, route).label().to_owned()
+    }
+
     #[test]
-    fn budget_admits_up_to_the_limit_per_service() {
+    fn templates_then_collapsed_forms_then_overflow() {
+        // A budget of 4: 3 templates, then collapsed forms up to 4 routes in all.
+        let mut budget = ServiceRouteBudget::new(4);
+        for route in ["/a/1", "/b/1", "/c/1"] {
+            assert_eq!(admit(&mut budget, "s", route), route);
+        }
+        assert_eq!(
+            budget.admit("s", "/d/x"),
+            Admitted::Collapsed("/d/{*}".into())
+        );
+        assert_eq!(admit(&mut budget, "s", "/d/y"), "/d/{*}");
+        assert_eq!(admit(&mut budget, "s", "/e/x"), OVERFLOW_ROUTE);
+        assert_eq!(admit(&mut budget, "s", "/a/1"), "/a/1");
+        // Another service has its own budget.
+        assert_eq!(admit(&mut budget, "t", "/e/x"), "/e/x");
+    }
+
+    #[test]
+    fn routes_the_kernel_collapsed_take_the_remaining_room() {
         let mut budget = ServiceRouteBudget::new(2);
-        assert_eq!(budget.admit("a", "/x"), "/x");
-        assert_eq!(budget.admit("a", "/y"), "/y");
-        assert_eq!(budget.admit("a", "/z"), OVERFLOW_ROUTE);
-        assert_eq!(budget.admit("a", "/x"), "/x");
-        assert_eq!(budget.admit("b", "/z"), "/z");
+        assert_eq!(admit(&mut budget, "s", "/docs/{*}"), "/docs/{*}");
+        assert_eq!(admit(&mut budget, "s", "/a"), "/a");
+        assert_eq!(admit(&mut budget, "s", "/b/c"), OVERFLOW_ROUTE);
+        assert_eq!(admit(&mut budget, "s", "/"), OVERFLOW_ROUTE);
+        assert_eq!(collapse("/"), "/{*}");
     }
 }

@@ -16,6 +16,7 @@ pub struct HttpSettings {
     pub duration_buckets: Vec<f64>,
     pub route_budget: u32,
     pub exclude_comm: Vec<String>,
+    pub idle_timeout: std::time::Duration,
 }
 
 /// Builds the programs' configuration; errors say which option is wrong and why.
@@ -61,6 +62,7 @@ pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfi
         route_budget: settings.route_budget,
         agent_tgid,
         _reserved: 0,
+        idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
         excluded_comms,
     })
 }
@@ -140,6 +142,7 @@ mod tests {
             duration_buckets: buckets.to_vec(),
             route_budget: 200,
             exclude_comm: vec!["nginx".into()],
+            idle_timeout: std::time::Duration::from_secs(1),
         }
     }
 
