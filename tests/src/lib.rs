@@ -2,8 +2,10 @@
 //! and poll with a bound instead of sleeping.
 
 pub mod agent;
+pub mod http;
 pub mod metrics;
 pub mod poll;
+pub mod servers;
 pub mod workload;
 
 pub use agent::MonitorAgent;

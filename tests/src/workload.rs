@@ -18,11 +18,7 @@ pub struct Burner {
 impl Burner {
     /// Use the [`burner!`](crate::burner) macro, which knows where cargo put the helper.
     pub fn new(helper: &Path, prefix: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
-        let name = format!("{prefix}{:05x}", (nanos ^ std::process::id()) & 0xfffff);
-        assert!(name.len() < 16, "{name} would be cut in the kernel's comm");
+        let name = unique_name(prefix);
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join(&name);
         std::fs::copy(helper, &path).expect("copying cpu-burner");
@@ -46,6 +42,16 @@ impl Burner {
             .spawn()
             .expect("starting cpu-burner")
     }
+}
+
+/// `<prefix><5 hex digits>`, unique enough between tests, shorter than a kernel comm.
+pub fn unique_name(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let name = format!("{prefix}{:05x}", (nanos ^ std::process::id()) & 0xfffff);
+    assert!(name.len() < 16, "{name} would be cut in the kernel's comm");
+    name
 }
 
 /// A [`Burner`] named `<prefix><5 hex digits>`; the path to the helper is only known to the

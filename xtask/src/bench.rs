@@ -44,7 +44,7 @@ fn program_totals(scrape: &Scrape) -> BTreeMap<String, (f64, f64)> {
     let mut totals = BTreeMap::new();
     for sample in scrape.matching(RUN_TIME, &[]) {
         if let Some(program) = sample.labels.get("program") {
-            let labels = [("program", program)];
+            let labels = [("program", program.as_str())];
             let time = scrape.value(RUN_TIME, &labels).unwrap_or(0.0) * 1e9;
             let runs = scrape.value(RUNS, &labels).unwrap_or(0.0);
             totals.insert(program.to_owned(), (time, runs));

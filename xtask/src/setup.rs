@@ -21,13 +21,23 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool checks scrapes and rules
     "curl",       // examples in the README
     "ca-certificates",
+    "nginx",         // a real HTTP server under test
+    "apache2-utils", // ab: load with exact request counts
+    "python3",       // http.server under test (/usr/bin/python3)
+    "python3-pip",   // installs kubernetes-validate
+    "nodejs",        // Node's http module under test
+    "systemd",       // systemd-analyze verifies the unit
 ];
+
+/// PyPI packages the tests use: (import name, package).
+const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const NIGHTLY: &str = "nightly";
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
+    pip_packages()?;
     rust_components()?;
     bpf_linker()?;
     eprintln!("xtask: setup complete");
@@ -65,6 +75,28 @@ fn apt_packages() -> Result<()> {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
     .context("installing apt packages")
+}
+
+fn pip_packages() -> Result<()> {
+    for (module, package) in PIP_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|output| output.status.success());
+        if present {
+            continue;
+        }
+        let install = |extra: &[&str]| {
+            run(Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", package])
+                .args(extra))
+        };
+        // Debian's own Python refuses pip installs unless told it may (PEP 668).
+        install(&[])
+            .or_else(|_| install(&["--break-system-packages"]))
+            .with_context(|| format!("installing {package} with pip"))?;
+    }
+    Ok(())
 }
 
 fn apt_installed(package: &str) -> bool {

@@ -1,0 +1,174 @@
+//! Real HTTP servers for the tests, each under a name of its own so its `service_name` is its
+//! own: nginx (its name is nginx), Python's http.server and Node's http module run from copies
+//! of their interpreters named after the test.
+
+use std::{
+    fs,
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use tempfile::TempDir;
+
+use crate::{agent::free_port, poll_until, workload::unique_name};
+
+pub struct Server {
+    child: Option<Child>,
+    pub port: u16,
+    /// The `service_name` its metrics carry.
+    pub service: String,
+    _dir: TempDir,
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A copy of the program at `path` named `name`, so its comm (and service name) is `name`.
+fn renamed_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
+    let original = fs::canonicalize(program).unwrap_or_else(|e| panic!("{program}: {e}"));
+    let copy = dir.join(name);
+    fs::copy(&original, &copy).expect("copying the interpreter");
+    copy
+}
+
+impl Server {
+    /// Python's ThreadingHTTPServer running tests/fixtures/http_server.py.
+    pub fn python() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("py");
+        let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+        let port = free_port();
+        let child = Command::new(python)
+            .arg(fixture("http_server.py"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the Python server");
+        Self::started(child, port, name, dir)
+    }
+
+    /// Node's http module running tests/fixtures/http_server.js.
+    pub fn node() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("node");
+        let node = renamed_copy(dir.path(), "/usr/bin/node", &name);
+        let port = free_port();
+        let child = Command::new(node)
+            .arg(fixture("http_server.js"))
+            .arg(port.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the Node server");
+        Self::started(child, port, name, dir)
+    }
+
+    /// nginx (two workers) with `locations` inside its server block.
+    pub fn nginx(locations: &str) -> Self {
+        Self::nginx_with_workers(2, locations)
+    }
+
+    pub fn nginx_with_workers(workers: usize, locations: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let root = dir.path().display();
+        let config = format!(
+            "daemon off;\nworker_processes {workers};\npid {root}/nginx.pid;\nerror_log stderr error;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {root};\n\
+             proxy_temp_path {root};\n  fastcgi_temp_path {root};\n  uwsgi_temp_path {root};\n\
+             scgi_temp_path {root};\n  keepalive_requests 1000000;\n\
+             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n{locations}\n  }}\n}}\n"
+        );
+        let path = dir.path().join("nginx.conf");
+        fs::write(&path, config).unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", "stderr", "-c"])
+            .arg(&path)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting nginx (installed by `cargo xtask setup`)");
+        Self::started(child, port, "nginx".into(), dir)
+    }
+
+    fn started(child: Child, port: u16, service: String, dir: TempDir) -> Self {
+        let mut server = Self {
+            child: Some(child),
+            port,
+            service,
+            _dir: dir,
+        };
+        poll_until("the server to listen", Duration::from_secs(15), || {
+            if let Some(status) = server.child.as_mut()?.try_wait().ok()? {
+                panic!("{} exited during start-up: {status}", server.service);
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        server
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server stopped").id()
+    }
+
+    /// Kills the server at once (SIGKILL): requests in flight die with it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // nginx's workers are its children: take the whole process group down with it.
+            let _ = Command::new("pkill")
+                .args(["-KILL", "-P", &child.id().to_string()])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SIGTERM lets nginx stop its workers; the others just exit.
+            crate::agent::signal(&child, libc::SIGTERM);
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs ApacheBench with keep-alive; returns the requests it completed, asserting none failed.
+pub fn ab(url: &str, requests: usize, concurrency: usize) -> usize {
+    let output = Command::new("ab")
+        .args([
+            "-k",
+            "-q",
+            "-n",
+            &requests.to_string(),
+            "-c",
+            &concurrency.to_string(),
+        ])
+        .arg(url)
+        .output()
+        .expect("running ab (apache2-utils, installed by `cargo xtask setup`)");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "ab failed: {report}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |name: &str| -> usize {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in ab's report:\n{report}"))
+    };
+    assert_eq!(field("Failed requests:"), 0, "ab saw failures:\n{report}");
+    field("Complete requests:")
+}

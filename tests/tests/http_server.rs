@@ -1,0 +1,406 @@
+//! HTTP server RED metrics, from real servers (nginx, Python, Node) and real clients.
+
+use std::{collections::BTreeMap, io::Read as _, thread, time::Duration};
+
+use monitor_tests::{
+    MonitorAgent, Scrape,
+    http::{
+        SERVER_DURATION, client, connect, describe_http, get, read_responses, send, server_count,
+        service_total,
+    },
+    poll::try_poll,
+    poll_until,
+    servers::{Server, ab},
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Polls until the series reaches `expected` observations, then returns the scrape; on a
+/// timeout, the failure shows what the agent had.
+fn wait_for_count(
+    agent: &MonitorAgent,
+    service: &str,
+    status: u16,
+    route: &str,
+    expected: u64,
+) -> Scrape {
+    try_poll(WAIT, || {
+        let scrape = agent.scrape();
+        (server_count(&scrape, service, status, route) == Some(expected)).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {expected} observations of {service} {status} {route}; the \
+             agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    })
+}
+
+fn counter(scrape: &Scrape, name: &str) -> f64 {
+    scrape
+        .value(name, &[])
+        .unwrap_or_else(|| panic!("{name} missing"))
+}
+
+const NGINX_LOCATIONS: &str = r#"
+    location = /ok { return 200 "ok\n"; }
+    location = /missing { return 404; }
+    location /users/ { return 200 "user\n"; }
+    location /docs/ { return 200 "doc\n"; }
+"#;
+
+#[test]
+fn counts_under_load_equal_the_load_generator_per_status() {
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let ok = ab(&nginx.url("/ok"), 20_000, 16);
+    let missing = ab(&nginx.url("/missing"), 2_000, 16);
+    assert_eq!((ok, missing), (20_000, 2_000));
+    wait_for_count(&agent, "nginx", 200, "/ok", 20_000);
+    let scrape = wait_for_count(&agent, "nginx", 404, "/missing", 2_000);
+    assert_eq!(
+        service_total(&scrape, "nginx"),
+        22_000,
+        "nothing else, nothing twice"
+    );
+    for reason in ["histogram_full", "connections_full", "route_event_lost"] {
+        let labels = [("reason", reason)];
+        assert_eq!(
+            scrape.value("monitor_http_events_dropped_total", &labels),
+            Some(0.0)
+        );
+    }
+}
+
+/// 200×7, 201×3, 204×2, 301×4, 404×5, 500×6, 503×1 on one keep-alive connection.
+fn status_mix(server: &Server, agent: &MonitorAgent) {
+    let mix = [
+        (200u16, 7u64),
+        (201, 3),
+        (204, 2),
+        (301, 4),
+        (404, 5),
+        (500, 6),
+        (503, 1),
+    ];
+    let client = client();
+    for (status, times) in mix {
+        for _ in 0..times {
+            assert_eq!(
+                get(&client, &server.url(&format!("/status/{status}"))),
+                status
+            );
+        }
+    }
+    let expected: BTreeMap<u16, u64> = mix.into_iter().collect();
+    poll_until("every status counted exactly", WAIT, || {
+        let scrape = agent.scrape();
+        let counted: BTreeMap<u16, u64> = expected
+            .keys()
+            .filter_map(|&s| {
+                Some((
+                    s,
+                    server_count(&scrape, &server.service, s, "/status/{id}")?,
+                ))
+            })
+            .collect();
+        (counted == expected).then_some(())
+    });
+}
+
+#[test]
+fn status_codes_are_counted_exactly_python() {
+    let agent = MonitorAgent::start(&[]);
+    status_mix(&Server::python(), &agent);
+}
+
+#[test]
+fn status_codes_are_counted_exactly_node() {
+    let agent = MonitorAgent::start(&[]);
+    status_mix(&Server::node(), &agent);
+}
+
+#[test]
+fn a_100ms_handler_lands_in_the_100_to_250ms_bucket() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let client = client();
+    for _ in 0..5 {
+        assert_eq!(get(&client, &server.url("/sleep/100")), 200);
+    }
+    let scrape = wait_for_count(&agent, &server.service, 200, "/sleep/{id}", 5);
+    let status = "200";
+    let labels = [
+        ("service_name", server.service.as_str()),
+        ("http_response_status_code", status),
+    ];
+    let buckets = scrape.histogram(SERVER_DURATION, &labels).unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!((at(0.1), at(0.25)), (0, 5), "buckets: {buckets:?}");
+}
+
+#[test]
+fn millisecond_buckets_place_a_2ms_handler_median_between_2_and_4ms() {
+    let bounds: Vec<String> = (1..=32)
+        .map(|ms| format!("{}", ms as f64 / 1000.0))
+        .collect();
+    let agent = MonitorAgent::start(&["--duration-buckets", &bounds.join(",")]);
+    let server = Server::node();
+    let client = client();
+    for _ in 0..50 {
+        assert_eq!(get(&client, &server.url("/sleep/2")), 200);
+    }
+    let scrape = wait_for_count(&agent, &server.service, 200, "/sleep/{id}", 50);
+    let labels = [("service_name", server.service.as_str())];
+    let buckets = scrape.histogram(SERVER_DURATION, &labels).unwrap();
+    // The bucket that holds the median, as histogram_quantile would find it.
+    let (index, _) = buckets
+        .iter()
+        .enumerate()
+        .find(|(_, (_, c))| *c >= 25)
+        .unwrap();
+    let upper = buckets[index].0;
+    let lower = if index == 0 {
+        0.0
+    } else {
+        buckets[index - 1].0
+    };
+    assert!(
+        lower >= 0.002 && upper <= 0.004,
+        "median in ({lower}, {upper}]: {buckets:?}"
+    );
+}
+
+#[test]
+fn a_large_body_to_a_slow_reader_counts_the_transfer() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let mut stream = connect(server.port);
+    send(
+        &mut stream,
+        b"GET /bytes/20000000 HTTP/1.1\r\nHost: test\r\n\r\n",
+    );
+    // The reader takes 20 MB at about 8 MB/s (the pauses are the slow reader, not waiting
+    // for anything): the server's last write returns only when most of it is read.
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 256 * 1024];
+    while received < 20_000_000 {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed early");
+        received += n;
+        thread::sleep(Duration::from_millis(n as u64 * 1000 / 8_000_000));
+    }
+    drop(stream);
+    let scrape = wait_for_count(&agent, &server.service, 200, "/bytes/{id}", 1);
+    let labels = [("service_name", server.service.as_str())];
+    let buckets = scrape.histogram(SERVER_DURATION, &labels).unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!(
+        at(1.0),
+        0,
+        "the transfer takes more than a second: {buckets:?}"
+    );
+    assert_eq!(at(5.0), 1, "and less than five: {buckets:?}");
+}
+
+#[test]
+fn ten_pipelined_requests_in_one_write_are_ten_observations() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let statuses = [200u16, 404, 200, 500, 201, 200, 404, 503, 200, 200];
+    let mut batch = Vec::new();
+    for status in statuses {
+        batch.extend_from_slice(
+            format!("GET /status/{status} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+    }
+    let mut stream = connect(server.port);
+    send(&mut stream, &batch);
+    assert_eq!(read_responses(&mut stream, statuses.len()), statuses);
+    drop(stream);
+    for (status, times) in [(200, 5), (404, 2), (500, 1), (201, 1), (503, 1)] {
+        wait_for_count(&agent, &server.service, status, "/status/{id}", times);
+    }
+}
+
+#[test]
+fn a_request_line_cut_across_reads_gets_its_route() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let mut stream = connect(server.port);
+    send(&mut stream, b"GET /accounts/12");
+    // A slow client: the rest comes later, in a second segment (the pause is the behaviour
+    // under test, not a wait for something).
+    thread::sleep(Duration::from_millis(300));
+    send(&mut stream, b"345/settings HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_responses(&mut stream, 1), [200]);
+    drop(stream);
+    wait_for_count(&agent, &server.service, 200, "/accounts/{id}/settings", 1);
+}
+
+#[test]
+fn ten_thousand_random_ids_make_one_route() {
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let client = client();
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..10_000u64 {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let id = match i % 3 {
+            0 => format!("{}", state % 10_000_000),
+            1 => format!("{:016x}", state),
+            _ => format!(
+                "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+                state as u32,
+                (state >> 32) as u16,
+                (state >> 48) as u16,
+                state as u16,
+                state & 0xffff_ffff_ffff
+            ),
+        };
+        assert_eq!(get(&client, &nginx.url(&format!("/users/{id}"))), 200);
+    }
+    let scrape = wait_for_count(&agent, "nginx", 200, "/users/{id}", 10_000);
+    let routes = scrape.label_values(SERVER_DURATION, &[("service_name", "nginx")], "http_route");
+    assert_eq!(routes, ["/users/{id}"]);
+}
+
+/// A lower-case pseudo-word for `n`: letters only, so it stays a literal route segment.
+fn word(mut n: usize) -> String {
+    let mut word = String::from("w");
+    for _ in 0..4 {
+        word.push((b'a' + (n % 26) as u8) as char);
+        n /= 26;
+    }
+    word
+}
+
+#[test]
+fn a_thousand_word_paths_stay_within_the_route_budget() {
+    let budget = 40;
+    let agent = MonitorAgent::start(&["--route-budget", &budget.to_string()]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let client = client();
+    for n in 0..1000 {
+        assert_eq!(get(&client, &nginx.url(&format!("/docs/{}", word(n)))), 200);
+    }
+    let scrape = poll_until("all 1000 requests counted", WAIT, || {
+        let scrape = agent.scrape();
+        (service_total(&scrape, "nginx") == 1000).then_some(scrape)
+    });
+    let routes = scrape.label_values(SERVER_DURATION, &[("service_name", "nginx")], "http_route");
+    assert!(
+        routes.len() <= budget,
+        "{} routes for a budget of {budget}",
+        routes.len()
+    );
+    // The fanned-out segment collapses into one template rather than overflowing.
+    assert!(routes.contains(&"/docs/{*}".to_owned()), "{routes:?}");
+    let collapsed = server_count(&scrape, "nginx", 200, "/docs/{*}").unwrap();
+    assert_eq!(collapsed as usize, 1000 - (routes.len() - 1));
+    let limited = scrape.value(
+        "monitor_http_routes_limited_total",
+        &[("outcome", "collapsed")],
+    );
+    assert_eq!(limited, Some(collapsed as f64));
+}
+
+#[test]
+fn query_strings_and_raw_ids_appear_in_no_label() {
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let client = client();
+    get(
+        &client,
+        &nginx.url("/users/98765?token=S3cr3tQueryValue&email=jane@example.com"),
+    );
+    get(&client, &nginx.url("/users/jane.doe@example.com/ok"));
+    wait_for_count(&agent, "nginx", 200, "/users/{id}", 1);
+    let text = agent.metrics_text();
+    for secret in ["98765", "S3cr3t", "token", "jane", "example.com", "?"] {
+        assert!(!text.contains(secret), "`{secret}` leaked into /metrics");
+    }
+}
+
+#[test]
+fn a_killed_server_leaves_no_connection_state_behind() {
+    let agent = MonitorAgent::start(&[]);
+    let mut server = Server::python();
+    let port = server.port;
+    // Requests in flight: the handler sleeps longer than the test lasts.
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut stream = connect(port);
+                send(&mut stream, b"GET /sleep/30000 HTTP/1.1\r\nHost: t\r\n\r\n");
+                let _ = stream.read(&mut [0u8; 64]);
+            })
+        })
+        .collect();
+    let entries =
+        |scrape: &Scrape| scrape.value("monitor_bpf_map_entries", &[("map", "CONNECTIONS")]);
+    poll_until("the connections to be tracked", WAIT, || {
+        (entries(&agent.scrape())? >= 4.0).then_some(())
+    });
+    server.kill();
+    for client in clients {
+        client.join().unwrap();
+    }
+    poll_until("the dead server's connections to be swept", WAIT, || {
+        (entries(&agent.scrape())? == 0.0).then_some(())
+    });
+    // And the agent keeps measuring.
+    let other = Server::python();
+    assert_eq!(get(&client(), &other.url("/after")), 200);
+    wait_for_count(&agent, &other.service, 200, "/after", 1);
+}
+
+#[test]
+fn a_keep_alive_connection_opened_before_the_agent_is_measured() {
+    let server = Server::python();
+    let mut stream = connect(server.port);
+    send(&mut stream, b"GET /before HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_responses(&mut stream, 1), [200]);
+    let agent = MonitorAgent::start(&[]);
+    send(&mut stream, b"GET /after/start HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_responses(&mut stream, 1), [200]);
+    drop(stream);
+    wait_for_count(&agent, &server.service, 200, "/after/start", 1);
+}
+
+#[test]
+fn steady_traffic_on_known_routes_adds_no_ring_buffer_records() {
+    let agent = MonitorAgent::start(&[]);
+    // One worker: routes are announced once per process, and a second worker's first request
+    // would be a (legitimate) new announcement.
+    let nginx = Server::nginx_with_workers(1, NGINX_LOCATIONS);
+    ab(&nginx.url("/ok"), 100, 4);
+    let warm = wait_for_count(&agent, "nginx", 200, "/ok", 100);
+    let events = counter(&warm, "monitor_http_route_events_total");
+    assert_eq!(ab(&nginx.url("/ok"), 10_000, 16), 10_000);
+    let after = wait_for_count(&agent, "nginx", 200, "/ok", 10_100);
+    assert_eq!(counter(&after, "monitor_http_route_events_total"), events);
+}
+
+#[test]
+fn excluded_and_own_traffic_is_not_measured() {
+    let server = Server::python();
+    let agent = MonitorAgent::start(&["--exclude-comm", &server.service]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let client = client();
+    get(&client, &server.url("/excluded"));
+    get(&client, &nginx.url("/ok"));
+    for _ in 0..3 {
+        agent.metrics_text();
+    }
+    let scrape = wait_for_count(&agent, "nginx", 200, "/ok", 1);
+    assert_eq!(service_total(&scrape, &server.service), 0, "--exclude-comm");
+    assert_eq!(
+        service_total(&scrape, "monitor"),
+        0,
+        "the agent's own /metrics"
+    );
+}
