@@ -357,19 +357,23 @@ pub const fn template_allowance(budget: u32) -> u32 {
     if templates == 0 { 1 } else { templates }
 }
 
-/// How a route was admitted under the per-process route budget.
-pub mod route_kind {
-    /// Its own template.
+/// What an [`HttpEvent`] announces.
+pub mod event_kind {
+    /// A route granted under the budget as its own template.
     pub const TEMPLATE: u8 = 0;
-    /// The budget was spent: `/<first segment>/{*}`.
+    /// A route granted once the templates were spent: `/<first segment>/{*}`.
     pub const COLLAPSED: u8 = 1;
+    /// Not a route: a listening socket (fd in `route`) whose port the agent must check
+    /// against `--http-ports`.
+    pub const LISTENER: u8 = 2;
 }
 
-/// Announces a route the kernel has not seen for this process: the agent rebuilds its text
-/// from `path` (never exported as is) and checks it against `route`.
+/// What the agent must hear about, rarely: a route the kernel has not seen for this process
+/// (the agent rebuilds its text from `path`, never exported as is, and checks it against
+/// `route`), or a listening socket to check.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct RouteEvent {
+pub struct HttpEvent {
     pub route: u64,
     pub tgid: u32,
     pub path_len: u16,
@@ -442,7 +446,8 @@ pub struct HttpConfig {
     pub route_budget: u32,
     /// The agent's own process: never measured.
     pub agent_tgid: u32,
-    pub _reserved: u32,
+    /// 1 with `--http-ports`: only connections accepted on listeners the agent allowed.
+    pub port_filter: u32,
     /// A response with no write for this long, on a connection left open, is finished.
     pub idle_timeout_ns: u64,
     /// Executables (`comm`, NUL-padded) whose connections are never tracked.
@@ -450,6 +455,13 @@ pub struct HttpConfig {
 }
 
 pub const MAX_EXCLUDED_COMMS: usize = 8;
+
+/// Verdicts on listening sockets in `LISTENERS` (with `--http-ports`).
+pub mod listener {
+    pub const UNCHECKED: u8 = 0;
+    pub const ALLOWED: u8 = 1;
+    pub const DENIED: u8 = 2;
+}
 
 /// Roles of a tracked connection.
 pub mod role {
@@ -537,12 +549,17 @@ pub mod counter {
     pub const CONNECTIONS_ACCEPTED: u32 = 11;
     /// Responses ended by the idle sweep (their connection stayed open without a request).
     pub const ENDED_IDLE: u32 = 12;
-    pub const COUNT: u32 = 13;
+    /// Connections not tracked: accepted on a port outside `--http-ports`.
+    pub const PORT_FILTERED: u32 = 13;
+    /// Connections not tracked: accepted on a listener whose port the agent had not checked
+    /// yet (a server that started listening after the agent, with `--http-ports`).
+    pub const LISTENER_UNCHECKED: u32 = 14;
+    pub const COUNT: u32 = 15;
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentShape>() == 16);
 const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 48);
-const _: () = assert!(core::mem::size_of::<RouteEvent>() == 16 + MAX_PATH_LEN);
+const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
 const _: () = assert!(core::mem::size_of::<Connection>() == 48 + 48 + 8);
@@ -616,7 +633,7 @@ impl TemplateSink for TextSink {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), made of integers, without padding (asserted above).
-    unsafe impl aya::Pod for super::RouteEvent {}
+    unsafe impl aya::Pod for super::HttpEvent {}
     unsafe impl aya::Pod for super::DurationKey {}
     unsafe impl aya::Pod for super::DurationHistogram {}
     unsafe impl aya::Pod for super::Connection {}

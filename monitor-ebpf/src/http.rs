@@ -16,16 +16,16 @@ use aya_ebpf::{
     },
 };
 use monitor_common::http::{
-    CAPTURE_LEN, Connection, DurationHistogram, DurationKey, Fed, HttpConfig, MAX_DURATION_BOUNDS,
-    MAX_EXCLUDED_COMMS, MAX_PATH_LEN, OVERFLOW_ROUTE_HASH, ProcessRoute, RouteEvent,
-    RouteTemplater, connection_key, counter, duration_bucket, parse_request_start,
-    parse_status_line, phase, role, route_kind, template_allowance,
+    CAPTURE_LEN, Connection, DurationHistogram, DurationKey, Fed, HttpConfig, HttpEvent,
+    MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, OVERFLOW_ROUTE_HASH, ProcessRoute,
+    RouteTemplater, connection_key, counter, duration_bucket, event_kind, listener,
+    parse_request_start, parse_status_line, phase, role, template_allowance,
 };
 
 use crate::{
     maps::{
-        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, PARTIAL_PATHS,
-        ROUTE_COUNT, ROUTES_SEEN, ZERO_DURATION, ZERO_PARTIAL, count,
+        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LISTENERS,
+        PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN, ZERO_DURATION, ZERO_PARTIAL, count,
     },
     syscalls::Buffer,
 };
@@ -64,7 +64,7 @@ fn now_ns() -> u64 {
 // --- Syscall events ---
 
 #[inline(always)]
-pub fn on_accept(ret: i64) {
+pub fn on_accept(listening_fd: u32, ret: i64) {
     if ret < 0 {
         return;
     }
@@ -73,6 +73,9 @@ pub fn on_accept(ret: i64) {
     };
     let tgid = current_tgid();
     if tgid == config.agent_tgid || comm_excluded(config) {
+        return;
+    }
+    if config.port_filter != 0 && !listener_allowed(tgid, listening_fd) {
         return;
     }
     let connection = Connection {
@@ -192,10 +195,50 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
     }
 }
 
+/// With `--http-ports`: whether connections from this listener are measured. A listener
+/// the agent has not checked yet is announced once and its connections skipped until then.
+#[inline(always)]
+fn listener_allowed(tgid: u32, listening_fd: u32) -> bool {
+    let key = connection_key(tgid, listening_fd);
+    match LISTENERS.get_ptr(key) {
+        // SAFETY: a map value, valid for this program run.
+        Some(verdict) => match unsafe { *verdict } {
+            listener::ALLOWED => true,
+            listener::DENIED => {
+                count(counter::PORT_FILTERED);
+                false
+            }
+            _ => {
+                count(counter::LISTENER_UNCHECKED);
+                false
+            }
+        },
+        None => {
+            if LISTENERS
+                .insert(key, listener::UNCHECKED, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                announce(
+                    tgid,
+                    listening_fd as u64,
+                    event_kind::LISTENER,
+                    &PathBytes::None,
+                );
+            }
+            count(counter::LISTENER_UNCHECKED);
+            false
+        }
+    }
+}
+
 #[inline(always)]
 pub fn on_close(fd: u32) {
     let tgid = current_tgid();
     let key = connection_key(tgid, fd);
+    // A closed listener's fd may come back as another listener: forget its verdict.
+    if config().is_some_and(|config| config.port_filter != 0) {
+        let _ = LISTENERS.remove(key);
+    }
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
         return;
     };
@@ -311,6 +354,7 @@ fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
 enum PathBytes {
     Capture { from: usize, len: usize },
     Partial(u64),
+    None,
 }
 
 /// The route this request is counted under: its template while the process's budget lasts,
@@ -334,7 +378,7 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: PathBytes) -> u64
         && ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok()
     {
         *granted += 1;
-        announce(tgid, template, route_kind::TEMPLATE, &path);
+        announce(tgid, template, event_kind::TEMPLATE, &path);
         return template;
     }
     let collapsed_seen = ProcessRoute {
@@ -352,7 +396,7 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: PathBytes) -> u64
             .is_ok()
     {
         *granted += 1;
-        announce(tgid, collapsed, route_kind::COLLAPSED, &path);
+        announce(tgid, collapsed, event_kind::COLLAPSED, &path);
         count(counter::ROUTES_COLLAPSED);
         return collapsed;
     }
@@ -374,12 +418,12 @@ fn route_count(tgid: u32) -> Option<&'static mut u32> {
 
 #[inline(always)]
 fn announce(tgid: u32, route: u64, kind: u8, path: &PathBytes) {
-    let Some(mut entry) = HTTP_EVENTS.reserve::<RouteEvent>(0) else {
+    let Some(mut entry) = HTTP_EVENTS.reserve::<HttpEvent>(0) else {
         count(counter::EVENTS_LOST);
         return;
     };
     let event = entry.as_mut_ptr();
-    // SAFETY: `event` points at a reserved, writable RouteEvent; every field is written
+    // SAFETY: `event` points at a reserved, writable HttpEvent; every field is written
     // before submit (the path by the helper, up to `len`, the rest is never read).
     unsafe {
         (*event).route = route;
@@ -398,6 +442,7 @@ fn announce(tgid: u32, route: u64, kind: u8, path: &PathBytes) {
                 Some(partial) => ((*partial).bytes.as_ptr(), (*partial).len as usize),
                 None => (core::ptr::null(), 0),
             },
+            PathBytes::None => (core::ptr::null(), 0),
         };
         let len = if len > MAX_PATH_LEN {
             MAX_PATH_LEN

@@ -77,6 +77,10 @@ pub static ROUTES_SEEN: HashMap<ProcessRoute, u8> = HashMap::with_max_entries(65
 #[map]
 pub static ROUTE_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(16384, NO_PREALLOC);
 
+/// Listening sockets by (tgid, fd) and the agent's verdict on their port (`--http-ports`).
+#[map]
+pub static LISTENERS: HashMap<u64, u8> = HashMap::with_max_entries(8192, 0);
+
 /// The path bytes of a request line that arrived cut, until the rest comes.
 #[map]
 pub static PARTIAL_PATHS: LruHashMap<u64, PartialPath> = LruHashMap::with_max_entries(1024, 0);

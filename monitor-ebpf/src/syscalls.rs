@@ -80,7 +80,8 @@ pub fn on_exit(exit: &SyscallExit) {
         nr::SENDMSG => http::on_data_out(fd, Buffer::Msghdr(a1), exit.ret),
         nr::SENDFILE => http::on_data_out(fd, Buffer::None, exit.ret),
         nr::CLOSE => http::on_close(fd),
-        nr::ACCEPT | nr::ACCEPT4 => http::on_accept(exit.ret),
+        // The listening socket is the first argument.
+        nr::ACCEPT | nr::ACCEPT4 => http::on_accept(fd, exit.ret),
         _ => {}
     }
 }

@@ -54,7 +54,25 @@ pub struct Agent {
     refreshes: u64,
     refresh_errors: u64,
     adopted_connections: usize,
+    ports: PortFilter,
     _bpf_stats: Option<OwnedFd>,
+}
+
+/// `--http-ports`: the local ports whose servers are measured; all when empty.
+struct PortFilter(Vec<u16>);
+
+impl PortFilter {
+    fn new(ports: &[u16]) -> Self {
+        Self(ports.to_vec())
+    }
+
+    fn active(&self) -> bool {
+        !self.0.is_empty()
+    }
+
+    fn allows(&self, port: u16) -> bool {
+        !self.active() || self.0.contains(&port)
+    }
 }
 
 /// procfs and the process ledger, as the HTTP model sees them.
@@ -106,8 +124,19 @@ impl Agent {
         let maps = SchedMaps::new(&mut ebpf)?;
         let mut http_maps = HttpMaps::new(&mut ebpf)?;
         // After attaching: a connection accepted from now on is the kernel's to track.
-        let adopted_connections =
-            http_maps.adopt_connections(&sockets::server_connections(own_tgid));
+        let ports = PortFilter::new(&settings.http.ports);
+        let host = sockets::scan(own_tgid);
+        if ports.active() {
+            for listener in &host.listeners {
+                http_maps.set_listener(listener.tgid, listener.fd, ports.allows(listener.port));
+            }
+        }
+        let adopted_connections = http_maps.adopt_connections(
+            host.server_connections
+                .iter()
+                .filter(|socket| ports.allows(socket.port))
+                .map(|socket| (socket.tgid, socket.fd)),
+        );
         let bpf_stats = if settings.bpf_stats {
             Some(
                 aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -132,6 +161,7 @@ impl Agent {
             refreshes: 0,
             refresh_errors: 0,
             adopted_connections,
+            ports,
             _bpf_stats: bpf_stats,
         })
     }
@@ -171,6 +201,11 @@ impl Agent {
         let facts = HttpProcesses {
             ledger: &self.ledger,
         };
+        for &(tgid, fd) in &snapshot.unchecked_listeners {
+            // A socket that is gone or not a TCP listener has no port to allow.
+            let allowed = sockets::listener_port(tgid, fd).is_some_and(|p| self.ports.allows(p));
+            self.http_maps.set_listener(tgid, fd, allowed);
+        }
         let cleanup = self.http.apply(&snapshot, &facts, Instant::now());
         self.http_maps.forget_durations(&cleanup.forget);
         for (tgid, route) in cleanup.reannounce {

@@ -72,6 +72,12 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_HTTP_IDLE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub http_idle_timeout: Duration,
 
+    /// Measure HTTP servers only on these local TCP ports (comma-separated); all ports when
+    /// not given. A server that starts listening after the agent has its first connection
+    /// skipped while the agent checks its port.
+    #[arg(long, env = "MONITOR_HTTP_PORTS", value_delimiter = ',')]
+    pub http_ports: Vec<u16>,
+
     /// Executables (by name, as in `ps -o comm`) whose HTTP traffic is never measured; the
     /// agent's own is never measured anyway. Repeat or separate with commas (at most 8).
     #[arg(long, env = "MONITOR_EXCLUDE_COMM", value_delimiter = ',')]

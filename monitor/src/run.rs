@@ -52,6 +52,7 @@ async fn serve(cli: Cli) -> Result<()> {
             route_budget: cli.route_budget,
             exclude_comm: cli.exclude_comm.clone(),
             idle_timeout: cli.http_idle_timeout,
+            ports: cli.http_ports.clone(),
         },
     })?;
     log_summary(&agent, &cli);

@@ -39,10 +39,13 @@ fn renamed_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
 impl Server {
     /// Python's ThreadingHTTPServer running tests/fixtures/http_server.py.
     pub fn python() -> Self {
+        Self::python_on(free_port())
+    }
+
+    pub fn python_on(port: u16) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let name = unique_name("py");
         let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
-        let port = free_port();
         let child = Command::new(python)
             .arg(fixture("http_server.py"))
             .arg(port.to_string())
@@ -111,6 +114,11 @@ impl Server {
         server
     }
 
+    /// The server's own directory (nginx serves files from it).
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -144,9 +152,14 @@ impl Drop for Server {
 
 /// Runs ApacheBench with keep-alive; returns the requests it completed, asserting none failed.
 pub fn ab(url: &str, requests: usize, concurrency: usize) -> usize {
+    ab_with(&["-k"], url, requests, concurrency)
+}
+
+/// Runs ApacheBench with `extra` options (none: a new connection per request).
+pub fn ab_with(extra: &[&str], url: &str, requests: usize, concurrency: usize) -> usize {
     let output = Command::new("ab")
+        .args(extra)
         .args([
-            "-k",
             "-q",
             "-n",
             &requests.to_string(),

@@ -10,7 +10,7 @@ use monitor_tests::{
     },
     poll::try_poll,
     poll_until,
-    servers::{Server, ab},
+    servers::{Server, ab, ab_with},
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -403,4 +403,143 @@ fn excluded_and_own_traffic_is_not_measured() {
         0,
         "the agent's own /metrics"
     );
+}
+
+#[test]
+fn new_connections_per_request_reuse_fds_and_stay_exact() {
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    // No keep-alive: every request a new connection, the server's fd numbers reused.
+    assert_eq!(ab_with(&[], &nginx.url("/ok"), 3_000, 8), 3_000);
+    let scrape = wait_for_count(&agent, "nginx", 200, "/ok", 3_000);
+    assert_eq!(
+        counter(&scrape, "monitor_http_requests_unanswered_total"),
+        0.0
+    );
+}
+
+#[test]
+fn a_large_file_sent_with_sendfile_counts_the_transfer() {
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx("    sendfile on;\n    location /files/ { }");
+    std::fs::create_dir(nginx.dir().join("files")).unwrap();
+    std::fs::write(nginx.dir().join("files/big.bin"), vec![b'x'; 20_000_000]).unwrap();
+    let mut stream = connect(nginx.port);
+    send(
+        &mut stream,
+        b"GET /files/big.bin HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    // A slow reader again (about 8 MB/s), now against nginx's sendfile.
+    let mut received = 0usize;
+    let mut chunk = vec![0u8; 256 * 1024];
+    while received < 20_000_000 {
+        let n = stream.read(&mut chunk).unwrap();
+        assert!(n > 0, "connection closed early");
+        received += n;
+        thread::sleep(Duration::from_millis(n as u64 * 1000 / 8_000_000));
+    }
+    drop(stream);
+    let scrape = wait_for_count(&agent, "nginx", 200, "/files/big.bin", 1);
+    let buckets = scrape
+        .histogram(SERVER_DURATION, &[("service_name", "nginx")])
+        .unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!(
+        (at(1.0), at(5.0)),
+        (0, 1),
+        "the transfer took 1 to 5 s: {buckets:?}"
+    );
+}
+
+#[test]
+fn head_interim_100_continue_and_connection_close_are_handled() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let mut stream = connect(server.port);
+    send(&mut stream, b"HEAD /status/200 HTTP/1.1\r\nHost: t\r\n\r\n");
+    // HEAD: headers only, so read the head and nothing more.
+    let mut head = [0u8; 512];
+    let n = stream.read(&mut head).unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.0 200") || head[..n].starts_with(b"HTTP/1.1 200"));
+    // A POST that waits for 100 Continue before sending its body.
+    send(
+        &mut stream,
+        b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    );
+    let n = stream.read(&mut head).unwrap();
+    assert!(
+        head[..n].starts_with(b"HTTP/1.1 100"),
+        "{:?}",
+        String::from_utf8_lossy(&head[..n])
+    );
+    send(&mut stream, b"hello");
+    assert_eq!(read_responses(&mut stream, 1), [201]);
+    // Connection: close ends the response with the connection.
+    send(&mut stream, b"GET /close HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(read_responses(&mut stream, 1), [200]);
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+
+    wait_for_count(&agent, &server.service, 201, "/upload", 1);
+    let scrape = wait_for_count(&agent, &server.service, 200, "/close", 1);
+    let head_labels = [
+        ("service_name", server.service.as_str()),
+        ("http_request_method", "HEAD"),
+    ];
+    assert_eq!(
+        scrape.histogram_count(SERVER_DURATION, &head_labels),
+        Some(1)
+    );
+    let post = [("http_request_method", "POST"), ("http_route", "/upload")];
+    assert_eq!(
+        scrape.histogram_count(SERVER_DURATION, &post),
+        Some(1),
+        "one, not two for 100 + 201"
+    );
+}
+
+#[test]
+fn only_the_chosen_ports_are_measured() {
+    let chosen = Server::python();
+    let other = Server::nginx(NGINX_LOCATIONS);
+    let agent = MonitorAgent::start(&["--http-ports", &chosen.port.to_string()]);
+    let client = client();
+    for _ in 0..3 {
+        get(&client, &chosen.url("/in"));
+        get(&client, &other.url("/ok"));
+    }
+    drop(client);
+    let scrape = wait_for_count(&agent, &chosen.service, 200, "/in", 3);
+    assert_eq!(service_total(&scrape, "nginx"), 0);
+    let skipped = scrape.value(
+        "monitor_http_connections_skipped_total",
+        &[("reason", "port_filtered")],
+    );
+    assert!(skipped.is_some_and(|n| n >= 1.0), "{skipped:?}");
+}
+
+#[test]
+fn a_server_started_after_the_agent_is_measured_once_its_port_is_checked() {
+    let port = monitor_tests::agent::free_port();
+    let agent = MonitorAgent::start(&["--http-ports", &port.to_string()]);
+    let server = Server::python_on(port);
+    // The first connection arrives before the agent has checked the new listener's port;
+    // later ones are measured. A new connection per request, until one is counted.
+    poll_until("a request on the new server to be counted", WAIT, || {
+        let mut stream = connect(port);
+        send(
+            &mut stream,
+            b"GET /late HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+        );
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        let scrape = agent.scrape();
+        server_count(&scrape, &server.service, 200, "/late").filter(|&n| n >= 1)
+    });
+    let scrape = agent.scrape();
+    let unchecked = scrape.value(
+        "monitor_http_connections_skipped_total",
+        &[("reason", "listener_unchecked")],
+    );
+    assert!(unchecked.is_some_and(|n| n >= 1.0), "{unchecked:?}");
 }

@@ -1,16 +1,14 @@
 //! Reads the HTTP maps: duration histograms, the kernel's counters and route announcements;
 //! frees the entries of processes that are gone.
 
-use std::collections::HashSet;
-
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
     maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use monitor_common::http::{
-    Connection, DurationHistogram, DurationKey, MAX_DURATION_BOUNDS, ProcessRoute, RouteEvent,
-    connection_key, counter, phase, role,
+    Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS, ProcessRoute,
+    connection_key, counter, event_kind, listener, phase, role,
 };
 
 use super::{MapUsage, capacity, take, usage};
@@ -59,6 +57,8 @@ pub struct HttpSnapshot {
     /// `monitor_common::http::counter`, summed over CPUs.
     pub counters: [u64; counter::COUNT as usize],
     pub announcements: Vec<RouteAnnouncement>,
+    /// Listening sockets (tgid, fd) whose port the kernel asks the agent to check.
+    pub unchecked_listeners: Vec<(u32, u32)>,
 }
 
 pub struct HttpMaps {
@@ -68,6 +68,7 @@ pub struct HttpMaps {
     connections: HashMap<MapData, u64, Connection>,
     routes_seen: HashMap<MapData, ProcessRoute, u8>,
     route_count: HashMap<MapData, u32, u32>,
+    listeners: HashMap<MapData, u64, u8>,
 }
 
 impl HttpMaps {
@@ -79,14 +80,17 @@ impl HttpMaps {
             connections: take(ebpf, "CONNECTIONS")?.try_into()?,
             routes_seen: take(ebpf, "ROUTES_SEEN")?.try_into()?,
             route_count: take(ebpf, "ROUTE_COUNT")?.try_into()?,
+            listeners: take(ebpf, "LISTENERS")?.try_into()?,
         })
     }
 
     /// Drains the announcements first, so that every route in the histograms read after has
     /// its text (the kernel announces a route before it counts a request under it).
     pub fn read(&mut self) -> Result<HttpSnapshot> {
+        let (announcements, unchecked_listeners) = self.drain_events();
         let mut snapshot = HttpSnapshot {
-            announcements: self.drain_announcements(),
+            announcements,
+            unchecked_listeners,
             ..HttpSnapshot::default()
         };
         for entry in self.durations.iter() {
@@ -105,14 +109,19 @@ impl HttpMaps {
         Ok(snapshot)
     }
 
-    fn drain_announcements(&mut self) -> Vec<RouteAnnouncement> {
+    fn drain_events(&mut self) -> (Vec<RouteAnnouncement>, Vec<(u32, u32)>) {
         let mut announcements = Vec::new();
+        let mut listeners = Vec::new();
         while let Some(item) = self.events.next() {
-            if item.len() < size_of::<RouteEvent>() {
+            if item.len() < size_of::<HttpEvent>() {
                 continue;
             }
-            // SAFETY: the kernel wrote a whole RouteEvent (checked length); read unaligned.
-            let event: RouteEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            // SAFETY: the kernel wrote a whole HttpEvent (checked length); read unaligned.
+            let event: HttpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+            if event.kind == event_kind::LISTENER {
+                listeners.push((event.tgid, event.route as u32));
+                continue;
+            }
             let len = (event.path_len as usize).min(event.path.len());
             announcements.push(RouteAnnouncement {
                 tgid: event.tgid,
@@ -121,7 +130,17 @@ impl HttpMaps {
                 path: event.path[..len].to_vec(),
             });
         }
-        announcements
+        (announcements, listeners)
+    }
+
+    /// Records the agent's verdict on a listening socket's port (`--http-ports`).
+    pub fn set_listener(&mut self, tgid: u32, fd: u32, allowed: bool) {
+        let verdict = if allowed {
+            listener::ALLOWED
+        } else {
+            listener::DENIED
+        };
+        let _ = self.listeners.insert(connection_key(tgid, fd), verdict, 0);
     }
 
     /// Frees the histogram entries whose final values the model has taken.
@@ -197,9 +216,9 @@ impl HttpMaps {
 
     /// Starts tracking server connections that were open before the agent started, idle
     /// until their next request. Existing entries (the kernel's own) are left alone.
-    pub fn adopt_connections(&mut self, sockets: &HashSet<(u32, u32)>) -> usize {
+    pub fn adopt_connections(&mut self, sockets: impl IntoIterator<Item = (u32, u32)>) -> usize {
         let mut adopted = 0;
-        for &(tgid, fd) in sockets {
+        for (tgid, fd) in sockets {
             let connection = Connection {
                 phase: phase::IDLE,
                 request_start_ns: 0,

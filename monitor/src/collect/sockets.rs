@@ -1,6 +1,6 @@
-//! Finds the server side of TCP connections that were open before the agent started, so their
-//! next requests are measured too: established sockets whose local port is a listening port
-//! of the same network namespace, and the (process, fd) pairs that hold them.
+//! TCP sockets held by processes, from /proc: listening sockets and their ports (for
+//! `--http-ports`), and the server side of connections that were open before the agent
+//! started (established sockets on a listening port), so their next requests are measured.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -37,19 +37,31 @@ pub fn parse_tcp_table(text: &str) -> Vec<TcpSocket> {
         .collect()
 }
 
-/// Inodes of established sockets on a listening port, from one namespace's tables.
-pub fn server_side_inodes(sockets: &[TcpSocket]) -> HashSet<u64> {
-    let listening: HashSet<u16> = sockets
+/// What one namespace's tables say: listening sockets' ports and server-side connections'
+/// ports (established sockets on a listening port), by inode.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PortsByInode {
+    pub listeners: HashMap<u64, u16>,
+    pub server_side: HashMap<u64, u16>,
+}
+
+pub fn classify(sockets: &[TcpSocket]) -> PortsByInode {
+    let listeners: HashMap<u64, u16> = sockets
         .iter()
-        .filter(|s| s.state == TCP_LISTEN)
-        .map(|s| s.local_port)
+        .filter(|s| s.state == TCP_LISTEN && s.inode != 0)
+        .map(|s| (s.inode, s.local_port))
         .collect();
-    sockets
+    let listening: HashSet<u16> = listeners.values().copied().collect();
+    let server_side = sockets
         .iter()
         .filter(|s| s.state == TCP_ESTABLISHED && s.inode != 0)
         .filter(|s| listening.contains(&s.local_port))
-        .map(|s| s.inode)
-        .collect()
+        .map(|s| (s.inode, s.local_port))
+        .collect();
+    PortsByInode {
+        listeners,
+        server_side,
+    }
 }
 
 fn pids() -> Vec<u32> {
@@ -63,32 +75,58 @@ fn pids() -> Vec<u32> {
         .unwrap_or_default()
 }
 
-/// (tgid, fd) of every server-side connection on the host, except the agent's own.
-pub fn server_connections(own_tgid: u32) -> HashSet<(u32, u32)> {
+/// A socket held by a process: (tgid, fd) and its local port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct HeldSocket {
+    pub tgid: u32,
+    pub fd: u32,
+    pub port: u16,
+}
+
+/// Every listening socket and every server-side connection on the host, by holder.
+#[derive(Debug, Default)]
+pub struct HostSockets {
+    pub listeners: Vec<HeldSocket>,
+    pub server_connections: Vec<HeldSocket>,
+}
+
+fn tables_of(pid: u32) -> Vec<TcpSocket> {
+    let mut sockets = Vec::new();
+    for table in ["tcp", "tcp6"] {
+        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
+            sockets.extend(parse_tcp_table(&text));
+        }
+    }
+    sockets
+}
+
+fn socket_inode(link: &std::path::Path) -> Option<u64> {
+    let target = fs::read_link(link).ok()?;
+    target
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// Scans /proc: every process's socket fds against its network namespace's TCP tables
+/// (containers have their own). The agent's own sockets are left out.
+pub fn scan(own_tgid: u32) -> HostSockets {
     let pids = pids();
-    // Tables per network namespace: containers have their own.
-    let mut tables: HashMap<String, ()> = HashMap::new();
-    let mut inodes = HashSet::new();
+    let mut namespaces: HashSet<String> = HashSet::new();
+    let mut ports = PortsByInode::default();
     for &pid in &pids {
         let Ok(namespace) = fs::read_link(format!("/proc/{pid}/ns/net")) else {
             continue;
         };
-        let namespace = namespace.to_string_lossy().into_owned();
-        if tables.insert(namespace, ()).is_some() {
-            continue;
+        if namespaces.insert(namespace.to_string_lossy().into_owned()) {
+            let found = classify(&tables_of(pid));
+            ports.listeners.extend(found.listeners);
+            ports.server_side.extend(found.server_side);
         }
-        let mut sockets = Vec::new();
-        for table in ["tcp", "tcp6"] {
-            if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/net/{table}")) {
-                sockets.extend(parse_tcp_table(&text));
-            }
-        }
-        inodes.extend(server_side_inodes(&sockets));
     }
-    let mut found = HashSet::new();
-    if inodes.is_empty() {
-        return found;
-    }
+    let mut host = HostSockets::default();
     for pid in pids.into_iter().filter(|&pid| pid != own_tgid) {
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
             continue;
@@ -97,20 +135,28 @@ pub fn server_connections(own_tgid: u32) -> HashSet<(u32, u32)> {
             let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            let Ok(target) = fs::read_link(entry.path()) else {
+            let Some(inode) = socket_inode(&entry.path()) else {
                 continue;
             };
-            let inode = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u64>().ok());
-            if inode.is_some_and(|inode| inodes.contains(&inode)) {
-                found.insert((pid, fd));
+            let held = |port| HeldSocket {
+                tgid: pid,
+                fd,
+                port,
+            };
+            if let Some(&port) = ports.listeners.get(&inode) {
+                host.listeners.push(held(port));
+            } else if let Some(&port) = ports.server_side.get(&inode) {
+                host.server_connections.push(held(port));
             }
         }
     }
-    found
+    host
+}
+
+/// The port a process's listening socket is bound to, if it is a TCP listener.
+pub fn listener_port(tgid: u32, fd: u32) -> Option<u16> {
+    let inode = socket_inode(std::path::Path::new(&format!("/proc/{tgid}/fd/{fd}")))?;
+    classify(&tables_of(tgid)).listeners.get(&inode).copied()
 }
 
 #[cfg(test)]
@@ -142,9 +188,21 @@ mod tests {
 
     #[test]
     fn only_the_server_side_of_connections_to_listening_ports_is_taken() {
-        // 1002: accepted on :8080 (server side). 1003: the client's end. 1004: port 22 is not
-        // listening in this table.
-        let inodes = server_side_inodes(&parse_tcp_table(TCP));
-        assert_eq!(inodes, HashSet::from([1002]));
+        // 1001 listens on :8080; 1002 was accepted on it (server side); 1003 is the client's
+        // end; port 22 (1004) is not listening in this table.
+        let ports = classify(&parse_tcp_table(TCP));
+        assert_eq!(ports.listeners, HashMap::from([(1001, 8080)]));
+        assert_eq!(ports.server_side, HashMap::from([(1002, 8080)]));
+    }
+
+    #[test]
+    fn this_test_process_own_listener_is_found() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        use std::os::fd::AsRawFd as _;
+        let fd = listener.as_raw_fd() as u32;
+        assert_eq!(listener_port(std::process::id(), fd), Some(port));
+        let host = scan(0);
+        assert!(host.listeners.iter().any(|s| s.fd == fd && s.port == port));
     }
 }

@@ -170,19 +170,32 @@ fn http_counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
         )
         .build(),
         families::counter(
+            "monitor_http_connections_skipped_total",
+            "Accepted connections not tracked with --http-ports: on another port, or on a \
+             listener whose port the agent had not checked yet.",
+        )
+        .value(
+            &[("reason", "port_filtered")],
+            kernel(counter::PORT_FILTERED),
+        )
+        .value(
+            &[("reason", "listener_unchecked")],
+            kernel(counter::LISTENER_UNCHECKED),
+        )
+        .build(),
+        families::counter(
             "monitor_http_routes_limited_total",
             "Requests counted under a collapsed route (/<first>/{*}) or __overflow__ because a \
-             route budget was spent.",
+             route budget was spent (the kernel's per process, or the agent's per service).",
         )
         .value(
             &[("outcome", "collapsed")],
-            kernel(counter::ROUTES_COLLAPSED),
+            kernel(counter::ROUTES_COLLAPSED) + http.collapsed as f64,
         )
         .value(
-            &[("outcome", "overflow_process")],
-            kernel(counter::ROUTES_OVERFLOWED),
+            &[("outcome", "overflow")],
+            kernel(counter::ROUTES_OVERFLOWED) + http.overflowed as f64,
         )
-        .value(&[("outcome", "overflow_service")], http.overflowed as f64)
         .build(),
         single(
             "monitor_http_route_mismatches_total",

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 
 use monitor_common::http::{
-    OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, route_kind, template_allowance, template_route,
+    OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, event_kind, template_allowance, template_route,
 };
 
 use crate::collect::http::RouteAnnouncement;
@@ -29,7 +29,7 @@ impl RouteRegistry {
     pub fn learn(&mut self, announcement: &RouteAnnouncement) {
         let template = template_route(&announcement.path);
         let (hash, text) = match announcement.kind {
-            route_kind::COLLAPSED => (template.collapsed_hash, template.collapsed_text),
+            event_kind::COLLAPSED => (template.collapsed_hash, template.collapsed_text),
             _ => (template.hash, template.text),
         };
         if hash == announcement.route {
@@ -159,7 +159,7 @@ mod tests {
         let template = template_route(path.as_bytes());
         RouteAnnouncement {
             tgid: 1,
-            route: if kind == route_kind::COLLAPSED {
+            route: if kind == event_kind::COLLAPSED {
                 template.collapsed_hash
             } else {
                 template.hash
@@ -172,10 +172,10 @@ mod tests {
     #[test]
     fn announced_routes_get_their_template_text() {
         let mut registry = RouteRegistry::default();
-        let a = announcement("/users/42?token=secret", route_kind::TEMPLATE);
+        let a = announcement("/users/42?token=secret", event_kind::TEMPLATE);
         registry.learn(&a);
         assert_eq!(registry.text(a.route), Some("/users/{id}"));
-        let c = announcement("/docs/intro", route_kind::COLLAPSED);
+        let c = announcement("/docs/intro", event_kind::COLLAPSED);
         registry.learn(&c);
         assert_eq!(registry.text(c.route), Some("/docs/{*}"));
         assert_eq!(registry.text(OVERFLOW_ROUTE_HASH), Some(OVERFLOW_ROUTE));
@@ -184,7 +184,7 @@ mod tests {
     #[test]
     fn a_path_that_does_not_give_the_hash_is_not_learnt() {
         let mut registry = RouteRegistry::default();
-        let mut a = announcement("/users/42", route_kind::TEMPLATE);
+        let mut a = announcement("/users/42", event_kind::TEMPLATE);
         a.path = b"/other".to_vec();
         registry.learn(&a);
         assert_eq!(registry.text(a.route), None);

@@ -17,6 +17,8 @@ pub struct HttpSettings {
     pub route_budget: u32,
     pub exclude_comm: Vec<String>,
     pub idle_timeout: std::time::Duration,
+    /// `--http-ports`; empty for all ports.
+    pub ports: Vec<u16>,
 }
 
 /// Builds the programs' configuration; errors say which option is wrong and why.
@@ -61,7 +63,7 @@ pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfi
         duration_bound_count: buckets.len() as u32,
         route_budget: settings.route_budget,
         agent_tgid,
-        _reserved: 0,
+        port_filter: u32::from(!settings.ports.is_empty()),
         idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
         excluded_comms,
     })
@@ -143,6 +145,7 @@ mod tests {
             route_budget: 200,
             exclude_comm: vec!["nginx".into()],
             idle_timeout: std::time::Duration::from_secs(1),
+            ports: vec![],
         }
     }
 

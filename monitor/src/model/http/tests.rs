@@ -1,6 +1,6 @@
 use std::collections::HashSet;
 
-use monitor_common::http::{method, route_kind, template_route};
+use monitor_common::http::{event_kind, method, template_route};
 
 use super::*;
 use crate::collect::http::RouteAnnouncement;
@@ -50,7 +50,7 @@ fn announce(tgid: u32, path: &str) -> RouteAnnouncement {
     RouteAnnouncement {
         tgid,
         route: template_route(path.as_bytes()).hash,
-        kind: route_kind::TEMPLATE,
+        kind: event_kind::TEMPLATE,
         path: path.as_bytes().to_vec(),
     }
 }
