@@ -3,6 +3,7 @@
 mod bench;
 mod build;
 mod cmd;
+mod image;
 mod lint;
 mod setup;
 mod test;
@@ -41,6 +42,10 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Build the container image with podman: the agent, statically linked, alone in an image
+    /// made by deploy/container/Containerfile.binary. MONITOR_IMAGE names it (default
+    /// localhost/monitor:latest).
+    Image,
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +57,7 @@ fn main() -> std::process::ExitCode {
         Task::Lint => setup::setup().and_then(|()| lint::lint()),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::Bench { quick } => bench::bench(quick),
+        Task::Image => image::image(),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
