@@ -366,6 +366,8 @@ pub mod event_kind {
     /// Not a route: a listening socket (fd in `route`) whose port the agent must check
     /// against `--http-ports`.
     pub const LISTENER: u8 = 2;
+    /// A server address a client process used for the first time; `path` holds its text.
+    pub const HOST: u8 = 3;
 }
 
 /// What the agent must hear about, rarely: a route the kernel has not seen for this process
@@ -382,15 +384,40 @@ pub struct HttpEvent {
     pub path: [u8; MAX_PATH_LEN],
 }
 
-/// Key of the duration histograms: one per process, method, status and route.
+/// Key of the duration histograms: one per process, role, method, status and target (the
+/// route of a server request, the server address of a client request).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DurationKey {
     pub tgid: u32,
     pub status: u16,
     pub method: u8,
-    pub _reserved: u8,
+    /// `role::SERVER` or `role::CLIENT`.
+    pub role: u8,
+    /// A route hash (server) or a server-address hash (client).
     pub route: u64,
+}
+
+/// Key of `CLIENT_ERRORS`: client requests that got no complete response.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientErrorKey {
+    /// Server-address hash.
+    pub host: u64,
+    pub tgid: u32,
+    /// `client_error::*`.
+    pub kind: u8,
+    pub method: u8,
+    pub _reserved: u16,
+}
+
+/// Why a client request has no duration.
+pub mod client_error {
+    /// The connection closed (or was reset) before any response.
+    pub const NO_RESPONSE: u8 = 1;
+    /// The response stopped before its declared length or final chunk.
+    pub const CUT_OFF: u8 = 2;
+    pub const NAMES: [&str; 3] = ["", "no_response", "response_cut_off"];
 }
 
 /// Bucket counts of one key on one CPU; bucket `i` counts durations `<= bounds[i]` (and above
@@ -448,6 +475,9 @@ pub struct HttpConfig {
     pub agent_tgid: u32,
     /// 1 with `--http-ports`: only connections accepted on listeners the agent allowed.
     pub port_filter: u32,
+    /// Distinct server addresses per client process before `__overflow__`.
+    pub host_budget: u32,
+    pub _reserved: u32,
     /// A response with no write for this long, on a connection left open, is finished.
     pub idle_timeout_ns: u64,
     /// Executables (`comm`, NUL-padded) whose connections are never tracked.
@@ -466,9 +496,11 @@ pub mod listener {
 /// Roles of a tracked connection.
 pub mod role {
     pub const SERVER: u8 = 1;
+    pub const CLIENT: u8 = 2;
 }
 
-/// Where a server connection is in its request/response cycle.
+/// Where a connection is in its request/response cycle (for a client, the request is
+/// written and the response read).
 pub mod phase {
     /// Between requests.
     pub const IDLE: u64 = 0;
@@ -489,21 +521,47 @@ pub struct Connection {
     /// `phase::*`. A whole word: leaving `RESPONSE` is a compare-and-swap, because the
     /// syscall path and the idle sweep may both try to end the same response.
     pub phase: u64,
-    /// When the read that brought the request's first bytes returned.
+    /// Server: when the read that brought the request's first bytes returned. Client: when
+    /// the write of the request's first bytes returned.
     pub request_start_ns: u64,
-    /// When the last write of the response returned.
-    pub last_write_ns: u64,
-    /// The admitted route of the current request.
+    /// When the last piece of the response moved: the last write (server), read (client).
+    pub last_io_ns: u64,
+    /// The admitted route (server) or server address (client) of the current request.
     pub route: u64,
     /// The last templated route and what it was admitted as: consecutive requests for one
     /// route skip the budget look-up.
     pub cached_template: u64,
     pub cached_route: u64,
+    /// Client: body bytes still to come when the response declared a Content-Length.
+    pub body_remaining: u64,
     pub templater: RouteTemplater,
     pub status: u16,
     pub method: u8,
     pub role: u8,
-    pub _reserved: [u8; 4],
+    /// Client: `head::framing::*` of the current response.
+    pub framing: u16,
+    pub _reserved: u16,
+}
+
+impl Connection {
+    /// A connection between requests, as tracked from accept (server) or connect (client).
+    pub const fn new(role: u8) -> Self {
+        Self {
+            phase: phase::IDLE,
+            request_start_ns: 0,
+            last_io_ns: 0,
+            route: 0,
+            cached_template: 0,
+            cached_route: 0,
+            body_remaining: 0,
+            templater: RouteTemplater::new(),
+            status: 0,
+            method: 0,
+            role,
+            framing: 0,
+            _reserved: 0,
+        }
+    }
 }
 
 /// Key of `CONNECTIONS`: the process and the file descriptor.
@@ -554,7 +612,15 @@ pub mod counter {
     /// Connections not tracked: accepted on a listener whose port the agent had not checked
     /// yet (a server that started listening after the agent, with `--http-ports`).
     pub const LISTENER_UNCHECKED: u32 = 14;
-    pub const COUNT: u32 = 15;
+    /// Client connections tracked at connect.
+    pub const CLIENT_CONNECTIONS: u32 = 15;
+    /// Client connections dropped: their first write was not an HTTP/1.x request.
+    pub const CLIENT_NOT_HTTP: u32 = 16;
+    /// Client requests written.
+    pub const CLIENT_REQUESTS: u32 = 17;
+    /// Client requests recorded with their response.
+    pub const CLIENT_RECORDED: u32 = 18;
+    pub const COUNT: u32 = 19;
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentShape>() == 16);
@@ -562,10 +628,11 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 48);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 48 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 48 + 8);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
+const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(
-    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 24 + 16 * MAX_EXCLUDED_COMMS
+    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 32 + 16 * MAX_EXCLUDED_COMMS
 );
 const _: () = assert!(CAPTURE_LEN.is_power_of_two() && MAX_DURATION_BOUNDS.is_power_of_two());
 
@@ -639,6 +706,7 @@ mod pod {
     unsafe impl aya::Pod for super::Connection {}
     unsafe impl aya::Pod for super::ProcessRoute {}
     unsafe impl aya::Pod for super::HttpConfig {}
+    unsafe impl aya::Pod for super::ClientErrorKey {}
 }
 
 #[cfg(test)]

@@ -7,5 +7,6 @@
 #[cfg(any(test, feature = "user"))]
 extern crate alloc;
 
+pub mod head;
 pub mod http;
 pub mod sched;

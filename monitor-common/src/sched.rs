@@ -41,6 +41,9 @@ pub struct CpuSlot {
     /// without a hash lookup; the sum moves to the map when another process runs, and on
     /// every clock tick, so the agent reads at most one tick late.
     pub unflushed_ns: u64,
+    /// The `comm` of `unflushed_tgid`, taken while it ran: when its time is flushed, another
+    /// process is current, and a name taken then would be that one's.
+    pub unflushed_comm: [u8; COMM_LEN],
     pub unflushed_tgid: u32,
     /// 1 when `unflushed_runq` holds delays not yet added to `RUNQ_LATENCY`.
     pub runq_dirty: u32,
@@ -135,7 +138,7 @@ pub mod errors {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<CpuSlot>() == 40 + core::mem::size_of::<RunqHistogram>());
+    assert!(core::mem::size_of::<CpuSlot>() == 56 + core::mem::size_of::<RunqHistogram>());
 const _: () = assert!(core::mem::size_of::<RunnableSince>() == 16);
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 8 * (RUNQ_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<ProcessMeta>() == 32);
