@@ -7,9 +7,11 @@
 // Inline assembly for BPF_CMPXCHG (see http::compare_exchange); nightly builds this crate.
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
+mod client;
 mod http;
 mod maps;
 mod sched;
+mod server;
 mod syscalls;
 
 use aya_ebpf::{
@@ -24,17 +26,22 @@ use aya_ebpf::{
 
 use crate::{maps::SCHED_TP_LAYOUT, sched::Switch, syscalls::SyscallExit};
 
+// Every entry point is `#[inline(always)]`: the macros wrap it in the real program and drop
+// its return value, so as a separate BPF function it could return garbage in r0, which the
+// verifier rejects when that garbage is a stack pointer.
+
 // --- Syscalls: the exit of every syscall, filtered on the id first. ---
 
 /// `sys_exit(struct pt_regs *regs, long ret)`: the registers are read directly (BTF-typed).
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: a trusted pointer from the tracepoint; the verifier checks field loads.
     let id = unsafe { (*regs).orig_rax };
     if syscalls::is_watched(id) {
         // SAFETY: as above.
-        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx] };
+        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
         syscalls::on_exit(&SyscallExit {
             id,
             ret: ctx.arg(1),
@@ -46,6 +53,7 @@ pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
 
 /// The same without BTF: the registers are an untyped pointer, read with a helper.
 #[raw_tracepoint(tracepoint = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
     let regs: *const pt_regs = ctx.arg(0);
     // SAFETY: the helper checks the kernel address; a failed read skips the event.
@@ -56,7 +64,14 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
         // SAFETY: as above.
         let read = |field: *const u64| unsafe { bpf_probe_read_kernel(field).unwrap_or(0) };
         // SAFETY: field addresses inside the pt_regs the tracepoint passed.
-        let args = unsafe { [read(&(*regs).rdi), read(&(*regs).rsi), read(&(*regs).rdx)] };
+        let args = unsafe {
+            [
+                read(&(*regs).rdi),
+                read(&(*regs).rsi),
+                read(&(*regs).rdx),
+                read(&(*regs).r10),
+            ]
+        };
         syscalls::on_exit(&SyscallExit {
             id,
             ret: ctx.arg(1),
@@ -67,6 +82,7 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
 pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
@@ -75,6 +91,7 @@ pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
 
 /// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
 #[btf_tracepoint(function = "sched_switch")]
+#[inline(always)]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
@@ -87,24 +104,28 @@ pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
+#[inline(always)]
 pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
     sched::on_wakeup(sched::task_key(ctx.arg(0)));
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
+#[inline(always)]
 pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
     sched::on_wakeup(sched::task_key(ctx.arg(0)));
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]
+#[inline(always)]
 pub fn sched_process_exec_btf(_ctx: BtfTracePointContext) -> i32 {
     sched::on_exec();
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
+#[inline(always)]
 pub fn sched_process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
     sched::on_exit();
     0
@@ -113,6 +134,7 @@ pub fn sched_process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
 // --- Classic tracepoints: fields at the offsets the agent read from tracefs. ---
 
 #[tracepoint(category = "sched", name = "sched_switch")]
+#[inline(always)]
 pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
     let Some(layout) = SCHED_TP_LAYOUT.get(0) else {
         return 0;
@@ -137,12 +159,14 @@ pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
 }
 
 #[tracepoint(category = "sched", name = "sched_wakeup")]
+#[inline(always)]
 pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
     wakeup_tp(&ctx);
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_wakeup_new")]
+#[inline(always)]
 pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
     wakeup_tp(&ctx);
     0
@@ -160,12 +184,14 @@ fn wakeup_tp(ctx: &TracePointContext) {
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exec")]
+#[inline(always)]
 pub fn sched_process_exec_tp(_ctx: TracePointContext) -> u32 {
     sched::on_exec();
     0
 }
 
 #[tracepoint(category = "sched", name = "sched_process_exit")]
+#[inline(always)]
 pub fn sched_process_exit_tp(_ctx: TracePointContext) -> u32 {
     sched::on_exit();
     0
@@ -175,31 +201,37 @@ pub fn sched_process_exit_tp(_ctx: TracePointContext) -> u32 {
 // (the agent's hidden `--empty-programs`). ---
 
 #[btf_tracepoint(function = "sched_switch")]
+#[inline(always)]
 pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup")]
+#[inline(always)]
 pub fn sched_wakeup_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_wakeup_new")]
+#[inline(always)]
 pub fn sched_wakeup_new_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exec")]
+#[inline(always)]
 pub fn sched_process_exec_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[btf_tracepoint(function = "sched_process_exit")]
+#[inline(always)]
 pub fn sched_process_exit_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
 #[perf_event]
+#[inline(always)]
 pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
     0
 }
@@ -207,6 +239,7 @@ pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
 // --- Periodic flush of the running task's time (software cpu-clock event, every CPU). ---
 
 #[perf_event]
+#[inline(always)]
 pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
     sched::on_tick();
     // One CPU ends the responses that keep-alive connections left waiting.

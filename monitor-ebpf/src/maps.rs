@@ -5,12 +5,16 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use monitor_common::http::{
-    CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, ProcessRoute, counter,
-};
 use monitor_common::sched::{
     CpuSlot, ProcessMeta, RUNNABLE_SLOTS, RunnableSince, RunqHistogram, SchedTracepointLayout,
     errors,
+};
+use monitor_common::{
+    head::{HostScanner, ResponseHeadScanner},
+    http::{
+        CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
+        ProcessRoute, counter,
+    },
 };
 
 /// Entries are allocated on insert, not up front: per-CPU values times max_entries times CPUs
@@ -104,6 +108,22 @@ pub static ZERO_DURATION: Array<DurationHistogram> = Array::with_max_entries(1, 
 #[map]
 pub static ZERO_PARTIAL: Array<PartialPath> = Array::with_max_entries(1, 0);
 
+/// Server addresses each client process has been granted, and how many (the budget).
+#[map]
+pub static HOSTS_SEEN: HashMap<ProcessRoute, u8> = HashMap::with_max_entries(16384, NO_PREALLOC);
+#[map]
+pub static HOST_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(16384, NO_PREALLOC);
+
+/// Client requests without a complete response, per (process, server, method, kind).
+#[map]
+pub static CLIENT_ERRORS: PerCpuHashMap<ClientErrorKey, u64> =
+    PerCpuHashMap::with_max_entries(4096, NO_PREALLOC);
+
+/// Failed connects per process (tgid).
+#[map]
+pub static CONNECT_ERRORS: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(4096, NO_PREALLOC);
+
 /// Per-CPU scratch for the bytes captured from one syscall.
 #[map]
 pub static CAPTURE: PerCpuArray<Capture> = PerCpuArray::with_max_entries(1, 0);
@@ -122,6 +142,10 @@ pub struct Capture {
     pub bytes: [u8; CAPTURE_LEN],
     /// See `http::opaque`.
     pub scratch: u64,
+    /// The scanners' state lives here, not on the stack: the verifier does not follow map
+    /// memory, so a byte loop over it is checked once (see `http`).
+    pub host: HostScanner,
+    pub response: ResponseHeadScanner,
 }
 
 #[inline(always)]

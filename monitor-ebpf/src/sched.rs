@@ -12,7 +12,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use monitor_common::sched::{
-    CpuSlot, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot, runq_bucket,
+    COMM_LEN, CpuSlot, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
+    runq_bucket,
 };
 
 use crate::maps::{CPU_SLOT, CPU_TIME, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error};
@@ -117,6 +118,9 @@ fn account_current(slot: &mut CpuSlot, now: u64, flush: bool) {
         if tgid != slot.unflushed_tgid {
             flush_slot(slot);
             slot.unflushed_tgid = tgid;
+            if let Ok(comm) = bpf_get_current_comm() {
+                slot.unflushed_comm = comm;
+            }
         }
         slot.unflushed_ns += ran;
         if pending != 0 {
@@ -150,7 +154,7 @@ fn flush_slot(slot: &mut CpuSlot) {
         }
         // A process the map has not seen: make sure the agent can name it even if it exits
         // before the agent looks. NOEXIST keeps a name taken at exec.
-        remember_process(tgid, false);
+        remember_process(tgid, slot.unflushed_comm, false);
     }
     if slot.runq_dirty != 0 {
         flush_runq(tgid, &slot.unflushed_runq);
@@ -183,12 +187,9 @@ fn flush_runq(tgid: u32, delays: &RunqHistogram) {
     histogram.sum_ns += delays.sum_ns;
 }
 
-/// Records the name of the current process. `at_exec` overwrites any earlier name.
+/// Records the name of a process. `at_exec` overwrites any earlier name.
 #[inline(always)]
-fn remember_process(tgid: u32, at_exec: bool) {
-    let Ok(comm) = bpf_get_current_comm() else {
-        return;
-    };
+fn remember_process(tgid: u32, comm: [u8; COMM_LEN], at_exec: bool) {
     let meta = ProcessMeta {
         comm,
         exit_ns: 0,
@@ -203,7 +204,9 @@ fn remember_process(tgid: u32, at_exec: bool) {
 }
 
 pub fn on_exec() {
-    remember_process(current_tgid(), true);
+    if let Ok(comm) = bpf_get_current_comm() {
+        remember_process(current_tgid(), comm, true);
+    }
 }
 
 pub fn on_exit() {

@@ -5,7 +5,7 @@
 //! arguments when it returns, so the exit sees the fd, the buffer and the result together and
 //! no per-thread state has to carry arguments from entry to exit.
 
-use crate::http;
+use crate::{client, http, server};
 
 /// x86_64 syscall numbers (the ABI: they never change).
 pub mod nr {
@@ -15,11 +15,13 @@ pub mod nr {
     pub const READV: u64 = 19;
     pub const WRITEV: u64 = 20;
     pub const SENDFILE: u64 = 40;
+    pub const CONNECT: u64 = 42;
     pub const ACCEPT: u64 = 43;
     pub const SENDTO: u64 = 44;
     pub const RECVFROM: u64 = 45;
     pub const SENDMSG: u64 = 46;
     pub const RECVMSG: u64 = 47;
+    pub const GETSOCKOPT: u64 = 55;
     pub const ACCEPT4: u64 = 288;
 }
 
@@ -30,6 +32,8 @@ const WATCHED_LOW: u64 = (1 << nr::READ)
     | (1 << nr::READV)
     | (1 << nr::WRITEV)
     | (1 << nr::SENDFILE)
+    | (1 << nr::CONNECT)
+    | (1 << nr::GETSOCKOPT)
     | (1 << nr::ACCEPT)
     | (1 << nr::SENDTO)
     | (1 << nr::RECVFROM)
@@ -45,11 +49,11 @@ pub fn is_watched(id: u64) -> bool {
     }
 }
 
-/// A finished syscall: its number, result and first three arguments.
+/// A finished syscall: its number, result and first four arguments.
 pub struct SyscallExit {
     pub id: u64,
     pub ret: i64,
-    pub args: [u64; 3],
+    pub args: [u64; 4],
 }
 
 /// Where the bytes of a read or write are, in the caller's memory.
@@ -70,7 +74,7 @@ pub enum Buffer {
 #[inline(always)]
 pub fn on_exit(exit: &SyscallExit) {
     let fd = exit.args[0] as u32;
-    let [_, a1, _] = exit.args;
+    let [_, a1, a2, a3] = exit.args;
     match exit.id {
         nr::READ | nr::RECVFROM => http::on_data_in(fd, Buffer::Plain(a1), exit.ret),
         nr::READV => http::on_data_in(fd, Buffer::Iovec(a1), exit.ret),
@@ -81,7 +85,9 @@ pub fn on_exit(exit: &SyscallExit) {
         nr::SENDFILE => http::on_data_out(fd, Buffer::None, exit.ret),
         nr::CLOSE => http::on_close(fd),
         // The listening socket is the first argument.
-        nr::ACCEPT | nr::ACCEPT4 => http::on_accept(fd, exit.ret),
+        nr::ACCEPT | nr::ACCEPT4 => server::on_accept(fd, exit.ret),
+        nr::CONNECT => client::on_connect(fd, a1, exit.ret),
+        nr::GETSOCKOPT => client::on_getsockopt(fd, a1, a2, a3, exit.ret),
         _ => {}
     }
 }

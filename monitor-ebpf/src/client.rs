@@ -1,0 +1,392 @@
+//! HTTP/1.x, client side: a process connects, writes a request and reads the response. The
+//! duration runs from the write of the request's first bytes to the read of the response's
+//! last bytes, found from the response's framing (Content-Length, chunked, or the close).
+//! Requests that get no complete response are errors of their own kind; connect failures are
+//! counted per process.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_probe_read_user, generated::bpf_loop},
+};
+use monitor_common::{
+    head::{HostScanner, ResponseHeadScanner, bodiless, framing},
+    http::{
+        CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
+        connection_key, counter, event_kind, method, parse_request_start, phase, role,
+    },
+};
+
+use crate::{
+    http::{
+        ECONNRESET, EventBytes, announce, capture, claim_response, config, current_tgid,
+        finish_response, first_bytes, head, measured, now_ns, read_user,
+    },
+    maps::{CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, HOST_COUNT, HOSTS_SEEN, count},
+    syscalls::Buffer,
+};
+
+const EINPROGRESS: i64 = -115;
+/// What a failed TCP connect returns: refused, timed out, host or network unreachable.
+/// (EALREADY, EISCONN and EAGAIN are programs asking again, not failures.)
+const CONNECT_FAILURES: [i64; 4] = [-111, -110, -113, -101];
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOL_SOCKET: u64 = 1;
+const SO_ERROR: u64 = 4;
+
+/// connect(2) returned: a connection to follow, or a failure to count.
+#[inline(always)]
+pub fn on_connect(fd: u32, address: u64, ret: i64) {
+    let Some(config) = config() else {
+        return;
+    };
+    let tgid = current_tgid();
+    if !measured(config, tgid) {
+        return;
+    }
+    if ret != 0 && ret != EINPROGRESS {
+        // A TCP failure carries no HTTP yet: counted per process. (A Unix socket's failure,
+        // such as glibc looking for nscd, is not a TCP connect error.)
+        let family = read_user::<u16>(address);
+        if CONNECT_FAILURES.contains(&ret) && matches!(family, Some(AF_INET | AF_INET6)) {
+            count_connect_error(tgid);
+        }
+        return;
+    }
+    let key = connection_key(tgid, fd);
+    if CONNECTIONS
+        .insert(key, Connection::new(role::CLIENT), BPF_ANY as u64)
+        .is_ok()
+    {
+        count(counter::CLIENT_CONNECTIONS);
+    }
+}
+
+/// getsockopt(SO_ERROR) after a non-blocking connect: how curl, Node and most event loops
+/// learn that a connection failed.
+#[inline(always)]
+pub fn on_getsockopt(fd: u32, level: u64, name: u64, value: u64, ret: i64) {
+    if ret != 0 || level != SOL_SOCKET || name != SO_ERROR {
+        return;
+    }
+    let Some(error) = read_user::<i32>(value) else {
+        return;
+    };
+    if error == 0 {
+        return;
+    }
+    let tgid = current_tgid();
+    let key = connection_key(tgid, fd);
+    let Some(conn) = CONNECTIONS.get_ptr(key) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run.
+    let conn = unsafe { &*conn };
+    if conn.role == role::CLIENT && conn.phase == phase::IDLE && conn.cached_route == 0 {
+        count_connect_error(tgid);
+        let _ = CONNECTIONS.remove(key);
+    }
+}
+
+#[inline(always)]
+pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
+    if conn.phase != phase::IDLE && conn.phase != phase::RESPONSE {
+        return; // a request body
+    }
+    let now = now_ns();
+    let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+        return;
+    };
+    let Some((method, _)) = parse_request_start(&head(capture)) else {
+        if conn.phase == phase::IDLE && conn.cached_route == 0 {
+            // Never spoke HTTP (DNS over a connected UDP socket, TLS, ...): stop looking.
+            count(counter::CLIENT_NOT_HTTP);
+            let _ = CONNECTIONS.remove(key);
+        }
+        return;
+    };
+    if conn.phase == phase::RESPONSE {
+        // The previous response ended with its last read, before this request.
+        let _ = finish_response(conn, tgid, conn.last_io_ns);
+    }
+    count(counter::CLIENT_REQUESTS);
+    conn.method = method;
+    conn.request_start_ns = now;
+    conn.status = 0;
+    conn.framing = framing::UNKNOWN;
+    let host = scan_host(len);
+    conn.route = if host == conn.cached_template && conn.cached_route != 0 {
+        conn.cached_route
+    } else {
+        let admitted = admit_host(tgid, host);
+        conn.cached_template = host;
+        conn.cached_route = admitted;
+        admitted
+    };
+    conn.phase = phase::REQUEST;
+}
+
+#[inline(always)]
+pub fn on_read(conn: &mut Connection, _key: u64, tgid: u32, buffer: Buffer, ret: i64) {
+    if ret <= 0 {
+        // End of stream (0) or reset.
+        match conn.phase {
+            phase::REQUEST => no_response(conn, tgid),
+            phase::RESPONSE => end_of_stream(conn, tgid, ret == ECONNRESET),
+            _ => {}
+        }
+        return;
+    }
+    let now = now_ns();
+    match conn.phase {
+        phase::REQUEST => {
+            let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+                return;
+            };
+            let Some(status) = monitor_common::http::parse_status_line(&head(capture)) else {
+                return;
+            };
+            if status < 200 && status != 101 {
+                return; // interim: the final response follows
+            }
+            conn.status = status;
+            conn.last_io_ns = now;
+            conn.phase = phase::RESPONSE;
+            if bodiless(status, conn.method == method::HEAD) {
+                let _ = finish_response(conn, tgid, now);
+                return;
+            }
+            let (framing, head_len, length) = scan_response_head(len);
+            conn.framing = framing;
+            match framing {
+                framing::LENGTH => {
+                    let body_here = (ret as u64).saturating_sub(head_len);
+                    if body_here >= length {
+                        let _ = finish_response(conn, tgid, now);
+                    } else {
+                        conn.body_remaining = length - body_here;
+                    }
+                }
+                framing::CHUNKED if ends_chunked_body(buffer, ret) => {
+                    let _ = finish_response(conn, tgid, now);
+                }
+                // Close-delimited, or a head too long to read: the end comes later.
+                _ => {}
+            }
+        }
+        phase::RESPONSE => {
+            conn.last_io_ns = now;
+            match conn.framing {
+                framing::LENGTH => {
+                    if ret as u64 >= conn.body_remaining {
+                        let _ = finish_response(conn, tgid, now);
+                    } else {
+                        conn.body_remaining -= ret as u64;
+                    }
+                }
+                framing::CHUNKED if ends_chunked_body(buffer, ret) => {
+                    let _ = finish_response(conn, tgid, now);
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+pub fn on_close(conn: &mut Connection, tgid: u32) {
+    match conn.phase {
+        phase::REQUEST => no_response(conn, tgid),
+        phase::RESPONSE => end_of_stream(conn, tgid, false),
+        _ => {}
+    }
+}
+
+/// The connection ended while a response was being read: complete if it was delimited by
+/// the close, cut off if it declared more.
+#[inline(always)]
+fn end_of_stream(conn: &mut Connection, tgid: u32, reset: bool) {
+    let delimited_by_close = conn.framing == framing::CLOSE || conn.framing == framing::UNKNOWN;
+    if delimited_by_close && !reset {
+        let _ = finish_response(conn, tgid, conn.last_io_ns);
+    } else if claim_response(conn) {
+        count_error(conn, tgid, client_error::CUT_OFF);
+    }
+}
+
+#[inline(always)]
+fn no_response(conn: &mut Connection, tgid: u32) {
+    conn.phase = phase::IDLE;
+    count_error(conn, tgid, client_error::NO_RESPONSE);
+}
+
+#[inline(always)]
+fn count_error(conn: &Connection, tgid: u32, kind: u8) {
+    let key = ClientErrorKey {
+        host: conn.route,
+        tgid,
+        kind,
+        method: conn.method,
+        _reserved: 0,
+    };
+    if let Some(value) = CLIENT_ERRORS.get_ptr_mut(key) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { *value += 1 };
+    } else if CLIENT_ERRORS.insert(key, 1, BPF_NOEXIST as u64).is_err()
+        && let Some(value) = CLIENT_ERRORS.get_ptr_mut(key)
+    {
+        // Another CPU created it meanwhile.
+        // SAFETY: as above.
+        unsafe { *value += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_connect_error(tgid: u32) {
+    if let Some(errors) = CONNECT_ERRORS.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { *errors += 1 };
+    } else {
+        let _ = CONNECT_ERRORS.insert(tgid, 1, BPF_NOEXIST as u64);
+    }
+}
+
+/// The server address a process may be counted under: its own while the process's budget
+/// lasts, then `__overflow__`; announced to the agent the first time.
+fn admit_host(tgid: u32, host: u64) -> u64 {
+    if host == 0 {
+        return 0; // no Host header: shown as `unknown`
+    }
+    let seen = ProcessRoute {
+        route: host,
+        tgid,
+        _reserved: 0,
+    };
+    if HOSTS_SEEN.get_ptr(seen).is_some() {
+        return host;
+    }
+    let budget = config().map_or(0, |config| config.host_budget);
+    let granted = match HOST_COUNT.get_ptr_mut(tgid) {
+        Some(granted) => granted,
+        None => {
+            let _ = HOST_COUNT.insert(tgid, 0, BPF_NOEXIST as u64);
+            match HOST_COUNT.get_ptr_mut(tgid) {
+                Some(granted) => granted,
+                None => return OVERFLOW_ROUTE_HASH,
+            }
+        }
+    };
+    // SAFETY: a map value, valid for this program run.
+    let granted = unsafe { &mut *granted };
+    if *granted < budget && HOSTS_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok() {
+        *granted += 1;
+        announce(tgid, host, event_kind::HOST, &EventBytes::Host);
+        return host;
+    }
+    OVERFLOW_ROUTE_HASH
+}
+
+// --- Scanning heads, one byte per bpf_loop iteration, state in the per-CPU capture ---
+
+#[repr(C)]
+struct ScanLoop {
+    end: u64,
+}
+
+#[inline(never)]
+extern "C" fn host_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `ScanLoop` passed to bpf_loop.
+    let end = unsafe { (*(ctx as *const ScanLoop)).end };
+    if index >= end {
+        return 1;
+    }
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value; the index is masked into it.
+    let capture = unsafe { &mut *capture };
+    let b = capture.bytes[(index as usize) & (CAPTURE_LEN - 1)];
+    if capture.host.feed(b) { 0 } else { 1 }
+}
+
+#[inline(never)]
+extern "C" fn response_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: as above.
+    let end = unsafe { (*(ctx as *const ScanLoop)).end };
+    if index >= end {
+        return 1;
+    }
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: as above.
+    let capture = unsafe { &mut *capture };
+    let b = capture.bytes[(index as usize) & (CAPTURE_LEN - 1)];
+    if capture.response.feed(b) { 0 } else { 1 }
+}
+
+/// The normalised `Host` of the request in the capture, as a hash (0 if none).
+fn scan_host(len: usize) -> u64 {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map value.
+    unsafe { (*capture).host = HostScanner::new() };
+    let mut ctx = ScanLoop { end: len as u64 };
+    // SAFETY: the callback and its context match what bpf_loop expects.
+    unsafe {
+        bpf_loop(
+            CAPTURE_LEN as u32,
+            host_step as *mut c_void,
+            (&mut ctx as *mut ScanLoop).cast(),
+            0,
+        )
+    };
+    // SAFETY: a per-CPU map value.
+    unsafe { (*capture).host.hash() }
+}
+
+/// (framing, head length, content length) of the response in the capture.
+fn scan_response_head(len: usize) -> (u16, u64, u64) {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return (framing::UNKNOWN, 0, 0);
+    };
+    // SAFETY: a per-CPU map value.
+    unsafe { (*capture).response = ResponseHeadScanner::default() };
+    let mut ctx = ScanLoop { end: len as u64 };
+    // SAFETY: the callback and its context match what bpf_loop expects.
+    unsafe {
+        bpf_loop(
+            CAPTURE_LEN as u32,
+            response_step as *mut c_void,
+            (&mut ctx as *mut ScanLoop).cast(),
+            0,
+        )
+    };
+    // SAFETY: a per-CPU map value.
+    let scanner = unsafe { &(*capture).response };
+    (
+        scanner.framing(),
+        scanner.head_len() as u64,
+        scanner.content_length,
+    )
+}
+
+/// Whether this read ends with the zero-size chunk that closes a chunked body.
+#[inline(always)]
+fn ends_chunked_body(buffer: Buffer, ret: i64) -> bool {
+    let Some((start, available)) = first_bytes(buffer, ret) else {
+        return false;
+    };
+    // Only when the read's bytes are all in its first buffer; otherwise the sweep ends it.
+    if ret < 5 || (available as i64) < ret {
+        return false;
+    }
+    // SAFETY: the helper checks the user address.
+    let tail: Result<[u8; 5], _> =
+        unsafe { bpf_probe_read_user((start + ret as u64 - 5) as *const [u8; 5]) };
+    matches!(tail, Ok(tail) if &tail == b"0\r\n\r\n")
+}

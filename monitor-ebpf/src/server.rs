@@ -1,0 +1,364 @@
+//! HTTP/1.x, server side. A request starts with the read that brings its first bytes and ends
+//! with the last write of its response, known when the next request arrives on the
+//! connection, the connection closes, the next response starts (pipelining), or the idle
+//! sweep finds it waiting.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::generated::{bpf_loop, bpf_probe_read_kernel},
+};
+use monitor_common::http::{
+    CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, OVERFLOW_ROUTE_HASH, ProcessRoute, RouteTemplater,
+    connection_key, counter, event_kind, listener, parse_request_start, phase, role,
+    template_allowance,
+};
+
+use crate::{
+    http::{
+        EventBytes, announce, capture, config, current_tgid, finish_response, head, measured,
+        now_ns, opaque, status_of,
+    },
+    maps::{
+        CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
+        ZERO_PARTIAL, count,
+    },
+    syscalls::Buffer,
+};
+
+#[inline(always)]
+pub fn on_accept(listening_fd: u32, ret: i64) {
+    if ret < 0 {
+        return;
+    }
+    let Some(config) = config() else {
+        return;
+    };
+    let tgid = current_tgid();
+    if !measured(config, tgid) {
+        return;
+    }
+    if config.port_filter != 0 && !listener_allowed(tgid, listening_fd) {
+        return;
+    }
+    // BPF_ANY: a stale entry for a reused fd number is replaced.
+    let key = connection_key(tgid, ret as u32);
+    if CONNECTIONS
+        .insert(key, Connection::new(role::SERVER), BPF_ANY as u64)
+        .is_ok()
+    {
+        count(counter::CONNECTIONS_ACCEPTED);
+    } else {
+        count(counter::CONNECTIONS_FULL);
+    }
+}
+
+/// With `--http-ports`: whether connections from this listener are measured. A listener
+/// the agent has not checked yet is announced once and its connections skipped until then.
+#[inline(always)]
+fn listener_allowed(tgid: u32, listening_fd: u32) -> bool {
+    let key = connection_key(tgid, listening_fd);
+    match LISTENERS.get_ptr(key) {
+        // SAFETY: a map value, valid for this program run.
+        Some(verdict) => match unsafe { *verdict } {
+            listener::ALLOWED => true,
+            listener::DENIED => {
+                count(counter::PORT_FILTERED);
+                false
+            }
+            _ => {
+                count(counter::LISTENER_UNCHECKED);
+                false
+            }
+        },
+        None => {
+            if LISTENERS
+                .insert(key, listener::UNCHECKED, BPF_NOEXIST as u64)
+                .is_ok()
+            {
+                announce(
+                    tgid,
+                    listening_fd as u64,
+                    event_kind::LISTENER,
+                    &EventBytes::None,
+                );
+            }
+            count(counter::LISTENER_UNCHECKED);
+            false
+        }
+    }
+}
+
+#[inline(always)]
+pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
+    let now = now_ns();
+    let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+        return;
+    };
+    match conn.phase {
+        phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
+        phase::IDLE | phase::RESPONSE => {
+            let Some((method, target)) = parse_request_start(&head(capture)) else {
+                if conn.phase == phase::IDLE {
+                    count(counter::NOT_HTTP);
+                    if conn.cached_route == 0 {
+                        // Never spoke HTTP: stop looking at it.
+                        let _ = CONNECTIONS.remove(key);
+                    }
+                }
+                return;
+            };
+            if conn.phase == phase::RESPONSE {
+                let _ = finish_response(conn, tgid, conn.last_io_ns);
+            }
+            count(counter::REQUESTS);
+            conn.method = method;
+            conn.request_start_ns = now;
+            conn.status = 0;
+            conn.templater = RouteTemplater::new();
+            let target = (opaque(target as u64) & 15) as usize;
+            continue_request_line(conn, key, tgid, capture, target, len, false);
+        }
+        // Request body, or a pipelined request that is paired when its response starts.
+        _ => {}
+    }
+}
+
+#[inline(always)]
+pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
+    let now = now_ns();
+    match conn.phase {
+        phase::REQUEST => {
+            let Some(status) = status_of(buffer, ret) else {
+                return;
+            };
+            if status < 200 && status != 101 {
+                return; // interim (100 Continue, 103 Early Hints): the final one follows
+            }
+            conn.status = status;
+            conn.last_io_ns = now;
+            conn.phase = phase::RESPONSE;
+            if status == 101 {
+                // Switching protocols: what follows is not HTTP/1.x.
+                let _ = finish_response(conn, tgid, now);
+                let _ = CONNECTIONS.remove(key);
+            }
+        }
+        phase::RESPONSE => {
+            if let Some(status) = status_of(buffer, ret) {
+                // The next pipelined request's response: the previous one ended before it.
+                // That request came in the same read; its line was not parsed, so it shares
+                // the first one's method and route.
+                let _ = finish_response(conn, tgid, conn.last_io_ns);
+                count(counter::REQUESTS);
+                conn.status = status;
+                conn.last_io_ns = now;
+                conn.phase = phase::RESPONSE;
+            } else {
+                conn.last_io_ns = now;
+            }
+        }
+        phase::IDLE if status_of(buffer, ret).is_some() => {
+            count(counter::UNMATCHED_RESPONSES);
+        }
+        _ => {}
+    }
+}
+
+#[inline(always)]
+pub fn on_close(conn: &mut Connection, tgid: u32) {
+    match conn.phase {
+        phase::RESPONSE => {
+            let _ = finish_response(conn, tgid, conn.last_io_ns);
+        }
+        phase::REQUEST | phase::REQUEST_LINE => count(counter::UNANSWERED),
+        _ => {}
+    }
+}
+
+// --- Request lines ---
+
+/// Templates the request target in `capture[from..len]`. When the line ends here (or is cut
+/// by the capture), admits the route and waits for the response; otherwise keeps the path
+/// bytes and waits for the next read. (Inlined: BPF functions take at most five arguments.)
+#[inline(always)]
+fn continue_request_line(
+    conn: &mut Connection,
+    key: u64,
+    tgid: u32,
+    capture: &Capture,
+    from: usize,
+    len: usize,
+    continued: bool,
+) {
+    let ended = template(&mut conn.templater, from, len);
+    // A full capture always ends the line: the longest path templated fits in it.
+    if !ended && len < CAPTURE_LEN {
+        save_partial_path(key, capture, from, len, continued);
+        conn.phase = phase::REQUEST_LINE;
+        return;
+    }
+    let template = conn.templater.finish(&mut ());
+    conn.route = if template == conn.cached_template && conn.cached_route != 0 {
+        conn.cached_route
+    } else {
+        let path = if continued {
+            append_partial_path(key, capture, from, len);
+            EventBytes::Partial(key)
+        } else {
+            EventBytes::Capture { from, len }
+        };
+        let route = admit_route(tgid, template, conn.templater.collapsed_hash(), path);
+        conn.cached_template = template;
+        conn.cached_route = route;
+        route
+    };
+    if continued {
+        let _ = PARTIAL_PATHS.remove(key);
+    }
+    conn.phase = phase::REQUEST;
+}
+
+#[repr(C)]
+struct TemplateLoop {
+    templater: RouteTemplater,
+    from: u64,
+    end: u64,
+}
+
+/// One byte per `bpf_loop` iteration. The position comes from the loop index, which the
+/// verifier treats as unknown (see the notes in `http`).
+#[inline(never)]
+extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: `ctx` is the `TemplateLoop` that `template` passes to bpf_loop.
+    let ctx = unsafe { &mut *(ctx as *mut TemplateLoop) };
+    let position = ctx.from + index;
+    if position >= ctx.end {
+        return 1;
+    }
+    let Some(capture) = CAPTURE.get_ptr(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value; the index is masked into it.
+    let b = unsafe { (*capture).bytes[(position as usize) & (CAPTURE_LEN - 1)] };
+    match ctx.templater.feed(b, &mut ()) {
+        Fed::More => 0,
+        Fed::End => 1,
+    }
+}
+
+/// Feeds `capture[from..to]` to the templater; true when the request target ended.
+fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
+    let mut ctx = TemplateLoop {
+        templater: *templater,
+        from: from as u64,
+        end: to as u64,
+    };
+    // SAFETY: the callback and its context match what bpf_loop expects.
+    unsafe {
+        bpf_loop(
+            CAPTURE_LEN as u32,
+            template_step as *mut c_void,
+            (&mut ctx as *mut TemplateLoop).cast(),
+            0,
+        )
+    };
+    *templater = ctx.templater;
+    ctx.templater.ended != 0
+}
+
+/// The route this request is counted under: its template while the process's budget lasts,
+/// then `/<first segment>/{*}` for a while, then `__overflow__`. A route granted for the
+/// first time is announced to the agent with the path it came from.
+fn admit_route(tgid: u32, template: u64, collapsed: u64, path: EventBytes) -> u64 {
+    let seen = ProcessRoute {
+        route: template,
+        tgid,
+        _reserved: 0,
+    };
+    if ROUTES_SEEN.get_ptr(seen).is_some() {
+        return template;
+    }
+    let Some(granted) = grant_count(tgid) else {
+        count(counter::ROUTES_OVERFLOWED);
+        return OVERFLOW_ROUTE_HASH;
+    };
+    let budget = config().map_or(0, |config| config.route_budget);
+    if *granted < template_allowance(budget)
+        && ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok()
+    {
+        *granted += 1;
+        announce(tgid, template, event_kind::TEMPLATE, &path);
+        return template;
+    }
+    let collapsed_seen = ProcessRoute {
+        route: collapsed,
+        ..seen
+    };
+    if ROUTES_SEEN.get_ptr(collapsed_seen).is_some() {
+        count(counter::ROUTES_COLLAPSED);
+        return collapsed;
+    }
+    // The rest of the budget goes to collapsed forms (`template_allowance`).
+    if *granted < budget
+        && ROUTES_SEEN
+            .insert(collapsed_seen, 1, BPF_NOEXIST as u64)
+            .is_ok()
+    {
+        *granted += 1;
+        announce(tgid, collapsed, event_kind::COLLAPSED, &path);
+        count(counter::ROUTES_COLLAPSED);
+        return collapsed;
+    }
+    count(counter::ROUTES_OVERFLOWED);
+    OVERFLOW_ROUTE_HASH
+}
+
+fn grant_count(tgid: u32) -> Option<&'static mut u32> {
+    if let Some(granted) = ROUTE_COUNT.get_ptr_mut(tgid) {
+        // SAFETY: a map value, valid for this program run.
+        return Some(unsafe { &mut *granted });
+    }
+    let _ = ROUTE_COUNT.insert(tgid, 0, BPF_NOEXIST as u64);
+    // SAFETY: as above.
+    ROUTE_COUNT
+        .get_ptr_mut(tgid)
+        .map(|granted| unsafe { &mut *granted })
+}
+
+/// Keeps the path bytes of a cut request line for the route announcement.
+#[inline(always)]
+fn save_partial_path(key: u64, capture: &Capture, from: usize, len: usize, continued: bool) {
+    if !continued && let Some(empty) = ZERO_PARTIAL.get(0) {
+        let _ = PARTIAL_PATHS.insert(key, empty, BPF_ANY as u64);
+    }
+    append_partial_path(key, capture, from, len);
+}
+
+#[inline(always)]
+fn append_partial_path(key: u64, capture: &Capture, from: usize, len: usize) {
+    let Some(partial) = PARTIAL_PATHS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: a map value; the offset is masked below 256 and the size below 256 in a
+    // 512-byte buffer, so the write stays inside whatever the arithmetic gives.
+    unsafe {
+        let have = (*partial).len as usize;
+        if have >= MAX_PATH_LEN {
+            return;
+        }
+        let room = MAX_PATH_LEN - have;
+        let add = len.saturating_sub(from);
+        let add = if add > room { room } else { add };
+        if add == 0 {
+            return;
+        }
+        bpf_probe_read_kernel(
+            (*partial).bytes.as_mut_ptr().add(have & 0xff).cast(),
+            (add & 0xff) as u32,
+            capture.bytes.as_ptr().add(from & (CAPTURE_LEN - 1)).cast(),
+        );
+        (*partial).len = (have + add) as u32;
+    }
+}
