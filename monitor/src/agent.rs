@@ -13,7 +13,7 @@ use crate::{
     collect::{
         MapUsage,
         http::HttpMaps,
-        process::{self, ProcessIdentity},
+        process::{self, Identifier, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
         sockets,
     },
@@ -38,6 +38,8 @@ pub struct Settings {
     pub sched_hooks: HookChoice,
     pub empty_programs: bool,
     pub http: HttpSettings,
+    /// The kubelet's pod log directory (`/var/log/pods`).
+    pub pod_logs: std::path::PathBuf,
 }
 
 pub struct Agent {
@@ -55,6 +57,7 @@ pub struct Agent {
     refresh_errors: u64,
     adopted_connections: usize,
     ports: PortFilter,
+    identifier: Identifier,
     _bpf_stats: Option<OwnedFd>,
 }
 
@@ -78,6 +81,7 @@ impl PortFilter {
 /// procfs and the process ledger, as the HTTP model sees them.
 struct HttpProcesses<'a> {
     ledger: &'a ProcessLedger,
+    identifier: &'a Identifier,
 }
 
 impl HttpFacts for HttpProcesses<'_> {
@@ -87,19 +91,16 @@ impl HttpFacts for HttpProcesses<'_> {
     fn identity(&self, tgid: u32) -> ProcessIdentity {
         self.ledger
             .identity(tgid)
-            .unwrap_or_else(|| process::identify(tgid, None))
+            .unwrap_or_else(|| self.identifier.identify(tgid, None))
     }
 }
 
-/// procfs, as the model sees it.
-struct Procfs;
-
-impl ProcessFacts for Procfs {
+impl ProcessFacts for Identifier {
     fn is_alive(&self, tgid: u32) -> bool {
         process::is_alive(tgid)
     }
-    fn identify(&self, tgid: u32, sample: &ProcessSample) -> process::ProcessIdentity {
-        process::identify(tgid, sample.meta.as_ref())
+    fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
+        Identifier::identify(self, tgid, sample.meta.as_ref())
     }
 }
 
@@ -154,6 +155,7 @@ impl Agent {
             http: HttpLedger::new(
                 settings.exited_process_grace,
                 settings.http.route_budget as usize,
+                settings.http.host_budget as usize,
             ),
             duration_bounds: settings.http.duration_buckets.clone(),
             snapshot: SchedSnapshot::default(),
@@ -162,6 +164,7 @@ impl Agent {
             refresh_errors: 0,
             adopted_connections,
             ports,
+            identifier: Identifier::new(&settings.pod_logs),
             _bpf_stats: bpf_stats,
         })
     }
@@ -186,9 +189,9 @@ impl Agent {
 
     fn refresh_sched(&mut self) -> Result<()> {
         let snapshot = self.maps.read()?;
-        let retired = self
-            .ledger
-            .apply(&snapshot, &Procfs, Instant::now(), monotonic_ns());
+        let retired =
+            self.ledger
+                .apply(&snapshot, &self.identifier, Instant::now(), monotonic_ns());
         for tgid in retired {
             self.maps.forget(tgid);
         }
@@ -200,6 +203,7 @@ impl Agent {
         let snapshot = self.http_maps.read()?;
         let facts = HttpProcesses {
             ledger: &self.ledger,
+            identifier: &self.identifier,
         };
         for &(tgid, fd) in &snapshot.unchecked_listeners {
             // A socket that is gone or not a TCP listener has no port to allow.
@@ -207,10 +211,7 @@ impl Agent {
             self.http_maps.set_listener(tgid, fd, allowed);
         }
         let cleanup = self.http.apply(&snapshot, &facts, Instant::now());
-        self.http_maps.forget_durations(&cleanup.forget);
-        for (tgid, route) in cleanup.reannounce {
-            self.http_maps.forget_route(tgid, route);
-        }
+        self.http_maps.forget(&cleanup);
         if self.refreshes % SWEEP_EVERY == 1 {
             let mut usage = self.http_maps.sweep(process::is_alive);
             usage.push(

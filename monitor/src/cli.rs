@@ -72,6 +72,16 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_HTTP_IDLE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
     pub http_idle_timeout: Duration,
 
+    /// Distinct server_address values per service (and per process in the kernel) before
+    /// further ones are counted as `__overflow__`.
+    #[arg(long, env = "MONITOR_SERVER_ADDRESS_BUDGET", default_value_t = 100)]
+    pub server_address_budget: u32,
+
+    /// The kubelet's pod log directory, read (only) to name pods and containers; its sibling
+    /// `containers` directory names a pod's containers by id.
+    #[arg(long, env = "MONITOR_POD_LOGS", default_value = "/var/log/pods")]
+    pub pod_logs: std::path::PathBuf,
+
     /// Measure HTTP servers only on these local TCP ports (comma-separated); all ports when
     /// not given. A server that starts listening after the agent has its first connection
     /// skipped while the agent checks its port.

@@ -25,8 +25,10 @@ pub fn check_privileges() -> Result<()> {
         .map(|(_, name)| name)
         .collect();
     bail!(
-        "missing capabilities {} (or CAP_SYS_ADMIN): run monitor as root or grant them, e.g. \
-         `setcap cap_bpf,cap_perfmon,cap_sys_admin+ep monitor`",
+        "missing capabilities {} (or CAP_SYS_ADMIN): run monitor as root or grant them \
+         (with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to name other users' processes), e.g. \
+         `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep monitor`; in a \
+         container, add them to its capabilities",
         missing.join(", ")
     )
 }

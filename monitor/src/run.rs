@@ -53,7 +53,9 @@ async fn serve(cli: Cli) -> Result<()> {
             exclude_comm: cli.exclude_comm.clone(),
             idle_timeout: cli.http_idle_timeout,
             ports: cli.http_ports.clone(),
+            host_budget: cli.server_address_budget,
         },
+        pod_logs: cli.pod_logs.clone(),
     })?;
     log_summary(&agent, &cli);
 

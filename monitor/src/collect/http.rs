@@ -7,11 +7,12 @@ use aya::{
     maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use monitor_common::http::{
-    Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS, ProcessRoute,
-    connection_key, counter, event_kind, listener, phase, role,
+    ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS,
+    ProcessRoute, connection_key, counter, event_kind, listener, role,
 };
 
 use super::{MapUsage, capacity, take, usage};
+use crate::model::http::Cleanup;
 
 /// A histogram of one key summed over CPUs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,11 +35,18 @@ impl DurationCounts {
         self.buckets.iter().sum()
     }
 
-    fn add(&mut self, histogram: &DurationHistogram) {
+    fn add_histogram(&mut self, histogram: &DurationHistogram) {
         for (total, count) in self.buckets.iter_mut().zip(histogram.buckets) {
             *total += count;
         }
         self.sum_ns += histogram.sum_ns;
+    }
+
+    pub fn add(&mut self, other: &DurationCounts) {
+        for (total, count) in self.buckets.iter_mut().zip(other.buckets) {
+            *total += count;
+        }
+        self.sum_ns += other.sum_ns;
     }
 }
 
@@ -59,6 +67,10 @@ pub struct HttpSnapshot {
     pub announcements: Vec<RouteAnnouncement>,
     /// Listening sockets (tgid, fd) whose port the kernel asks the agent to check.
     pub unchecked_listeners: Vec<(u32, u32)>,
+    /// Client requests without a complete response, summed over CPUs.
+    pub client_errors: Vec<(ClientErrorKey, u64)>,
+    /// Failed connects per process, summed over CPUs.
+    pub connect_errors: Vec<(u32, u64)>,
 }
 
 pub struct HttpMaps {
@@ -69,6 +81,10 @@ pub struct HttpMaps {
     routes_seen: HashMap<MapData, ProcessRoute, u8>,
     route_count: HashMap<MapData, u32, u32>,
     listeners: HashMap<MapData, u64, u8>,
+    hosts_seen: HashMap<MapData, ProcessRoute, u8>,
+    host_count: HashMap<MapData, u32, u32>,
+    client_errors: PerCpuHashMap<MapData, ClientErrorKey, u64>,
+    connect_errors: PerCpuHashMap<MapData, u32, u64>,
 }
 
 impl HttpMaps {
@@ -81,6 +97,10 @@ impl HttpMaps {
             routes_seen: take(ebpf, "ROUTES_SEEN")?.try_into()?,
             route_count: take(ebpf, "ROUTE_COUNT")?.try_into()?,
             listeners: take(ebpf, "LISTENERS")?.try_into()?,
+            hosts_seen: take(ebpf, "HOSTS_SEEN")?.try_into()?,
+            host_count: take(ebpf, "HOST_COUNT")?.try_into()?,
+            client_errors: take(ebpf, "CLIENT_ERRORS")?.try_into()?,
+            connect_errors: take(ebpf, "CONNECT_ERRORS")?.try_into()?,
         })
     }
 
@@ -96,8 +116,18 @@ impl HttpMaps {
         for entry in self.durations.iter() {
             let (key, per_cpu) = entry.context("reading HTTP_DURATION")?;
             let mut counts = DurationCounts::default();
-            per_cpu.iter().for_each(|histogram| counts.add(histogram));
+            per_cpu
+                .iter()
+                .for_each(|histogram| counts.add_histogram(histogram));
             snapshot.durations.push((key, counts));
+        }
+        for entry in self.client_errors.iter() {
+            let (key, per_cpu) = entry.context("reading CLIENT_ERRORS")?;
+            snapshot.client_errors.push((key, per_cpu.iter().sum()));
+        }
+        for entry in self.connect_errors.iter() {
+            let (tgid, per_cpu) = entry.context("reading CONNECT_ERRORS")?;
+            snapshot.connect_errors.push((tgid, per_cpu.iter().sum()));
         }
         for (index, total) in snapshot.counters.iter_mut().enumerate() {
             let per_cpu = self
@@ -143,24 +173,39 @@ impl HttpMaps {
         let _ = self.listeners.insert(connection_key(tgid, fd), verdict, 0);
     }
 
-    /// Frees the histogram entries whose final values the model has taken.
-    pub fn forget_durations(&mut self, keys: &[DurationKey]) {
-        for key in keys {
+    /// Frees the entries whose final values the model has taken.
+    pub fn forget(&mut self, cleanup: &Cleanup) {
+        for key in &cleanup.forget {
             let _ = self.durations.remove(key);
+        }
+        for key in &cleanup.forget_client_errors {
+            let _ = self.client_errors.remove(key);
+        }
+        for tgid in &cleanup.forget_connect_errors {
+            let _ = self.connect_errors.remove(tgid);
+        }
+        for &(tgid, hash, role) in &cleanup.reannounce {
+            self.reannounce(tgid, hash, role);
         }
     }
 
-    /// Asks the kernel to announce a route again (its announcement was lost).
-    pub fn forget_route(&mut self, tgid: u32, route: u64) {
+    /// Asks the kernel to announce a route or server address again (the announcement was
+    /// lost): it is taken out of the process's granted set.
+    fn reannounce(&mut self, tgid: u32, hash: u64, role: u8) {
         let key = ProcessRoute {
-            route,
+            route: hash,
             tgid,
             _reserved: 0,
         };
-        if self.routes_seen.remove(&key).is_ok()
-            && let Ok(granted) = self.route_count.get(&tgid, 0)
+        let (seen, count) = if role == role::CLIENT {
+            (&mut self.hosts_seen, &mut self.host_count)
+        } else {
+            (&mut self.routes_seen, &mut self.route_count)
+        };
+        if seen.remove(&key).is_ok()
+            && let Ok(granted) = count.get(&tgid, 0)
         {
-            let _ = self.route_count.insert(tgid, granted.saturating_sub(1), 0);
+            let _ = count.insert(tgid, granted.saturating_sub(1), 0);
         }
     }
 
@@ -191,6 +236,14 @@ impl HttpMaps {
                 dead_counts += 1;
             }
         }
+        let hosts: Vec<ProcessRoute> = self.hosts_seen.keys().flatten().collect();
+        for key in hosts.iter().filter(|key| !alive(key.tgid)) {
+            let _ = self.hosts_seen.remove(key);
+        }
+        let host_counts: Vec<u32> = self.host_count.keys().flatten().collect();
+        for tgid in host_counts.iter().filter(|tgid| !alive(**tgid)) {
+            let _ = self.host_count.remove(tgid);
+        }
         vec![
             usage(
                 "CONNECTIONS",
@@ -219,19 +272,7 @@ impl HttpMaps {
     pub fn adopt_connections(&mut self, sockets: impl IntoIterator<Item = (u32, u32)>) -> usize {
         let mut adopted = 0;
         for (tgid, fd) in sockets {
-            let connection = Connection {
-                phase: phase::IDLE,
-                request_start_ns: 0,
-                last_write_ns: 0,
-                route: 0,
-                cached_template: 0,
-                cached_route: 0,
-                templater: monitor_common::http::RouteTemplater::new(),
-                status: 0,
-                method: 0,
-                role: role::SERVER,
-                _reserved: [0; 4],
-            };
+            let connection = Connection::new(role::SERVER);
             const BPF_NOEXIST: u64 = 1;
             if self
                 .connections

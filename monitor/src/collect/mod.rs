@@ -1,6 +1,7 @@
 //! Reads what the kernel programs wrote (maps) and what procfs says about processes.
 
 pub mod http;
+pub mod identity;
 pub mod process;
 pub mod sched;
 pub mod sockets;

@@ -1,8 +1,16 @@
-//! Process facts from procfs: names and liveness.
+//! Process facts from procfs: names, containers and liveness.
 
-use std::{fs, path::Path};
+use std::{
+    cell::RefCell,
+    collections::HashMap,
+    fs,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
 
 use monitor_common::sched::{COMM_LEN, ProcessMeta};
+
+use super::identity::{self, Pod};
 
 /// `PF_KTHREAD` in `/proc/<pid>/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
@@ -15,8 +23,131 @@ pub const KERNEL_SERVICE: &str = "kernel";
 pub struct ProcessIdentity {
     /// `process_executable_name`.
     pub executable: String,
-    /// `service_name`: the executable's name for now; `kernel` for kernel threads.
-    pub service: String,
+    pub service: Service,
+}
+
+/// The labels that say which service a process is, and where it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service {
+    /// `service_name`, first match wins: `OTEL_SERVICE_NAME` (or `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES`); the Kubernetes container's name; the container id; the
+    /// script an interpreter runs; the executable's name. `kernel` for kernel threads.
+    pub name: String,
+    pub container_id: Option<String>,
+    pub k8s_namespace_name: Option<String>,
+    pub k8s_pod_name: Option<String>,
+    pub k8s_container_name: Option<String>,
+}
+
+impl Service {
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Label pairs, `service_name` first; absent ones are left out, never empty.
+    pub fn labels(&self) -> Vec<(&'static str, &str)> {
+        let mut labels = vec![("service_name", self.name.as_str())];
+        let optional = [
+            ("container_id", &self.container_id),
+            ("k8s_namespace_name", &self.k8s_namespace_name),
+            ("k8s_pod_name", &self.k8s_pod_name),
+            ("k8s_container_name", &self.k8s_container_name),
+        ];
+        labels.extend(
+            optional
+                .into_iter()
+                .filter_map(|(name, value)| Some((name, value.as_deref()?))),
+        );
+        labels
+    }
+}
+
+/// Names processes, remembering the node's pods between calls.
+pub struct Identifier {
+    pod_logs: PathBuf,
+    containers: PathBuf,
+    pods: RefCell<(HashMap<String, Pod>, Option<Instant>)>,
+}
+
+/// Shortest time between two scans of the pod log directory for an unknown pod.
+const POD_RESCAN: Duration = Duration::from_secs(1);
+
+impl Identifier {
+    /// `pod_logs` is the kubelet's `/var/log/pods`; its sibling `containers` holds the
+    /// per-container symlinks.
+    pub fn new(pod_logs: &Path) -> Self {
+        let containers = pod_logs.parent().map_or_else(
+            || PathBuf::from("/var/log/containers"),
+            |p| p.join("containers"),
+        );
+        Self {
+            pod_logs: pod_logs.to_path_buf(),
+            containers,
+            pods: RefCell::new((HashMap::new(), None)),
+        }
+    }
+
+    /// Names a process from what the kernel recorded (`meta`) and what procfs still shows
+    /// (see [`Service::name`] for the order).
+    pub fn identify(&self, tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
+        let base = identify(tgid, meta);
+        if base.service.name == KERNEL_SERVICE {
+            return base;
+        }
+        let container = fs::read_to_string(format!("/proc/{tgid}/cgroup"))
+            .ok()
+            .and_then(|cgroup| identity::container_of(&cgroup));
+        let mut service = Service::named(base.service.name.clone());
+        if let Some(container) = &container {
+            service.container_id = Some(container.id.clone());
+            if let Some(pod) = container.pod_uid.as_deref().and_then(|uid| self.pod(uid)) {
+                service.k8s_container_name =
+                    identity::container_name(&pod, &container.id, &self.containers);
+                service.k8s_namespace_name = Some(pod.namespace);
+                service.k8s_pod_name = Some(pod.name);
+            }
+        }
+        let from_env = fs::read(format!("/proc/{tgid}/environ"))
+            .ok()
+            .and_then(|environ| identity::otel_service_name(&environ));
+        let from_container = service
+            .k8s_container_name
+            .clone()
+            .or_else(|| container.map(|c| c.id[..12].to_owned()));
+        let from_script = || {
+            let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .filter(|arg| !arg.is_empty())
+                .map(|arg| String::from_utf8_lossy(arg).into_owned())
+                .collect();
+            identity::script_name(&base.executable, &args)
+        };
+        service.name = from_env
+            .or(from_container)
+            .or_else(from_script)
+            .unwrap_or(base.service.name);
+        ProcessIdentity {
+            executable: base.executable,
+            service,
+        }
+    }
+
+    fn pod(&self, uid: &str) -> Option<Pod> {
+        let mut pods = self.pods.borrow_mut();
+        let (known, scanned) = &mut *pods;
+        if let Some(pod) = known.get(uid) {
+            return Some(pod.clone());
+        }
+        if scanned.is_none_or(|at| at.elapsed() >= POD_RESCAN) {
+            *known = identity::scan_pod_logs(&self.pod_logs);
+            *scanned = Some(Instant::now());
+        }
+        known.get(uid).cloned()
+    }
 }
 
 /// Whether the process (thread group) still exists.
@@ -24,7 +155,8 @@ pub fn is_alive(tgid: u32) -> bool {
     Path::new(&format!("/proc/{tgid}")).exists()
 }
 
-/// Names a process from what the kernel recorded (`meta`) and what procfs still shows.
+/// The executable's name of a process, from what the kernel recorded (`meta`) and what
+/// procfs still shows; its service is that name (see [`Identifier`] for the rest).
 ///
 /// The kernel's `comm` taken at exec is the executable's name, cut to 15 bytes; when it is cut,
 /// the full name comes from `/proc/<pid>/exe` if that starts with it. A process already running
@@ -38,10 +170,18 @@ pub fn identify(tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
         .filter(|comm| !comm.is_empty());
     let from_exec = meta.is_some_and(|meta| meta.from_exec != 0);
     if !from_exec && is_kernel_thread(tgid) {
-        let comm = kernel_comm.or_else(|| read_comm(tgid)).unwrap_or_default();
+        // procfs shows a kernel thread's full name (`rcu_tasks_trace_kthread`); the kernel's
+        // comm is that name cut to 15 bytes, so prefer procfs when it extends the comm.
+        let shown = read_comm(tgid);
+        let comm = match kernel_comm {
+            Some(comm) if shown.as_ref().is_some_and(|full| full.starts_with(&comm)) => shown,
+            Some(comm) => Some(comm),
+            None => shown,
+        }
+        .unwrap_or_default();
         return ProcessIdentity {
             executable: kernel_thread_kind(&comm).to_owned(),
-            service: KERNEL_SERVICE.to_owned(),
+            service: Service::named(KERNEL_SERVICE),
         };
     }
     let comm = match kernel_comm {
@@ -54,7 +194,7 @@ pub fn identify(tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
         None => "unknown".to_owned(),
     };
     ProcessIdentity {
-        service: executable.clone(),
+        service: Service::named(executable.clone()),
         executable,
     }
 }
@@ -136,7 +276,7 @@ mod tests {
             exe.file_name().unwrap().to_str().unwrap()
         );
         assert!(identity.executable.starts_with(&procfs_comm));
-        assert_eq!(identity.service, identity.executable);
+        assert_eq!(identity.service.name, identity.executable);
     }
 
     #[test]
@@ -158,7 +298,7 @@ mod tests {
         assert_eq!(kernel_thread_kind("/"), "unknown");
         // kthreadd (pid 2) is a kernel thread on every Linux system.
         let kthreadd = identify(2, None);
-        assert_eq!(kthreadd.service, KERNEL_SERVICE);
+        assert_eq!(kthreadd.service.name, KERNEL_SERVICE);
         assert_eq!(kthreadd.executable, "kthreadd");
     }
 }

@@ -1,9 +1,6 @@
 //! The metric contract: names, labels and help texts of everything `/metrics` serves.
 
-use monitor_common::{
-    http::{counter, method},
-    sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors},
-};
+use monitor_common::sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors};
 use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use super::families::{self, BucketCounts};
@@ -35,8 +32,7 @@ pub fn runq_bounds_seconds() -> [f64; RUNQ_BUCKETS - 1] {
 
 pub fn render(view: &Exposition<'_>) -> String {
     let mut families: Vec<Option<MetricFamily>> =
-        vec![http_server_duration(view.http, view.duration_bounds)];
-    families.extend(http_counters(view.http));
+        super::http::families(view.http, view.duration_bounds);
     families.extend([
         process_cpu_time(view.ledger),
         run_queue_latency(view.ledger),
@@ -71,140 +67,6 @@ pub fn render(view: &Exposition<'_>) -> String {
     String::from_utf8_lossy(&text).into_owned()
 }
 
-fn http_server_duration(http: &HttpLedger, bounds: &[f64]) -> Option<MetricFamily> {
-    http.series()
-        .fold(
-            families::histogram(
-                "http_server_request_duration_seconds",
-                "Duration of HTTP server requests, from the read that brought the request's \
-                 first bytes to the write that sent the response's last bytes.",
-            ),
-            |family, (key, counts)| {
-                let status = key.status.to_string();
-                let method = method::NAMES
-                    .get(usize::from(key.method))
-                    .copied()
-                    .unwrap_or(method::NAMES[0]);
-                family.buckets(
-                    &[
-                        ("service_name", &key.service),
-                        ("http_request_method", method),
-                        ("http_response_status_code", &status),
-                        ("http_route", &key.route),
-                    ],
-                    BucketCounts {
-                        bounds,
-                        counts: &counts.buckets[..bounds.len()],
-                        above_last: counts.buckets[bounds.len()..].iter().sum(),
-                        sum: counts.sum_ns as f64 / NS_PER_SECOND,
-                    },
-                )
-            },
-        )
-        .build()
-}
-
-/// The kernel's HTTP counters and the model's: what was seen, recorded, skipped and why.
-fn http_counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
-    let kernel = |index: u32| http.kernel_counters[index as usize] as f64;
-    let single = |name: &str, help: &str, value: f64| {
-        families::counter(name, help).value(&[], value).build()
-    };
-    vec![
-        single(
-            "monitor_http_requests_seen_total",
-            "HTTP/1.x requests recognised on server connections.",
-            kernel(counter::REQUESTS),
-        ),
-        single(
-            "monitor_http_requests_recorded_total",
-            "Requests paired with their response and recorded in a duration histogram.",
-            kernel(counter::RESPONSES),
-        ),
-        single(
-            "monitor_http_responses_ended_idle_total",
-            "Responses ended by the idle timeout: their keep-alive connection stayed open \
-             without a write or a new request.",
-            kernel(counter::ENDED_IDLE),
-        ),
-        single(
-            "monitor_http_requests_unanswered_total",
-            "Requests whose connection closed before any response.",
-            kernel(counter::UNANSWERED),
-        ),
-        single(
-            "monitor_http_responses_unmatched_total",
-            "Responses with no request to pair (connections picked up mid-request).",
-            kernel(counter::UNMATCHED_RESPONSES),
-        ),
-        single(
-            "monitor_http_reads_not_http_total",
-            "Reads on server connections, between requests, that were not HTTP/1.x requests.",
-            kernel(counter::NOT_HTTP),
-        ),
-        single(
-            "monitor_http_connections_tracked_total",
-            "Server connections the kernel started tracking at accept.",
-            kernel(counter::CONNECTIONS_ACCEPTED),
-        ),
-        single(
-            "monitor_http_route_events_total",
-            "Route announcements the kernel submitted to the agent (new routes only).",
-            kernel(counter::EVENTS_SUBMITTED),
-        ),
-        families::counter(
-            "monitor_http_events_dropped_total",
-            "HTTP observations or announcements the kernel could not record, by reason.",
-        )
-        .value(
-            &[("reason", "histogram_full")],
-            kernel(counter::HISTOGRAM_FULL),
-        )
-        .value(
-            &[("reason", "connections_full")],
-            kernel(counter::CONNECTIONS_FULL),
-        )
-        .value(
-            &[("reason", "route_event_lost")],
-            kernel(counter::EVENTS_LOST),
-        )
-        .build(),
-        families::counter(
-            "monitor_http_connections_skipped_total",
-            "Accepted connections not tracked with --http-ports: on another port, or on a \
-             listener whose port the agent had not checked yet.",
-        )
-        .value(
-            &[("reason", "port_filtered")],
-            kernel(counter::PORT_FILTERED),
-        )
-        .value(
-            &[("reason", "listener_unchecked")],
-            kernel(counter::LISTENER_UNCHECKED),
-        )
-        .build(),
-        families::counter(
-            "monitor_http_routes_limited_total",
-            "Requests counted under a collapsed route (/<first>/{*}) or __overflow__ because a \
-             route budget was spent (the kernel's per process, or the agent's per service).",
-        )
-        .value(
-            &[("outcome", "collapsed")],
-            kernel(counter::ROUTES_COLLAPSED) + http.collapsed as f64,
-        )
-        .value(
-            &[("outcome", "overflow")],
-            kernel(counter::ROUTES_OVERFLOWED) + http.overflowed as f64,
-        )
-        .build(),
-        single(
-            "monitor_http_route_mismatches_total",
-            "Route announcements whose path did not give the announced route (not learnt).",
-            http.route_text_mismatches() as f64,
-        ),
-    ]
-}
-
 fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {
     let mut series: Vec<_> = ledger.processes().collect();
     series.sort_by(|a, b| (a.pid, &a.executable).cmp(&(b.pid, &b.executable)));
@@ -218,14 +80,12 @@ fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {
             ),
             |family, process| {
                 let pid = process.pid.to_string();
-                family.value(
-                    &[
-                        ("process_pid", &pid),
-                        ("process_executable_name", &process.executable),
-                        ("service_name", &process.service),
-                    ],
-                    process.cpu_ns as f64 / NS_PER_SECOND,
-                )
+                let mut labels = vec![
+                    ("process_pid", pid.as_str()),
+                    ("process_executable_name", process.executable.as_str()),
+                ];
+                labels.extend(process.service.labels());
+                family.value(&labels, process.cpu_ns as f64 / NS_PER_SECOND)
             },
         )
         .build()

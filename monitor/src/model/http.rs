@@ -1,37 +1,53 @@
-//! `http_server_request_duration_seconds` series, built from successive kernel snapshots.
+//! HTTP series, server and client, built from successive kernel snapshots.
 //!
-//! As for CPU time, the kernel holds running totals per (process, method, status, route) and
-//! the ledger adds each increase to the series of the process's service, so series stay
-//! monotonic when processes exit (their entries are then freed) and when several processes
-//! serve one service.
+//! As for CPU time, the kernel holds running totals per process and key, and the ledger adds
+//! each increase to the series of the process's service, so series stay monotonic when
+//! processes exit (their entries are then freed) and when several processes serve one
+//! service.
 
 use std::{
     collections::{BTreeMap, HashMap},
+    hash::Hash,
     time::{Duration, Instant},
 };
 
-use monitor_common::http::{DurationKey, OVERFLOW_ROUTE, counter};
+use monitor_common::http::{ClientErrorKey, DurationKey, OVERFLOW_ROUTE, counter, role};
 
-use super::routes::{Admitted, RouteRegistry, ServiceRouteBudget};
+use super::routes::{Admitted, HostBudget, RouteRegistry, ServiceRouteBudget};
 use crate::collect::{
     http::{DurationCounts, HttpSnapshot},
-    process::ProcessIdentity,
+    process::{ProcessIdentity, Service},
 };
 
-/// Label of a route whose text was never learnt before its process exited.
+/// Label of a route or server address whose text was never learnt before its process exited.
 pub const UNKNOWN_ROUTE: &str = "__unknown__";
+/// `server_address` of a client request without a `Host` header.
+pub const NO_HOST: &str = "unknown";
 
-/// Labels of one series.
+/// Labels of one duration series.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
-    pub service: String,
+    /// `role::SERVER` or `role::CLIENT`.
+    pub role: u8,
+    pub service: Service,
     pub method: u8,
     pub status: u16,
-    pub route: String,
+    /// `http_route` (server) or `server_address` (client).
+    pub target: String,
 }
 
-struct Series {
-    counts: DurationCounts,
+/// Labels of one client error series.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientErrorSeries {
+    pub service: Service,
+    pub server_address: String,
+    pub method: u8,
+    /// `client_error::*`.
+    pub kind: u8,
+}
+
+struct Series<T> {
+    value: T,
     updated: Instant,
 }
 
@@ -46,37 +62,50 @@ pub trait HttpFacts {
 pub struct Cleanup {
     /// Entries of exited processes, read for the last time.
     pub forget: Vec<DurationKey>,
-    /// Routes whose text is still unknown after a while: their announcement was lost.
-    pub reannounce: Vec<(u32, u64)>,
+    pub forget_client_errors: Vec<ClientErrorKey>,
+    pub forget_connect_errors: Vec<u32>,
+    /// Routes or server addresses whose text is still unknown after a while: their
+    /// announcement was lost.
+    pub reannounce: Vec<(u32, u64, u8)>,
 }
 
 pub struct HttpLedger {
     grace: Duration,
-    routes: RouteRegistry,
-    budget: ServiceRouteBudget,
+    texts: RouteRegistry,
+    routes: ServiceRouteBudget,
+    hosts: HostBudget,
     last: HashMap<DurationKey, DurationCounts>,
-    /// Since when each key's route has been waiting for its text.
+    last_errors: HashMap<ClientErrorKey, u64>,
+    last_connect_errors: HashMap<u32, u64>,
+    /// Refreshes each key has been waiting for its target's text.
     waiting: HashMap<DurationKey, u32>,
-    series: BTreeMap<SeriesKey, Series>,
+    series: BTreeMap<SeriesKey, Series<DurationCounts>>,
+    client_errors: BTreeMap<ClientErrorSeries, Series<u64>>,
+    connect_errors: BTreeMap<Service, Series<u64>>,
     pub kernel_counters: [u64; counter::COUNT as usize],
-    /// Observations moved to `__overflow__` by the per-service budget.
+    /// Observations moved to `__overflow__` by a per-service budget.
     pub overflowed: u64,
     /// Observations moved to a collapsed route by the per-service budget.
     pub collapsed: u64,
 }
 
-/// Refreshes a key may wait for its route's text before the route is announced again.
+/// Refreshes a key may wait for its target's text before it is announced again.
 const REANNOUNCE_AFTER: u32 = 5;
 
 impl HttpLedger {
-    pub fn new(grace: Duration, route_budget: usize) -> Self {
+    pub fn new(grace: Duration, route_budget: usize, host_budget: usize) -> Self {
         Self {
             grace,
-            routes: RouteRegistry::default(),
-            budget: ServiceRouteBudget::new(route_budget),
+            texts: RouteRegistry::default(),
+            routes: ServiceRouteBudget::new(route_budget),
+            hosts: HostBudget::new(host_budget),
             last: HashMap::new(),
+            last_errors: HashMap::new(),
+            last_connect_errors: HashMap::new(),
             waiting: HashMap::new(),
             series: BTreeMap::new(),
+            client_errors: BTreeMap::new(),
+            connect_errors: BTreeMap::new(),
             kernel_counters: [0; counter::COUNT as usize],
             overflowed: 0,
             collapsed: 0,
@@ -90,77 +119,203 @@ impl HttpLedger {
         now: Instant,
     ) -> Cleanup {
         for announcement in &snapshot.announcements {
-            self.routes.learn(announcement);
+            self.texts.learn(announcement);
         }
         self.kernel_counters = snapshot.counters;
         let mut cleanup = Cleanup::default();
-        let mut identities: HashMap<u32, (ProcessIdentity, bool)> = HashMap::new();
+        let mut processes: HashMap<u32, (ProcessIdentity, bool)> = HashMap::new();
+        let mut process = |tgid: u32| {
+            processes
+                .entry(tgid)
+                .or_insert_with(|| (facts.identity(tgid), facts.is_alive(tgid)))
+                .clone()
+        };
         for (key, counts) in &snapshot.durations {
-            let (identity, alive) = identities
-                .entry(key.tgid)
-                .or_insert_with(|| (facts.identity(key.tgid), facts.is_alive(key.tgid)));
-            let route = match self.routes.text(key.route) {
-                Some(text) => text.to_owned(),
-                None if *alive => {
-                    // Not consumed: the counts wait in the kernel until the text is known.
-                    let waited = self.waiting.entry(*key).or_insert(0);
-                    *waited += 1;
-                    if *waited == REANNOUNCE_AFTER {
-                        cleanup.reannounce.push((key.tgid, key.route));
-                    }
-                    continue;
+            let (identity, alive) = process(key.tgid);
+            let Some(text) = self.text_of(key.role, key.route, alive) else {
+                // Not consumed: the counts wait in the kernel until the text is known.
+                let waited = self.waiting.entry(*key).or_insert(0);
+                *waited += 1;
+                if *waited == REANNOUNCE_AFTER {
+                    cleanup.reannounce.push((key.tgid, key.route, key.role));
                 }
-                None => UNKNOWN_ROUTE.to_owned(),
+                continue;
             };
             self.waiting.remove(key);
-            let admitted = self.budget.admit(&identity.service, &route);
             let increase = increase(counts, self.last.get(key));
-            match &admitted {
-                Admitted::Collapsed(_) => self.collapsed += increase.count(),
-                Admitted::Overflow if route != OVERFLOW_ROUTE => {
-                    self.overflowed += increase.count()
-                }
-                _ => {}
-            }
+            let target = self.admit(key.role, &identity.service.name, &text, increase.count());
             let series_key = SeriesKey {
+                role: key.role,
                 service: identity.service.clone(),
                 method: key.method,
                 status: key.status,
-                route: admitted.label().to_owned(),
+                target,
             };
             let series = self.series.entry(series_key).or_insert_with(|| Series {
-                counts: DurationCounts::default(),
+                value: DurationCounts::default(),
                 updated: now,
             });
-            for (total, added) in series.counts.buckets.iter_mut().zip(increase.buckets) {
-                *total += added;
-            }
-            series.counts.sum_ns += increase.sum_ns;
+            series.value.add(&increase);
             series.updated = now;
-            if *alive {
+            if alive {
                 self.last.insert(*key, *counts);
             } else {
                 self.last.remove(key);
                 cleanup.forget.push(*key);
             }
         }
-        let grace = self.grace;
-        self.series
-            .retain(|_, series| now.saturating_duration_since(series.updated) < grace);
-        let series = &self.series;
-        self.budget
-            .retain(|service| series.keys().any(|key| key.service == service));
+        for (key, total) in &snapshot.client_errors {
+            let (identity, alive) = process(key.tgid);
+            let server_address = self
+                .text_of(role::CLIENT, key.host, false)
+                .unwrap_or_else(|| UNKNOWN_ROUTE.to_owned());
+            let series = ClientErrorSeries {
+                service: identity.service.clone(),
+                server_address: self.hosts.admit(&identity.service.name, &server_address),
+                method: key.method,
+                kind: key.kind,
+            };
+            add_count(
+                &mut self.client_errors,
+                series,
+                *total,
+                self.last_errors.get(key),
+                now,
+            );
+            forget_or_keep(
+                &mut self.last_errors,
+                *key,
+                *total,
+                alive,
+                &mut cleanup.forget_client_errors,
+            );
+        }
+        for &(tgid, total) in &snapshot.connect_errors {
+            let (identity, alive) = process(tgid);
+            let last = self.last_connect_errors.get(&tgid);
+            add_count(
+                &mut self.connect_errors,
+                identity.service.clone(),
+                total,
+                last,
+                now,
+            );
+            forget_or_keep(
+                &mut self.last_connect_errors,
+                tgid,
+                total,
+                alive,
+                &mut cleanup.forget_connect_errors,
+            );
+        }
+        self.expire(now);
         cleanup
     }
 
+    /// The text of a route or server address hash; for a live process, `None` while it is
+    /// unknown (the counts wait); for an exited one, `__unknown__`.
+    fn text_of(&self, role: u8, hash: u64, alive: bool) -> Option<String> {
+        if role == role::CLIENT && hash == 0 {
+            return Some(NO_HOST.to_owned());
+        }
+        match self.texts.text(hash) {
+            Some(text) => Some(text.to_owned()),
+            None if alive => None,
+            None => Some(UNKNOWN_ROUTE.to_owned()),
+        }
+    }
+
+    /// The label under the service's budget, counting what the budget moved.
+    fn admit(&mut self, role: u8, service: &str, text: &str, observations: u64) -> String {
+        if role == role::CLIENT {
+            let admitted = self.hosts.admit(service, text);
+            if admitted == OVERFLOW_ROUTE && text != OVERFLOW_ROUTE {
+                self.overflowed += observations;
+            }
+            return admitted;
+        }
+        let admitted = self.routes.admit(service, text);
+        match &admitted {
+            Admitted::Collapsed(_) => self.collapsed += observations,
+            Admitted::Overflow if text != OVERFLOW_ROUTE => self.overflowed += observations,
+            _ => {}
+        }
+        admitted.label().to_owned()
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let grace = self.grace;
+        let fresh = |updated: Instant| now.saturating_duration_since(updated) < grace;
+        self.series.retain(|_, series| fresh(series.updated));
+        self.client_errors.retain(|_, series| fresh(series.updated));
+        self.connect_errors
+            .retain(|_, series| fresh(series.updated));
+        let series = &self.series;
+        let has_series = |service: &str, role_wanted: u8| {
+            series
+                .keys()
+                .any(|key| key.role == role_wanted && key.service.name == service)
+        };
+        self.routes
+            .retain(|service| has_series(service, role::SERVER));
+        self.hosts
+            .retain(|service| has_series(service, role::CLIENT));
+    }
+
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &DurationCounts)> {
-        self.series
+        self.series.iter().map(|(key, series)| (key, &series.value))
+    }
+
+    pub fn client_errors(&self) -> impl Iterator<Item = (&ClientErrorSeries, u64)> {
+        self.client_errors
             .iter()
-            .map(|(key, series)| (key, &series.counts))
+            .map(|(key, series)| (key, series.value))
+    }
+
+    pub fn connect_errors(&self) -> impl Iterator<Item = (&Service, u64)> {
+        self.connect_errors
+            .iter()
+            .map(|(key, series)| (key, series.value))
     }
 
     pub fn route_text_mismatches(&self) -> u64 {
-        self.routes.mismatches
+        self.texts.mismatches
+    }
+}
+
+/// Adds what a kernel counter gained since `last` to the series `key`.
+fn add_count<K: Ord>(
+    series: &mut BTreeMap<K, Series<u64>>,
+    key: K,
+    total: u64,
+    last: Option<&u64>,
+    now: Instant,
+) {
+    let gained = match last {
+        Some(&last) if total >= last => total - last,
+        _ => total,
+    };
+    let entry = series.entry(key).or_insert(Series {
+        value: 0,
+        updated: now,
+    });
+    entry.value += gained;
+    entry.updated = now;
+}
+
+/// Remembers a live process's total; schedules an exited one's entry to be freed.
+fn forget_or_keep<K: Eq + Hash + Copy>(
+    last: &mut HashMap<K, u64>,
+    key: K,
+    total: u64,
+    alive: bool,
+    forget: &mut Vec<K>,
+) {
+    if alive {
+        last.insert(key, total);
+    } else {
+        last.remove(&key);
+        forget.push(key);
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 use monitor_common::sched::COMM_LEN;
 
 use crate::collect::{
-    process::ProcessIdentity,
+    process::{ProcessIdentity, Service},
     sched::{ProcessSample, RunqCounts, SchedSnapshot},
 };
 
@@ -34,7 +34,7 @@ pub trait ProcessFacts {
 pub struct ProcessSeries {
     pub pid: u32,
     pub executable: String,
-    pub service: String,
+    pub service: Service,
     pub cpu_ns: u64,
 }
 
@@ -191,7 +191,7 @@ impl ProcessLedger {
         let increase = difference(&sample.runq, &base);
         let service = self
             .runq
-            .entry(tracked.series.service.clone())
+            .entry(tracked.series.service.name.clone())
             .or_insert_with(|| ServiceRunq {
                 counts: RunqCounts::default(),
                 updated: now,

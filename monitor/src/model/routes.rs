@@ -3,7 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use monitor_common::http::{
-    OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, event_kind, template_allowance, template_route,
+    FNV_OFFSET, OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, event_kind, fnv_bytes, template_allowance,
+    template_route,
 };
 
 use crate::collect::http::RouteAnnouncement;
@@ -27,10 +28,19 @@ impl Default for RouteRegistry {
 
 impl RouteRegistry {
     pub fn learn(&mut self, announcement: &RouteAnnouncement) {
-        let template = template_route(&announcement.path);
         let (hash, text) = match announcement.kind {
-            event_kind::COLLAPSED => (template.collapsed_hash, template.collapsed_text),
-            _ => (template.hash, template.text),
+            event_kind::HOST => (
+                fnv_bytes(FNV_OFFSET, &announcement.path),
+                String::from_utf8_lossy(&announcement.path).into_owned(),
+            ),
+            event_kind::COLLAPSED => {
+                let template = template_route(&announcement.path);
+                (template.collapsed_hash, template.collapsed_text)
+            }
+            _ => {
+                let template = template_route(&announcement.path);
+                (template.hash, template.text)
+            }
         };
         if hash == announcement.route {
             self.texts.insert(hash, text);
@@ -146,6 +156,34 @@ impl ServiceRouteBudget {
     }
 
     /// Forgets services that no longer have series.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.admitted.retain(|service, _| keep(service));
+    }
+}
+
+/// Distinct server addresses per service, at most `limit`, then `__overflow__`.
+pub struct HostBudget {
+    limit: usize,
+    admitted: HashMap<String, HashSet<String>>,
+}
+
+impl HostBudget {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            admitted: HashMap::new(),
+        }
+    }
+
+    pub fn admit(&mut self, service: &str, host: &str) -> String {
+        let hosts = self.admitted.entry(service.to_owned()).or_default();
+        if hosts.contains(host) || (host != OVERFLOW_ROUTE && hosts.len() < self.limit) {
+            hosts.insert(host.to_owned());
+            return host.to_owned();
+        }
+        OVERFLOW_ROUTE.to_owned()
+    }
+
     pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
         self.admitted.retain(|service, _| keep(service));
     }

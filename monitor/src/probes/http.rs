@@ -19,6 +19,8 @@ pub struct HttpSettings {
     pub idle_timeout: std::time::Duration,
     /// `--http-ports`; empty for all ports.
     pub ports: Vec<u16>,
+    /// Distinct server addresses per client process (and service).
+    pub host_budget: u32,
 }
 
 /// Builds the programs' configuration; errors say which option is wrong and why.
@@ -64,6 +66,8 @@ pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfi
         route_budget: settings.route_budget,
         agent_tgid,
         port_filter: u32::from(!settings.ports.is_empty()),
+        host_budget: settings.host_budget,
+        _reserved: 0,
         idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
         excluded_comms,
     })
@@ -146,6 +150,7 @@ mod tests {
             exclude_comm: vec!["nginx".into()],
             idle_timeout: std::time::Duration::from_secs(1),
             ports: vec![],
+            host_budget: 100,
         }
     }
 

@@ -7,7 +7,7 @@ pub mod tracefs;
 
 use std::fmt;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::{Ebpf, EbpfLoader};
 
 pub use sched::{attach_empty, attach_sched};
@@ -62,9 +62,18 @@ pub fn load(sizes: &MapSizes) -> Result<Ebpf> {
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
         .map_max_entries("PROCESS_META", sizes.max_processes);
-    loader
-        .load(BPF_OBJECT)
-        .context("loading the BPF object (creating its maps) failed")
+    loader.load(BPF_OBJECT).map_err(|error| {
+        let denied = error.to_string().contains("Operation not permitted")
+            || format!("{error:?}").contains("PermissionDenied");
+        let hint = if denied {
+            ": the capabilities are there but bpf(2) was refused; a seccomp profile (container \
+             runtimes' defaults often deny bpf and perf_event_open) or a security module may \
+             block it: see deploy/container/seccomp.json"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("loading the BPF object (creating its maps) failed: {error:#}{hint}")
+    })
 }
 
 /// Run time and run count of the attached programs (zero unless `kernel.bpf_stats_enabled`).

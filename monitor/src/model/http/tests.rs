@@ -1,9 +1,10 @@
 use std::collections::HashSet;
 
-use monitor_common::http::{event_kind, method, template_route};
+use monitor_common::http::{FNV_OFFSET, event_kind, fnv_bytes, method, role, template_route};
 
 use super::*;
 use crate::collect::http::RouteAnnouncement;
+use crate::collect::process::Service;
 
 struct Facts {
     alive: HashSet<u32>,
@@ -17,8 +18,8 @@ impl HttpFacts for Facts {
         // Processes 1 and 2 are two workers of one service.
         let service = if tgid <= 2 { "nginx" } else { "other" };
         ProcessIdentity {
-            executable: service.into(),
-            service: service.into(),
+            executable: service.to_owned(),
+            service: Service::named(service),
         }
     }
 }
@@ -34,7 +35,7 @@ fn key(tgid: u32, path: &str, status: u16) -> DurationKey {
         tgid,
         status,
         method: method::GET,
-        _reserved: 0,
+        role: role::SERVER,
         route: template_route(path.as_bytes()).hash,
     }
 }
@@ -58,13 +59,13 @@ fn announce(tgid: u32, path: &str) -> RouteAnnouncement {
 fn count_of(ledger: &HttpLedger, service: &str, route: &str, status: u16) -> Option<u64> {
     ledger
         .series()
-        .find(|(k, _)| k.service == service && k.route == route && k.status == status)
+        .find(|(k, _)| k.service.name == service && k.target == route && k.status == status)
         .map(|(_, c)| c.count())
 }
 
 #[test]
 fn workers_of_one_service_add_up_per_route_and_status() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
     let snapshot = HttpSnapshot {
         durations: vec![
             (key(1, "/users/1", 200), counts(3)),
@@ -81,7 +82,7 @@ fn workers_of_one_service_add_up_per_route_and_status() {
 
 #[test]
 fn counts_wait_in_the_kernel_until_the_route_is_known() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
     let t0 = Instant::now();
     let first = HttpSnapshot {
         durations: vec![(key(1, "/a", 200), counts(5))],
@@ -100,7 +101,7 @@ fn counts_wait_in_the_kernel_until_the_route_is_known() {
 
 #[test]
 fn a_lost_announcement_is_asked_for_again() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
     let snapshot = HttpSnapshot {
         durations: vec![(key(1, "/lost", 200), counts(1))],
         ..HttpSnapshot::default()
@@ -113,12 +114,12 @@ fn a_lost_announcement_is_asked_for_again() {
                 .reannounce,
         );
     }
-    assert_eq!(asked, vec![(1, key(1, "/lost", 200).route)]);
+    assert_eq!(asked, vec![(1, key(1, "/lost", 200).route, role::SERVER)]);
 }
 
 #[test]
 fn exited_process_entries_are_read_once_more_then_freed() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200);
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
     let t0 = Instant::now();
     let k = key(3, "/x", 500);
     let with = |n| HttpSnapshot {
@@ -137,7 +138,7 @@ fn exited_process_entries_are_read_once_more_then_freed() {
 
 #[test]
 fn routes_beyond_the_service_budget_overflow() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(300), 1);
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 1, 100);
     let snapshot = HttpSnapshot {
         durations: vec![
             (key(1, "/a", 200), counts(1)),
@@ -154,7 +155,7 @@ fn routes_beyond_the_service_budget_overflow() {
 
 #[test]
 fn series_without_updates_expire_after_the_grace_period() {
-    let mut ledger = HttpLedger::new(Duration::from_secs(60), 200);
+    let mut ledger = HttpLedger::new(Duration::from_secs(60), 200, 100);
     let t0 = Instant::now();
     let snapshot = HttpSnapshot {
         durations: vec![(key(3, "/x", 200), counts(1))],
@@ -167,4 +168,90 @@ fn series_without_updates_expire_after_the_grace_period() {
     assert_eq!(ledger.series().count(), 1);
     ledger.apply(&empty, &alive(&[]), t0 + Duration::from_secs(61));
     assert_eq!(ledger.series().count(), 0);
+}
+
+fn client_key(tgid: u32, host: &str, status: u16) -> DurationKey {
+    DurationKey {
+        tgid,
+        status,
+        method: method::GET,
+        role: role::CLIENT,
+        route: if host.is_empty() {
+            0
+        } else {
+            fnv_bytes(FNV_OFFSET, host.as_bytes())
+        },
+    }
+}
+
+fn announce_host(tgid: u32, host: &str) -> RouteAnnouncement {
+    RouteAnnouncement {
+        tgid,
+        route: fnv_bytes(FNV_OFFSET, host.as_bytes()),
+        kind: event_kind::HOST,
+        path: host.as_bytes().to_vec(),
+    }
+}
+
+fn client_count(ledger: &HttpLedger, service: &str, host: &str, status: u16) -> Option<u64> {
+    ledger
+        .series()
+        .find(|(k, _)| {
+            k.role == role::CLIENT
+                && k.service.name == service
+                && k.target == host
+                && k.status == status
+        })
+        .map(|(_, c)| c.count())
+}
+
+#[test]
+fn client_series_are_by_server_address_under_a_budget() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 1);
+    let snapshot = HttpSnapshot {
+        durations: vec![
+            (client_key(3, "api.shop", 200), counts(4)),
+            (client_key(3, "other.shop", 200), counts(2)),
+            (client_key(3, "", 200), counts(1)),
+        ],
+        announcements: vec![announce_host(3, "api.shop"), announce_host(3, "other.shop")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&snapshot, &alive(&[3]), Instant::now());
+    assert_eq!(client_count(&ledger, "other", "api.shop", 200), Some(4));
+    // The second address, and `unknown` (no Host header), are past the budget of one.
+    assert_eq!(client_count(&ledger, "other", OVERFLOW_ROUTE, 200), Some(3));
+}
+
+#[test]
+fn client_errors_and_connect_errors_add_up_per_service() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
+    let error = ClientErrorKey {
+        host: fnv_bytes(FNV_OFFSET, b"api.shop"),
+        tgid: 1,
+        kind: monitor_common::http::client_error::CUT_OFF,
+        method: method::GET,
+        _reserved: 0,
+    };
+    let with = |errors: u64, connects: u64| HttpSnapshot {
+        client_errors: vec![(error, errors)],
+        connect_errors: vec![(1, connects), (2, 1)],
+        announcements: vec![announce_host(1, "api.shop")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&with(2, 3), &alive(&[1, 2]), Instant::now());
+    let cleanup = ledger.apply(&with(5, 4), &alive(&[2]), Instant::now());
+    let errors: Vec<_> = ledger
+        .client_errors()
+        .map(|(k, n)| (k.server_address.clone(), n))
+        .collect();
+    assert_eq!(errors, vec![("api.shop".to_owned(), 5)]);
+    // Processes 1 and 2 are both `nginx`: their connect errors add up.
+    let connects: Vec<_> = ledger
+        .connect_errors()
+        .map(|(s, n)| (s.name.clone(), n))
+        .collect();
+    assert_eq!(connects, vec![("nginx".to_owned(), 5)]);
+    assert_eq!(cleanup.forget_client_errors, vec![error]);
+    assert_eq!(cleanup.forget_connect_errors, vec![1]);
 }

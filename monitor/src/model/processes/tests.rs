@@ -19,7 +19,7 @@ impl ProcessFacts for Facts {
             .unwrap_or_else(|| "unknown".into());
         ProcessIdentity {
             executable: name.clone(),
-            service: name,
+            service: crate::collect::process::Service::named(name),
         }
     }
 }

@@ -1,0 +1,166 @@
+use super::*;
+
+#[test]
+fn otel_service_name_wins_over_resource_attributes() {
+    let environ = b"PATH=/bin\0OTEL_RESOURCE_ATTRIBUTES=service.name=other,env=prod\0OTEL_SERVICE_NAME=checkout\0";
+    assert_eq!(otel_service_name(environ), Some("checkout".into()));
+    let attributes =
+        b"HOME=/\0OTEL_RESOURCE_ATTRIBUTES=deployment.environment=prod,service.name=cart%20api\0";
+    assert_eq!(otel_service_name(attributes), Some("cart api".into()));
+    assert_eq!(otel_service_name(b"OTEL_SERVICE_NAME=\0HOME=/\0"), None);
+    assert_eq!(otel_service_name(b"\xff\xfe\0"), None);
+}
+
+const ID: &str = "3f2a1b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708";
+const UID: &str = "7d9c2b1a-3e4f-4a5b-8c6d-0e1f2a3b4c5d";
+
+fn container(cgroup: &str) -> Option<ContainerRef> {
+    container_of(cgroup)
+}
+
+#[test]
+fn kubelet_cgroupfs_paths_give_container_and_pod() {
+    let cgroup = format!("0::/kubepods/burstable/pod{UID}/{ID}\n");
+    assert_eq!(
+        container(&cgroup),
+        Some(ContainerRef {
+            id: ID.into(),
+            pod_uid: Some(UID.into())
+        })
+    );
+}
+
+#[test]
+fn kubelet_systemd_paths_give_container_and_pod() {
+    let uid = UID.replace('-', "_");
+    let cgroup = format!(
+        "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid}.slice/cri-containerd-{ID}.scope\n"
+    );
+    assert_eq!(
+        container(&cgroup),
+        Some(ContainerRef {
+            id: ID.into(),
+            pod_uid: Some(UID.into())
+        })
+    );
+    let crio = format!("0::/kubepods.slice/kubepods-pod{uid}.slice/crio-{ID}.scope");
+    assert_eq!(container(&crio).unwrap().pod_uid, Some(UID.into()));
+}
+
+#[test]
+fn docker_and_podman_paths_give_the_container_only() {
+    for cgroup in [
+        format!("0::/system.slice/docker-{ID}.scope"),
+        format!("12:cpu,cpuacct:/docker/{ID}\n0::/"),
+        format!("0::/machine.slice/libpod-{ID}.scope/container"),
+    ] {
+        assert_eq!(
+            container(&cgroup),
+            Some(ContainerRef {
+                id: ID.into(),
+                pod_uid: None
+            }),
+            "{cgroup}"
+        );
+    }
+}
+
+#[test]
+fn host_processes_and_monitors_are_no_container() {
+    assert_eq!(
+        container("0::/user.slice/user-0.slice/session-1.scope"),
+        None
+    );
+    assert_eq!(container("0::/system.slice/nginx.service"), None);
+    assert_eq!(
+        container(&format!("0::/machine.slice/libpod-conmon-{ID}.scope")),
+        None
+    );
+    assert_eq!(container("0::/init.scope\n"), None);
+    assert_eq!(container(""), None);
+}
+
+#[test]
+fn pod_directories_and_container_names() {
+    assert_eq!(
+        parse_pod_dir(&format!("shop_checkout-7d9f_{UID}")),
+        Some(("shop".into(), "checkout-7d9f".into(), UID.into()))
+    );
+    assert_eq!(parse_pod_dir("not-a-pod"), None);
+
+    let root = tempfile::tempdir().unwrap();
+    let pods = root.path().join("pods");
+    let pod_dir = pods.join(format!("shop_checkout-7d9f_{UID}"));
+    std::fs::create_dir_all(pod_dir.join("app")).unwrap();
+    std::fs::create_dir_all(pod_dir.join("sidecar")).unwrap();
+    let scanned = scan_pod_logs(&pods);
+    let pod = &scanned[UID];
+    assert_eq!(
+        (pod.namespace.as_str(), pod.name.as_str()),
+        ("shop", "checkout-7d9f")
+    );
+    assert_eq!(pod.containers, ["app", "sidecar"]);
+
+    // Two containers: the kubelet's symlink names the one with this id.
+    let containers = root.path().join("containers");
+    std::fs::create_dir_all(&containers).unwrap();
+    assert_eq!(container_name(pod, ID, &containers), None);
+    std::fs::write(
+        containers.join(format!("checkout-7d9f_shop_sidecar-{ID}.log")),
+        "",
+    )
+    .unwrap();
+    assert_eq!(container_name(pod, ID, &containers), Some("sidecar".into()));
+    // One container: that one.
+    let single = Pod {
+        containers: vec!["web".into()],
+        ..pod.clone()
+    };
+    assert_eq!(
+        container_name(&single, "other", &containers),
+        Some("web".into())
+    );
+}
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_owned).collect()
+}
+
+#[test]
+fn interpreters_are_named_after_their_script() {
+    assert_eq!(
+        script_name("python3", &args("python3 app.py")),
+        Some("app".into())
+    );
+    assert_eq!(
+        script_name("python3.11", &args("python3 -u /srv/app.py --port 80")),
+        Some("app".into())
+    );
+    assert_eq!(
+        script_name("python3", &args("python3 -W ignore -m shop.worker")),
+        Some("worker".into())
+    );
+    assert_eq!(script_name("python3", &args("python3 -c print(1)")), None);
+    assert_eq!(script_name("python3", &args("python3")), None);
+    assert_eq!(
+        script_name("node", &args("node --require ./trace.js server.js")),
+        Some("server".into())
+    );
+    assert_eq!(
+        script_name("java", &args("java -Xmx1g -jar /opt/billing.jar")),
+        Some("billing".into())
+    );
+    assert_eq!(
+        script_name("java", &args("java -cp lib/* com.shop.Main")),
+        Some("Main".into())
+    );
+    assert_eq!(
+        script_name("ruby", &args("ruby -I lib app.rb")),
+        Some("app".into())
+    );
+    assert_eq!(
+        script_name("php", &args("php index.php")),
+        Some("index".into())
+    );
+    assert_eq!(script_name("nginx", &args("nginx -g daemon off;")), None);
+}

@@ -1,0 +1,239 @@
+//! The HTTP families of `/metrics`: durations (server and client), client errors, and the
+//! agent's own HTTP counters.
+
+use monitor_common::http::{client_error, counter, method, role};
+use prometheus::proto::MetricFamily;
+
+use super::families::{self, BucketCounts};
+use crate::model::http::HttpLedger;
+
+const NS_PER_SECOND: f64 = 1e9;
+
+fn method_name(method: u8) -> &'static str {
+    method::NAMES
+        .get(usize::from(method))
+        .copied()
+        .unwrap_or(method::NAMES[0])
+}
+
+pub fn families(http: &HttpLedger, bounds: &[f64]) -> Vec<Option<MetricFamily>> {
+    let mut all = vec![
+        durations(
+            http,
+            bounds,
+            role::SERVER,
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests, from the read that brought the request's first \
+             bytes to the write that sent the response's last bytes.",
+            "http_route",
+        ),
+        durations(
+            http,
+            bounds,
+            role::CLIENT,
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests, from the write of the request's first bytes to \
+             the read of the response's last bytes.",
+            "server_address",
+        ),
+        client_errors(http),
+        connect_errors(http),
+    ];
+    all.extend(counters(http));
+    all
+}
+
+fn durations(
+    http: &HttpLedger,
+    bounds: &[f64],
+    wanted: u8,
+    name: &str,
+    help: &str,
+    target_label: &'static str,
+) -> Option<MetricFamily> {
+    http.series()
+        .filter(|(key, _)| key.role == wanted)
+        .fold(families::histogram(name, help), |family, (key, counts)| {
+            let status = key.status.to_string();
+            let mut labels = key.service.labels();
+            labels.extend([
+                ("http_request_method", method_name(key.method)),
+                ("http_response_status_code", status.as_str()),
+                (target_label, key.target.as_str()),
+            ]);
+            family.buckets(
+                &labels,
+                BucketCounts {
+                    bounds,
+                    counts: &counts.buckets[..bounds.len()],
+                    above_last: counts.buckets[bounds.len()..].iter().sum(),
+                    sum: counts.sum_ns as f64 / NS_PER_SECOND,
+                },
+            )
+        })
+        .build()
+}
+
+fn client_errors(http: &HttpLedger) -> Option<MetricFamily> {
+    http.client_errors()
+        .fold(
+            families::counter(
+                "http_client_request_errors_total",
+                "HTTP client requests without a complete response, by kind: no_response (the \
+                 connection closed or was reset first), response_cut_off (it stopped before its \
+                 declared length or last chunk).",
+            ),
+            |family, (key, count)| {
+                let mut labels = key.service.labels();
+                labels.extend([
+                    ("http_request_method", method_name(key.method)),
+                    ("server_address", key.server_address.as_str()),
+                    (
+                        "error_type",
+                        client_error::NAMES
+                            .get(usize::from(key.kind))
+                            .copied()
+                            .unwrap_or("other"),
+                    ),
+                ]);
+                family.value(&labels, count as f64)
+            },
+        )
+        .build()
+}
+
+fn connect_errors(http: &HttpLedger) -> Option<MetricFamily> {
+    http.connect_errors()
+        .fold(
+            families::counter(
+                "tcp_client_connect_errors_total",
+                "Outgoing TCP connections that failed (refused, unreachable, timed out), before \
+                 any HTTP: by the service that tried.",
+            ),
+            |family, (service, count)| family.value(&service.labels(), count as f64),
+        )
+        .build()
+}
+
+/// The kernel's HTTP counters and the model's: what was seen, recorded, skipped and why.
+fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
+    let kernel = |index: u32| http.kernel_counters[index as usize] as f64;
+    let single = |name: &str, help: &str, value: f64| {
+        families::counter(name, help).value(&[], value).build()
+    };
+    vec![
+        single(
+            "monitor_http_requests_seen_total",
+            "HTTP/1.x requests recognised on server connections.",
+            kernel(counter::REQUESTS),
+        ),
+        single(
+            "monitor_http_requests_recorded_total",
+            "Server requests paired with their response and recorded in a duration histogram.",
+            kernel(counter::RESPONSES),
+        ),
+        single(
+            "monitor_http_client_requests_seen_total",
+            "HTTP/1.x requests written on client connections.",
+            kernel(counter::CLIENT_REQUESTS),
+        ),
+        single(
+            "monitor_http_client_requests_recorded_total",
+            "Client requests recorded with their complete response.",
+            kernel(counter::CLIENT_RECORDED),
+        ),
+        single(
+            "monitor_http_responses_ended_idle_total",
+            "Responses ended by the idle timeout: their keep-alive connection stayed open \
+             without a write or a new request.",
+            kernel(counter::ENDED_IDLE),
+        ),
+        single(
+            "monitor_http_requests_unanswered_total",
+            "Server requests whose connection closed before any response.",
+            kernel(counter::UNANSWERED),
+        ),
+        single(
+            "monitor_http_responses_unmatched_total",
+            "Responses with no request to pair (connections picked up mid-request).",
+            kernel(counter::UNMATCHED_RESPONSES),
+        ),
+        single(
+            "monitor_http_reads_not_http_total",
+            "Reads on server connections, between requests, that were not HTTP/1.x requests.",
+            kernel(counter::NOT_HTTP),
+        ),
+        single(
+            "monitor_http_connections_tracked_total",
+            "Server connections the kernel started tracking at accept.",
+            kernel(counter::CONNECTIONS_ACCEPTED),
+        ),
+        families::counter(
+            "monitor_http_client_connections_total",
+            "Client connections followed from connect, and those dropped because their first \
+             write was not HTTP/1.x (DNS over connected UDP, TLS, other protocols).",
+        )
+        .value(
+            &[("outcome", "tracked")],
+            kernel(counter::CLIENT_CONNECTIONS),
+        )
+        .value(&[("outcome", "not_http")], kernel(counter::CLIENT_NOT_HTTP))
+        .build(),
+        single(
+            "monitor_http_route_events_total",
+            "Announcements the kernel submitted to the agent (new routes, server addresses and \
+             listeners only).",
+            kernel(counter::EVENTS_SUBMITTED),
+        ),
+        families::counter(
+            "monitor_http_events_dropped_total",
+            "HTTP observations or announcements the kernel could not record, by reason.",
+        )
+        .value(
+            &[("reason", "histogram_full")],
+            kernel(counter::HISTOGRAM_FULL),
+        )
+        .value(
+            &[("reason", "connections_full")],
+            kernel(counter::CONNECTIONS_FULL),
+        )
+        .value(
+            &[("reason", "route_event_lost")],
+            kernel(counter::EVENTS_LOST),
+        )
+        .build(),
+        families::counter(
+            "monitor_http_connections_skipped_total",
+            "Accepted connections not tracked with --http-ports: on another port, or on a \
+             listener whose port the agent had not checked yet.",
+        )
+        .value(
+            &[("reason", "port_filtered")],
+            kernel(counter::PORT_FILTERED),
+        )
+        .value(
+            &[("reason", "listener_unchecked")],
+            kernel(counter::LISTENER_UNCHECKED),
+        )
+        .build(),
+        families::counter(
+            "monitor_http_routes_limited_total",
+            "Requests counted under a collapsed route (/<first>/{*}) or __overflow__ because a \
+             budget was spent (the kernel's per process, or the agent's per service).",
+        )
+        .value(
+            &[("outcome", "collapsed")],
+            kernel(counter::ROUTES_COLLAPSED) + http.collapsed as f64,
+        )
+        .value(
+            &[("outcome", "overflow")],
+            kernel(counter::ROUTES_OVERFLOWED) + http.overflowed as f64,
+        )
+        .build(),
+        single(
+            "monitor_http_route_mismatches_total",
+            "Announcements whose bytes did not give the announced hash (not learnt).",
+            http.route_text_mismatches() as f64,
+        ),
+    ]
+}
