@@ -22,14 +22,14 @@ pub struct Server {
     _dir: TempDir,
 }
 
-fn fixture(name: &str) -> PathBuf {
+pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures")
         .join(name)
 }
 
 /// A copy of the program at `path` named `name`, so its comm (and service name) is `name`.
-fn renamed_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
+pub fn renamed_copy(dir: &Path, program: &str, name: &str) -> PathBuf {
     let original = fs::canonicalize(program).unwrap_or_else(|e| panic!("{program}: {e}"));
     let copy = dir.join(name);
     fs::copy(&original, &copy).expect("copying the interpreter");
@@ -46,13 +46,29 @@ impl Server {
         let dir = tempfile::tempdir().unwrap();
         let name = unique_name("py");
         let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
-        let child = Command::new(python)
-            .arg(fixture("http_server.py"))
-            .arg(port.to_string())
+        let mut command = Command::new(python);
+        command.arg(fixture("http_server.py")).arg(port.to_string());
+        Self::spawn(command, port, name, dir)
+    }
+
+    /// The Python server started by `command` (its program, arguments and environment are
+    /// the test's), expected to serve as `service`.
+    pub fn python_with(mut command: Command, port: u16, service: &str) -> Self {
+        command.arg(port.to_string());
+        Self::spawn(
+            command,
+            port,
+            service.to_owned(),
+            tempfile::tempdir().unwrap(),
+        )
+    }
+
+    fn spawn(mut command: Command, port: u16, service: String, dir: TempDir) -> Self {
+        let child = command
             .stdin(Stdio::null())
             .spawn()
-            .expect("starting the Python server");
-        Self::started(child, port, name, dir)
+            .expect("starting the server");
+        Self::started(child, port, service, dir)
     }
 
     /// Node's http module running tests/fixtures/http_server.js.

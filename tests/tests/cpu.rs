@@ -1,6 +1,9 @@
 //! CPU time and run-queue latency per process, measured by the real kernel programs.
 
-use std::{io::Read as _, time::Duration};
+use std::{
+    io::{BufRead as _, BufReader, Read as _},
+    time::Duration,
+};
 
 use monitor_tests::{MonitorAgent, agent::signal, burner, poll_until, workload::proc_cpu_seconds};
 
@@ -125,10 +128,30 @@ fn run_queue_latency_grows_for_an_overloaded_service_only(hooks: &str) {
     let idle = burner!("idle");
     let mut idle_child = idle.spawn(&["idle"]);
     let idle_labels = [("service_name", idle.name.as_str())];
-    // Its start-up wake-ups are counted once it has run: wait for that, then take the baseline.
-    let idle_before = poll_until("the idle service to appear", Duration::from_secs(5), || {
-        agent.scrape().histogram_count(RUNQ, &idle_labels)
-    });
+    // Wait for the end of its start-up, then for its start-up wake-ups to be counted: the
+    // count must hold still for a second (a few clock ticks and refreshes).
+    let mut ready = String::new();
+    BufReader::new(idle_child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert_eq!(ready.trim(), "ready");
+    let mut last: Option<(u64, std::time::Instant)> = None;
+    let idle_before = poll_until(
+        "the idle service's count to settle",
+        Duration::from_secs(15),
+        || {
+            let count = agent.scrape().histogram_count(RUNQ, &idle_labels)?;
+            match last {
+                Some((seen, since)) if seen == count => {
+                    (since.elapsed() >= Duration::from_secs(1)).then_some(count)
+                }
+                _ => {
+                    last = Some((count, std::time::Instant::now()));
+                    None
+                }
+            }
+        },
+    );
 
     let busy = burner!("runq");
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
@@ -164,4 +187,44 @@ fn run_queue_latency_grows_for_an_overloaded_service_only(hooks: &str) {
     let _ = busy_child.wait();
     drop(idle_child.stdin.take());
     let _ = idle_child.wait();
+}
+
+/// Kernel threads are named after themselves, never after the process that ran before or
+/// after them on a CPU.
+#[test]
+fn kernel_threads_keep_their_own_names() {
+    let agent = MonitorAgent::start(&[]);
+    // Plenty of context switches between user processes and kernel threads.
+    let burner = burner!("kthr");
+    let mut child = burner.spawn(&["spin", "4"]);
+    let kernel = [("service_name", "kernel")];
+    let checked = poll_until(
+        "kernel threads with CPU series",
+        Duration::from_secs(20),
+        || {
+            let scrape = agent.scrape();
+            let series: Vec<_> = scrape.matching(CPU, &kernel).collect();
+            (series.len() >= 5).then(|| {
+                series
+                    .into_iter()
+                    .filter_map(|sample| {
+                        let pid = sample.labels.get("process_pid")?;
+                        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+                        let kind = comm.trim().split(['/', '-']).next()?.to_owned();
+                        Some((
+                            pid.clone(),
+                            kind,
+                            sample.labels["process_executable_name"].clone(),
+                        ))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        },
+    );
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+    assert!(!checked.is_empty());
+    for (pid, kind, named) in checked {
+        assert_eq!(named, kind, "kernel thread {pid} named {named}");
+    }
 }

@@ -3,7 +3,7 @@
 //! - `cpu-burner burn <ms>`: spin until this process has used <ms> of CPU, print the CPU
 //!   nanoseconds it used (CLOCK_PROCESS_CPUTIME_ID), exit.
 //! - `cpu-burner spin <threads>`: spin that many threads until killed.
-//! - `cpu-burner idle`: block until stdin closes, never running meanwhile.
+//! - `cpu-burner idle`: print `ready`, then block until stdin closes, never running meanwhile.
 //! - `cpu-burner pingpong <ms>`: two threads pass a byte back and forth over pipes for <ms>
 //!   of wall time (a context switch per pass, for the scheduler benchmark); prints the passes.
 use std::{
@@ -91,6 +91,8 @@ fn main() {
         }
         Some("pingpong") => println!("{}", pingpong(Duration::from_millis(number(2)))),
         Some("idle") => {
+            // Start-up is over once this is out; from here on the process only waits.
+            println!("ready");
             let mut sink = Vec::new();
             let _ = std::io::stdin().read_to_end(&mut sink);
         }

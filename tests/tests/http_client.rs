@@ -1,0 +1,245 @@
+//! HTTP client RED metrics: curl, Python and Node clients against real servers, and the
+//! failures a client meets (cut-off responses, no response, refused connections).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::TcpListener,
+    process::Command,
+    thread,
+    time::Duration,
+};
+
+use monitor_tests::{
+    MonitorAgent, Scrape,
+    agent::free_port,
+    http::describe_http,
+    poll::try_poll,
+    servers::{Server, fixture, renamed_copy},
+    workload::unique_name,
+};
+
+const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn client_count(scrape: &Scrape, service: &str, address: &str, status: u16) -> Option<u64> {
+    let status = status.to_string();
+    let labels = [
+        ("service_name", service),
+        ("server_address", address),
+        ("http_response_status_code", status.as_str()),
+    ];
+    scrape.histogram_count(CLIENT_DURATION, &labels)
+}
+
+/// Polls until `check` holds on a scrape; on a timeout, shows the agent's HTTP series.
+fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    try_poll(WAIT, || {
+        let scrape = agent.scrape();
+        check(&scrape).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    })
+}
+
+/// Runs a client fixture under a unique script name (its service name): `interpreter` is
+/// python3 or node.
+fn run_client(interpreter: &str, fixture_name: &str, urls: &[String]) -> (String, Vec<u16>) {
+    let dir = tempfile::tempdir().unwrap();
+    let extension = fixture_name.rsplit('.').next().unwrap();
+    let name = unique_name("cli");
+    let script = dir.path().join(format!("{name}.{extension}"));
+    std::fs::copy(fixture(fixture_name), &script).unwrap();
+    let output = Command::new(interpreter)
+        .arg(&script)
+        .args(urls)
+        .output()
+        .expect("running the client");
+    assert!(output.status.success(), "{output:?}");
+    let statuses = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.trim().parse().unwrap())
+        .collect();
+    (name, statuses)
+}
+
+#[test]
+fn curl_python_and_node_clients_are_counted_per_server_address_and_status() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let address = format!("127.0.0.1:{}", server.port);
+    let urls = |statuses: &[u16]| -> Vec<String> {
+        statuses
+            .iter()
+            .map(|s| server.url(&format!("/status/{s}")))
+            .collect()
+    };
+
+    // curl, under its own name (a copy), several URLs on one keep-alive connection.
+    let dir = tempfile::tempdir().unwrap();
+    let curl_name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &curl_name);
+    let output = Command::new(curl)
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+            "-o",
+            "/dev/null",
+        ])
+        .args(urls(&[200, 404, 200]))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let (python, statuses) = run_client(
+        "/usr/bin/python3",
+        "http_client.py",
+        &urls(&[200, 500, 200, 200]),
+    );
+    assert_eq!(statuses, [200, 500, 200, 200]);
+    let (node, statuses) = run_client("/usr/bin/node", "http_client.js", &urls(&[201, 201, 503]));
+    assert_eq!(statuses, [201, 201, 503]);
+
+    let expected = [
+        (curl_name.as_str(), 200, 2),
+        (curl_name.as_str(), 404, 1),
+        (python.as_str(), 200, 3),
+        (python.as_str(), 500, 1),
+        (node.as_str(), 201, 2),
+        (node.as_str(), 503, 1),
+    ];
+    wait_until(&agent, "every client request counted", |scrape| {
+        expected
+            .iter()
+            .all(|&(service, status, n)| client_count(scrape, service, &address, status) == Some(n))
+    });
+}
+
+#[test]
+fn a_100ms_server_gives_client_observations_between_100_and_250ms() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let urls = vec![server.url("/sleep/100"); 3];
+    let (client, _) = run_client("/usr/bin/python3", "http_client.py", &urls);
+    let address = format!("127.0.0.1:{}", server.port);
+    let scrape = wait_until(&agent, "3 client observations", |scrape| {
+        client_count(scrape, &client, &address, 200) == Some(3)
+    });
+    let buckets = scrape
+        .histogram(CLIENT_DURATION, &[("service_name", client.as_str())])
+        .unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!((at(0.1), at(0.25)), (0, 3), "{buckets:?}");
+}
+
+/// A one-connection server in this test that answers each request with `reply`, then
+/// closes (or resets, with `reset`).
+fn misbehaving_server(reply: &'static [u8], reset: bool, connections: usize) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for _ in 0..connections {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let _ = stream.write_all(reply);
+            if reset {
+                // SO_LINGER 0: close sends a reset.
+                let linger = libc::linger {
+                    l_onoff: 1,
+                    l_linger: 0,
+                };
+                use std::os::fd::AsRawFd as _;
+                // SAFETY: a valid socket and option.
+                unsafe {
+                    libc::setsockopt(
+                        stream.as_raw_fd(),
+                        libc::SOL_SOCKET,
+                        libc::SO_LINGER,
+                        (&linger as *const libc::linger).cast(),
+                        size_of::<libc::linger>() as u32,
+                    )
+                };
+            }
+        }
+    });
+    port
+}
+
+#[test]
+fn cut_off_responses_and_missing_ones_are_errors_of_their_own() {
+    let agent = MonitorAgent::start(&[]);
+    // Declares 1000 bytes, sends 10, closes; then the same with a reset; then no answer.
+    let closes = misbehaving_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        false,
+        2,
+    );
+    let resets = misbehaving_server(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n0123456789",
+        true,
+        1,
+    );
+    let silent = misbehaving_server(b"", false, 1);
+    let urls: Vec<String> = [closes, closes, resets, silent]
+        .iter()
+        .map(|port| format!("http://127.0.0.1:{port}/x"))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &name);
+    for url in &urls {
+        let status = Command::new(&curl)
+            .args(["-s", "-o", "/dev/null", url])
+            .status()
+            .unwrap();
+        assert!(!status.success(), "curl should fail on {url}");
+    }
+    let errors = |scrape: &Scrape, port: u16, kind: &str| {
+        let address = format!("127.0.0.1:{port}");
+        let labels = [
+            ("service_name", name.as_str()),
+            ("server_address", address.as_str()),
+            ("error_type", kind),
+        ];
+        scrape.value("http_client_request_errors_total", &labels)
+    };
+    let scrape = wait_until(&agent, "the client errors", |scrape| {
+        errors(scrape, closes, "response_cut_off") == Some(2.0)
+            && errors(scrape, resets, "response_cut_off") == Some(1.0)
+            && errors(scrape, silent, "no_response") == Some(1.0)
+    });
+    // Not mistaken for successes.
+    assert_eq!(
+        scrape.histogram(CLIENT_DURATION, &[("service_name", name.as_str())]),
+        None
+    );
+}
+
+#[test]
+fn refused_connections_are_counted_per_service() {
+    let agent = MonitorAgent::start(&[]);
+    let closed_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &name);
+    for _ in 0..2 {
+        let status = Command::new(&curl)
+            .args(["-s", &format!("http://127.0.0.1:{closed_port}/")])
+            .status()
+            .unwrap();
+        assert!(!status.success());
+    }
+    wait_until(&agent, "two connect errors", |scrape| {
+        scrape.value(
+            "tcp_client_connect_errors_total",
+            &[("service_name", name.as_str())],
+        ) == Some(2.0)
+    });
+}

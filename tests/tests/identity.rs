@@ -1,0 +1,198 @@
+//! Service identity: the names processes get in every metric.
+
+use std::{process::Command, time::Duration};
+
+use monitor_tests::{
+    MonitorAgent, Scrape,
+    agent::free_port,
+    http::{client, describe_http, get, server_count},
+    poll::try_poll,
+    servers::{Server, fixture},
+    workload::unique_name,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    try_poll(WAIT, || {
+        let scrape = agent.scrape();
+        check(&scrape).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    })
+}
+
+#[test]
+fn otel_service_name_names_server_client_and_cpu_series() {
+    let service = unique_name("svc");
+    let agent = MonitorAgent::start(&[]);
+    let port = free_port();
+    let mut command = Command::new("/usr/bin/python3");
+    command
+        .arg(fixture("http_server.py"))
+        .env("OTEL_SERVICE_NAME", &service);
+    let server = Server::python_with(command, port, &service);
+    // A client under the same name, through the resource attributes this time, calling a
+    // server of its own.
+    let upstream = Server::python();
+    let output = Command::new("/usr/bin/python3")
+        .arg(fixture("http_client.py"))
+        .arg(upstream.url("/checkout"))
+        .env(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            format!("deployment.environment=test,service.name={service}"),
+        )
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(get(&client(), &server.url("/pay")), 200);
+
+    let upstream_address = format!("127.0.0.1:{}", upstream.port);
+    let pid = server.pid().to_string();
+    wait_until(
+        &agent,
+        "server, client and CPU series named after the service",
+        |scrape| {
+            let client_labels = [
+                ("service_name", service.as_str()),
+                ("server_address", upstream_address.as_str()),
+            ];
+            let cpu_labels = [
+                ("process_pid", pid.as_str()),
+                ("service_name", service.as_str()),
+            ];
+            server_count(scrape, &service, 200, "/pay") == Some(1)
+                && scrape.histogram_count("http_client_request_duration_seconds", &client_labels)
+                    == Some(1)
+                && scrape
+                    .value("process_cpu_time_seconds_total", &cpu_labels)
+                    .is_some()
+        },
+    );
+}
+
+#[test]
+fn an_interpreter_is_named_after_its_script() {
+    let agent = MonitorAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::copy(fixture("http_server.py"), &script).unwrap();
+    let port = free_port();
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(&script);
+    let server = Server::python_with(command, port, "app");
+    assert_eq!(get(&client(), &server.url("/hello")), 200);
+    let scrape = wait_until(&agent, "the server named app", |scrape| {
+        server_count(scrape, "app", 200, "/hello") == Some(1)
+    });
+    let pid = server.pid().to_string();
+    let labels = [
+        ("process_pid", pid.as_str()),
+        ("process_executable_name", "python3"),
+        ("service_name", "app"),
+    ];
+    assert!(
+        scrape
+            .value("process_cpu_time_seconds_total", &labels)
+            .is_some()
+    );
+}
+
+/// A server in a podman container (runc) that shares the host's root file system (an
+/// overlay, so nothing is written to it) and network: no image is needed.
+struct Container {
+    name: String,
+    id: String,
+}
+
+impl Container {
+    /// `global` goes before `run` (podman's own options), `run` after it.
+    fn python_server(port: u16, global: &[&str], run: &[&str]) -> Self {
+        monitor_tests::agent::require_root();
+        let name = unique_name("ctr");
+        let output = Command::new("podman")
+            .args(global)
+            .args(["run", "-d", "--rm", "--name", &name, "--runtime", "runc"])
+            .args(run)
+            .args(["--network", "host", "--rootfs", "/:O", "/usr/bin/python3"])
+            .arg(fixture("http_server.py"))
+            .arg(port.to_string())
+            .output()
+            .expect("running podman (installed by `cargo xtask setup`)");
+        assert!(output.status.success(), "podman run: {output:?}");
+        let id = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        assert_eq!(id.len(), 64, "podman printed {id:?}");
+        try_poll(WAIT, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .expect("the containerised server to listen");
+        Self { name, id }
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["rm", "-f", "-t", "0", &self.name])
+            .output();
+    }
+}
+
+#[test]
+fn a_containerised_server_carries_its_container_id() {
+    let agent = MonitorAgent::start(&[]);
+    let port = free_port();
+    let container = Container::python_server(port, &[], &[]);
+    assert_eq!(
+        get(&client(), &format!("http://127.0.0.1:{port}/in-a-box")),
+        200
+    );
+    let short = &container.id[..12];
+    wait_until(&agent, "the container's series", |scrape| {
+        let labels = [
+            ("service_name", short),
+            ("container_id", container.id.as_str()),
+            ("http_route", "/in-a-box"),
+        ];
+        scrape.histogram_count("http_server_request_duration_seconds", &labels) == Some(1)
+    });
+}
+
+#[test]
+fn a_pod_container_gets_its_kubernetes_labels_from_the_pod_log_directory() {
+    // The kubelet's log directory, as on a node: /var/log/pods/<ns>_<pod>_<uid>/<container>/.
+    let logs = tempfile::tempdir().unwrap();
+    let uid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+    let uid = uid.trim();
+    let pod = unique_name("web");
+    std::fs::create_dir_all(
+        logs.path()
+            .join(format!("shop_{pod}_{uid}"))
+            .join("checkout"),
+    )
+    .unwrap();
+    let pod_logs = logs.path().to_str().unwrap().to_owned();
+    let agent = MonitorAgent::start(&["--pod-logs", &pod_logs]);
+    // A kubelet with the cgroupfs driver puts a pod's containers under this parent.
+    let port = free_port();
+    let parent = format!("--cgroup-parent=/kubepods/burstable/pod{uid}");
+    let container = Container::python_server(port, &["--cgroup-manager", "cgroupfs"], &[&parent]);
+    assert_eq!(
+        get(&client(), &format!("http://127.0.0.1:{port}/in-a-pod")),
+        200
+    );
+    wait_until(&agent, "the pod's labels", |scrape| {
+        let labels = [
+            ("service_name", "checkout"),
+            ("container_id", container.id.as_str()),
+            ("k8s_namespace_name", "shop"),
+            ("k8s_pod_name", pod.as_str()),
+            ("k8s_container_name", "checkout"),
+        ];
+        scrape.histogram_count("http_server_request_duration_seconds", &labels) == Some(1)
+    });
+}
