@@ -27,6 +27,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-pip",   // installs kubernetes-validate
     "nodejs",        // Node's http module under test
     "systemd",       // systemd-analyze verifies the unit
+    "podman",        // builds and runs the container image (tests)
+    "runc",          // podman's runtime in the tests (crun would be picked otherwise)
 ];
 
 /// PyPI packages the tests use: (import name, package).
@@ -38,6 +40,7 @@ const NIGHTLY: &str = "nightly";
 pub fn setup() -> Result<()> {
     apt_packages()?;
     pip_packages()?;
+    podman_config()?;
     rust_components()?;
     bpf_linker()?;
     eprintln!("xtask: setup complete");
@@ -97,6 +100,40 @@ fn pip_packages() -> Result<()> {
             .with_context(|| format!("installing {package} with pip"))?;
     }
     Ok(())
+}
+
+const CONTAINERS_CONF: &str = "/etc/containers/containers.conf";
+const CAP_SYS_RESOURCE: u32 = 24;
+
+/// Without CAP_SYS_RESOURCE (these machines), runc cannot set podman's default rlimits; an
+/// empty `default_ulimits` stops podman asking. Written only when there is no such file:
+/// the file is host-wide.
+fn podman_config() -> Result<()> {
+    let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let effective = status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    if effective & (1 << CAP_SYS_RESOURCE) != 0 {
+        return Ok(());
+    }
+    match fs::read_to_string(CONTAINERS_CONF) {
+        Ok(text) if text.contains("default_ulimits") => Ok(()),
+        Ok(_) => {
+            eprintln!(
+                "xtask: warning: {CONTAINERS_CONF} has no `default_ulimits = []` under \
+                 [containers]; without CAP_SYS_RESOURCE the container tests will fail to start \
+                 containers"
+            );
+            Ok(())
+        }
+        Err(_) => {
+            fs::create_dir_all("/etc/containers").context("creating /etc/containers")?;
+            fs::write(CONTAINERS_CONF, "[containers]\ndefault_ulimits = []\n")
+                .with_context(|| format!("writing {CONTAINERS_CONF}"))
+        }
+    }
 }
 
 fn apt_installed(package: &str) -> bool {
