@@ -1,15 +1,7 @@
 //! `monitor`: command line -> settings -> run. Everything else lives in the modules.
 
-mod agent;
-mod cli;
-mod collect;
-mod export;
-mod model;
-mod preflight;
-mod probes;
-mod run;
-
 use clap::Parser as _;
+use monitor::{cli, run};
 
 fn main() -> std::process::ExitCode {
     let cli = cli::Cli::parse();

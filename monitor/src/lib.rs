@@ -1,0 +1,11 @@
+//! The agent as a library: the binary (`main.rs`) parses the command line and calls [`run::run`];
+//! benchmarks and fuzz targets reach the parsers and the model through here.
+
+pub mod agent;
+pub mod cli;
+pub mod collect;
+pub mod export;
+pub mod model;
+pub mod preflight;
+pub mod probes;
+pub mod run;
