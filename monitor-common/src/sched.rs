@@ -127,13 +127,17 @@ pub mod errors {
     pub const RUNNABLE_SLOT_TAKEN: u32 = 2;
     /// `PROCESS_META` was full: a process could not be named by the kernel.
     pub const PROCESS_META_FULL: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// The exec ring buffer was full: the agent could not name a process while it lived and
+    /// falls back to what the kernel recorded (the interpreter's name, not its script's).
+    pub const EXEC_EVENTS_LOST: u32 = 4;
+    pub const COUNT: u32 = 5;
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "cpu_time_full",
         "runq_full",
         "runnable_slot_taken",
         "process_meta_full",
+        "exec_events_lost",
     ];
 }
 

@@ -41,6 +41,12 @@ pub static RUNNABLE_SINCE: Array<RunnableSince> = Array::with_max_entries(RUNNAB
 #[map]
 pub static PROCESS_META: HashMap<u32, ProcessMeta> = HashMap::with_max_entries(16384, NO_PREALLOC);
 
+/// The tgid of every process that calls exec, so that the agent reads its identity (script,
+/// environment, cgroup) from procfs while it lives: a short-lived client may be gone by the
+/// next refresh. 64 KiB holds 4096 events; a full buffer is counted (`EXEC_EVENTS_LOST`).
+#[map]
+pub static EXECS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+
 /// Per-CPU scratch: when the current task started running, its pending run-queue delay.
 #[map]
 pub static CPU_SLOT: PerCpuArray<CpuSlot> = PerCpuArray::with_max_entries(1, 0);

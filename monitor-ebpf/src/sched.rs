@@ -16,7 +16,9 @@ use monitor_common::sched::{
     runq_bucket,
 };
 
-use crate::maps::{CPU_SLOT, CPU_TIME, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error};
+use crate::maps::{
+    CPU_SLOT, CPU_TIME, EXECS, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error,
+};
 
 /// A context switch, with tasks identified by a key that is stable while they live.
 pub struct Switch {
@@ -204,8 +206,12 @@ fn remember_process(tgid: u32, comm: [u8; COMM_LEN], at_exec: bool) {
 }
 
 pub fn on_exec() {
+    let tgid = current_tgid();
     if let Ok(comm) = bpf_get_current_comm() {
-        remember_process(current_tgid(), comm, true);
+        remember_process(tgid, comm, true);
+    }
+    if EXECS.output::<u32>(tgid, 0).is_err() {
+        count_error(errors::EXEC_EVENTS_LOST);
     }
 }
 

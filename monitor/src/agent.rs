@@ -2,6 +2,7 @@
 
 use std::{
     os::fd::OwnedFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -11,7 +12,8 @@ use aya::Ebpf;
 use crate::{
     cli::HookChoice,
     collect::{
-        MapUsage,
+        self, MapUsage,
+        execs::{EarlyNames, ExecNamer},
         http::HttpMaps,
         process::{self, Identifier, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
@@ -43,7 +45,10 @@ pub struct Settings {
 }
 
 pub struct Agent {
-    // Field order is drop order: maps and programs go before the stats switch.
+    // Field order is drop order: the namer thread stops first, maps and programs go before
+    // the stats switch.
+    _namer: ExecNamer,
+    early_names: Arc<EarlyNames>,
     maps: SchedMaps,
     http_maps: HttpMaps,
     ebpf: Ebpf,
@@ -78,10 +83,17 @@ impl PortFilter {
     }
 }
 
+/// How processes get their names: read at exec if the namer thread was quick enough (it
+/// was there while the process lived), else from procfs and the kernel's record now.
+struct Naming<'a> {
+    identifier: &'a Identifier,
+    early: &'a EarlyNames,
+}
+
 /// procfs and the process ledger, as the HTTP model sees them.
 struct HttpProcesses<'a> {
     ledger: &'a ProcessLedger,
-    identifier: &'a Identifier,
+    naming: Naming<'a>,
 }
 
 impl HttpFacts for HttpProcesses<'_> {
@@ -89,18 +101,22 @@ impl HttpFacts for HttpProcesses<'_> {
         process::is_alive(tgid)
     }
     fn identity(&self, tgid: u32) -> ProcessIdentity {
+        // Peek: the process ledger takes the early name when it first meets the process.
         self.ledger
             .identity(tgid)
-            .unwrap_or_else(|| self.identifier.identify(tgid, None))
+            .or_else(|| self.naming.early.peek(tgid))
+            .unwrap_or_else(|| self.naming.identifier.identify(tgid, None))
     }
 }
 
-impl ProcessFacts for Identifier {
+impl ProcessFacts for Naming<'_> {
     fn is_alive(&self, tgid: u32) -> bool {
         process::is_alive(tgid)
     }
     fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
-        Identifier::identify(self, tgid, sample.meta.as_ref())
+        self.early
+            .take(tgid)
+            .unwrap_or_else(|| self.identifier.identify(tgid, sample.meta.as_ref()))
     }
 }
 
@@ -123,6 +139,12 @@ impl Agent {
             settings.empty_programs,
         )?);
         let maps = SchedMaps::new(&mut ebpf)?;
+        let early_names = Arc::new(EarlyNames::default());
+        let namer = ExecNamer::spawn(
+            collect::take(&mut ebpf, "EXECS")?.try_into()?,
+            settings.pod_logs.clone(),
+            early_names.clone(),
+        )?;
         let mut http_maps = HttpMaps::new(&mut ebpf)?;
         // After attaching: a connection accepted from now on is the kernel's to track.
         let ports = PortFilter::new(&settings.http.ports);
@@ -147,6 +169,8 @@ impl Agent {
             None
         };
         Ok(Self {
+            _namer: namer,
+            early_names,
             maps,
             http_maps,
             ebpf,
@@ -189,9 +213,13 @@ impl Agent {
 
     fn refresh_sched(&mut self) -> Result<()> {
         let snapshot = self.maps.read()?;
-        let retired =
-            self.ledger
-                .apply(&snapshot, &self.identifier, Instant::now(), monotonic_ns());
+        let naming = Naming {
+            identifier: &self.identifier,
+            early: &self.early_names,
+        };
+        let retired = self
+            .ledger
+            .apply(&snapshot, &naming, Instant::now(), monotonic_ns());
         for tgid in retired {
             self.maps.forget(tgid);
         }
@@ -203,7 +231,10 @@ impl Agent {
         let snapshot = self.http_maps.read()?;
         let facts = HttpProcesses {
             ledger: &self.ledger,
-            identifier: &self.identifier,
+            naming: Naming {
+                identifier: &self.identifier,
+                early: &self.early_names,
+            },
         };
         for &(tgid, fd) in &snapshot.unchecked_listeners {
             // A socket that is gone or not a TCP listener has no port to allow.
@@ -235,6 +266,7 @@ impl Agent {
             attached: &self.attached,
             program_stats: &program_stats,
             refresh_errors_total: self.refresh_errors,
+            processes_named_at_exec_total: self.early_names.named(),
         })
     }
 }

@@ -13,6 +13,8 @@ use clap::Parser;
 #[derive(Debug, Parser)]
 #[command(
     version,
+    // A later option overrides an earlier one (e.g. a wrapper's defaults, then the user's).
+    args_override_self = true,
     after_help = "Endpoints: GET /metrics (Prometheus text format), GET /healthz.\n\
                   Every option can also be set by the environment variable shown with it."
 )]

@@ -102,6 +102,46 @@ fn an_interpreter_is_named_after_its_script() {
     );
 }
 
+/// A script that lives for a few dozen milliseconds is gone long before the agent's next
+/// refresh (10 s here); it is still named after its script, read from procfs at its exec.
+#[test]
+fn a_short_lived_script_is_named_after_its_script() {
+    let agent = MonitorAgent::start(&["--refresh-interval", "10s"]);
+    let upstream = Server::python();
+    let address = format!("127.0.0.1:{}", upstream.port);
+    let dir = tempfile::tempdir().unwrap();
+    let names: Vec<String> = (0..3).map(|_| unique_name("brief")).collect();
+    for name in &names {
+        let script = dir.path().join(format!("{name}.py"));
+        std::fs::copy(fixture("http_client.py"), &script).unwrap();
+        let output = Command::new("/usr/bin/python3")
+            .arg(&script)
+            .arg(upstream.url("/brief"))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let scrape = wait_until(
+        &agent,
+        "every short-lived client named after its script",
+        |scrape| {
+            names.iter().all(|name| {
+                let labels = [
+                    ("service_name", name.as_str()),
+                    ("server_address", address.as_str()),
+                ];
+                scrape.histogram_count("http_client_request_duration_seconds", &labels) == Some(1)
+            })
+        },
+    );
+    assert!(
+        scrape
+            .value("monitor_processes_named_at_exec_total", &[])
+            .unwrap()
+            >= 3.0
+    );
+}
+
 /// A server in a podman container (runc) that shares the host's root file system (an
 /// overlay, so nothing is written to it) and network: no image is needed.
 struct Container {

@@ -1,5 +1,6 @@
 //! Reads what the kernel programs wrote (maps) and what procfs says about processes.
 
+pub mod execs;
 pub mod http;
 pub mod identity;
 pub mod process;

@@ -21,6 +21,8 @@ pub struct Exposition<'a> {
     pub attached: &'a [AttachedProgram],
     pub program_stats: &'a [ProgramStats],
     pub refresh_errors_total: u64,
+    /// Processes named from procfs right after their exec.
+    pub processes_named_at_exec_total: u64,
 }
 
 const NS_PER_SECOND: f64 = 1e9;
@@ -53,6 +55,13 @@ pub fn render(view: &Exposition<'_>) -> String {
             "Times reading the kernel maps failed; the previous values were kept.",
         )
         .value(&[], view.refresh_errors_total as f64)
+        .build(),
+        families::counter(
+            "monitor_processes_named_at_exec_total",
+            "Processes whose service name was read from procfs right after their exec, so \
+             that short-lived ones are named after their script, environment or container.",
+        )
+        .value(&[], view.processes_named_at_exec_total as f64)
         .build(),
         families::gauge("monitor_build_info", "Version of the running agent.")
             .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)

@@ -1,0 +1,218 @@
+//! Names processes the moment they exec, from the kernel's `EXECS` ring buffer.
+//!
+//! A service's name may come from what only procfs shows while the process lives (its script,
+//! its environment, its cgroup). A client that runs for 50 ms is gone by the next refresh, and
+//! would otherwise be named after its interpreter. A thread of its own waits on the ring buffer
+//! and reads procfs right after each exec; the model takes the name when it first meets the
+//! process.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::fd::AsRawFd as _,
+    path::PathBuf,
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use aya::maps::{MapData, RingBuf};
+
+use super::process::{Identifier, ProcessIdentity};
+
+/// Names kept at most; the oldest go first (a process the model never met, or a burst).
+const CAPACITY: usize = 16_384;
+/// A name not taken by then belongs to a process the model will not meet any more.
+const MAX_AGE: Duration = Duration::from_secs(600);
+/// How often the thread looks at its stop flag while no exec happens.
+const POLL: Duration = Duration::from_millis(100);
+
+/// Identities read at exec, by tgid, waiting for the model.
+#[derive(Default)]
+pub struct EarlyNames {
+    inner: Mutex<Names>,
+    named: AtomicU64,
+}
+
+#[derive(Default)]
+struct Names {
+    by_tgid: HashMap<u32, (ProcessIdentity, Instant)>,
+    /// Insertion order, for expiry; may hold tgids already taken or renamed.
+    order: VecDeque<(u32, Instant)>,
+}
+
+impl EarlyNames {
+    pub fn insert(&self, tgid: u32, identity: ProcessIdentity, now: Instant) {
+        let mut names = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        names.by_tgid.insert(tgid, (identity, now));
+        names.order.push_back((tgid, now));
+        while let Some(&(oldest, at)) = names.order.front() {
+            let expired = now.duration_since(at) > MAX_AGE;
+            if !expired && names.by_tgid.len() <= CAPACITY && names.order.len() <= 2 * CAPACITY {
+                break;
+            }
+            names.order.pop_front();
+            // Only drop the entry this order slot stands for, not a later rename.
+            if names
+                .by_tgid
+                .get(&oldest)
+                .is_some_and(|(_, when)| *when == at)
+            {
+                names.by_tgid.remove(&oldest);
+            }
+        }
+        self.named.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The name read at exec, for the model's first sight of the process.
+    pub fn take(&self, tgid: u32) -> Option<ProcessIdentity> {
+        let mut names = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        names.by_tgid.remove(&tgid).map(|(identity, _)| identity)
+    }
+
+    /// The name read at exec, left in place.
+    pub fn peek(&self, tgid: u32) -> Option<ProcessIdentity> {
+        let names = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        names
+            .by_tgid
+            .get(&tgid)
+            .map(|(identity, _)| identity.clone())
+    }
+
+    /// Processes named at exec since the start (`monitor_processes_named_at_exec_total`).
+    pub fn named(&self) -> u64 {
+        self.named.load(Ordering::Relaxed)
+    }
+
+    pub fn len(&self) -> usize {
+        let names = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        names.by_tgid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The thread that names processes at exec; stopped and joined on drop.
+pub struct ExecNamer {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ExecNamer {
+    pub fn spawn(
+        mut execs: RingBuf<MapData>,
+        pod_logs: PathBuf,
+        names: Arc<EarlyNames>,
+    ) -> Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("exec-namer".into())
+            .spawn(move || {
+                // Its own Identifier: the pod cache is not shared across threads.
+                let identifier = Identifier::new(&pod_logs);
+                while !stopped.load(Ordering::Relaxed) {
+                    wait_readable(&execs, POLL);
+                    while let Some(item) = execs.next() {
+                        let Some(tgid) = item
+                            .get(..4)
+                            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+                        else {
+                            continue;
+                        };
+                        names.insert(tgid, identifier.identify(tgid, None), Instant::now());
+                    }
+                }
+            })
+            .context("starting the exec naming thread")?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ExecNamer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Blocks until the ring buffer has data or `timeout` passes.
+fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
+    let mut fd = libc::pollfd {
+        fd: ring.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just loops.
+    unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::process::Service;
+
+    fn named(name: &str) -> ProcessIdentity {
+        ProcessIdentity {
+            executable: "python3".into(),
+            service: Service::named(name),
+        }
+    }
+
+    #[test]
+    fn a_name_is_taken_once() {
+        let names = EarlyNames::default();
+        names.insert(7, named("checkout"), Instant::now());
+        assert_eq!(names.peek(7).unwrap().service.name, "checkout");
+        assert_eq!(names.take(7).unwrap().service.name, "checkout");
+        assert!(names.take(7).is_none());
+    }
+
+    #[test]
+    fn a_second_exec_renames() {
+        let names = EarlyNames::default();
+        let start = Instant::now();
+        names.insert(7, named("sh"), start);
+        names.insert(7, named("app"), start + Duration::from_millis(1));
+        assert_eq!(names.take(7).unwrap().service.name, "app");
+    }
+
+    #[test]
+    fn old_names_expire_and_the_count_is_bounded() {
+        let names = EarlyNames::default();
+        let start = Instant::now();
+        names.insert(1, named("old"), start);
+        names.insert(2, named("new"), start + MAX_AGE + Duration::from_secs(1));
+        assert!(names.peek(1).is_none());
+        assert!(names.peek(2).is_some());
+        for tgid in 0..(CAPACITY as u32 + 100) {
+            names.insert(
+                10 + tgid,
+                named("x"),
+                start + MAX_AGE + Duration::from_secs(2),
+            );
+        }
+        assert_eq!(names.len(), CAPACITY);
+        assert!(names.peek(10).is_none(), "the oldest went first");
+    }
+
+    #[test]
+    fn a_rename_survives_the_expiry_of_the_first_name() {
+        let names = EarlyNames::default();
+        let start = Instant::now();
+        names.insert(7, named("sh"), start);
+        names.insert(7, named("app"), start + MAX_AGE);
+        names.insert(8, named("other"), start + MAX_AGE + Duration::from_secs(1));
+        assert_eq!(names.peek(7).unwrap().service.name, "app");
+    }
+}
