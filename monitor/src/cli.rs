@@ -23,6 +23,12 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_LISTEN", default_value = "0.0.0.0:9464")]
     pub listen: SocketAddr,
 
+    /// TLS (server certificate, optional client certificates) and Basic authentication for
+    /// the endpoint, in the Prometheus exporter-toolkit web config format (`tls_server_config`,
+    /// `basic_auth_users`). /healthz stays open to probes; /metrics needs the password.
+    #[arg(long, env = "MONITOR_WEB_CONFIG_FILE")]
+    pub web_config_file: Option<std::path::PathBuf>,
+
     /// Log level: error, warn, info, debug or trace (or an env_logger filter such as
     /// `monitor=debug`).
     #[arg(long, env = "MONITOR_LOG_LEVEL", default_value = "info")]

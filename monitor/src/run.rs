@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 async fn serve(cli: Cli) -> Result<()> {
+    let protection = server::Protection::load(cli.web_config_file.as_deref())?;
     preflight::check_privileges()?;
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
     let listener = TcpListener::bind(cli.listen).await.map_err(|error| {
@@ -57,7 +58,7 @@ async fn serve(cli: Cli) -> Result<()> {
         },
         pod_logs: cli.pod_logs.clone(),
     })?;
-    log_summary(&agent, &cli);
+    log_summary(&agent, &cli, &protection);
 
     let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
     let refresher = tokio::spawn(refresh_periodically(agent.clone(), cli.refresh_interval));
@@ -67,7 +68,7 @@ async fn serve(cli: Cli) -> Result<()> {
     };
 
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, render, async {
+    let server = tokio::spawn(server::serve(listener, render, protection, async {
         let _ = stop_rx.await;
     }));
     let signal = wait_for_signal().await?;
@@ -113,7 +114,7 @@ async fn wait_for_signal() -> Result<&'static str> {
     })
 }
 
-fn log_summary(agent: &Agent, cli: &Cli) {
+fn log_summary(agent: &Agent, cli: &Cli, protection: &server::Protection) {
     let hooks: Vec<String> = agent
         .attached()
         .iter()
@@ -121,7 +122,7 @@ fn log_summary(agent: &Agent, cli: &Cli) {
         .collect();
     log::info!(
         "monitor {} | kernel {} | BTF {} | hooks: {} | {} open server connections adopted | \
-         listening on http://{}/metrics",
+         listening on {}://{}/metrics{}",
         env!("CARGO_PKG_VERSION"),
         preflight::kernel_release(),
         if preflight::btf_available() {
@@ -131,6 +132,12 @@ fn log_summary(agent: &Agent, cli: &Cli) {
         },
         hooks.join(" "),
         agent.adopted_connections(),
+        protection.scheme(),
         cli.listen,
+        if protection.requires_password() {
+            " (Basic authentication)"
+        } else {
+            ""
+        },
     );
 }
