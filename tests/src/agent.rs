@@ -49,6 +49,14 @@ pub fn free_port() -> u16 {
 impl MonitorAgent {
     /// Starts the agent with `args` on a free local port and waits until it serves.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_until(args, |agent| {
+            agent.get("/healthz").is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    /// Starts the agent with `args` on a free local port and waits until `ready` says it
+    /// serves (for agents that `get` cannot reach, such as one serving TLS).
+    pub fn start_until(args: &[&str], mut ready: impl FnMut(&Self) -> bool) -> Self {
         require_root();
         let port = free_port();
         let child = Command::new(monitor_bin())
@@ -70,7 +78,7 @@ impl MonitorAgent {
                 if let Some(status) = agent.child_mut().try_wait().expect("waiting on monitor") {
                     panic!("monitor exited during start-up: {status}");
                 }
-                agent.get("/healthz").ok().filter(|(code, _)| *code == 200)
+                ready(&agent).then_some(())
             },
         );
         agent

@@ -19,10 +19,10 @@ use crate::cmd::{is_root, output, run};
 pub const APT_PACKAGES: &[&str] = &[
     "bpftool",    // lists loaded programs (lifecycle tests)
     "prometheus", // promtool checks scrapes and rules
-    "curl",       // examples in the README
+    "curl",       // examples in the README; the TLS client of the web config tests
     "ca-certificates",
     "nginx",         // a real HTTP server under test
-    "apache2-utils", // ab: load with exact request counts
+    "apache2-utils", // ab: load with exact request counts; htpasswd: bcrypt hashes
     "python3",       // http.server under test (/usr/bin/python3)
     "python3-pip",   // installs kubernetes-validate
     "nodejs",        // Node's http module under test
