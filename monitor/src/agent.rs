@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use aya::Ebpf;
+use aya::{Btf, Ebpf};
 
 use crate::{
     cli::HookChoice,
@@ -121,23 +121,32 @@ impl ProcessFacts for Naming<'_> {
 }
 
 impl Agent {
-    /// Loads and attaches the kernel programs.
+    /// Loads and attaches the kernel programs. Each step's time is logged at debug level: the
+    /// verifier's pass over the `sys_exit` program is most of the start-up.
     pub fn start(settings: &Settings) -> Result<Self> {
         let own_tgid = std::process::id();
         let config = http_config(&settings.http, own_tgid)?;
+        let mut step = Step::new();
         let mut ebpf = probes::load(&MapSizes {
             max_processes: settings.max_processes,
         })?;
         probes::http::write_config(&mut ebpf, config)?;
+        step.done("BPF object loaded, maps created");
+        // Parsed once for every BTF tracepoint (each parse takes tens of milliseconds).
+        let btf = Btf::from_sys_fs();
+        step.done("kernel BTF parsed");
         let mut attached = if settings.empty_programs {
-            probes::attach_empty(&mut ebpf)?
+            probes::attach_empty(&mut ebpf, &btf)?
         } else {
-            probes::attach_sched(&mut ebpf, settings.sched_hooks)?
+            probes::attach_sched(&mut ebpf, settings.sched_hooks, &btf)?
         };
+        step.done("scheduler programs verified and attached");
         attached.push(probes::http::attach_syscalls(
             &mut ebpf,
             settings.empty_programs,
+            &btf,
         )?);
+        step.done("sys_exit program verified and attached");
         let maps = SchedMaps::new(&mut ebpf)?;
         let early_names = Arc::new(EarlyNames::default());
         let namer = ExecNamer::spawn(
@@ -160,6 +169,7 @@ impl Agent {
                 .filter(|socket| ports.allows(socket.port))
                 .map(|socket| (socket.tgid, socket.fd)),
         );
+        step.done("open connections adopted");
         let bpf_stats = if settings.bpf_stats {
             Some(
                 aya::sys::enable_stats(aya::sys::Stats::RunTime)
@@ -191,6 +201,12 @@ impl Agent {
             identifier: Identifier::new(&settings.pod_logs),
             _bpf_stats: bpf_stats,
         })
+    }
+
+    /// Whether a map can be read through the descriptor the agent holds, with the
+    /// capabilities it has now.
+    pub fn maps_readable(&self) -> bool {
+        self.http_maps.readable()
     }
 
     /// Server connections that were open before the agent started and are now tracked.
@@ -268,6 +284,20 @@ impl Agent {
             refresh_errors_total: self.refresh_errors,
             processes_named_at_exec_total: self.early_names.named(),
         })
+    }
+}
+
+/// Times the steps of the start-up, for the debug log.
+struct Step(Instant);
+
+impl Step {
+    fn new() -> Self {
+        Self(Instant::now())
+    }
+
+    fn done(&mut self, what: &str) {
+        log::debug!("start-up: {what} in {:.1?}", self.0.elapsed());
+        self.0 = Instant::now();
     }
 }
 

@@ -7,5 +7,6 @@ pub mod collect;
 pub mod export;
 pub mod model;
 pub mod preflight;
+pub mod privileges;
 pub mod probes;
 pub mod run;

@@ -3,34 +3,42 @@
 use std::path::Path;
 
 use anyhow::{Result, bail};
-
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+use caps::{CapSet, Capability};
 
 /// The agent loads tracing programs: that takes CAP_BPF and CAP_PERFMON (kernel >= 5.8), or
-/// CAP_SYS_ADMIN alone.
+/// CAP_SYS_ADMIN alone. Without CAP_SYS_PTRACE or CAP_DAC_READ_SEARCH it runs, but cannot name
+/// other users' processes fully: a warning says so.
 pub fn check_privileges() -> Result<()> {
-    let effective = procfs::process::Process::myself()
-        .and_then(|me| me.status())
-        .map(|status| status.capeff)
-        .unwrap_or(0);
-    let has = |cap: u32| effective & (1u64 << cap) != 0;
-    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
-        return Ok(());
+    let effective = caps::read(None, CapSet::Effective).unwrap_or_default();
+    let has = |cap: &Capability| effective.contains(cap);
+    let load = [Capability::CAP_BPF, Capability::CAP_PERFMON];
+    if !has(&Capability::CAP_SYS_ADMIN) && !load.iter().all(has) {
+        bail!(
+            "missing capabilities {} (or CAP_SYS_ADMIN): run monitor as root or grant them \
+             (with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to name other users' processes), e.g. \
+             `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep monitor`; in a \
+             container, add them to its capabilities",
+            missing(&load, has)
+        );
     }
-    let missing: Vec<&str> = [(CAP_BPF, "CAP_BPF"), (CAP_PERFMON, "CAP_PERFMON")]
-        .into_iter()
-        .filter(|(cap, _)| !has(*cap))
-        .map(|(_, name)| name)
-        .collect();
-    bail!(
-        "missing capabilities {} (or CAP_SYS_ADMIN): run monitor as root or grant them \
-         (with CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH to name other users' processes), e.g. \
-         `setcap cap_bpf,cap_perfmon,cap_sys_ptrace,cap_dac_read_search+ep monitor`; in a \
-         container, add them to its capabilities",
-        missing.join(", ")
-    )
+    let procfs = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
+    if !procfs.iter().all(has) {
+        log::warn!(
+            "missing capabilities {}: other users' processes keep their 15-byte kernel names, \
+             their OTEL_SERVICE_NAME is not read and their open connections are not adopted",
+            missing(&procfs, has)
+        );
+    }
+    Ok(())
+}
+
+fn missing(wanted: &[Capability], has: impl Fn(&Capability) -> bool) -> String {
+    wanted
+        .iter()
+        .filter(|cap| !has(cap))
+        .map(Capability::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn kernel_release() -> String {

@@ -1,6 +1,7 @@
 //! Start-up order, the serving loop and a clean shutdown on SIGINT/SIGTERM.
 
 use std::{
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -12,7 +13,7 @@ use crate::{
     agent::{Agent, Settings},
     cli::Cli,
     export::server::{self, RenderFn},
-    preflight,
+    preflight, privileges,
     probes::http::HttpSettings,
 };
 
@@ -21,27 +22,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
 
 type SharedAgent = Arc<Mutex<Option<Agent>>>;
 
+/// Everything that needs privileges happens first, on the only thread there is: capabilities
+/// belong to threads, and the runtime's threads, started after the drop, inherit what is left.
 pub fn run(cli: Cli) -> Result<()> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(cli))
-}
-
-async fn serve(cli: Cli) -> Result<()> {
     let protection = server::Protection::load(cli.web_config_file.as_deref())?;
     preflight::check_privileges()?;
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
-    let listener = TcpListener::bind(cli.listen).await.map_err(|error| {
-        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
-            " (another monitor or exporter already listens there; choose another with --listen)"
-        } else {
-            ""
-        };
-        anyhow::anyhow!("cannot listen on {}: {error}{hint}", cli.listen)
-    })?;
+    let listener = bind(cli.listen)?;
     let agent = Agent::start(&Settings {
         exited_process_grace: cli.exited_process_grace,
         max_processes: cli.max_processes,
@@ -58,8 +45,38 @@ async fn serve(cli: Cli) -> Result<()> {
         },
         pod_logs: cli.pod_logs.clone(),
     })?;
-    log_summary(&agent, &cli, &protection);
+    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
+    log_summary(&agent, &cli, &protection, &kept);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cli, listener, agent, protection))
+}
 
+fn bind(address: SocketAddr) -> Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(address).map_err(|error| {
+        let hint = if error.kind() == std::io::ErrorKind::AddrInUse {
+            " (another monitor or exporter already listens there; choose another with --listen)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("cannot listen on {address}: {error}{hint}")
+    })?;
+    listener
+        .set_nonblocking(true)
+        .context("setting the listener non-blocking")?;
+    Ok(listener)
+}
+
+async fn serve(
+    cli: Cli,
+    listener: std::net::TcpListener,
+    agent: Agent,
+    protection: server::Protection,
+) -> Result<()> {
+    let listener = TcpListener::from_std(listener).context("serving on the bound listener")?;
     let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
     let refresher = tokio::spawn(refresh_periodically(agent.clone(), cli.refresh_interval));
     let render: RenderFn = {
@@ -114,7 +131,12 @@ async fn wait_for_signal() -> Result<&'static str> {
     })
 }
 
-fn log_summary(agent: &Agent, cli: &Cli, protection: &server::Protection) {
+fn log_summary(
+    agent: &Agent,
+    cli: &Cli,
+    protection: &server::Protection,
+    kept: &[caps::Capability],
+) {
     let hooks: Vec<String> = agent
         .attached()
         .iter()
@@ -122,7 +144,7 @@ fn log_summary(agent: &Agent, cli: &Cli, protection: &server::Protection) {
         .collect();
     log::info!(
         "monitor {} | kernel {} | BTF {} | hooks: {} | {} open server connections adopted | \
-         listening on {}://{}/metrics{}",
+         capabilities kept: {} | listening on {}://{}/metrics{}",
         env!("CARGO_PKG_VERSION"),
         preflight::kernel_release(),
         if preflight::btf_available() {
@@ -132,6 +154,7 @@ fn log_summary(agent: &Agent, cli: &Cli, protection: &server::Protection) {
         },
         hooks.join(" "),
         agent.adopted_connections(),
+        privileges::describe(kept),
         protection.scheme(),
         cli.listen,
         if protection.requires_password() {

@@ -56,10 +56,22 @@ impl MonitorAgent {
 
     /// Starts the agent with `args` on a free local port and waits until `ready` says it
     /// serves (for agents that `get` cannot reach, such as one serving TLS).
-    pub fn start_until(args: &[&str], mut ready: impl FnMut(&Self) -> bool) -> Self {
+    pub fn start_until(args: &[&str], ready: impl FnMut(&Self) -> bool) -> Self {
+        Self::launch(Command::new(monitor_bin()), args, ready)
+    }
+
+    /// Starts the agent through `launcher`, a command that execs the agent with the arguments
+    /// appended to it (e.g. `capsh --shell=<monitor> --`), so its pid is the agent's.
+    pub fn start_with(launcher: Command, args: &[&str]) -> Self {
+        Self::launch(launcher, args, |agent| {
+            agent.get("/healthz").is_ok_and(|(code, _)| code == 200)
+        })
+    }
+
+    fn launch(mut launcher: Command, args: &[&str], mut ready: impl FnMut(&Self) -> bool) -> Self {
         require_root();
         let port = free_port();
-        let child = Command::new(monitor_bin())
+        let child = launcher
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--refresh-interval", "200ms", "--log-level", "warn"])
@@ -113,6 +125,13 @@ impl MonitorAgent {
 
     pub fn scrape(&self) -> Scrape {
         Scrape::parse(&self.metrics_text())
+    }
+
+    /// Kills the agent with SIGKILL (nothing of its own runs) and waits for it.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        signal(&child, libc::SIGKILL);
+        let _ = child.wait();
     }
 
     /// Sends SIGTERM and waits up to `timeout` for the exit.

@@ -2,6 +2,7 @@
 //! and poll with a bound instead of sleeping.
 
 pub mod agent;
+pub mod bpf;
 pub mod http;
 pub mod metrics;
 pub mod poll;

@@ -2,46 +2,13 @@
 
 use std::{process::Command, time::Duration};
 
-use monitor_tests::{MonitorAgent, poll_until};
-use serde_json::Value;
-
-/// Ids of the BPF programs that process `pid` holds open (`prog_id:` in its fdinfo).
-fn programs_held_by(pid: u32) -> Vec<u64> {
-    let fdinfo = std::fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading fdinfo");
-    let mut ids: Vec<u64> = fdinfo
-        .flatten()
-        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
-        .filter_map(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("prog_id:"))
-                .and_then(|id| id.trim().parse().ok())
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    ids
-}
-
-fn all_programs() -> Vec<Value> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .expect("running bpftool (installed by `cargo xtask setup`)");
-    assert!(output.status.success(), "bpftool failed: {output:?}");
-    serde_json::from_slice::<Value>(&output.stdout)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-}
+use monitor_tests::{MonitorAgent, bpf, poll_until};
 
 #[test]
 fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
     let agent = MonitorAgent::start(&[]);
-    let ids = programs_held_by(agent.pid());
-    let listed: Vec<u64> = all_programs()
-        .iter()
-        .filter_map(|p| p["id"].as_u64())
-        .collect();
+    let ids = bpf::held_by(agent.pid()).programs;
+    let listed = bpf::listed("prog");
     assert!(
         ids.len() >= 5,
         "expected the scheduler programs, found {ids:?}"
@@ -60,9 +27,8 @@ fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
         "the kernel to free the agent's programs",
         Duration::from_secs(2),
         || {
-            let left: Vec<u64> = all_programs()
-                .iter()
-                .filter_map(|program| program["id"].as_u64())
+            let left: Vec<u64> = bpf::listed("prog")
+                .into_iter()
                 .filter(|id| ids.contains(id))
                 .collect();
             left.is_empty().then_some(())

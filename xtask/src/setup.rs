@@ -29,6 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "systemd",       // systemd-analyze verifies the unit
     "podman",        // builds and runs the container image (tests)
     "runc",          // podman's runtime in the tests (crun would be picked otherwise)
+    "libcap2-bin",   // capsh: the agent under the DaemonSet's capabilities only (tests)
+    "util-linux",    // setpriv: processes of another user (tests)
 ];
 
 /// PyPI packages the tests use: (import name, package).

@@ -163,6 +163,11 @@ impl HttpMaps {
         (announcements, listeners)
     }
 
+    /// Reads one counter: whether this process may read the maps it holds.
+    pub fn readable(&self) -> bool {
+        self.counters.get(&0, 0).is_ok()
+    }
+
     /// Records the agent's verdict on a listening socket's port (`--http-ports`).
     pub fn set_listener(&mut self, tgid: u32, fd: u32, allowed: bool) {
         let verdict = if allowed {

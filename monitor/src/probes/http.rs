@@ -9,7 +9,7 @@ use aya::{
 };
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS};
 
-use super::{AttachedProgram, HookKind};
+use super::{AttachedProgram, HookKind, KernelBtf};
 
 /// What the user chose for HTTP, checked.
 pub struct HttpSettings {
@@ -84,16 +84,16 @@ pub fn write_config(ebpf: &mut Ebpf, config: HttpConfig) -> Result<()> {
 
 /// Attaches the `sys_exit` program: BTF tracepoint, else raw tracepoint. With `empty`, a
 /// program that does nothing (the benchmarks' floor).
-pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<AttachedProgram> {
     const HOOK: &str = "sys_exit";
-    let btf_error = match Btf::from_sys_fs() {
+    let btf_error = match btf {
         Ok(btf) => {
             let name = if empty {
                 "sys_exit_empty"
             } else {
                 "sys_exit_btf"
             };
-            match attach_btf(ebpf, &btf, name) {
+            match attach_btf(ebpf, btf, name) {
                 Ok(()) => {
                     return Ok(AttachedProgram {
                         hook: HOOK,

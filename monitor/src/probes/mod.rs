@@ -8,7 +8,7 @@ pub mod tracefs;
 use std::fmt;
 
 use anyhow::Result;
-use aya::{Ebpf, EbpfLoader};
+use aya::{Btf, Ebpf, EbpfLoader};
 
 pub use sched::{attach_empty, attach_sched};
 
@@ -51,12 +51,16 @@ pub struct AttachedProgram {
     pub program: &'static str,
 }
 
+/// The kernel's BTF, parsed once, or why there is none.
+pub type KernelBtf = Result<Btf, aya::BtfError>;
+
 /// Map sizes the user may change.
 pub struct MapSizes {
     pub max_processes: u32,
 }
 
-/// Loads the object: creates the maps; programs are loaded by the attach functions.
+/// Loads the object: creates the maps; programs are loaded by the attach functions. (aya's
+/// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
 pub fn load(sizes: &MapSizes) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader

@@ -16,7 +16,7 @@ use aya::{
 };
 use monitor_common::sched::SchedTracepointLayout;
 
-use super::{AttachedProgram, HookKind, tracefs};
+use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
 use crate::cli::HookChoice;
 
 /// A scheduler hook and the programs that can serve it.
@@ -52,20 +52,26 @@ const TICK_PERIOD_NS: u64 = 250_000_000;
 
 /// Attaches empty programs at the scheduler hooks instead of the real ones: what merely being
 /// called there costs, for `cargo xtask bench` to compare with.
-pub fn attach_empty(ebpf: &mut Ebpf) -> Result<Vec<AttachedProgram>> {
-    let btf = Btf::from_sys_fs().context("empty programs are BTF tracepoints; no kernel BTF")?;
-    let mut attached = attach_btf(ebpf, &btf, |hook| hook.empty)?;
+pub fn attach_empty(ebpf: &mut Ebpf, btf: &KernelBtf) -> Result<Vec<AttachedProgram>> {
+    let btf = btf
+        .as_ref()
+        .map_err(|error| anyhow!("empty programs are BTF tracepoints; no kernel BTF: {error}"))?;
+    let mut attached = attach_btf(ebpf, btf, |hook| hook.empty)?;
     attached.push(attach_tick(ebpf, "cpu_clock_tick_empty")?);
     Ok(attached)
 }
 
 /// Attaches the scheduler programs, trying each allowed kind in turn; returns what is attached.
-pub fn attach_sched(ebpf: &mut Ebpf, choice: HookChoice) -> Result<Vec<AttachedProgram>> {
+pub fn attach_sched(
+    ebpf: &mut Ebpf,
+    choice: HookChoice,
+    btf: &KernelBtf,
+) -> Result<Vec<AttachedProgram>> {
     if choice == HookChoice::Tracepoint {
         return attach_classic(ebpf).and_then(|attached| finish(ebpf, attached));
     }
-    let btf_error = match Btf::from_sys_fs() {
-        Ok(btf) => match attach_btf(ebpf, &btf, |hook| hook.btf) {
+    let btf_error = match btf {
+        Ok(btf) => match attach_btf(ebpf, btf, |hook| hook.btf) {
             Ok(attached) => return finish(ebpf, attached),
             Err(error) => {
                 unload_btf(ebpf);

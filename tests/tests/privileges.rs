@@ -1,0 +1,279 @@
+//! Least privilege: the agent works with the four capabilities the DaemonSet grants, gives up
+//! those it needed only to start, and says which one is missing when it cannot start.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt as _,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use monitor_tests::{
+    MonitorAgent, Scrape,
+    agent::{free_port, monitor_bin},
+    http::{client, describe_http, get, server_count},
+    poll::try_poll,
+    servers::{Server, fixture},
+    workload::unique_name,
+};
+
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// deploy/kubernetes/daemonset.yaml's `capabilities.add`.
+const DAEMONSET: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+
+/// An unprivileged user other than the agent's (nobody).
+const OTHER_UID: &str = "65534";
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn mask(caps: &[u32]) -> u64 {
+    caps.iter().fold(0, |mask, cap| mask | 1 << cap)
+}
+
+/// What the agent keeps once its programs are attached. Kernels before 6.5 check CAP_BPF on
+/// every bpf(2) call, map reads included, so there the agent keeps it too.
+fn run_time_set() -> u64 {
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut numbers = release
+        .split(['.', '-'])
+        .map(|n| n.parse::<u32>().unwrap_or(0));
+    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
+    let mut caps = vec![CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
+    if version < (6, 5) {
+        caps.push(CAP_BPF);
+    }
+    mask(&caps)
+}
+
+/// `capsh` execing the agent with only `keep` in its bounding set: as root, that is all it
+/// gets at exec (as in a container that drops ALL and adds these), nothing inheritable or
+/// ambient.
+fn capsh_keeping(keep: &[u32]) -> Command {
+    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let drop: Vec<String> = (0..=last)
+        .filter(|cap| !keep.contains(cap))
+        .map(|cap| cap.to_string())
+        .collect();
+    let mut capsh = Command::new("capsh");
+    capsh
+        .arg(format!("--drop={}", drop.join(",")))
+        .args(["--inh=", "--noamb"])
+        .arg(format!("--shell={}", monitor_bin().display()))
+        .arg("--");
+    capsh
+}
+
+/// The capability sets of every thread of `pid`: (thread, name of the set, mask).
+fn capability_sets(pid: u32) -> Vec<(String, String, u64)> {
+    let mut sets = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some((set, hex)) = line.split_once(":\t")
+                && set.starts_with("Cap")
+                && set != "CapBnd"
+            {
+                let value = u64::from_str_radix(hex.trim(), 16).unwrap();
+                let thread = task.file_name().to_string_lossy().into_owned();
+                sets.push((thread, set.to_owned(), value));
+            }
+        }
+    }
+    sets
+}
+
+/// Every thread of the agent holds exactly the run-time set, effective and permitted, and
+/// nothing inheritable or ambient.
+fn assert_holds_only_the_run_time_set(agent: &MonitorAgent) {
+    let expected = run_time_set();
+    let sets = capability_sets(agent.pid());
+    assert!(sets.len() >= 4 * 3, "too few threads or sets: {sets:?}");
+    for (thread, set, value) in &sets {
+        let want = match set.as_str() {
+            "CapEff" | "CapPrm" => expected,
+            _ => 0,
+        };
+        assert_eq!(
+            *value, want,
+            "thread {thread}: {set} is {value:#x}, expected {want:#x}"
+        );
+    }
+}
+
+fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    try_poll(WAIT, || {
+        let scrape = agent.scrape();
+        check(&scrape).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    })
+}
+
+/// A process of another user, started now, named by the full name of its executable: longer
+/// than the kernel's 15-byte comm, so the name comes from /proc/<pid>/exe.
+struct OtherUsersBurner {
+    child: Child,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl OtherUsersBurner {
+    fn spin() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let name = format!("{}-long-name", unique_name("cap"));
+        let path = dir.path().join(&name);
+        fs::copy(env!("CARGO_BIN_EXE_cpu-burner"), &path).unwrap();
+        let child = Command::new("setpriv")
+            .args([
+                &format!("--reuid={OTHER_UID}"),
+                &format!("--regid={OTHER_UID}"),
+                "--clear-groups",
+            ])
+            .arg(&path)
+            .args(["spin", "1"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("running setpriv (util-linux)");
+        Self {
+            child,
+            name,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for OtherUsersBurner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// With the agent's capabilities already dropped: a server and a busy process of another user,
+/// both started now, are measured and named as with full privileges (their executable from
+/// /proc/<pid>/exe, the service from /proc/<pid>/environ: both need CAP_SYS_PTRACE).
+fn assert_measures_processes_of_another_user(agent: &MonitorAgent) {
+    let service = unique_name("nobody");
+    let port = free_port();
+    let mut command = Command::new("setpriv");
+    command
+        .args([
+            &format!("--reuid={OTHER_UID}"),
+            &format!("--regid={OTHER_UID}"),
+            "--clear-groups",
+            "/usr/bin/python3",
+        ])
+        .arg(fixture("http_server.py"))
+        .env("OTEL_SERVICE_NAME", &service);
+    let server = Server::python_with(command, port, &service);
+    let burner = OtherUsersBurner::spin();
+    let http = client();
+    for _ in 0..5 {
+        assert_eq!(get(&http, &server.url("/orders")), 200);
+    }
+    assert_eq!(get(&http, &server.url("/status/503")), 503);
+
+    let server_pid = server.pid().to_string();
+    let burner_pid = burner.child.id().to_string();
+    let scrape = wait_until(
+        agent,
+        "the other user's server and busy process, named",
+        |scrape| {
+            server_count(scrape, &service, 200, "/orders") == Some(5)
+                && server_count(scrape, &service, 503, "/status/{id}") == Some(1)
+                && scrape
+                    .value(
+                        "process_cpu_time_seconds_total",
+                        &[("process_pid", &server_pid), ("service_name", &service)],
+                    )
+                    .is_some()
+                && scrape
+                    .value(
+                        "process_cpu_time_seconds_total",
+                        &[
+                            ("process_pid", &burner_pid),
+                            ("process_executable_name", &burner.name),
+                        ],
+                    )
+                    .is_some_and(|seconds| seconds > 0.0)
+        },
+    );
+    assert_eq!(
+        scrape.value("monitor_refresh_errors_total", &[]),
+        Some(0.0),
+        "reading the maps failed after the drop"
+    );
+}
+
+#[test]
+fn with_the_daemonsets_four_capabilities_it_measures_and_keeps_only_two() {
+    let agent = MonitorAgent::start_with(capsh_keeping(&DAEMONSET), &[]);
+    assert_holds_only_the_run_time_set(&agent);
+    assert_measures_processes_of_another_user(&agent);
+    // Threads started for the scrapes above inherited the reduced sets too.
+    assert_holds_only_the_run_time_set(&agent);
+}
+
+#[test]
+fn started_as_root_it_keeps_only_its_run_time_capabilities() {
+    let agent = MonitorAgent::start(&[]);
+    assert_holds_only_the_run_time_set(&agent);
+    assert_measures_processes_of_another_user(&agent);
+    assert_holds_only_the_run_time_set(&agent);
+}
+
+/// Runs the agent under capsh keeping `keep`, on a port that is already taken so that it
+/// stops right after the checks; returns its exit status and stderr.
+fn start_and_stop_keeping(keep: &[u32]) -> (std::process::ExitStatus, String) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let output = capsh_keeping(keep)
+        .args(["--listen", &taken.local_addr().unwrap().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running capsh (libcap2-bin, installed by `cargo xtask setup`)");
+    (
+        output.status,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn without_cap_bpf_one_line_names_it_and_the_agent_exits() {
+    let (status, stderr) =
+        start_and_stop_keeping(&[CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH]);
+    assert_eq!(status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "expected one line: {stderr}");
+    assert!(
+        stderr.contains("ERROR") && stderr.contains("missing capabilities CAP_BPF "),
+        "the line does not name CAP_BPF (alone): {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn without_cap_sys_ptrace_a_warning_names_it() {
+    let (status, stderr) = start_and_stop_keeping(&[CAP_BPF, CAP_PERFMON, CAP_DAC_READ_SEARCH]);
+    let warning = stderr
+        .lines()
+        .find(|line| line.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(
+        warning.contains("missing capabilities CAP_SYS_PTRACE:"),
+        "the warning does not name CAP_SYS_PTRACE (alone): {warning}"
+    );
+    // Then the taken port stopped it, as it would have anyway.
+    assert!(!status.success() && stderr.contains("in use"), "{stderr}");
+}
