@@ -8,8 +8,9 @@ use clap::Parser;
 /// kernel and served for Prometheus to scrape. Applications are never touched.
 ///
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN to mount tracefs where BTF is
-/// missing), and a Linux kernel with BPF tracepoints (5.8+; BTF tracepoints are used where
-/// the kernel has BTF, classic tracepoints otherwise).
+/// missing) and CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, and a Linux kernel with BPF tracepoints
+/// (5.8+; BTF tracepoints are used where the kernel has BTF, classic tracepoints otherwise).
+/// Once attached it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
 #[derive(Debug, Parser)]
 #[command(
     version,

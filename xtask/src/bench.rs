@@ -10,31 +10,45 @@ use monitor_tests::{MonitorAgent, Scrape};
 use crate::{
     build::build_release,
     cmd::{cargo, is_root, output, run, workspace_root},
-    setup,
+    setup, startup,
 };
 
 const RUN_TIME: &str = "monitor_bpf_program_run_time_seconds_total";
 const RUNS: &str = "monitor_bpf_program_runs_total";
 const SECTION: &str = "sched";
+const STARTUP: &str = "startup";
+const BENCHMARKS: [&str; 2] = [SECTION, STARTUP];
 
-pub fn bench(quick: bool) -> Result<()> {
+/// Runs every benchmark, or only the one named by `--only` (`sched`, `startup`).
+pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     if !is_root() {
         bail!("the benchmark loads BPF programs: run `cargo xtask bench` as root");
     }
+    if let Some(name) = only.filter(|name| !BENCHMARKS.contains(name)) {
+        bail!("no benchmark {name}: choose from {BENCHMARKS:?}");
+    }
+    let wanted = |name: &str| only.is_none_or(|only| only == name);
     setup::setup()?;
     build_release()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "--package",
-        "monitor-tests",
-        "--bin",
-        "cpu-burner",
-    ]))?;
-    let (rounds, millis) = if quick { (1, 1000) } else { (7, 3000) };
-    let report = sched_cost(rounds, millis)?;
-    print!("{report}");
-    write_section(SECTION, &report)?;
+    if wanted(SECTION) {
+        run(cargo().args([
+            "build",
+            "--release",
+            "--package",
+            "monitor-tests",
+            "--bin",
+            "cpu-burner",
+        ]))?;
+        let (rounds, millis) = if quick { (1, 1000) } else { (7, 3000) };
+        let report = sched_cost(rounds, millis)?;
+        print!("{report}");
+        write_section(SECTION, &report)?;
+    }
+    if wanted(STARTUP) {
+        let report = startup::startup_time(if quick { 2 } else { 9 })?;
+        print!("{report}");
+        write_section(STARTUP, &report)?;
+    }
     eprintln!("xtask: figures written to BENCHMARKS.md");
     Ok(())
 }

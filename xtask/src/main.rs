@@ -6,6 +6,7 @@ mod cmd;
 mod image;
 mod lint;
 mod setup;
+mod startup;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -36,11 +37,15 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure the BPF cost of the agent's hooks and write the figures to BENCHMARKS.md.
+    /// Measure the BPF cost of the agent's hooks and its start-up time, and write the figures
+    /// to BENCHMARKS.md.
     Bench {
         /// A short run, to check that the benchmark works.
         #[arg(long)]
         quick: bool,
+        /// Run only this benchmark: `sched` or `startup`.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Build the container image with podman: the agent, statically linked, alone in an image
     /// made by deploy/container/Containerfile.binary. MONITOR_IMAGE names it (default
@@ -56,7 +61,7 @@ fn main() -> std::process::ExitCode {
         Task::Run { args } => build::run(&args),
         Task::Lint => setup::setup().and_then(|()| lint::lint()),
         Task::Test { filter } => test::test(filter.as_deref()),
-        Task::Bench { quick } => bench::bench(quick),
+        Task::Bench { quick, only } => bench::bench(quick, only.as_deref()),
         Task::Image => image::image(),
     };
     match result {
