@@ -25,7 +25,8 @@ pub fn drop_start_up_capabilities(maps_readable: impl Fn() -> bool) -> Result<Ve
         .filter(|cap| permitted.contains(cap))
         .collect();
     if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        // Only matters if the agent ever ran a program; it never does, but nothing is lost.
+        // The bounding set only matters at execve, which the agent never calls: dropped anyway,
+        // so that nothing it could run would get them back.
         for cap in caps::all().difference(&keep) {
             let _ = caps::drop(None, CapSet::Bounding, *cap);
         }
@@ -51,7 +52,7 @@ pub fn drop_start_up_capabilities(maps_readable: impl Fn() -> bool) -> Result<Ve
     Ok(kept)
 }
 
-/// `cap_a, cap_b` as capsh and /proc spell them; `none` when empty.
+/// `cap_a, cap_b`, as capsh spells them; `none` when empty.
 pub fn describe(capabilities: &[Capability]) -> String {
     if capabilities.is_empty() {
         return "none".to_owned();
