@@ -2,8 +2,9 @@
 //! programs (CAP_BPF, CAP_PERFMON, CAP_SYS_ADMIN, ...). What it keeps is what reading procfs
 //! needs: the maps are read through file descriptors it already holds.
 //!
-//! Capabilities belong to threads: this runs before the agent starts any other thread, so
-//! every thread it starts later inherits the reduced sets.
+//! Capabilities belong to threads: the main thread drops them before the runtime's threads
+//! exist, so those inherit the reduced sets; a thread started during start-up (the exec namer)
+//! drops its own.
 
 use anyhow::{Context as _, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -13,24 +14,15 @@ use caps::{CapSet, Capability, CapsHashSet};
 /// directories (CAP_DAC_READ_SEARCH).
 const RUN_TIME: [Capability; 2] = [Capability::CAP_SYS_PTRACE, Capability::CAP_DAC_READ_SEARCH];
 
-/// Drops every capability but [`RUN_TIME`] from the effective, permitted, inheritable and
-/// ambient sets (and from the bounding set when allowed to). `maps_readable` reads a map
-/// through a held descriptor: kernels before 6.5 check CAP_BPF on every bpf(2) call, so where
-/// that read fails without it CAP_BPF is kept (CAP_SYS_ADMIN where that alone loaded the
-/// programs). Returns the capabilities kept.
+/// Drops every capability but [`RUN_TIME`] from this thread's effective, permitted,
+/// inheritable and ambient sets (and from the bounding set when allowed to). `maps_readable`
+/// reads a map through a held descriptor: kernels before 6.5 check CAP_BPF on every bpf(2)
+/// call, so where that read fails without it CAP_BPF is kept (CAP_SYS_ADMIN where that alone
+/// loaded the programs). Returns the capabilities kept.
 pub fn drop_start_up_capabilities(maps_readable: impl Fn() -> bool) -> Result<Vec<Capability>> {
     let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
-    let mut keep: CapsHashSet = RUN_TIME
-        .into_iter()
-        .filter(|cap| permitted.contains(cap))
-        .collect();
-    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
-        // The bounding set only matters at execve, which the agent never calls: dropped anyway,
-        // so that nothing it could run would get them back.
-        for cap in caps::all().difference(&keep) {
-            let _ = caps::drop(None, CapSet::Bounding, *cap);
-        }
-    }
+    let mut keep = run_time(&permitted);
+    drop_bounding(&keep);
     // Effective first: it must stay a subset of permitted, which still holds everything.
     caps::set(None, CapSet::Effective, &keep).context("dropping effective capabilities")?;
     if !maps_readable() {
@@ -41,13 +33,46 @@ pub fn drop_start_up_capabilities(maps_readable: impl Fn() -> bool) -> Result<Ve
         if let Some(cap) = needed {
             log::debug!("this kernel wants {cap} to read maps through held descriptors: kept");
             keep.insert(cap);
-            caps::set(None, CapSet::Effective, &keep).context("raising it again")?;
         }
     }
-    caps::set(None, CapSet::Permitted, &keep).context("dropping permitted capabilities")?;
+    lower_to(&keep)
+}
+
+/// The same for a thread started during start-up that reads no map through bpf(2) (a ring
+/// buffer is read from shared memory): it keeps [`RUN_TIME`] alone.
+pub fn drop_in_this_thread() -> Result<Vec<Capability>> {
+    let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
+    let keep = run_time(&permitted);
+    drop_bounding(&keep);
+    lower_to(&keep)
+}
+
+fn run_time(permitted: &CapsHashSet) -> CapsHashSet {
+    RUN_TIME
+        .into_iter()
+        .filter(|cap| permitted.contains(cap))
+        .collect()
+}
+
+/// The bounding set only matters at execve, which the agent never calls: dropped anyway (where
+/// CAP_SETPCAP allows it), so that nothing it could run would get the rest back.
+fn drop_bounding(keep: &CapsHashSet) {
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false) {
+        for cap in caps::all().difference(keep) {
+            let _ = caps::drop(None, CapSet::Bounding, *cap);
+        }
+    }
+}
+
+/// Sets this thread's effective and permitted sets to `keep` (a subset of permitted), and
+/// clears the inheritable and ambient ones.
+fn lower_to(keep: &CapsHashSet) -> Result<Vec<Capability>> {
+    // Effective first: it must stay a subset of permitted.
+    caps::set(None, CapSet::Effective, keep).context("dropping effective capabilities")?;
+    caps::set(None, CapSet::Permitted, keep).context("dropping permitted capabilities")?;
     caps::clear(None, CapSet::Inheritable).context("clearing inheritable capabilities")?;
     caps::clear(None, CapSet::Ambient).context("clearing ambient capabilities")?;
-    let mut kept: Vec<Capability> = keep.into_iter().collect();
+    let mut kept: Vec<Capability> = keep.iter().copied().collect();
     kept.sort_by_key(|cap| cap.index());
     Ok(kept)
 }

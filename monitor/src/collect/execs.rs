@@ -111,9 +111,18 @@ impl ExecNamer {
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("exec-namer".into())
             .spawn(move || {
+                // Started while the agent still holds what it needs to load programs: this
+                // thread only reads procfs and a ring buffer, and gives the rest up first.
+                let dropped = crate::privileges::drop_in_this_thread();
+                let failed = dropped.is_err();
+                let _ = dropped_tx.send(dropped);
+                if failed {
+                    return;
+                }
                 // Its own Identifier: the pod cache is not shared across threads.
                 let identifier = Identifier::new(&pod_logs);
                 while !stopped.load(Ordering::Relaxed) {
@@ -130,6 +139,10 @@ impl ExecNamer {
                 }
             })
             .context("starting the exec naming thread")?;
+        dropped_rx
+            .recv()
+            .context("the exec naming thread stopped at once")?
+            .context("dropping the exec naming thread's capabilities")?;
         Ok(Self {
             stop,
             thread: Some(thread),
