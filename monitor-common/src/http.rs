@@ -161,7 +161,21 @@ pub struct SegmentShape {
     pub non_hex: u16,
     /// Bytes outside `[A-Za-z0-9-_.~]`, e.g. `@`, `%`, `=`, `+`.
     pub unusual: u16,
-    pub _reserved: u16,
+    /// `run::*`: what the last bytes were, to find digits between letters.
+    pub run: u16,
+    /// Runs of digits with a letter right before and right after (`x7kq2mzp`).
+    pub inner_digit_runs: u16,
+    pub _reserved: [u16; 3],
+}
+
+/// Where [`SegmentShape`] is in the segment's letters and digits.
+pub mod run {
+    /// At the start, or after a byte that is neither a letter nor a digit.
+    pub const NONE: u16 = 0;
+    pub const LETTERS: u16 = 1;
+    /// Digits that came right after a letter: a letter next makes them inner digits.
+    pub const DIGITS_AFTER_LETTER: u16 = 2;
+    pub const DIGITS: u16 = 3;
 }
 
 impl SegmentShape {
@@ -183,26 +197,60 @@ impl SegmentShape {
         if !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~')) {
             self.unusual += 1;
         }
+        self.run = if b.is_ascii_alphabetic() {
+            if self.run == run::DIGITS_AFTER_LETTER {
+                self.inner_digit_runs += 1;
+            }
+            run::LETTERS
+        } else if b.is_ascii_digit() {
+            match self.run {
+                run::LETTERS | run::DIGITS_AFTER_LETTER => run::DIGITS_AFTER_LETTER,
+                _ => run::DIGITS,
+            }
+        } else {
+            run::NONE
+        };
     }
 
     /// Whether the segment names a resource instance rather than a kind of resource:
     /// numbers, UUIDs, hex ids and hashes, things with several digits (`order-12345`,
-    /// `2024-01-31`), long random-looking tokens, e-mail addresses and other encoded values,
-    /// and anything too long to be a route's name.
+    /// `2024-01-31`), random-looking tokens (long mixes of letters and digits, digits between
+    /// letters, mixed case), e-mail addresses and other encoded values, and anything too long
+    /// to be a route's name.
+    ///
+    /// Tokens are secrets as often as ids: a literal segment ends up in a label, so the rules
+    /// lean towards `{id}`. What they keep are words, words with a version (`v2`, `oauth2`,
+    /// `v1beta1`) and short codes; a random token of letters only reads like a word and stays.
     #[inline(always)]
     pub fn is_identifier(&self) -> bool {
         let len = self.len;
         if len == 0 {
             return false;
         }
+        let letters = self.uppers + self.lowers;
         let all_digits = self.digits == len;
         let hex_id = self.non_hex == 0 && self.dashes == 0 && len >= 8 && self.digits > 0;
+        // Hex without a digit: short ones are words (`cafe`, `deadbeef`), long ones are not.
+        let long_hex = self.non_hex == 0 && self.dashes == 0 && len >= 16;
         let uuid = len == 36 && self.dashes == 4 && self.non_hex == 0;
         let many_digits = self.digits >= 4;
+        // Random base-36/62 keys: a long segment mixing letters and digits, or a shorter one
+        // with digits inside letters (short versions stay: `oauth2`, `v1beta1`, `h264`).
+        let long_mix = len >= 12 && self.digits > 0 && letters > 0;
+        let inner_digits = len >= 9 && self.inner_digit_runs > 0;
         // Random tokens mix cases far more than camelCase words do.
         let mixed_case_token = len >= 16 && self.uppers * 4 >= len && self.lowers > 0;
         let encoded = self.unusual > 0;
-        all_digits || hex_id || uuid || many_digits || mixed_case_token || encoded || len > 64
+        all_digits
+            || hex_id
+            || long_hex
+            || uuid
+            || many_digits
+            || long_mix
+            || inner_digits
+            || mixed_case_token
+            || encoded
+            || len > 64
     }
 }
 
@@ -265,7 +313,9 @@ impl RouteTemplater {
                 dashes: 0,
                 non_hex: 0,
                 unusual: 0,
-                _reserved: 0,
+                run: run::NONE,
+                inner_digit_runs: 0,
+                _reserved: [0; 3],
             },
             path_len: 0,
             segments: 0,
@@ -320,13 +370,16 @@ impl RouteTemplater {
         self.literal_hash = fnv(self.hash, b'/');
     }
 
-    /// Closes the last segment; returns the hash of the template.
+    /// Closes the last segment; returns the hash of the template. A path cut at
+    /// `MAX_PATH_LEN` ends in `/{*}` instead of its last, unfinished segment: a prefix of a
+    /// token would be too short to look like one.
     #[inline(always)]
     pub fn finish<S: TemplateSink>(&mut self, sink: &mut S) -> u64 {
-        self.end_segment(sink);
         if self.truncated != 0 {
             self.hash = fnv_bytes(fnv(self.hash, b'/'), REST_PLACEHOLDER);
             sink.segment_end(Some(REST_PLACEHOLDER));
+        } else {
+            self.end_segment(sink);
         }
         if self.segments == 0 && self.truncated == 0 {
             self.hash = fnv(FNV_OFFSET, b'/'); // the root
@@ -623,12 +676,12 @@ pub mod counter {
     pub const COUNT: u32 = 19;
 }
 
-const _: () = assert!(core::mem::size_of::<SegmentShape>() == 16);
-const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 48);
+const _: () = assert!(core::mem::size_of::<SegmentShape>() == 24);
+const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 48 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 8);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(
@@ -640,12 +693,28 @@ const _: () = assert!(CAPTURE_LEN.is_power_of_two() && MAX_DURATION_BOUNDS.is_po
 /// templated. (`None` for a target that is not a path.)
 #[cfg(any(test, feature = "user"))]
 pub fn template_route(target: &[u8]) -> Template {
+    template_with(target, false)
+}
+
+/// The route of a path that went on past the `MAX_PATH_LEN` bytes of `target`: what the
+/// kernel templated when it saw more than it announced. (An announcement of that many bytes
+/// is either; the hash tells which.)
+#[cfg(any(test, feature = "user"))]
+pub fn template_cut_route(target: &[u8]) -> Template {
+    template_with(target, true)
+}
+
+#[cfg(any(test, feature = "user"))]
+fn template_with(target: &[u8], cut: bool) -> Template {
     let mut text = TextSink::default();
     let mut templater = RouteTemplater::new();
     for &b in target {
         if templater.feed(b, &mut text) == Fed::End {
             break;
         }
+    }
+    if cut && templater.ended == 0 && templater.path_len as usize >= MAX_PATH_LEN {
+        templater.truncated = 1;
     }
     let hash = templater.finish(&mut text);
     let first = text.first_segment.clone();
@@ -691,7 +760,8 @@ impl TemplateSink for TextSink {
         self.out
             .push_str(&alloc::string::String::from_utf8_lossy(bytes));
         self.segment.clear();
-        if self.first_segment.is_empty() {
+        // A path cut before its first segment ended has none: it collapses to `/{*}`.
+        if self.first_segment.is_empty() && placeholder != Some(REST_PLACEHOLDER) {
             self.first_segment = self.out.clone();
         }
     }

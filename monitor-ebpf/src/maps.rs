@@ -13,7 +13,7 @@ use monitor_common::{
     head::{HostScanner, ResponseHeadScanner},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
-        ProcessRoute, counter,
+        ProcessRoute, RouteTemplater, counter,
     },
 };
 
@@ -152,6 +152,7 @@ pub struct Capture {
     /// memory, so a byte loop over it is checked once (see `http`).
     pub host: HostScanner,
     pub response: ResponseHeadScanner,
+    pub templater: RouteTemplater,
 }
 
 #[inline(always)]

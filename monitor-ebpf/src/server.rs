@@ -220,9 +220,11 @@ fn continue_request_line(
     conn.phase = phase::REQUEST;
 }
 
+/// Where the bytes to template are in the capture. The templater itself is in map memory
+/// (`Capture::templater`): on the stack, the verifier would follow each of its fields exactly
+/// through the loop and check the body once per combination of values.
 #[repr(C)]
 struct TemplateLoop {
-    templater: RouteTemplater,
     from: u64,
     end: u64,
 }
@@ -232,17 +234,18 @@ struct TemplateLoop {
 #[inline(never)]
 extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: `ctx` is the `TemplateLoop` that `template` passes to bpf_loop.
-    let ctx = unsafe { &mut *(ctx as *mut TemplateLoop) };
+    let ctx = unsafe { &*(ctx as *const TemplateLoop) };
     let position = ctx.from + index;
     if position >= ctx.end {
         return 1;
     }
-    let Some(capture) = CAPTURE.get_ptr(0) else {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return 1;
     };
-    // SAFETY: a per-CPU map value; the index is masked into it.
-    let b = unsafe { (*capture).bytes[(position as usize) & (CAPTURE_LEN - 1)] };
-    match ctx.templater.feed(b, &mut ()) {
+    // SAFETY: a per-CPU map value, only used by this program run; the index is masked into it.
+    let capture = unsafe { &mut *capture };
+    let b = capture.bytes[(position as usize) & (CAPTURE_LEN - 1)];
+    match capture.templater.feed(b, &mut ()) {
         Fed::More => 0,
         Fed::End => 1,
     }
@@ -250,8 +253,13 @@ extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
 
 /// Feeds `capture[from..to]` to the templater; true when the request target ended.
 fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: as in `template_step`.
+    let capture = unsafe { &mut *capture };
+    capture.templater = *templater;
     let mut ctx = TemplateLoop {
-        templater: *templater,
         from: from as u64,
         end: to as u64,
     };
@@ -264,8 +272,8 @@ fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
             0,
         )
     };
-    *templater = ctx.templater;
-    ctx.templater.ended != 0
+    *templater = capture.templater;
+    templater.ended != 0
 }
 
 /// The route this request is counted under: its template while the process's budget lasts,

@@ -193,3 +193,171 @@ fn duration_buckets_are_found_by_bisection() {
         }
     }
 }
+
+/// Tokens of the shapes services put in URLs (keys, hashes, sessions, invites, e-mails); each
+/// must become `{id}` wherever it sits in a path.
+const SECRETS: &[&str] = &[
+    // Hashes and hex tokens, including hex without a digit.
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    "5d41402abc4b2a76b9719d911017c592",
+    "DEADBEEFCAFEBABE0123",
+    "deadbeefcafebabefeedface",
+    // Base64 and base64url, a JWT.
+    "QWxhZGRpbjpPcGVuU2VzYW1l",
+    "dGhpc2lzYXNlY3JldA",
+    "dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",
+    // UUIDs.
+    "123e4567-e89b-12d3-a456-426614174000",
+    "550E8400-E29B-41D4-A716-446655440000",
+    // E-mail addresses.
+    "jane.doe@example.com",
+    "a+b@x.io",
+    // Digit runs: a card number, a phone number, a timestamp.
+    "4111111111111111",
+    "+14155552671",
+    "1700000000",
+    // API keys of well-known shapes.
+    "sk_live_4eC39HqLyjWDarjtT1zdp7dc",
+    "AKIAIOSFODNN7EXAMPLE",
+    "ghp_16C7e42F292c6912E7710c838347Ae178B4a",
+    "xoxb-17653672481-19874698323-pdFZKVeTuE8sk7oOcBrzbqgy",
+    "key-3ax6xnjp29jd6fds4gc373sgvjxteol0",
+    // Lower-case base-36 sessions and invite codes, with few digits.
+    "h7skmqvxbzrt",
+    "qx3vbnmzkwtplrd",
+    "kq2mzpvtrw",
+    "pvtrwnbhdjkq9",
+];
+
+#[test]
+fn secret_shaped_segments_become_placeholders_anywhere_in_a_path() {
+    for secret in SECRETS {
+        for (path, expected) in [
+            (alloc::format!("/reset/{secret}"), "/reset/{id}"),
+            (alloc::format!("/{secret}"), "/{id}"),
+            (
+                alloc::format!("/api/{secret}/items?key={secret}"),
+                "/api/{id}/items",
+            ),
+        ] {
+            assert_eq!(route(&path), expected, "{secret}");
+        }
+    }
+}
+
+#[test]
+fn no_piece_of_a_secret_survives_a_cut_path() {
+    // Paths cut at MAX_PATH_LEN at every offset inside the secret: the unfinished segment
+    // goes, whatever its prefix looks like.
+    for secret in SECRETS {
+        for pad in 0..MAX_PATH_LEN {
+            let path = alloc::format!("/{}/{secret}/tail", "p".repeat(pad.max(1)));
+            let template = template_route(path.as_bytes());
+            assert_no_piece_of(secret, &template.text);
+            assert_no_piece_of(secret, &template.collapsed_text);
+            assert_eq!(
+                template.collapsed_hash,
+                fnv_bytes(FNV_OFFSET, template.collapsed_text.as_bytes())
+            );
+            route(&path);
+        }
+    }
+}
+
+/// No 4-byte piece of `secret` in `text` (shorter pieces are letters any route has).
+fn assert_no_piece_of(secret: &str, text: &str) {
+    for piece in secret.as_bytes().windows(4) {
+        let piece = core::str::from_utf8(piece).unwrap();
+        if piece.chars().all(|c| c.is_ascii_alphabetic()) {
+            continue; // letters only: `/reset` holds `rese`
+        }
+        assert!(!text.contains(piece), "`{piece}` of {secret} in {text}");
+    }
+}
+
+#[test]
+fn a_cut_path_ends_in_the_rest_placeholder_not_a_piece_of_segment() {
+    let path = alloc::format!("/files/{}/x7kq2mzp9qwerty", "a".repeat(180));
+    assert_eq!(route(&path), "/files/{id}/{*}");
+    // One segment longer than the path budget: nothing but the placeholder.
+    let long = alloc::format!("/{}", "b".repeat(300));
+    let template = template_route(long.as_bytes());
+    assert_eq!(template.text, "/{*}");
+    assert_eq!(template.collapsed_text, "/{*}");
+    assert_eq!(
+        template.collapsed_hash,
+        fnv_bytes(FNV_OFFSET, b"/{*}"),
+        "the kernel's collapsed hash"
+    );
+}
+
+#[test]
+fn versions_words_and_short_codes_stay_literal() {
+    for word in [
+        "v1",
+        "v2",
+        "v1beta1",
+        "v2beta1",
+        "v1alpha1",
+        "oauth2",
+        "h264",
+        "ipv6",
+        "base64",
+        "x86",
+        "i18n",
+        "k8s",
+        "e2e",
+        "html5",
+        "page2",
+        "healthz",
+        "graphql",
+        "findByUserId",
+        "getHTTPResponse",
+        "toJSONString",
+        "favicon.ico",
+        "bundle.min.js",
+        "wp-login.php",
+        "openid-configuration",
+        "customresourcedefinitions",
+        "horizontalpodautoscalers",
+    ] {
+        let path = alloc::format!("/{word}");
+        assert_eq!(route(&path), path);
+    }
+}
+
+#[test]
+fn random_bytes_give_printable_routes_and_known_methods() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..20_000 {
+        let bytes: alloc::vec::Vec<u8> = (0..64).map(|_| next() as u8).collect();
+        let mut head = [0u8; 16];
+        head.copy_from_slice(&bytes[..16]);
+        if let Some((method, _)) = parse_request_start(&head) {
+            assert!((method as usize) < method::NAMES.len());
+        }
+        // As the target of a request line: whatever the bytes, the route is printable
+        // ASCII made of placeholders and URL-safe literal segments.
+        let mut target = alloc::vec![b'/'];
+        target.extend_from_slice(&bytes);
+        let text = route(core::str::from_utf8(&target).unwrap_or("/"));
+        let template = template_route(&target);
+        for text in [&text, &template.text, &template.collapsed_text] {
+            assert!(
+                text.bytes().all(|b| b.is_ascii_graphic()),
+                "{text:?} from {bytes:?}"
+            );
+        }
+        assert_eq!(
+            template.hash,
+            fnv_bytes(FNV_OFFSET, template.text.as_bytes())
+        );
+    }
+}

@@ -3,8 +3,8 @@
 use std::collections::{HashMap, HashSet};
 
 use monitor_common::http::{
-    FNV_OFFSET, OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, event_kind, fnv_bytes, template_allowance,
-    template_route,
+    FNV_OFFSET, MAX_PATH_LEN, OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, Template, event_kind, fnv_bytes,
+    template_allowance, template_cut_route, template_route,
 };
 
 use crate::collect::http::RouteAnnouncement;
@@ -28,18 +28,24 @@ impl Default for RouteRegistry {
 
 impl RouteRegistry {
     pub fn learn(&mut self, announcement: &RouteAnnouncement) {
+        let route = |template: Template| match announcement.kind {
+            event_kind::COLLAPSED => (template.collapsed_hash, template.collapsed_text),
+            _ => (template.hash, template.text),
+        };
         let (hash, text) = match announcement.kind {
             event_kind::HOST => (
                 fnv_bytes(FNV_OFFSET, &announcement.path),
                 String::from_utf8_lossy(&announcement.path).into_owned(),
             ),
-            event_kind::COLLAPSED => {
-                let template = template_route(&announcement.path);
-                (template.collapsed_hash, template.collapsed_text)
-            }
             _ => {
-                let template = template_route(&announcement.path);
-                (template.hash, template.text)
+                let whole = route(template_route(&announcement.path));
+                // A path of the most bytes announced may have gone on: the kernel then
+                // templated it as cut.
+                if whole.0 != announcement.route && announcement.path.len() >= MAX_PATH_LEN {
+                    route(template_cut_route(&announcement.path))
+                } else {
+                    whole
+                }
             }
         };
         if hash == announcement.route {
@@ -227,6 +233,39 @@ mod tests {
         registry.learn(&a);
         assert_eq!(registry.text(a.route), None);
         assert_eq!(registry.mismatches, 1);
+    }
+
+    #[test]
+    fn a_path_longer_than_announced_is_learnt_as_the_kernel_cut_it() {
+        // The kernel templates the whole path but announces its first MAX_PATH_LEN bytes.
+        let full = format!("/long/{}", "segment/".repeat(40));
+        let kernel = template_route(full.as_bytes());
+        assert!(kernel.text.ends_with("/{*}"), "{}", kernel.text);
+        let announced = full.as_bytes()[..MAX_PATH_LEN].to_vec();
+        for (kind, route, text) in [
+            (event_kind::TEMPLATE, kernel.hash, &kernel.text),
+            (
+                event_kind::COLLAPSED,
+                kernel.collapsed_hash,
+                &kernel.collapsed_text,
+            ),
+        ] {
+            let mut registry = RouteRegistry::default();
+            registry.learn(&RouteAnnouncement {
+                tgid: 1,
+                route,
+                kind,
+                path: announced.clone(),
+            });
+            assert_eq!(registry.text(route), Some(text.as_str()));
+            assert_eq!(registry.mismatches, 0);
+        }
+        // A path of exactly that length, which ended there, is learnt whole.
+        let exact = format!("/a/{}", "b".repeat(MAX_PATH_LEN - 3));
+        let mut registry = RouteRegistry::default();
+        let a = announcement(&exact, event_kind::TEMPLATE);
+        registry.learn(&a);
+        assert_eq!(registry.text(a.route), Some("/a/{id}"));
     }
 
     fn admit(budget: &mut ServiceRouteBudget, service: &str, route: &str) -> String {
