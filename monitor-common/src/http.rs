@@ -34,6 +34,9 @@ pub const MAX_DURATION_BOUNDS: usize = 32;
 /// WebDAV and custom methods are counted as `_OTHER` rather than lost.
 #[inline(always)]
 pub fn parse_request_start(head: &[u8; 16]) -> Option<(u8, usize)> {
+    if is_http2_preface(head) {
+        return None; // `PRI *`: HTTP/2, not a request of an unknown method
+    }
     let (method, len) = known_method(head);
     if method != method::OTHER && target_start(head, len) {
         return Some((method, len + 1));
@@ -119,6 +122,129 @@ pub fn parse_status_line(head: &[u8; 16]) -> Option<u16> {
         i += 1;
     }
     (100..=599).contains(&status).then_some(status)
+}
+
+/// Whether the first `len` bytes of a write (at most 16 in `head`) cannot begin a status
+/// line: a server's answer to a request that is not HTTP/1.x (HTTP/0.9 has none). Bytes
+/// that could still become one (`HTTP/1` cut short) are not judged.
+#[inline(always)]
+pub fn cannot_be_status_line(head: &[u8; 16], len: usize) -> bool {
+    if len == 0 {
+        return false;
+    }
+    if len >= 12 {
+        return parse_status_line(head).is_none();
+    }
+    const START: &[u8; 7] = b"HTTP/1.";
+    let mut i = 0;
+    while i < START.len() && i < len {
+        if head[i] != START[i] {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Whether `head` starts with the HTTP/2 connection preface, `PRI * HTTP/2.0`. A byte loop
+/// rather than a slice comparison, which could call out to `memcmp` (BPF cannot).
+#[inline(always)]
+fn is_http2_preface(head: &[u8; 16]) -> bool {
+    const PREFACE: &[u8; 14] = b"PRI * HTTP/2.0";
+    let mut i = 0;
+    while i < PREFACE.len() {
+        if head[i] != PREFACE[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Why a read where a request should start was not one: the `reason` of
+/// `monitor_http_reads_not_http_total`.
+pub mod not_http {
+    /// A TLS record: a TLS client on a clear-text port.
+    pub const TLS: u8 = 0;
+    /// The HTTP/2 connection preface (h2c with prior knowledge).
+    pub const HTTP2: u8 = 1;
+    /// Bytes that are not text: another binary protocol, or noise.
+    pub const BINARY: u8 = 2;
+    /// A request line whose method is not an upper-case token (`get / HTTP/1.1`).
+    pub const INVALID_METHOD: u8 = 3;
+    /// Other text: a text protocol, or the rest of a request that began earlier.
+    pub const TEXT: u8 = 4;
+    pub const NAMES: [&str; 5] = ["tls", "http2", "binary", "invalid_method", "text"];
+}
+
+/// What a read that is not a request start is (`not_http::*`), from its first `len` bytes (at
+/// most 16 in `head`).
+pub fn classify_not_request(head: &[u8; 16], len: usize) -> u8 {
+    let mut scanner = NotRequestScanner::default();
+    for &b in head.iter().take(len) {
+        scanner.feed(b);
+    }
+    scanner.kind(head)
+}
+
+/// Classifies a read that is not a request start, a byte at a time (the kernel feeds it from
+/// a `bpf_loop` callback, its state in map memory): the byte loop, unrolled with its state on
+/// the stack, would be verified once per combination of that state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotRequestScanner {
+    /// Bytes fed.
+    seen: u16,
+    /// 1 once a byte was neither text nor white space.
+    binary: u16,
+    /// `line::*`: how far the bytes look like `token SP target`.
+    line: u16,
+    _reserved: u16,
+}
+
+/// Progress of [`NotRequestScanner`] through a request line with a bad method.
+mod line {
+    /// Letters so far (none yet at the start).
+    pub const LETTERS: u16 = 0;
+    /// Letters, then one space.
+    pub const SPACE: u16 = 1;
+    /// Letters, a space and the start of a request target.
+    pub const REQUEST_LINE: u16 = 2;
+    /// Something else.
+    pub const NONE: u16 = 3;
+}
+
+impl NotRequestScanner {
+    #[inline(always)]
+    pub fn feed(&mut self, b: u8) {
+        if (b < b' ' && !matches!(b, b'\t' | b'\r' | b'\n')) || b >= 0x7f {
+            self.binary = 1;
+        }
+        self.line = match self.line {
+            line::LETTERS if b.is_ascii_alphabetic() => line::LETTERS,
+            line::LETTERS if b == b' ' && self.seen > 0 => line::SPACE,
+            line::SPACE if matches!(b, b'/' | b'*' | b'h' | b'H') => line::REQUEST_LINE,
+            line::REQUEST_LINE => line::REQUEST_LINE,
+            _ => line::NONE,
+        };
+        self.seen += 1;
+    }
+
+    /// The `not_http::*` kind of the bytes fed, whose first 16 are `head`.
+    #[inline(always)]
+    pub fn kind(&self, head: &[u8; 16]) -> u8 {
+        if head[0] == 0x16 && head[1] == 0x03 {
+            not_http::TLS
+        } else if is_http2_preface(head) {
+            not_http::HTTP2
+        } else if self.binary != 0 {
+            not_http::BINARY
+        } else if self.line == line::REQUEST_LINE {
+            not_http::INVALID_METHOD
+        } else {
+            not_http::TEXT
+        }
+    }
 }
 
 /// FNV-1a, 64 bits: small, byte-at-a-time, the same in the kernel and the agent.
@@ -593,7 +719,16 @@ pub struct Connection {
     pub role: u8,
     /// Client: `head::framing::*` of the current response.
     pub framing: u16,
-    pub _reserved: u16,
+    /// Server: `conn_flags::*`.
+    pub flags: u16,
+}
+
+/// Marks on a server connection, cleared when the next request starts.
+pub mod conn_flags {
+    /// A read since the last request was not one: a status line that follows answers it.
+    pub const STRAY_READ: u16 = 1;
+    /// A write of the current response failed (the client reset or closed): counted once.
+    pub const WRITE_FAILED: u16 = 2;
 }
 
 impl Connection {
@@ -612,7 +747,7 @@ impl Connection {
             method: 0,
             role,
             framing: 0,
-            _reserved: 0,
+            flags: 0,
         }
     }
 }
@@ -640,7 +775,9 @@ pub mod counter {
     pub const RESPONSES: u32 = 1;
     /// Responses seen with no request to pair (a connection picked up mid-request).
     pub const UNMATCHED_RESPONSES: u32 = 2;
-    /// Reads on a server connection, between requests, that were not an HTTP/1.x request.
+    /// Reads on a server connection, between requests, that were not an HTTP/1.x request
+    /// but text (`not_http::TEXT`); the other kinds have their own counters, see
+    /// [`not_http_counter`].
     pub const NOT_HTTP: u32 = 3;
     /// Requests whose connection closed before any response.
     pub const UNANSWERED: u32 = 4;
@@ -673,10 +810,37 @@ pub mod counter {
     pub const CLIENT_REQUESTS: u32 = 17;
     /// Client requests recorded with their response.
     pub const CLIENT_RECORDED: u32 = 18;
-    pub const COUNT: u32 = 19;
+    /// Reads that were not requests, by kind (`not_http::*`, text excepted).
+    pub const NOT_HTTP_TLS: u32 = 19;
+    pub const NOT_HTTP_HTTP2: u32 = 20;
+    pub const NOT_HTTP_BINARY: u32 = 21;
+    pub const NOT_HTTP_INVALID_METHOD: u32 = 22;
+    /// Requests answered without a status line: HTTP/0.9, or a server that does not speak
+    /// HTTP/1.x.
+    pub const NO_STATUS_LINE: u32 = 23;
+    /// Responses to reads that were not requests (a 400 to noise on a keep-alive
+    /// connection): not recorded, and not taken for a pipelined request.
+    pub const UNMATCHED_NOT_HTTP: u32 = 24;
+    /// Responses whose writes failed because the client had reset or closed the connection
+    /// (recorded with their status, up to the last write that succeeded).
+    pub const RESPONSES_ABORTED: u32 = 25;
+    pub const COUNT: u32 = 26;
+
+    /// The counter of a read that was not a request, by its `not_http::*` kind.
+    #[inline(always)]
+    pub const fn not_http_counter(kind: u8) -> u32 {
+        match kind {
+            super::not_http::TLS => NOT_HTTP_TLS,
+            super::not_http::HTTP2 => NOT_HTTP_HTTP2,
+            super::not_http::BINARY => NOT_HTTP_BINARY,
+            super::not_http::INVALID_METHOD => NOT_HTTP_INVALID_METHOD,
+            _ => NOT_HTTP,
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<SegmentShape>() == 24);
+const _: () = assert!(core::mem::size_of::<NotRequestScanner>() == 8);
 const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);

@@ -36,8 +36,10 @@ use crate::{
     syscalls::Buffer,
 };
 
-/// `-ECONNRESET`: a read on a connection the peer reset.
+/// `-ECONNRESET`: a read or write on a connection the peer reset.
 pub const ECONNRESET: i64 = -104;
+/// `-EPIPE`: a write on a connection the peer closed (or reset).
+pub const EPIPE: i64 = -32;
 
 #[inline(always)]
 pub fn config() -> Option<&'static HttpConfig> {
@@ -100,7 +102,8 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
 
 #[inline(always)]
 pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
-    if ret <= 0 {
+    // Errors say nothing, but a server learns that its client has gone.
+    if ret <= 0 && ret != EPIPE && ret != ECONNRESET {
         return;
     }
     let tgid = current_tgid();
@@ -111,9 +114,13 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
     // SAFETY: a map value, valid for this program run.
     let conn = unsafe { &mut *conn };
     if conn.role == role::CLIENT {
-        client::on_write(conn, key, tgid, buffer, ret);
-    } else {
+        if ret > 0 {
+            client::on_write(conn, key, tgid, buffer, ret);
+        }
+    } else if ret > 0 {
         server::on_write(conn, key, tgid, buffer, ret);
+    } else {
+        server::on_write_failed(conn);
     }
 }
 

@@ -13,7 +13,7 @@ use monitor_common::{
     head::{HostScanner, ResponseHeadScanner},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
-        ProcessRoute, RouteTemplater, counter,
+        NotRequestScanner, ProcessRoute, RouteTemplater, counter,
     },
 };
 
@@ -153,6 +153,7 @@ pub struct Capture {
     pub host: HostScanner,
     pub response: ResponseHeadScanner,
     pub templater: RouteTemplater,
+    pub not_request: NotRequestScanner,
 }
 
 #[inline(always)]

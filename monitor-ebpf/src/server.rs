@@ -10,8 +10,9 @@ use aya_ebpf::{
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
 };
 use monitor_common::http::{
-    CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, OVERFLOW_ROUTE_HASH, ProcessRoute, RouteTemplater,
-    connection_key, counter, event_kind, listener, parse_request_start, phase, role,
+    CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
+    ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
+    event_kind, listener, not_http, parse_request_start, parse_status_line, phase, role,
     template_allowance,
 };
 
@@ -99,20 +100,16 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     match conn.phase {
         phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
         phase::IDLE | phase::RESPONSE => {
-            let Some((method, target)) = parse_request_start(&head(capture)) else {
-                if conn.phase == phase::IDLE {
-                    count(counter::NOT_HTTP);
-                    if conn.cached_route == 0 {
-                        // Never spoke HTTP: stop looking at it.
-                        let _ = CONNECTIONS.remove(key);
-                    }
-                }
+            let head = head(capture);
+            let Some((method, target)) = parse_request_start(&head) else {
+                not_a_request(conn, key, &head, len);
                 return;
             };
             if conn.phase == phase::RESPONSE {
                 let _ = finish_response(conn, tgid, conn.last_io_ns);
             }
             count(counter::REQUESTS);
+            conn.flags = 0;
             conn.method = method;
             conn.request_start_ns = now;
             conn.status = 0;
@@ -125,12 +122,48 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     }
 }
 
+/// A read where a request should have started. Between requests it is counted by kind, and
+/// a connection that never spoke HTTP is dropped. While a response is being written, text may
+/// be the rest of a pipelined request or a late request body, so only what cannot be (binary,
+/// TLS, a bad method) is counted, once; either way a status line that follows is taken for
+/// the answer to these bytes, not for a pipelined request.
+#[inline(always)]
+fn not_a_request(conn: &mut Connection, key: u64, head: &[u8; 16], len: usize) {
+    let kind = classify(head, len);
+    if conn.phase == phase::IDLE {
+        count(counter::not_http_counter(kind));
+        if conn.cached_route == 0 {
+            // Never spoke HTTP: stop looking at it.
+            let _ = CONNECTIONS.remove(key);
+        } else {
+            conn.flags |= conn_flags::STRAY_READ;
+        }
+    } else if kind != not_http::TEXT && conn.flags & conn_flags::STRAY_READ == 0 {
+        count(counter::not_http_counter(kind));
+        conn.flags |= conn_flags::STRAY_READ;
+    }
+}
+
 #[inline(always)]
 pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
     let now = now_ns();
     match conn.phase {
         phase::REQUEST => {
-            let Some(status) = status_of(buffer, ret) else {
+            let Some((capture, len)) = capture(buffer, ret, 16) else {
+                return;
+            };
+            let head = head(capture);
+            let status = if len >= 12 {
+                parse_status_line(&head)
+            } else {
+                None
+            };
+            let Some(status) = status else {
+                if cannot_be_status_line(&head, len) {
+                    // Answered without a status line (HTTP/0.9): nothing to record.
+                    count(counter::NO_STATUS_LINE);
+                    conn.phase = phase::IDLE;
+                }
                 return;
             };
             if status < 200 && status != 101 {
@@ -147,11 +180,17 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
         }
         phase::RESPONSE => {
             if let Some(status) = status_of(buffer, ret) {
-                // The next pipelined request's response: the previous one ended before it.
-                // That request came in the same read; its line was not parsed, so it shares
-                // the first one's method and route.
+                // The next response: the previous one ended before it.
                 let _ = finish_response(conn, tgid, conn.last_io_ns);
+                if conn.flags & conn_flags::STRAY_READ != 0 {
+                    // The answer to bytes that were not a request (a 400 to noise).
+                    count(counter::UNMATCHED_NOT_HTTP);
+                    return;
+                }
+                // A pipelined request's. It came in the same read as the previous one; its
+                // line was not parsed, so it shares that one's method and route.
                 count(counter::REQUESTS);
+                conn.flags &= !conn_flags::WRITE_FAILED;
                 conn.status = status;
                 conn.last_io_ns = now;
                 conn.phase = phase::RESPONSE;
@@ -160,9 +199,23 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             }
         }
         phase::IDLE if status_of(buffer, ret).is_some() => {
-            count(counter::UNMATCHED_RESPONSES);
+            count(if conn.flags & conn_flags::STRAY_READ != 0 {
+                counter::UNMATCHED_NOT_HTTP
+            } else {
+                counter::UNMATCHED_RESPONSES
+            });
         }
         _ => {}
+    }
+}
+
+/// A write failed because the client reset or closed the connection: the response is cut
+/// short (it is still recorded, up to its last write). Counted once per response.
+#[inline(always)]
+pub fn on_write_failed(conn: &mut Connection) {
+    if conn.phase == phase::RESPONSE && conn.flags & conn_flags::WRITE_FAILED == 0 {
+        conn.flags |= conn_flags::WRITE_FAILED;
+        count(counter::RESPONSES_ABORTED);
     }
 }
 
@@ -218,6 +271,41 @@ fn continue_request_line(
         let _ = PARTIAL_PATHS.remove(key);
     }
     conn.phase = phase::REQUEST;
+}
+
+/// The `not_http::*` kind of the captured read, whose first 16 bytes are `head`.
+#[inline(always)]
+fn classify(head: &[u8; 16], len: usize) -> u8 {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return not_http::TEXT;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &mut *capture };
+    capture.not_request = NotRequestScanner::default();
+    let bytes = if len < 16 { len } else { 16 };
+    // SAFETY: the callback matches what bpf_loop expects; it takes no context.
+    unsafe {
+        bpf_loop(
+            bytes as u32,
+            classify_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
+    };
+    capture.not_request.kind(head)
+}
+
+/// One byte of the capture per `bpf_loop` iteration, into the scanner in map memory.
+#[inline(never)]
+extern "C" fn classify_step(index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run; the index is masked.
+    let capture = unsafe { &mut *capture };
+    let b = capture.bytes[(index as usize) & 15];
+    capture.not_request.feed(b);
+    0
 }
 
 /// Where the bytes to template are in the capture. The templater itself is in map memory

@@ -361,3 +361,54 @@ fn random_bytes_give_printable_routes_and_known_methods() {
         );
     }
 }
+
+#[test]
+fn reads_that_are_not_requests_are_told_apart() {
+    let kind = |bytes: &[u8]| classify_not_request(&head(bytes), bytes.len());
+    let client_hello = [
+        0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03, 0x03,
+    ];
+    assert_eq!(kind(&client_hello), not_http::TLS);
+    assert_eq!(kind(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), not_http::HTTP2);
+    // PostgreSQL's startup message and SSL request, and noise.
+    assert_eq!(kind(&[0, 0, 0, 8, 4, 0xd2, 0x16, 0x2f]), not_http::BINARY);
+    assert_eq!(
+        kind(&[0, 0, 0, 0x29, 0, 3, 0, 0, b'u', b's', b'e', b'r']),
+        not_http::BINARY
+    );
+    assert_eq!(kind(b"GET\xff\xfe / HTTP/1.1"), not_http::BINARY);
+    assert_eq!(kind(b"get / HTTP/1.1\r\n"), not_http::INVALID_METHOD);
+    assert_eq!(kind(b"Get /x HTTP/1.1\r\n"), not_http::INVALID_METHOD);
+    assert_eq!(kind(b"AB / HTTP/1.1\r\n"), not_http::INVALID_METHOD);
+    // Redis's protocol, an SSH banner, the rest of a request: text.
+    assert_eq!(kind(b"*1\r\n$4\r\nPING\r\n"), not_http::TEXT);
+    assert_eq!(kind(b"SSH-2.0-OpenSSH_9.2\r\n"), not_http::TEXT);
+    assert_eq!(kind(b"st: example.com\r\n\r\n"), not_http::TEXT);
+    assert_eq!(kind(b"G"), not_http::TEXT);
+    // What the capture did not bring does not count.
+    assert_eq!(kind(b"get "), not_http::TEXT);
+}
+
+#[test]
+fn the_http2_preface_is_not_a_request_of_an_unknown_method() {
+    assert_eq!(parse_request_start(&head(b"PRI * HTTP/2.0\r\n")), None);
+    assert_eq!(
+        parse_request_start(&head(b"PRI /x HTTP/1.1")),
+        Some((method::OTHER, 4))
+    );
+}
+
+#[test]
+fn writes_that_cannot_start_a_status_line() {
+    let cannot = |bytes: &[u8]| cannot_be_status_line(&head(bytes), bytes.len());
+    // HTTP/0.9 answers with the body alone.
+    assert!(cannot(b"ok\n"));
+    assert!(cannot(b"<html><body>hello</body></html>"));
+    assert!(cannot(b"HTTP/2 200\r\n\r\n"));
+    assert!(cannot(b"HTTP/1.1 999 Odd\r\n"));
+    // A status line, or the start of one cut short, is not judged.
+    assert!(!cannot(b"HTTP/1.1 200 OK\r\n"));
+    assert!(!cannot(b"HTTP/1"));
+    assert!(!cannot(b"HTTP/1.1 2"));
+    assert!(!cannot(b""));
+}

@@ -1,7 +1,7 @@
 //! The HTTP families of `/metrics`: durations (server and client), client errors, and the
 //! agent's own HTTP counters.
 
-use monitor_common::http::{client_error, counter, method, role};
+use monitor_common::http::{client_error, counter, method, not_http, role};
 use prometheus::proto::MetricFamily;
 
 use super::families::{self, BucketCounts};
@@ -115,6 +115,37 @@ fn connect_errors(http: &HttpLedger) -> Option<MetricFamily> {
         .build()
 }
 
+/// Reads where a request should have started, by what they were (`not_http::NAMES`).
+fn not_http_reads(http: &HttpLedger) -> Option<MetricFamily> {
+    let kinds = [
+        not_http::TLS,
+        not_http::HTTP2,
+        not_http::BINARY,
+        not_http::INVALID_METHOD,
+        not_http::TEXT,
+    ];
+    kinds
+        .into_iter()
+        .fold(
+            families::counter(
+                "monitor_http_reads_not_http_total",
+                "Reads on server connections, where a request should start, that were not an \
+                 HTTP/1.x request, by reason: tls (a TLS client on a clear-text port), http2 \
+                 (the HTTP/2 preface), binary (another protocol, or noise), invalid_method (a \
+                 request line whose method is not in upper-case letters), text (anything \
+                 else). A connection that never spoke HTTP is dropped at the first.",
+            ),
+            |family, kind| {
+                let value = http.kernel_counters[counter::not_http_counter(kind) as usize];
+                family.value(
+                    &[("reason", not_http::NAMES[usize::from(kind)])],
+                    value as f64,
+                )
+            },
+        )
+        .build()
+}
+
 /// The kernel's HTTP counters and the model's: what was seen, recorded, skipped and why.
 fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
     let kernel = |index: u32| http.kernel_counters[index as usize] as f64;
@@ -148,20 +179,38 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
              without a write or a new request.",
             kernel(counter::ENDED_IDLE),
         ),
-        single(
+        families::counter(
             "monitor_http_requests_unanswered_total",
-            "Server requests whose connection closed before any response.",
-            kernel(counter::UNANSWERED),
-        ),
-        single(
+            "Server requests without an HTTP/1.x response, by reason: closed (the connection \
+             closed first), no_status_line (answered without one: HTTP/0.9).",
+        )
+        .value(&[("reason", "closed")], kernel(counter::UNANSWERED))
+        .value(
+            &[("reason", "no_status_line")],
+            kernel(counter::NO_STATUS_LINE),
+        )
+        .build(),
+        families::counter(
             "monitor_http_responses_unmatched_total",
-            "Responses with no request to pair (connections picked up mid-request).",
+            "Server responses with no request to pair, by reason: request_not_seen (a \
+             connection picked up mid-request), not_http_read (the answer to bytes that were \
+             not a request, such as a 400 to noise).",
+        )
+        .value(
+            &[("reason", "request_not_seen")],
             kernel(counter::UNMATCHED_RESPONSES),
-        ),
+        )
+        .value(
+            &[("reason", "not_http_read")],
+            kernel(counter::UNMATCHED_NOT_HTTP),
+        )
+        .build(),
+        not_http_reads(http),
         single(
-            "monitor_http_reads_not_http_total",
-            "Reads on server connections, between requests, that were not HTTP/1.x requests.",
-            kernel(counter::NOT_HTTP),
+            "monitor_http_responses_aborted_total",
+            "Server responses cut short because the client reset or closed the connection \
+             (recorded with their status, up to the last write that succeeded).",
+            kernel(counter::RESPONSES_ABORTED),
         ),
         single(
             "monitor_http_connections_tracked_total",
