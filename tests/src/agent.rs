@@ -1,17 +1,23 @@
 //! The agent under test: the real `monitor` binary, started as a child process.
 
 use std::{
+    fs,
     net::TcpListener,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
+use serde_json::Value;
+use tempfile::NamedTempFile;
+
 use crate::{metrics::Scrape, poll_until};
 
 pub struct MonitorAgent {
     child: Option<Child>,
     pub port: u16,
+    /// Where its stderr goes, when the test reads its log.
+    log: Option<NamedTempFile>,
 }
 
 /// The binary under test: `MONITOR_BIN` (relative to the workspace root), else the workspace's
@@ -49,39 +55,49 @@ pub fn free_port() -> u16 {
 impl MonitorAgent {
     /// Starts the agent with `args` on a free local port and waits until it serves.
     pub fn start(args: &[&str]) -> Self {
-        Self::start_until(args, |agent| {
-            agent.get("/healthz").is_ok_and(|(code, _)| code == 200)
-        })
+        Self::start_until(args, serves_health)
+    }
+
+    /// Like [`start`](Self::start), with its log (stderr) kept for [`log`](Self::log).
+    pub fn start_logged(args: &[&str]) -> Self {
+        let log = NamedTempFile::new().expect("a temp file for the log");
+        Self::launch(Command::new(monitor_bin()), args, Some(log), serves_health)
     }
 
     /// Starts the agent with `args` on a free local port and waits until `ready` says it
     /// serves (for agents that `get` cannot reach, such as one serving TLS).
     pub fn start_until(args: &[&str], ready: impl FnMut(&Self) -> bool) -> Self {
-        Self::launch(Command::new(monitor_bin()), args, ready)
+        Self::launch(Command::new(monitor_bin()), args, None, ready)
     }
 
     /// Starts the agent through `launcher`, a command that execs the agent with the arguments
     /// appended to it (e.g. `capsh --shell=<monitor> --`), so its pid is the agent's.
     pub fn start_with(launcher: Command, args: &[&str]) -> Self {
-        Self::launch(launcher, args, |agent| {
-            agent.get("/healthz").is_ok_and(|(code, _)| code == 200)
-        })
+        Self::launch(launcher, args, None, serves_health)
     }
 
-    fn launch(mut launcher: Command, args: &[&str], mut ready: impl FnMut(&Self) -> bool) -> Self {
+    fn launch(
+        mut launcher: Command,
+        args: &[&str],
+        log: Option<NamedTempFile>,
+        mut ready: impl FnMut(&Self) -> bool,
+    ) -> Self {
         require_root();
         let port = free_port();
-        let child = launcher
+        launcher
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(["--refresh-interval", "200ms", "--log-level", "warn"])
             .args(args)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting monitor");
+            .stdin(Stdio::null());
+        if let Some(log) = &log {
+            launcher.stderr(log.reopen().expect("opening the log"));
+        }
+        let child = launcher.spawn().expect("starting monitor");
         let mut agent = Self {
             child: Some(child),
             port,
+            log,
         };
         poll_until(
             "the agent to serve /healthz",
@@ -94,6 +110,69 @@ impl MonitorAgent {
             },
         );
         agent
+    }
+
+    /// What the agent logged so far (started with [`start_logged`](Self::start_logged)).
+    pub fn log(&self) -> String {
+        let log = self
+            .log
+            .as_ref()
+            .expect("the agent was not started with start_logged");
+        fs::read_to_string(log.path()).expect("reading the agent's log")
+    }
+
+    /// The agent still runs, answers /healthz, and (when its log is kept) never panicked.
+    pub fn assert_healthy(&mut self) {
+        if let Some(status) = self.child_mut().try_wait().expect("waiting on monitor") {
+            panic!("monitor exited: {status}");
+        }
+        let health = self.get("/healthz").expect("asking /healthz");
+        assert_eq!((health.0, health.1.trim()), (200, "ok"), "/healthz");
+        if self.log.is_some() {
+            let log = self.log();
+            assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
+        }
+    }
+
+    /// Entries of the agent's `CONNECTIONS` map that belong to process `tgid`, with their
+    /// phase (`monitor_common::http::phase`), read with bpftool.
+    pub fn connections_of(&self, tgid: u32) -> Vec<ConnectionEntry> {
+        let map = self.map_id("CONNECTIONS");
+        let dump = bpftool(&["map", "dump", "id", &map.to_string()]);
+        dump.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                let key = le_u64(&entry["key"])?;
+                let phase = le_u64(&entry["value"])?;
+                ((key >> 32) as u32 == tgid).then_some(ConnectionEntry {
+                    fd: key as u32,
+                    phase,
+                })
+            })
+            .collect()
+    }
+
+    /// The id of the agent's map named `name` (among the maps its fds hold).
+    fn map_id(&self, name: &str) -> u64 {
+        let held: Vec<u64> = fs::read_dir(format!("/proc/{}/fdinfo", self.pid()))
+            .expect("reading the agent's fdinfo")
+            .flatten()
+            .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+            .filter_map(|info| {
+                info.lines()
+                    .find_map(|line| line.strip_prefix("map_id:"))
+                    .and_then(|id| id.trim().parse().ok())
+            })
+            .collect();
+        bpftool(&["map", "show"])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|map| map["name"] == name)
+            .filter_map(|map| map["id"].as_u64())
+            .find(|id| held.contains(id))
+            .unwrap_or_else(|| panic!("the agent holds no map named {name}"))
     }
 
     fn child_mut(&mut self) -> &mut Child {
@@ -142,6 +221,41 @@ impl MonitorAgent {
             child.try_wait().expect("waiting on monitor")
         })
     }
+}
+
+fn serves_health(agent: &MonitorAgent) -> bool {
+    agent.get("/healthz").is_ok_and(|(code, _)| code == 200)
+}
+
+/// One entry of the kernel's connection map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionEntry {
+    pub fd: u32,
+    pub phase: u64,
+}
+
+fn bpftool(args: &[&str]) -> Value {
+    let output = Command::new("bpftool")
+        .arg("--json")
+        .args(args)
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "bpftool {args:?} failed: {output:?}"
+    );
+    serde_json::from_slice(&output.stdout).expect("bpftool's JSON")
+}
+
+/// The little-endian u64 at the start of a bpftool byte array (`["0x01", ...]`).
+fn le_u64(bytes: &Value) -> Option<u64> {
+    let bytes = bytes.as_array()?;
+    let mut value = 0u64;
+    for (i, byte) in bytes.iter().take(8).enumerate() {
+        let byte = u64::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok()?;
+        value |= byte << (8 * i);
+    }
+    Some(value)
 }
 
 pub fn signal(child: &Child, signal: i32) {

@@ -128,3 +128,37 @@ pub fn describe_http(metrics: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+/// Closes `stream` with a reset (SO_LINGER 0): the peer's next read or write fails with
+/// ECONNRESET instead of seeing an orderly end.
+pub fn reset(stream: TcpStream) {
+    use std::os::fd::AsRawFd as _;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and a `linger` of the size given.
+    let result = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(result, 0, "setting SO_LINGER");
+    drop(stream);
+}
+
+/// Reads until the server closes the connection (or resets it); returns what came.
+pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 65536];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
