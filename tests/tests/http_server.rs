@@ -240,6 +240,18 @@ fn a_request_line_cut_across_reads_gets_its_route() {
 }
 
 #[test]
+fn a_path_longer_than_the_kernel_keeps_is_counted_under_its_cut_route() {
+    // 255 path bytes; the kernel templates the first 191 (`/docs`, 37 × `/page` and a `/`),
+    // then `/{*}`, and announces 192: enough for the agent to see that the path was cut.
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let path = format!("/docs{}", "/page".repeat(50));
+    assert_eq!(get(&client(), &nginx.url(&path)), 200);
+    let route = format!("/docs{}/{{*}}", "/page".repeat(37));
+    wait_for_count(&agent, "nginx", 200, &route, 1);
+}
+
+#[test]
 fn ten_thousand_random_ids_make_one_route() {
     let agent = MonitorAgent::start(&[]);
     let nginx = Server::nginx(NGINX_LOCATIONS);
