@@ -64,8 +64,8 @@ impl Lines {
     }
 }
 
-/// Finds the `Host` header of a request head and normalises its value: lower case, and the
-/// port dropped when it is 80 or 443 (`Example.com:80` -> `example.com`). The hash is of the
+/// Finds the `Host` header of a request head and normalises its value: lower case, no blanks
+/// around it, and the port dropped when it is 80 or 443 (`Example.com:80` -> `example.com`). The hash is of the
 /// normalised text, which `host` holds (up to `MAX_HOST_LEN` bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,7 +77,10 @@ pub struct HostScanner {
     /// Position of the last `:` in the value (a port follows), 0 if none; `[...]` excepted.
     colon: u16,
     in_brackets: u16,
+    /// Bytes of `host` kept.
     pub len: u16,
+    /// `len` without trailing blanks.
+    end: u16,
     pub host: [u8; MAX_HOST_LEN],
 }
 
@@ -102,6 +105,7 @@ impl HostScanner {
             colon: 0,
             in_brackets: 0,
             len: 0,
+            end: 0,
             host: [0; MAX_HOST_LEN],
         }
     }
@@ -151,12 +155,16 @@ impl HostScanner {
         }
         self.host[len] = b.to_ascii_lowercase();
         self.len += 1;
+        if b != b' ' && b != b'\t' {
+            self.end = self.len;
+        }
     }
 
-    /// The normalised host's length: without `:80` or `:443`; 0 when no `Host` was found.
+    /// The normalised host's length: without trailing blanks, `:80` or `:443`; 0 when no
+    /// `Host` was found.
     #[inline(always)]
     pub fn normalised_len(&self) -> usize {
-        let len = self.len as usize;
+        let len = self.end as usize;
         let colon = self.colon as usize;
         if colon == 0 || colon >= len || len > MAX_HOST_LEN {
             return len;
@@ -325,6 +333,18 @@ mod tests {
             host_of(b"GET / HTTP/1.1\r\nHost: 10.0.0.7:80\r\n\r\n").0,
             "10.0.0.7"
         );
+    }
+
+    #[test]
+    fn trailing_blanks_are_not_part_of_the_host() {
+        // Trailing blanks are whitespace around the value (RFC 9110), not host: `web:80 `
+        // kept its port and its blank, a second label for the same server.
+        assert_eq!(
+            host_of(b"GET / HTTP/1.1\r\nHost: web:80 \t\r\n\r\n").0,
+            "web"
+        );
+        assert_eq!(host_of(b"GET / HTTP/1.1\r\nHost: Web \r\n\r\n").0, "web");
+        assert_eq!(host_of(b"GET / HTTP/1.1\r\nHost:  \r\n\r\n").1, 0);
     }
 
     #[test]
