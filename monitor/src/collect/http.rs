@@ -59,6 +59,40 @@ pub struct RouteAnnouncement {
     pub path: Vec<u8>,
 }
 
+/// What one ring-buffer record says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A listening socket whose port the kernel asks the agent to check.
+    Listener {
+        tgid: u32,
+        fd: u32,
+    },
+    Route(RouteAnnouncement),
+}
+
+/// Decodes a ring-buffer record; `None` for one too short to be an [`HttpEvent`].
+pub fn decode_event(item: &[u8]) -> Option<Event> {
+    if item.len() < size_of::<HttpEvent>() {
+        return None;
+    }
+    // SAFETY: a whole HttpEvent's bytes (checked length), which any bytes are (plain integers);
+    // read unaligned.
+    let event: HttpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    if event.kind == event_kind::LISTENER {
+        return Some(Event::Listener {
+            tgid: event.tgid,
+            fd: event.route as u32,
+        });
+    }
+    let len = (event.path_len as usize).min(event.path.len());
+    Some(Event::Route(RouteAnnouncement {
+        tgid: event.tgid,
+        route: event.route,
+        kind: event.kind,
+        path: event.path[..len].to_vec(),
+    }))
+}
+
 #[derive(Clone, Debug, Default)]
 pub struct HttpSnapshot {
     pub durations: Vec<(DurationKey, DurationCounts)>,
@@ -143,22 +177,11 @@ impl HttpMaps {
         let mut announcements = Vec::new();
         let mut listeners = Vec::new();
         while let Some(item) = self.events.next() {
-            if item.len() < size_of::<HttpEvent>() {
-                continue;
+            match decode_event(&item) {
+                Some(Event::Listener { tgid, fd }) => listeners.push((tgid, fd)),
+                Some(Event::Route(announcement)) => announcements.push(announcement),
+                None => {}
             }
-            // SAFETY: the kernel wrote a whole HttpEvent (checked length); read unaligned.
-            let event: HttpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-            if event.kind == event_kind::LISTENER {
-                listeners.push((event.tgid, event.route as u32));
-                continue;
-            }
-            let len = (event.path_len as usize).min(event.path.len());
-            announcements.push(RouteAnnouncement {
-                tgid: event.tgid,
-                route: event.route,
-                kind: event.kind,
-                path: event.path[..len].to_vec(),
-            });
         }
         (announcements, listeners)
     }
@@ -288,5 +311,56 @@ impl HttpMaps {
             }
         }
         adopted
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use monitor_common::http::MAX_PATH_LEN;
+
+    use super::*;
+
+    fn record(kind: u8, route: u64, path: &[u8], path_len: u16) -> Vec<u8> {
+        let mut event = HttpEvent {
+            route,
+            tgid: 7,
+            path_len,
+            kind,
+            _reserved: 0,
+            path: [0; MAX_PATH_LEN],
+        };
+        event.path[..path.len()].copy_from_slice(path);
+        // SAFETY: HttpEvent is plain integers without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const event).cast::<u8>(), size_of::<HttpEvent>())
+        };
+        bytes.to_vec()
+    }
+
+    #[test]
+    fn records_decode_to_routes_and_listeners() {
+        assert_eq!(
+            decode_event(&record(event_kind::TEMPLATE, 42, b"/a", 2)),
+            Some(Event::Route(RouteAnnouncement {
+                tgid: 7,
+                route: 42,
+                kind: event_kind::TEMPLATE,
+                path: b"/a".to_vec(),
+            }))
+        );
+        assert_eq!(
+            decode_event(&record(event_kind::LISTENER, 5, b"", 0)),
+            Some(Event::Listener { tgid: 7, fd: 5 })
+        );
+    }
+
+    #[test]
+    fn short_records_and_overlong_lengths_are_harmless() {
+        let whole = record(event_kind::HOST, 1, b"x", u16::MAX);
+        assert_eq!(decode_event(&whole[..whole.len() - 1]), None);
+        let Some(Event::Route(announcement)) = decode_event(&whole) else {
+            panic!("not a route");
+        };
+        assert_eq!(announcement.path.len(), MAX_PATH_LEN);
     }
 }

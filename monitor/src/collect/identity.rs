@@ -20,8 +20,12 @@ pub fn otel_service_name(environ: &[u8]) -> Option<String> {
         } else if let Some(value) = entry.strip_prefix("OTEL_RESOURCE_ATTRIBUTES=") {
             attributes = value.split(',').find_map(|pair| {
                 let (key, value) = pair.split_once('=')?;
-                (key.trim() == "service.name" && !value.trim().is_empty())
-                    .then(|| percent_decode(value.trim()))
+                if key.trim() != "service.name" {
+                    return None;
+                }
+                // Trimmed once decoded too: `%20` is a blank.
+                let name = percent_decode(value.trim()).trim().to_owned();
+                (!name.is_empty()).then_some(name)
             });
         }
     }
@@ -178,10 +182,24 @@ pub fn container_name(pod: &Pod, container_id: &str, containers_dir: &Path) -> O
     }
 }
 
+/// A command line's arguments from `/proc/<pid>/cmdline` (NUL-separated; empty ones dropped).
+pub fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
+    cmdline
+        .split(|&b| b == 0)
+        .filter(|arg| !arg.is_empty())
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
 /// The script or main module an interpreter runs, from its command line: `python3 app.py` ->
 /// `app`, `python -m my.module` -> `module`, `node server.js` -> `server`, `java -jar
 /// billing.jar` -> `billing`, `java com.shop.Main` -> `Main`, `ruby app.rb`, `php index.php`.
 pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
+    // `python -m pkg.` or `node dist/` name nothing.
+    script_arg(executable, args).filter(|name| !name.is_empty())
+}
+
+fn script_arg(executable: &str, args: &[String]) -> Option<String> {
     let interpreter = Interpreter::of(executable)?;
     let mut args = args.iter().skip(1);
     while let Some(arg) = args.next() {

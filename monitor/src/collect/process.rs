@@ -119,12 +119,7 @@ impl Identifier {
             .or_else(|| container.map(|c| c.id[..12].to_owned()));
         let from_script = || {
             let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
-            let args: Vec<String> = cmdline
-                .split(|&b| b == 0)
-                .filter(|arg| !arg.is_empty())
-                .map(|arg| String::from_utf8_lossy(arg).into_owned())
-                .collect();
-            identity::script_name(&base.executable, &args)
+            identity::script_name(&base.executable, &identity::cmdline_args(&cmdline))
         };
         service.name = from_env
             .or(from_container)

@@ -101,9 +101,12 @@ fn tables_of(pid: u32) -> Vec<TcpSocket> {
 }
 
 fn socket_inode(link: &std::path::Path) -> Option<u64> {
-    let target = fs::read_link(link).ok()?;
+    parse_socket_link(fs::read_link(link).ok()?.to_str()?)
+}
+
+/// The inode of an fd link's target `socket:[12345]`; `None` for anything else.
+pub fn parse_socket_link(target: &str) -> Option<u64> {
     target
-        .to_str()?
         .strip_prefix("socket:[")?
         .strip_suffix(']')?
         .parse()
@@ -193,6 +196,14 @@ mod tests {
         let ports = classify(&parse_tcp_table(TCP));
         assert_eq!(ports.listeners, HashMap::from([(1001, 8080)]));
         assert_eq!(ports.server_side, HashMap::from([(1002, 8080)]));
+    }
+
+    #[test]
+    fn socket_links_give_their_inode() {
+        assert_eq!(parse_socket_link("socket:[1002]"), Some(1002));
+        assert_eq!(parse_socket_link("pipe:[1002]"), None);
+        assert_eq!(parse_socket_link("socket:[]"), None);
+        assert_eq!(parse_socket_link("/dev/null"), None);
     }
 
     #[test]

@@ -164,3 +164,23 @@ fn interpreters_are_named_after_their_script() {
     );
     assert_eq!(script_name("nginx", &args("nginx -g daemon off;")), None);
 }
+
+#[test]
+fn command_lines_split_at_nuls() {
+    assert_eq!(
+        cmdline_args(b"python3\0-m\0\0shop.worker\0"),
+        ["python3", "-m", "shop.worker"]
+    );
+    assert!(cmdline_args(b"").is_empty());
+}
+
+#[test]
+fn blank_names_are_no_names() {
+    // Found by fuzzing: both became an empty or blank `service_name`.
+    let blank = b"OTEL_RESOURCE_ATTRIBUTES=service.name=%20%09\0";
+    assert_eq!(otel_service_name(blank), None);
+    let padded = b"OTEL_RESOURCE_ATTRIBUTES=service.name=%20cart%20\0";
+    assert_eq!(otel_service_name(padded), Some("cart".into()));
+    assert_eq!(script_name("python3", &args("python3 -m shop.")), None);
+    assert_eq!(script_name("node", &args("node dist/")), None);
+}
