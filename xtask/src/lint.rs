@@ -5,10 +5,16 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::cmd::{cargo, run, workspace_root};
+use crate::{
+    cmd::{cargo, run, workspace_root},
+    setup::NIGHTLY,
+};
 
 pub fn lint() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))?;
+    // The fuzz crate (its own workspace) is only formatted here: building it anew costs a
+    // second BPF build (its dependency features differ), minutes; `cargo xtask fuzz` builds it.
+    run(cargo().args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--check"]))?;
     run(cargo().args([
         "clippy",
         "--workspace",
@@ -24,7 +30,7 @@ pub fn lint() -> Result<()> {
         .current_dir(workspace_root())
         .args([
             "run",
-            "nightly",
+            NIGHTLY,
             "cargo",
             "clippy",
             "--package",

@@ -1,8 +1,9 @@
-//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench>`.
+//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench|fuzz|image>`.
 
 mod bench;
 mod build;
 mod cmd;
+mod fuzz;
 mod image;
 mod lint;
 mod setup;
@@ -47,6 +48,15 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Run every cargo-fuzz target in fuzz/ for a bounded time each (nightly; installs
+    /// cargo-fuzz when missing). Not part of `test`.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Only targets whose name contains this.
+        filter: Option<String>,
+    },
     /// Build the container image with podman: the agent, statically linked, alone in an image
     /// made by deploy/container/Containerfile.binary. MONITOR_IMAGE names it (default
     /// localhost/monitor:latest).
@@ -62,6 +72,7 @@ fn main() -> std::process::ExitCode {
         Task::Lint => setup::setup().and_then(|()| lint::lint()),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::Bench { quick, only } => bench::bench(quick, only.as_deref()),
+        Task::Fuzz { seconds, filter } => fuzz::fuzz(seconds, filter.as_deref()),
         Task::Image => image::image(),
     };
     match result {

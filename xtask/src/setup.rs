@@ -37,7 +37,8 @@ pub const APT_PACKAGES: &[&str] = &[
 const PIP_PACKAGES: &[(&str, &str)] = &[("kubernetes_validate", "kubernetes-validate")];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
-const NIGHTLY: &str = "nightly";
+/// The nightly toolchain (rustup's name): the BPF programs and the fuzz targets need it.
+pub const NIGHTLY: &str = "nightly";
 
 pub fn setup() -> Result<()> {
     apt_packages()?;
@@ -50,7 +51,12 @@ pub fn setup() -> Result<()> {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    apt_install(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing.
+pub fn apt_install(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|package| !apt_installed(package))
