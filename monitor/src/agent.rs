@@ -23,6 +23,7 @@ use crate::{
     model::{
         http::{HttpFacts, HttpLedger},
         processes::{ProcessFacts, ProcessLedger},
+        timing::{REFRESH_BOUNDS, Timings},
     },
     probes::{
         self, AttachedProgram, MapSizes,
@@ -60,6 +61,7 @@ pub struct Agent {
     http_map_usage: Vec<MapUsage>,
     refreshes: u64,
     refresh_errors: u64,
+    refresh_durations: Timings,
     adopted_connections: usize,
     ports: PortFilter,
     identifier: Identifier,
@@ -196,6 +198,7 @@ impl Agent {
             http_map_usage: Vec::new(),
             refreshes: 0,
             refresh_errors: 0,
+            refresh_durations: Timings::new(&REFRESH_BOUNDS),
             adopted_connections,
             ports,
             identifier: Identifier::new(&settings.pod_logs),
@@ -220,11 +223,13 @@ impl Agent {
 
     /// Reads the maps into the model and frees the entries of processes that have exited.
     pub fn refresh(&mut self) {
+        let started = Instant::now();
         self.refreshes += 1;
         if let Err(error) = self.refresh_sched().and_then(|()| self.refresh_http()) {
             self.refresh_errors += 1;
             log::warn!("reading the kernel maps failed: {error:#}");
         }
+        self.refresh_durations.observe(started.elapsed());
     }
 
     fn refresh_sched(&mut self) -> Result<()> {
@@ -283,6 +288,7 @@ impl Agent {
             program_stats: &program_stats,
             refresh_errors_total: self.refresh_errors,
             processes_named_at_exec_total: self.early_names.named(),
+            refresh_durations: &self.refresh_durations,
         })
     }
 }

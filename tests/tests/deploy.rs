@@ -42,6 +42,7 @@ const AGENT_HISTOGRAMS: &[&str] = &[
     "http_server_request_duration_seconds",
     "http_client_request_duration_seconds",
     "process_run_queue_latency_seconds",
+    "monitor_refresh_duration_seconds",
 ];
 /// Series the rules read but nobody records there: optional inputs from other exporters, and
 /// the per-service or per-host overrides users record (each documented in deploy/README.md).

@@ -61,6 +61,26 @@ fn serves_metrics_and_health_and_nothing_else() {
 }
 
 #[test]
+fn each_refresh_of_the_maps_is_timed() {
+    let agent = MonitorAgent::start(&[]);
+    let refreshes = |scrape: &monitor_tests::Scrape| {
+        scrape
+            .histogram_count("monitor_refresh_duration_seconds", &[])
+            .expect("monitor_refresh_duration_seconds in /metrics")
+    };
+    let first = refreshes(&agent.scrape());
+    // Each scrape reads the maps first, so the next one has at least one more refresh.
+    let second = refreshes(&agent.scrape());
+    assert!(first >= 1, "the scrape's own refresh is counted");
+    assert!(second > first, "{second} refreshes after {first}");
+    let sum = agent
+        .scrape()
+        .value("monitor_refresh_duration_seconds_sum", &[])
+        .unwrap();
+    assert!(sum > 0.0, "refreshes take time: {sum}");
+}
+
+#[test]
 fn promtool_finds_no_problem_in_a_scrape() {
     let agent = MonitorAgent::start(&[]);
     // Wait for run-queue histograms, so every family is in the scrape that is checked.

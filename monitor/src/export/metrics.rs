@@ -6,7 +6,7 @@ use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 use super::families::{self, BucketCounts};
 use crate::{
     collect::{MapUsage, sched::SchedSnapshot},
-    model::{http::HttpLedger, processes::ProcessLedger},
+    model::{http::HttpLedger, processes::ProcessLedger, timing::Timings},
     probes::{AttachedProgram, ProgramStats},
 };
 
@@ -23,6 +23,7 @@ pub struct Exposition<'a> {
     pub refresh_errors_total: u64,
     /// Processes named from procfs right after their exec.
     pub processes_named_at_exec_total: u64,
+    pub refresh_durations: &'a Timings,
 }
 
 const NS_PER_SECOND: f64 = 1e9;
@@ -63,6 +64,7 @@ pub fn render(view: &Exposition<'_>) -> String {
         )
         .value(&[], view.processes_named_at_exec_total as f64)
         .build(),
+        refresh_duration(view.refresh_durations),
         families::gauge("monitor_build_info", "Version of the running agent.")
             .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)
             .build(),
@@ -74,6 +76,23 @@ pub fn render(view: &Exposition<'_>) -> String {
         log::error!("encoding metrics failed: {error}");
     }
     String::from_utf8_lossy(&text).into_owned()
+}
+
+fn refresh_duration(timings: &Timings) -> Option<MetricFamily> {
+    families::histogram(
+        "monitor_refresh_duration_seconds",
+        "Time to read the kernel maps into the model (each --refresh-interval and each scrape).",
+    )
+    .buckets(
+        &[],
+        BucketCounts {
+            bounds: timings.bounds(),
+            counts: timings.counts(),
+            above_last: timings.above_last(),
+            sum: timings.sum_seconds(),
+        },
+    )
+    .build()
 }
 
 fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {

@@ -3,3 +3,4 @@
 pub mod http;
 pub mod processes;
 pub mod routes;
+pub mod timing;
