@@ -6,7 +6,7 @@
 //! service.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     hash::Hash,
     time::{Duration, Instant},
 };
@@ -250,16 +250,15 @@ impl HttpLedger {
         self.client_errors.retain(|_, series| fresh(series.updated));
         self.connect_errors
             .retain(|_, series| fresh(series.updated));
-        let series = &self.series;
-        let has_series = |service: &str, role_wanted: u8| {
-            series
-                .keys()
-                .any(|key| key.role == role_wanted && key.service.name == service)
-        };
+        // One pass over the series, not one per service: a refresh stays linear in series.
+        let mut with_series: HashSet<(u8, &str)> = HashSet::new();
+        for key in self.series.keys() {
+            with_series.insert((key.role, key.service.name.as_str()));
+        }
         self.routes
-            .retain(|service| has_series(service, role::SERVER));
+            .retain(|service| with_series.contains(&(role::SERVER, service)));
         self.hosts
-            .retain(|service| has_series(service, role::CLIENT));
+            .retain(|service| with_series.contains(&(role::CLIENT, service)));
     }
 
     pub fn series(&self) -> impl Iterator<Item = (&SeriesKey, &DurationCounts)> {
