@@ -92,11 +92,16 @@ impl Server {
     }
 
     pub fn nginx_with_workers(workers: usize, locations: &str) -> Self {
+        Self::nginx_with(workers, "", locations)
+    }
+
+    /// nginx with `main` directives added to its main context (e.g. `worker_cpu_affinity`).
+    pub fn nginx_with(workers: usize, main: &str, locations: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let root = dir.path().display();
         let config = format!(
-            "daemon off;\nworker_processes {workers};\npid {root}/nginx.pid;\nerror_log stderr error;\n\
+            "daemon off;\nworker_processes {workers};\n{main}\npid {root}/nginx.pid;\nerror_log stderr error;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {root};\n\
              proxy_temp_path {root};\n  fastcgi_temp_path {root};\n  uwsgi_temp_path {root};\n\

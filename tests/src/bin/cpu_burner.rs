@@ -6,6 +6,8 @@
 //! - `cpu-burner idle`: print `ready`, then block until stdin closes, never running meanwhile.
 //! - `cpu-burner pingpong <ms>`: two threads pass a byte back and forth over pipes for <ms>
 //!   of wall time (a context switch per pass, for the scheduler benchmark); prints the passes.
+//! - `cpu-burner getppid <ms>`: calls getppid(2) in a loop for <ms> of wall time (a syscall
+//!   that no hook of the agent cares about, for the benchmark); prints the calls.
 use std::{
     fs::File,
     hint::black_box,
@@ -63,13 +65,28 @@ fn pingpong(duration: Duration) -> u64 {
     passes
 }
 
+/// Calls getppid(2) until `duration` has passed; returns the calls. The raw syscall, so no
+/// libc may answer from a cache.
+fn getppid_loop(duration: Duration) -> u64 {
+    let deadline = Instant::now() + duration;
+    let mut calls = 0;
+    while Instant::now() < deadline {
+        for _ in 0..1000 {
+            // SAFETY: getppid takes no arguments and cannot fail.
+            black_box(unsafe { libc::syscall(libc::SYS_getppid) });
+        }
+        calls += 1000;
+    }
+    calls
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let number = |i: usize| -> u64 {
         args.get(i)
             .and_then(|value| value.parse().ok())
             .unwrap_or_else(|| {
-                panic!("usage: cpu-burner burn <ms> | spin <threads> | idle | pingpong <ms>")
+                panic!("usage: cpu-burner burn <ms> | spin <threads> | idle | pingpong <ms> | getppid <ms>")
             })
     };
     match args.get(1).map(String::as_str) {
@@ -90,6 +107,7 @@ fn main() {
             spin_forever();
         }
         Some("pingpong") => println!("{}", pingpong(Duration::from_millis(number(2)))),
+        Some("getppid") => println!("{}", getppid_loop(Duration::from_millis(number(2)))),
         Some("idle") => {
             // Start-up is over once this is out; from here on the process only waits.
             println!("ready");
@@ -97,7 +115,9 @@ fn main() {
             let _ = std::io::stdin().read_to_end(&mut sink);
         }
         _ => {
-            eprintln!("usage: cpu-burner burn <ms> | spin <threads> | idle | pingpong <ms>");
+            eprintln!(
+                "usage: cpu-burner burn <ms> | spin <threads> | idle | pingpong <ms> | getppid <ms>"
+            );
             std::process::exit(2);
         }
     }
