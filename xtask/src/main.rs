@@ -7,7 +7,6 @@ mod fuzz;
 mod image;
 mod lint;
 mod setup;
-mod startup;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -38,13 +37,15 @@ enum Task {
         /// Only run integration tests whose name contains this.
         filter: Option<String>,
     },
-    /// Measure the BPF cost of the agent's hooks and its start-up time, and write the figures
-    /// to BENCHMARKS.md.
+    /// Measure what the agent costs (nginx under load with and without it, against empty
+    /// programs on its hooks; a getppid loop; BPF time per context switch; start-up time;
+    /// userspace micro-benchmarks) and how exactly it counts; write BENCHMARKS.md and
+    /// target/bench/bench.json. About 15 minutes; installs wrk and oha if missing.
     Bench {
-        /// A short run, to check that the benchmark works.
+        /// A short smoke run (about 3 minutes): target/bench/bench.json only.
         #[arg(long)]
         quick: bool,
-        /// Run only this benchmark: `sched` or `startup`.
+        /// Run only this benchmark: http, syscalls, sched, startup or userspace.
         #[arg(long)]
         only: Option<String>,
     },

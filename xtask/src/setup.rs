@@ -210,7 +210,7 @@ fn nightly_llvm() -> Result<(PathBuf, String, u32)> {
     Ok((lib_dir, library, major))
 }
 
-fn cargo_home() -> PathBuf {
+pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
@@ -247,4 +247,9 @@ fn bpf_linker() -> Result<()> {
     .context("building bpf-linker (needs network access to crates.io)")?;
     fs::write(&stamp, expected_stamp).context("writing the bpf-linker stamp")?;
     Ok(())
+}
+
+/// The bench's name for [`apt_install`].
+pub fn ensure_apt(packages: &[&str]) -> Result<()> {
+    apt_install(packages)
 }

@@ -12,6 +12,9 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use monitor_tests::agent::{free_port, monitor_bin, signal};
+use serde_json::{Value, json};
+
+use super::{progress::Progress, stats::median};
 
 /// Between attempts to scrape an agent that is starting.
 const POLL: Duration = Duration::from_millis(5);
@@ -23,13 +26,25 @@ struct Round {
     steps: Vec<(String, Duration)>,
 }
 
-pub fn startup_time(rounds: usize) -> Result<String> {
+/// Start-ups measured, one after the other.
+pub struct Startup {
+    results: Vec<Round>,
+}
+
+/// About how long one start-up takes, for the progress estimate.
+pub const ROUND_ESTIMATE: Duration = Duration::from_secs(4);
+
+pub fn startup_time(rounds: usize, progress: &mut Progress) -> Result<Startup> {
     let mut results = Vec::new();
     for round in 1..=rounds {
-        eprintln!("xtask bench: start-up, round {round}/{rounds}");
+        progress.step(
+            "start-up",
+            &format!("round {round}/{rounds}"),
+            ROUND_ESTIMATE,
+        );
         results.push(measure_round()?);
     }
-    Ok(render(&results))
+    Ok(Startup { results })
 }
 
 fn measure_round() -> Result<Round> {
@@ -108,26 +123,46 @@ fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs_f64(seconds))
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+fn ms(duration: Duration) -> f64 {
+    duration.as_secs_f64() * 1e3
 }
 
-fn render(results: &[Round]) -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = thread::available_parallelism().map_or(0, |n| n.get());
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+impl Startup {
+    pub fn json(&self) -> Value {
+        let ready: Vec<f64> = self.results.iter().map(|r| ms(r.ready)).collect();
+        let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+        for round in &self.results {
+            for (step, duration) in &round.steps {
+                steps.entry(step.clone()).or_default().push(ms(*duration));
+            }
+        }
+        let steps: serde_json::Map<String, Value> = steps
+            .into_iter()
+            .map(|(step, values)| (step, json!(median(values))))
+            .collect();
+        json!({
+            "rounds": self.results.len(),
+            "exec_to_first_metrics_ms": median(ready),
+            "steps_ms": steps,
+        })
+    }
+
+    pub fn markdown(&self, machine: &str) -> String {
+        render(&self.results, machine)
+    }
+}
+
+fn render(results: &[Round], machine: &str) -> String {
     let ready: Vec<f64> = results.iter().map(|r| ms(r.ready)).collect();
     let mut text = format!(
         "### Start-up: exec to the first /metrics with data\n\n\
          `cargo xtask bench --only startup` ({} starts of the release build, one after the \
-         other; kernel {}, {cpus} CPUs; medians, min-max in brackets). Time from spawning \
+         other; {machine}; medians, min-max in brackets). Time from spawning \
          `monitor` to the first answer of `/metrics` that has CPU series (a scrape sent during \
          start-up waits in the listen backlog), and the agent's own timing of each start-up step \
          (`--log-level monitor=debug` prints them).\n\n\
          | step | ms |\n|---|---|\n",
         results.len(),
-        kernel.trim(),
     );
     let mut order: Vec<String> = Vec::new();
     let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
