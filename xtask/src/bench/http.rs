@@ -139,9 +139,9 @@ pub struct Http {
     pub fixed_rounds: Vec<FixedRound>,
     /// The hooks the real agent and the empty programs attached (the same set, checked).
     pub hooks: BTreeSet<(String, String)>,
-    /// perf samples of nginx's worker and oha during one more run with the agent, or why
-    /// there are none.
-    pub profile: Result<Profile, String>,
+    /// perf samples of nginx's worker and oha during one more run with each recording
+    /// variant of the agent, or why there are none.
+    pub profiles: Vec<(Variant, Result<Profile, String>)>,
 }
 
 pub fn measure(plan: &Plan, oha_path: &Path, progress: &mut Progress) -> Result<Http> {
@@ -221,17 +221,22 @@ pub fn measure(plan: &Plan, oha_path: &Path, progress: &mut Progress) -> Result<
             fixed_rounds.push(bench.fixed_round(variant, agent.as_ref(), requests)?);
         }
     }
-    progress.step(
-        "HTTP",
-        &format!(
-            "perf profile of nginx and oha at {} req/s with the agent",
-            bench.rate
-        ),
-        plan.fixed_step(),
-    );
-    let profile = bench
-        .profile(requests, &buckets)
-        .map_err(|error| format!("{error:#}"));
+    let mut profiles = Vec::new();
+    for variant in [Variant::Monitor, Variant::ServerOnly] {
+        progress.step(
+            "HTTP",
+            &format!(
+                "perf profile of nginx and oha at {} req/s, {}",
+                bench.rate,
+                variant.name()
+            ),
+            plan.fixed_step(),
+        );
+        let profile = bench
+            .profile(variant, requests, &buckets)
+            .map_err(|error| format!("{error:#}"));
+        profiles.push((variant, profile));
+    }
     Ok(Http {
         rounds: plan.rounds,
         connections: plan.connections,
@@ -246,7 +251,7 @@ pub fn measure(plan: &Plan, oha_path: &Path, progress: &mut Progress) -> Result<
         saturation_rounds,
         fixed_rounds,
         hooks,
-        profile,
+        profiles,
     })
 }
 
@@ -302,14 +307,15 @@ impl Bench<'_> {
         }
     }
 
-    /// One more fixed-rate run with the agent (no BPF statistics), with nginx's worker and
-    /// oha sampled by perf; not one of the measured rounds, which perf would slow down.
-    fn profile(&self, requests: u64, buckets: &str) -> Result<Profile> {
+    /// One more fixed-rate run with `variant`'s agent (no BPF statistics), with nginx's
+    /// worker and oha sampled by perf; not one of the measured rounds, which perf would slow
+    /// down.
+    fn profile(&self, variant: Variant, requests: u64, buckets: &str) -> Result<Profile> {
         if !profile::available() {
             bail!("perf is not available (`perf stat -e cpu-clock true` failed)");
         }
         let workers = nginx_workers(self.server.pid());
-        let _agent = MonitorAgent::start_as_deployed(&["--duration-buckets", buckets]);
+        let _agent = variant.start(&["--duration-buckets", buckets]);
         let run = self.oha().start(requests)?;
         let mut pids = workers;
         pids.push(run.pid());
@@ -321,7 +327,10 @@ impl Bench<'_> {
         if !status.success() {
             bail!("perf record failed ({status})");
         }
-        profile::summarise(&data)
+        // oha's threads are `oha` and its tokio workers; nginx's worker is `nginx`.
+        profile::summarise(&data, |comm| {
+            if comm == "nginx" { "nginx" } else { "oha" }.to_owned()
+        })
     }
 
     /// A short fixed-rate run with wide buckets (1 µs to 1 s); the fine buckets then span

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::{
     agent::{LOAD_GENERATORS, Variant},
     http::{FixedRound, Http, ROUTE, SaturationRound},
-    profile::{Category, Profile},
+    profile::{Category, ProcessProfile, Profile},
     stats::{histogram_quantile, median, ratio},
     syscall::Syscalls,
 };
@@ -454,7 +454,7 @@ impl Summary {
             "getppid_slowdown": by_variant(&self.getppid_slowdown),
             "accuracy": accuracy,
             "goals": goals,
-            "profile": profile_json(&http.profile),
+            "profiles": profiles_json(&http.profiles),
         })
     }
 }
@@ -462,32 +462,51 @@ impl Summary {
 /// The BPF categories of a profile.
 const BPF_CATEGORIES: [Category; 3] = [Category::Program, Category::Helper, Category::Dispatch];
 
-fn bpf_symbols(profile: &Profile) -> impl Iterator<Item = &(Category, String, f64)> {
-    profile
-        .symbols
-        .iter()
-        .filter(|(category, ..)| *category != Category::Other)
+fn bpf_share(process: &ProcessProfile) -> f64 {
+    BPF_CATEGORIES.iter().map(|c| process.share(*c)).sum()
 }
 
-fn profile_json(profile: &Result<Profile, String>) -> Value {
-    match profile {
-        Err(error) => json!({ "error": error }),
-        Ok(profile) => {
-            let top: Vec<Value> = bpf_symbols(profile)
-                .take(20)
-                .map(|(category, name, share)| {
-                    json!({"symbol": name, "kind": category.name(), "share": share})
-                })
-                .collect();
-            json!({
-                "samples": profile.samples,
-                "bpf_programs_share": profile.share(Category::Program),
-                "called_by_bpf_share": profile.share(Category::Helper),
-                "bpf_dispatch_share": profile.share(Category::Dispatch),
-                "top_bpf_symbols": top,
-            })
-        }
-    }
+fn profiles_json(profiles: &[(Variant, Result<Profile, String>)]) -> Value {
+    let map: serde_json::Map<String, Value> = profiles
+        .iter()
+        .map(|(variant, profile)| {
+            let value = match profile {
+                Err(error) => json!({ "error": error }),
+                Ok(profile) => {
+                    let processes: serde_json::Map<String, Value> = profile
+                        .processes
+                        .iter()
+                        .map(|p| {
+                            let top: Vec<Value> = p
+                                .symbols
+                                .iter()
+                                .filter(|(category, ..)| *category != Category::Other)
+                                .take(15)
+                                .map(|(category, name, share)| {
+                                    json!({"symbol": name, "kind": category.name(),
+                                           "share": share})
+                                })
+                                .collect();
+                            (
+                                p.name.clone(),
+                                json!({
+                                    "share_of_samples": p.share,
+                                    "bpf_share": bpf_share(p),
+                                    "bpf_programs_share": p.share(Category::Program),
+                                    "called_by_bpf_share": p.share(Category::Helper),
+                                    "bpf_dispatch_share": p.share(Category::Dispatch),
+                                    "top_bpf_symbols": top,
+                                }),
+                            )
+                        })
+                        .collect();
+                    json!({"samples": profile.samples, "processes": processes})
+                }
+            };
+            (variant.key().to_owned(), value)
+        })
+        .collect();
+    Value::Object(map)
 }
 
 /// JSON has no NaN: absent figures are null.
@@ -505,7 +524,8 @@ fn us(seconds: f64) -> String {
 
 fn percent(value: f64) -> String {
     if value.is_finite() {
-        format!("{:.1} %", value * 100.0)
+        // `+ 0.0`: an empty f64 sum is -0.0, which would print as `-0.0 %`.
+        format!("{:.1} %", value * 100.0 + 0.0)
     } else {
         "–".to_owned()
     }
@@ -729,36 +749,74 @@ fn programs_markdown(http: &Http, s: &Summary) -> String {
 }
 
 fn profile_markdown(http: &Http) -> String {
-    let profile = match &http.profile {
-        Err(error) => return format!("\nNo perf profile: {error}.\n"),
-        Ok(profile) => profile,
-    };
-    let total: f64 = BPF_CATEGORIES.iter().map(|c| profile.share(*c)).sum();
     let mut text = format!(
-        "\n#### What the CPU of nginx and the load generator went to (perf)\n\n\
-         `perf record -e cpu-clock` sampled nginx's worker and oha during one more run with the \
-         agent (`monitor`) at {} req/s (no BPF statistics; {} samples; the programs of other \
-         agents running at the time would be counted too). Share of the two processes' \
-         samples:\n\n| where | share |\n|---|---|\n",
-        http.rate, profile.samples
+        "\n#### Where the CPU of nginx and the load generator went (perf)\n\n\
+         `perf record -e cpu-clock` sampled nginx's worker and oha during one more run at {} \
+         req/s with each recording variant (no BPF statistics). Shares of each process's own \
+         samples; BPF programs include their bpf_loop callbacks (`*_step`); \"called by BPF\" \
+         is helpers, map operations and user-memory reads; \"dispatch\" is the tracepoint's \
+         call into BPF. Programs of other agents running at the time would be counted too.\n",
+        http.rate
     );
-    for category in BPF_CATEGORIES {
+    for (variant, profile) in &http.profiles {
+        let profile = match profile {
+            Err(error) => {
+                text.push_str(&format!(
+                    "\n{}: no perf profile: {error}.\n",
+                    variant.name()
+                ));
+                continue;
+            }
+            Ok(profile) => profile,
+        };
+        let names: Vec<&str> = profile.processes.iter().map(|p| p.name.as_str()).collect();
         text.push_str(&format!(
-            "| {} | {} |\n",
-            category.name(),
-            percent(profile.share(category))
+            "\n{} ({} samples):\n\n| where | {} |\n|---|{}\n",
+            variant.name(),
+            profile.samples,
+            names.join(" | "),
+            "---|".repeat(names.len())
         ));
-    }
-    text.push_str(&format!(
-        "| **all BPF** | **{}** |\n\n| BPF symbol | kind | share |\n|---|---|---|\n",
-        percent(total)
-    ));
-    for (category, name, share) in bpf_symbols(profile).take(12) {
+        let cells = |f: &dyn Fn(&ProcessProfile) -> String| {
+            profile
+                .processes
+                .iter()
+                .map(f)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        };
         text.push_str(&format!(
-            "| `{name}` | {} | {} |\n",
-            category.name(),
-            percent(*share)
+            "| share of all samples | {} |\n",
+            cells(&|p| percent(p.share))
         ));
+        for category in BPF_CATEGORIES {
+            text.push_str(&format!(
+                "| {} | {} |\n",
+                category.name(),
+                cells(&|p| percent(p.share(category)))
+            ));
+        }
+        text.push_str(&format!(
+            "| **all BPF** | {} |\n",
+            cells(&|p| format!("**{}**", percent(bpf_share(p))))
+        ));
+        // The BPF symbols with the most samples of the two processes together.
+        let mut weights: BTreeMap<&str, f64> = BTreeMap::new();
+        for process in &profile.processes {
+            for (category, name, share) in &process.symbols {
+                if *category != Category::Other {
+                    *weights.entry(name).or_default() += share * process.share;
+                }
+            }
+        }
+        let mut symbols: Vec<(&str, f64)> = weights.into_iter().collect();
+        symbols.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (name, _) in symbols.into_iter().take(10) {
+            text.push_str(&format!(
+                "| `{name}` | {} |\n",
+                cells(&|p| percent(p.symbol(name)))
+            ));
+        }
     }
     text
 }

@@ -5,6 +5,7 @@
 //! and the tracepoint dispatch that runs them.
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
@@ -114,13 +115,15 @@ pub fn categorise(symbol: &str) -> (Category, String) {
     (category, symbol.to_owned())
 }
 
-pub struct Profile {
-    pub samples: u64,
-    /// Share of the samples per (category, symbol), largest first.
+/// Samples of one process: its share of all samples, and per (category, symbol) its share of
+/// the process's own samples, largest first.
+pub struct ProcessProfile {
+    pub name: String,
+    pub share: f64,
     pub symbols: Vec<(Category, String, f64)>,
 }
 
-impl Profile {
+impl ProcessProfile {
     pub fn share(&self, category: Category) -> f64 {
         self.symbols
             .iter()
@@ -128,12 +131,32 @@ impl Profile {
             .map(|(.., share)| share)
             .sum()
     }
+
+    pub fn symbol(&self, name: &str) -> f64 {
+        self.symbols
+            .iter()
+            .filter(|(_, n, _)| n == name)
+            .map(|(.., share)| share)
+            .sum()
+    }
 }
 
-/// Sums `perf report` by symbol.
-pub fn summarise(data: &Path) -> Result<Profile> {
+pub struct Profile {
+    pub samples: u64,
+    pub processes: Vec<ProcessProfile>,
+}
+
+/// Sums `perf report` by process (`name_of` a thread's comm) and symbol.
+pub fn summarise(data: &Path, name_of: impl Fn(&str) -> String) -> Result<Profile> {
     let report = Command::new("perf")
-        .args(["report", "--stdio", "--no-children", "--sort", "sym", "-i"])
+        .args([
+            "report",
+            "--stdio",
+            "--no-children",
+            "--sort",
+            "comm,sym",
+            "-i",
+        ])
         .arg(data)
         .output()
         .context("running perf report")?;
@@ -143,11 +166,13 @@ pub fn summarise(data: &Path) -> Result<Profile> {
             String::from_utf8_lossy(&report.stderr)
         );
     }
-    parse_report(&String::from_utf8_lossy(&report.stdout)).context("perf report gave no samples")
+    parse_report(&String::from_utf8_lossy(&report.stdout), name_of)
+        .context("perf report gave no samples")
 }
 
-/// `# Samples: 12K of event 'cpu-clock'` and lines such as `  3.25%  [k] copy_from_user_nofault`.
-fn parse_report(text: &str) -> Option<Profile> {
+/// `# Samples: 12K of event 'cpu-clock'` and lines such as
+/// `  3.25%  nginx  [k] copy_from_user_nofault`.
+fn parse_report(text: &str, name_of: impl Fn(&str) -> String) -> Option<Profile> {
     let samples = text.lines().find_map(|line| {
         let count = line
             .strip_prefix("# Samples: ")?
@@ -159,7 +184,7 @@ fn parse_report(text: &str) -> Option<Profile> {
         };
         Some((digits.parse::<f64>().ok()? * scale) as u64)
     })?;
-    let mut totals: std::collections::BTreeMap<(Category, String), f64> = Default::default();
+    let mut totals: BTreeMap<String, BTreeMap<(Category, String), f64>> = BTreeMap::new();
     for line in text.lines().filter(|line| !line.starts_with('#')) {
         let mut words = line.split_whitespace();
         let Some(share) = words
@@ -169,17 +194,32 @@ fn parse_report(text: &str) -> Option<Profile> {
         else {
             continue;
         };
-        let (Some(_), Some(symbol)) = (words.next(), words.next()) else {
+        let (Some(comm), Some(_), Some(symbol)) = (words.next(), words.next(), words.next()) else {
             continue;
         };
-        *totals.entry(categorise(symbol)).or_default() += share / 100.0;
+        *totals
+            .entry(name_of(comm))
+            .or_default()
+            .entry(categorise(symbol))
+            .or_default() += share / 100.0;
     }
-    let mut symbols: Vec<(Category, String, f64)> = totals
+    let processes = totals
         .into_iter()
-        .map(|((category, name), share)| (category, name, share))
+        .map(|(name, symbols)| {
+            let share: f64 = symbols.values().sum();
+            let mut symbols: Vec<(Category, String, f64)> = symbols
+                .into_iter()
+                .map(|((category, symbol), s)| (category, symbol, s / share))
+                .collect();
+            symbols.sort_by(|a, b| b.2.total_cmp(&a.2));
+            ProcessProfile {
+                name,
+                share,
+                symbols,
+            }
+        })
         .collect();
-    symbols.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Some(Profile { samples, symbols })
+    Some(Profile { samples, processes })
 }
 
 #[cfg(test)]
@@ -191,31 +231,33 @@ mod tests {
 # Samples: 12K of event 'cpu-clock'
 # Event count (approx.): 2400000000
 #
-# Overhead  Symbol
-# ........  ......
+# Overhead  Command          Symbol
+# ........  ...............  ......
 #
-    20.00%  [k] bpf_prog_58c7b768e5bff56c_sys_exit_btf
-    10.00%  [k] bpf_prog_381fca179a3c6b39_template_step
-     5.00%  [k] copy_from_user_nofault
-     4.00%  [k] bpf_trace_run2
-     1.00%  [k] bpf_prog_0011223344556677_sys_exit_btf
-    60.00%  [.] ngx_http_parse_request_line
+    20.00%  nginx            [k] bpf_prog_58c7b768e5bff56c_sys_exit_btf
+    10.00%  tokio-rt-worker  [k] bpf_prog_381fca179a3c6b39_response_step
+     5.00%  nginx            [k] copy_from_user_nofault
+     4.00%  nginx            [k] bpf_trace_run2
+     1.00%  nginx            [k] bpf_prog_0011223344556677_sys_exit_btf
+    20.00%  nginx            [.] ngx_http_parse_request_line
+    40.00%  oha              [.] main
 ";
 
     #[test]
-    fn samples_are_summed_by_category_and_program_name() {
-        let profile = parse_report(REPORT).unwrap();
+    fn samples_are_summed_by_process_category_and_program_name() {
+        let name_of = |comm: &str| if comm == "nginx" { "nginx" } else { "oha" }.to_owned();
+        let profile = parse_report(REPORT, name_of).unwrap();
         assert_eq!(profile.samples, 12_000);
-        let (category, name, share) = &profile.symbols[1];
-        assert_eq!(
-            (*category, name.as_str()),
-            (Category::Program, "sys_exit_btf")
-        );
-        assert!((share - 0.21).abs() < 1e-9);
-        assert!((profile.share(Category::Program) - 0.31).abs() < 1e-9);
-        assert!((profile.share(Category::Helper) - 0.05).abs() < 1e-9);
-        assert!((profile.share(Category::Dispatch) - 0.04).abs() < 1e-9);
-        assert_eq!(profile.symbols[0].0, Category::Other);
+        let nginx = &profile.processes[0];
+        assert_eq!(nginx.name, "nginx");
+        assert!((nginx.share - 0.5).abs() < 1e-9);
+        // Shares of the process's own samples: 21 of 50 in sys_exit_btf, both agents' copies.
+        assert!((nginx.symbol("sys_exit_btf") - 0.42).abs() < 1e-9);
+        assert!((nginx.share(Category::Program) - 0.42).abs() < 1e-9);
+        assert!((nginx.share(Category::Helper) - 0.1).abs() < 1e-9);
+        assert!((nginx.share(Category::Dispatch) - 0.08).abs() < 1e-9);
+        let oha = &profile.processes[1];
+        assert!((oha.symbol("response_step") - 0.2).abs() < 1e-9);
     }
 
     #[test]
