@@ -95,8 +95,8 @@ pub struct Counts {
     pub server: u64,
     /// Requests recorded for the load generator as a client.
     pub client: u64,
-    /// Kernel drops of every kind (HTTP and scheduler maps).
-    pub drops: f64,
+    /// Kernel drops (HTTP and scheduler maps), by reason.
+    pub drops: BTreeMap<String, f64>,
     pub unanswered: f64,
     pub unmatched: f64,
     pub server_buckets: Option<Buckets>,
@@ -514,8 +514,7 @@ fn counted(variant: Variant, before: &Scrape, after: &Scrape, client: &str) -> O
     Some(Counts {
         server: server_count(after) - server_count(before),
         client: client_count(after, client) - client_count(before, client),
-        drops: delta("monitor_http_events_dropped_total")
-            + delta("monitor_bpf_events_dropped_total"),
+        drops: drops(after, before),
         unanswered: delta("monitor_http_requests_unanswered_total"),
         unmatched: delta("monitor_http_responses_unmatched_total"),
         server_buckets: server_buckets(after)
@@ -523,6 +522,24 @@ fn counted(variant: Variant, before: &Scrape, after: &Scrape, client: &str) -> O
         client_buckets: client_buckets(after, client)
             .map(|b| difference(&b, client_buckets(before, client).as_ref())),
     })
+}
+
+/// What each drop counter gained, by reason; the reasons that gained nothing left out.
+fn drops(after: &Scrape, before: &Scrape) -> BTreeMap<String, f64> {
+    let mut drops = BTreeMap::new();
+    for name in [
+        "monitor_http_events_dropped_total",
+        "monitor_bpf_events_dropped_total",
+    ] {
+        for sample in after.matching(name, &[]) {
+            let reason = sample.labels.get("reason").cloned().unwrap_or_default();
+            let earlier = before.value(name, &[("reason", &reason)]).unwrap_or(0.0);
+            if sample.value > earlier {
+                *drops.entry(reason).or_default() += sample.value - earlier;
+            }
+        }
+    }
+    drops
 }
 
 const NGINX: [(&str, &str); 3] = [

@@ -62,7 +62,8 @@ impl AccuracyRound {
 pub struct Losses {
     /// Per saturation round: nginx's count minus the agent's.
     pub not_recorded: Vec<i64>,
-    pub drops: f64,
+    /// Kernel drops by reason, all rounds.
+    pub drops: BTreeMap<String, f64>,
     pub unanswered: f64,
     pub unmatched: f64,
 }
@@ -160,7 +161,12 @@ fn losses(http: &Http, variant: Variant) -> Losses {
         not_recorded: saturation_of(http, variant)
             .filter_map(|r| Some(r.served as i64 - r.counts.as_ref()?.server as i64))
             .collect(),
-        drops: counts.iter().map(|c| c.drops).sum(),
+        drops: counts.iter().fold(BTreeMap::new(), |mut all, c| {
+            for (reason, n) in &c.drops {
+                *all.entry(reason.clone()).or_default() += n;
+            }
+            all
+        }),
         unanswered: counts.iter().map(|c| c.unanswered).sum(),
         unmatched: counts.iter().map(|c| c.unmatched).sum(),
     }
@@ -331,9 +337,9 @@ impl Summary {
             Goal {
                 name: "requests not recorded at saturation, and kernel drops",
                 target: "0",
-                measured: format!("{lost} not recorded, {} dropped", losses.drops),
-                met: lost == 0 && losses.drops == 0.0,
-                miss: format!("{lost} requests, {} drops", losses.drops),
+                measured: format!("{lost} not recorded, {}", drops_text(&losses.drops)),
+                met: lost == 0 && losses.drops.is_empty(),
+                miss: format!("{lost} requests, {}", drops_text(&losses.drops)),
             },
             Goal {
                 name: "agent's counts equal to the load generator's",
@@ -402,7 +408,7 @@ impl Summary {
                     v.key().to_owned(),
                     json!({
                         "saturation_requests_not_recorded_per_round": l.not_recorded,
-                        "kernel_drops": l.drops,
+                        "kernel_drops_by_reason": l.drops,
                         "requests_unanswered": l.unanswered,
                         "responses_unmatched": l.unmatched,
                     }),
@@ -507,6 +513,19 @@ fn profiles_json(profiles: &[(Variant, Result<Profile, String>)]) -> Value {
         })
         .collect();
     Value::Object(map)
+}
+
+/// `0 dropped`, or the drops by reason: `12 dropped (cpu_time_full 12)`.
+fn drops_text(drops: &BTreeMap<String, f64>) -> String {
+    if drops.is_empty() {
+        return "0 dropped".to_owned();
+    }
+    let total: f64 = drops.values().sum();
+    let reasons: Vec<String> = drops
+        .iter()
+        .map(|(reason, n)| format!("{reason} {n:.0}"))
+        .collect();
+    format!("{total:.0} dropped ({})", reasons.join(", "))
 }
 
 /// JSON has no NaN: absent figures are null.
@@ -677,7 +696,7 @@ pub fn markdown(http: &Http, summary: &Summary, machine: &str) -> String {
     text.push_str(&row(
         "kernel drops (HTTP and scheduler maps), all rounds",
         "0",
-        |v| recording_only(v, number(s.losses[i(v)].drops, 0)),
+        |v| recording_only(v, drops_text(&s.losses[i(v)].drops)),
     ));
     text.push_str(&row("getppid loop slowdown (section below)", "", |v| {
         if matches!(v, Variant::Monitor | Variant::EmptyPrograms) {
