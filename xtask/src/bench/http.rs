@@ -11,7 +11,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::{Path, PathBuf},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -104,6 +104,8 @@ pub struct Counts {
 }
 
 pub struct SaturationRound {
+    /// The round (from 0): variants of one round ran next to each other.
+    pub round: usize,
     pub variant: Variant,
     pub wrk: WrkReport,
     /// Requests nginx served in the run (its own stub_status count).
@@ -113,6 +115,7 @@ pub struct SaturationRound {
 }
 
 pub struct FixedRound {
+    pub round: usize,
     pub variant: Variant,
     pub oha: OhaReport,
     pub cost: Option<AgentCost>,
@@ -176,7 +179,7 @@ pub fn measure(plan: &Plan, oha_path: &Path, progress: &mut Progress) -> Result<
             if let Some(agent) = &agent {
                 hooks_seen.insert(variant.name(), hooks(&agent.scrape()));
             }
-            saturation_rounds.push(bench.saturation_round(variant, agent.as_ref())?);
+            saturation_rounds.push(bench.saturation_round(round, variant, agent.as_ref())?);
         }
     }
     let hooks = same_hooks(&hooks_seen)?;
@@ -218,7 +221,7 @@ pub fn measure(plan: &Plan, oha_path: &Path, progress: &mut Progress) -> Result<
                 plan.fixed_step(),
             );
             let agent = variant.start(&["--bpf-stats", "--duration-buckets", &buckets]);
-            fixed_rounds.push(bench.fixed_round(variant, agent.as_ref(), requests)?);
+            fixed_rounds.push(bench.fixed_round(round, variant, agent.as_ref(), requests)?);
         }
     }
     let mut profiles = Vec::new();
@@ -334,7 +337,7 @@ impl Bench<'_> {
     }
 
     /// A short fixed-rate run with wide buckets (1 µs to 1 s); the fine buckets then span
-    /// from half the server's 1st percentile to twice the client's 99.9th.
+    /// from the server's 1st percentile to the client's 99.9th, each with a margin of 1.5x.
     fn pilot(&self) -> Result<Vec<f64>> {
         let wide = geometric_bounds(1e-6, 1.0, BOUNDS)
             .iter()
@@ -362,7 +365,7 @@ impl Bench<'_> {
             .map(|b| histogram_quantile(0.999, b))
             .filter(|q| q.is_finite())
             .unwrap_or(low * 100.0);
-        Ok(geometric_bounds((low / 2.0).max(1e-6), high * 2.0, BOUNDS))
+        Ok(geometric_bounds((low / 1.5).max(1e-6), high * 1.5, BOUNDS))
     }
 
     fn before(agent: Option<&MonitorAgent>) -> Option<Before> {
@@ -374,11 +377,17 @@ impl Bench<'_> {
 
     fn saturation_round(
         &self,
+        round: usize,
         variant: Variant,
         agent: Option<&MonitorAgent>,
     ) -> Result<SaturationRound> {
         let plan = self.plan;
         wrk(&self.url, plan.connections, plan.warm_up, plan.load_cpus)?;
+        if let Some(agent) = agent.filter(|_| variant.records()) {
+            // The warm-up's last responses are recorded when nginx sees its connections
+            // close: they belong before the run's first scrape.
+            quiesce(agent);
+        }
         let before = Self::before(agent);
         let served_before = self.nginx_requests()?;
         let report = wrk(&self.url, plan.connections, plan.saturation, plan.load_cpus)?;
@@ -395,6 +404,7 @@ impl Bench<'_> {
             _ => (None, None),
         };
         Ok(SaturationRound {
+            round,
             variant,
             wrk: report,
             served,
@@ -405,6 +415,7 @@ impl Bench<'_> {
 
     fn fixed_round(
         &self,
+        round: usize,
         variant: Variant,
         agent: Option<&MonitorAgent>,
         requests: u64,
@@ -434,6 +445,7 @@ impl Bench<'_> {
             _ => (None, None, BTreeMap::new()),
         };
         Ok(FixedRound {
+            round,
             variant,
             oha: report,
             cost,
@@ -481,6 +493,24 @@ impl Bench<'_> {
             _ => agent.scrape(),
         }
     }
+}
+
+/// Waits until the agent's count of nginx's requests stops moving (for a quarter of a
+/// second), at most SETTLE.
+fn quiesce(agent: &MonitorAgent) {
+    let mut last: Option<(u64, Instant)> = None;
+    try_poll(SETTLE, || {
+        let count = server_count(&agent.scrape());
+        match last {
+            Some((seen, since)) if seen == count => {
+                (since.elapsed() >= Duration::from_millis(250)).then_some(())
+            }
+            _ => {
+                last = Some((count, Instant::now()));
+                None
+            }
+        }
+    });
 }
 
 /// The load generator's service name: its executable's name.
