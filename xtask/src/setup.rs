@@ -248,8 +248,3 @@ fn bpf_linker() -> Result<()> {
     fs::write(&stamp, expected_stamp).context("writing the bpf-linker stamp")?;
     Ok(())
 }
-
-/// The bench's name for [`apt_install`].
-pub fn ensure_apt(packages: &[&str]) -> Result<()> {
-    apt_install(packages)
-}

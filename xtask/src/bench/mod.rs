@@ -138,7 +138,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     setup::setup()?;
     let oha = if wanted("http") {
         // The load generators; only the bench uses them.
-        setup::ensure_apt(&["wrk"])?;
+        setup::apt_install(&["wrk"])?;
         Some(loadgen::ensure_oha()?)
     } else {
         None
