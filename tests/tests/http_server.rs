@@ -241,8 +241,9 @@ fn a_request_line_cut_across_reads_gets_its_route() {
 
 #[test]
 fn a_path_longer_than_the_kernel_keeps_is_counted_under_its_cut_route() {
-    // 255 path bytes; the kernel templates the first 191 (`/docs`, 37 × `/page` and a `/`),
-    // then `/{*}`, and announces 192: enough for the agent to see that the path was cut.
+    // 255 path bytes; the kernel templates 192 (`/docs`, 37 × `/page`, `/p`), sees that the
+    // path goes on, drops the unfinished `p` for `/{*}` and announces the 192: the agent must
+    // rebuild that cut route from them.
     let agent = MonitorAgent::start(&[]);
     let nginx = Server::nginx(NGINX_LOCATIONS);
     let path = format!("/docs{}", "/page".repeat(50));

@@ -412,3 +412,13 @@ fn writes_that_cannot_start_a_status_line() {
     assert!(!cannot(b"HTTP/1.1 2"));
     assert!(!cannot(b""));
 }
+
+#[test]
+fn a_cut_path_of_slashes_collapses_to_the_root() {
+    // Found by fuzzing: the rest placeholder was taken for the first segment, so the
+    // collapsed text was `/{*}/{*}` under the hash of `/{*}`.
+    let template = template_cut_route(&[b'/'; MAX_PATH_LEN + 8]);
+    assert_eq!(template.text, "/{*}");
+    assert_eq!(template.collapsed_text, "/{*}");
+    assert_eq!(template.collapsed_hash, fnv_bytes(FNV_OFFSET, b"/{*}"));
+}
