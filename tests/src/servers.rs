@@ -74,7 +74,9 @@ impl Server {
     /// Node's http module running tests/fixtures/http_server.js.
     pub fn node() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let name = unique_name("node");
+        // Not `node<digits>`: the agent takes that for a versioned Node interpreter and names
+        // the service after its script (`http_server`).
+        let name = unique_name("nodesrv");
         let node = renamed_copy(dir.path(), "/usr/bin/node", &name);
         let port = free_port();
         let child = Command::new(node)
