@@ -89,6 +89,25 @@ impl RunqHistogram {
     };
 }
 
+/// One record of the `EXECS` ring buffer: a process that exec'd, and its new name (the
+/// process may be gone by the time the agent reads procfs).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExecEvent {
+    pub tgid: u32,
+    /// `comm` right after the exec, NUL-padded.
+    pub comm: [u8; COMM_LEN],
+}
+
+impl ExecEvent {
+    /// Reads a record as the ring buffer hands it over; `None` if it is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let tgid = u32::from_ne_bytes(bytes.get(..4)?.try_into().ok()?);
+        let comm = bytes.get(4..4 + COMM_LEN)?.try_into().ok()?;
+        Some(Self { tgid, comm })
+    }
+}
+
 /// What the kernel knows about a process: its name and whether it has exited.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,7 +149,14 @@ pub mod errors {
     /// The exec ring buffer was full: the agent could not name a process while it lived and
     /// falls back to what the kernel recorded (the interpreter's name, not its script's).
     pub const EXEC_EVENTS_LOST: u32 = 4;
-    pub const COUNT: u32 = 5;
+    /// The kernel could not allocate a `CPU_TIME` entry for a new process at that moment
+    /// (its BPF memory cache was empty, or the bucket was busy): one slice of its on-CPU
+    /// time was not recorded. Seen under bursts of process creation.
+    pub const CPU_TIME_ALLOC_FAILED: u32 = 5;
+    /// The same for a `RUNQ_LATENCY` entry: some run-queue delays of a new process were not
+    /// recorded.
+    pub const RUNQ_ALLOC_FAILED: u32 = 6;
+    pub const COUNT: u32 = 7;
     /// Label values, in index order.
     pub const NAMES: [&str; COUNT as usize] = [
         "cpu_time_full",
@@ -138,6 +164,8 @@ pub mod errors {
         "runnable_slot_taken",
         "process_meta_full",
         "exec_events_lost",
+        "cpu_time_alloc_failed",
+        "runq_alloc_failed",
     ];
 }
 

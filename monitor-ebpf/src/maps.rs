@@ -43,9 +43,10 @@ pub static PROCESS_META: HashMap<u32, ProcessMeta> = HashMap::with_max_entries(1
 
 /// The tgid of every process that calls exec, so that the agent reads its identity (script,
 /// environment, cgroup) from procfs while it lives: a short-lived client may be gone by the
-/// next refresh. 64 KiB holds 4096 events; a full buffer is counted (`EXEC_EVENTS_LOST`).
+/// next refresh. 128 KiB holds 4096 events (20 bytes and an 8-byte header each, 8-aligned);
+/// a full buffer is counted (`EXEC_EVENTS_LOST`).
 #[map]
-pub static EXECS: RingBuf = RingBuf::with_byte_size(64 * 1024, 0);
+pub static EXECS: RingBuf = RingBuf::with_byte_size(128 * 1024, 0);
 
 /// Per-CPU scratch: when the current task started running, its pending run-queue delay.
 #[map]

@@ -12,9 +12,12 @@ use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
 use monitor_common::sched::{
-    COMM_LEN, CpuSlot, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
+    COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
     runq_bucket,
 };
+
+/// What a hash map's update returns when the map is full (a missing entry could not be added).
+const E2BIG: i32 = 7;
 
 use crate::maps::{
     CPU_SLOT, CPU_TIME, EXECS, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error,
@@ -151,8 +154,15 @@ fn flush_slot(slot: &mut CpuSlot) {
         // SAFETY: this CPU's copy of a per-CPU value.
         unsafe { *total += ns };
     } else {
-        if CPU_TIME.insert(tgid, ns, BPF_NOEXIST as u64).is_err() {
-            count_error(errors::CPU_TIME_FULL);
+        if let Err(error) = CPU_TIME.insert(tgid, ns, BPF_NOEXIST as u64) {
+            // Another CPU may have created the entry in the meantime (two threads of a new
+            // process switched out at once): add to it.
+            match CPU_TIME.get_ptr_mut(tgid) {
+                // SAFETY: this CPU's copy of a per-CPU value.
+                Some(total) => unsafe { *total += ns },
+                None if error == -E2BIG => count_error(errors::CPU_TIME_FULL),
+                None => count_error(errors::CPU_TIME_ALLOC_FAILED),
+            }
         }
         // A process the map has not seen: make sure the agent can name it even if it exits
         // before the agent looks. NOEXIST keeps a name taken at exec.
@@ -168,17 +178,21 @@ fn flush_slot(slot: &mut CpuSlot) {
 #[inline(always)]
 fn flush_runq(tgid: u32, delays: &RunqHistogram) {
     let mut histogram = RUNQ_LATENCY.get_ptr_mut(tgid);
+    let mut full = false;
     if histogram.is_none() {
-        if RUNQ_LATENCY
-            .insert(tgid, delays, BPF_NOEXIST as u64)
-            .is_ok()
-        {
-            return;
+        match RUNQ_LATENCY.insert(tgid, delays, BPF_NOEXIST as u64) {
+            Ok(()) => return,
+            Err(error) => full = error == -E2BIG,
         }
+        // Another CPU may have created it meanwhile.
         histogram = RUNQ_LATENCY.get_ptr_mut(tgid);
     }
     let Some(histogram) = histogram else {
-        count_error(errors::RUNQ_FULL);
+        count_error(if full {
+            errors::RUNQ_FULL
+        } else {
+            errors::RUNQ_ALLOC_FAILED
+        });
         return;
     };
     // SAFETY: this CPU's copy of a per-CPU value.
@@ -207,10 +221,14 @@ fn remember_process(tgid: u32, comm: [u8; COMM_LEN], at_exec: bool) {
 
 pub fn on_exec() {
     let tgid = current_tgid();
-    if let Ok(comm) = bpf_get_current_comm() {
+    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    if comm[0] != 0 {
         remember_process(tgid, comm, true);
     }
-    if EXECS.output::<u32>(tgid, 0).is_err() {
+    // The name goes with the event: a process that lives for a few milliseconds is gone
+    // before the agent can read its name from procfs.
+    let event = ExecEvent { tgid, comm };
+    if EXECS.output::<ExecEvent>(&event, 0).is_err() {
         count_error(errors::EXEC_EVENTS_LOST);
     }
 }

@@ -20,6 +20,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
+use monitor_common::sched::{ExecEvent, ProcessMeta};
 
 use super::process::{Identifier, ProcessIdentity};
 
@@ -128,13 +129,18 @@ impl ExecNamer {
                 while !stopped.load(Ordering::Relaxed) {
                     wait_readable(&execs, POLL);
                     while let Some(item) = execs.next() {
-                        let Some(tgid) = item
-                            .get(..4)
-                            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        else {
+                        let Some(event) = ExecEvent::from_bytes(&item) else {
                             continue;
                         };
-                        names.insert(tgid, identifier.identify(tgid, None), Instant::now());
+                        // The kernel's name at exec, for when the process is already gone.
+                        let meta = ProcessMeta {
+                            comm: event.comm,
+                            exit_ns: 0,
+                            from_exec: 1,
+                            _reserved: 0,
+                        };
+                        let identity = identifier.identify(event.tgid, Some(&meta));
+                        names.insert(event.tgid, identity, Instant::now());
                     }
                 }
             })
