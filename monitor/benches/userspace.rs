@@ -227,7 +227,7 @@ impl Model {
         http.apply(&http_snapshot, &Host, Instant::now());
         // Routes are announced once; the refreshes after read the histograms only.
         http_snapshot.announcements.clear();
-        let mut ledger = ProcessLedger::new(grace);
+        let mut ledger = ProcessLedger::new(grace, 1000);
         let sched_snapshot = sched_snapshot(processes);
         ledger.apply(&sched_snapshot, &Host, Instant::now(), 0);
         let attached = attached();

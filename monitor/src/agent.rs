@@ -14,7 +14,7 @@ use crate::{
     collect::{
         self, MapUsage,
         execs::{EarlyNames, ExecNamer},
-        http::HttpMaps,
+        http::{HttpMaps, HttpSnapshot},
         process::{self, Identifier, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
         sockets,
@@ -36,6 +36,7 @@ const SWEEP_EVERY: u64 = 10;
 
 pub struct Settings {
     pub exited_process_grace: Duration,
+    pub exited_process_budget: usize,
     pub max_processes: u32,
     pub bpf_stats: bool,
     pub sched_hooks: HookChoice,
@@ -95,6 +96,8 @@ struct Naming<'a> {
 /// procfs and the process ledger, as the HTTP model sees them.
 struct HttpProcesses<'a> {
     ledger: &'a ProcessLedger,
+    /// The kernel's names, for a process that came and went between two refreshes.
+    sched: &'a SchedSnapshot,
     naming: Naming<'a>,
 }
 
@@ -107,7 +110,14 @@ impl HttpFacts for HttpProcesses<'_> {
         self.ledger
             .identity(tgid)
             .or_else(|| self.naming.early.peek(tgid))
-            .unwrap_or_else(|| self.naming.identifier.identify(tgid, None))
+            .unwrap_or_else(|| {
+                let meta = self
+                    .sched
+                    .processes
+                    .get(&tgid)
+                    .and_then(|s| s.meta.as_ref());
+                self.naming.identifier.identify(tgid, meta)
+            })
     }
 }
 
@@ -187,7 +197,10 @@ impl Agent {
             http_maps,
             ebpf,
             attached,
-            ledger: ProcessLedger::new(settings.exited_process_grace),
+            ledger: ProcessLedger::new(
+                settings.exited_process_grace,
+                settings.exited_process_budget,
+            ),
             http: HttpLedger::new(
                 settings.exited_process_grace,
                 settings.http.route_budget as usize,
@@ -225,7 +238,13 @@ impl Agent {
     pub fn refresh(&mut self) {
         let started = Instant::now();
         self.refreshes += 1;
-        if let Err(error) = self.refresh_sched().and_then(|()| self.refresh_http()) {
+        // HTTP first: a process that served and exited between the two reads is then in the
+        // scheduler's snapshot too, and named from it.
+        let refreshed = self.http_maps.read().and_then(|http| {
+            self.refresh_sched()?;
+            self.refresh_http(http)
+        });
+        if let Err(error) = refreshed {
             self.refresh_errors += 1;
             log::warn!("reading the kernel maps failed: {error:#}");
         }
@@ -248,10 +267,10 @@ impl Agent {
         Ok(())
     }
 
-    fn refresh_http(&mut self) -> Result<()> {
-        let snapshot = self.http_maps.read()?;
+    fn refresh_http(&mut self, snapshot: HttpSnapshot) -> Result<()> {
         let facts = HttpProcesses {
             ledger: &self.ledger,
+            sched: &self.snapshot,
             naming: Naming {
                 identifier: &self.identifier,
                 early: &self.early_names,

@@ -39,6 +39,12 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_EXITED_PROCESS_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub exited_process_grace: Duration,
 
+    /// Series of exited processes kept at once (each for --exited-process-grace). Beyond, the
+    /// oldest are folded into one series per service and executable, labelled
+    /// process_pid="__overflow__", so that sums by service stay whole.
+    #[arg(long, env = "MONITOR_EXITED_PROCESS_BUDGET", default_value_t = 1000)]
+    pub exited_process_budget: usize,
+
     /// How often the kernel maps are read between scrapes, so processes that exit are named and
     /// their map entries freed even when nobody scrapes.
     #[arg(long, env = "MONITOR_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]

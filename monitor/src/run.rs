@@ -31,6 +31,7 @@ pub fn run(cli: Cli) -> Result<()> {
     let listener = bind(cli.listen)?;
     let agent = Agent::start(&Settings {
         exited_process_grace: cli.exited_process_grace,
+        exited_process_budget: cli.exited_process_budget,
         max_processes: cli.max_processes,
         bpf_stats: cli.bpf_stats,
         sched_hooks: cli.sched_hooks,

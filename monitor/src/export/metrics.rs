@@ -1,6 +1,9 @@
 //! The metric contract: names, labels and help texts of everything `/metrics` serves.
 
-use monitor_common::sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors};
+use monitor_common::{
+    http::OVERFLOW_ROUTE as OVERFLOW,
+    sched::{RUNQ_BUCKETS, RUNQ_FIRST_BOUND_LOG2, errors},
+};
 use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use super::families::{self, BucketCounts};
@@ -50,6 +53,13 @@ pub fn render(view: &Exposition<'_>) -> String {
             "Processes the agent saw exit and whose kernel map entries it freed.",
         )
         .value(&[], view.ledger.retired_total() as f64)
+        .build(),
+        families::counter(
+            "monitor_process_series_folded_total",
+            "Series of exited processes folded into their service's process_pid=\"__overflow__\" \
+             series because more than --exited-process-budget were kept.",
+        )
+        .value(&[], view.ledger.folded_total() as f64)
         .build(),
         families::counter(
             "monitor_refresh_errors_total",
@@ -107,7 +117,9 @@ fn process_cpu_time(ledger: &ProcessLedger) -> Option<MetricFamily> {
                  every context switch.",
             ),
             |family, process| {
-                let pid = process.pid.to_string();
+                let pid = process
+                    .pid
+                    .map_or_else(|| OVERFLOW.to_owned(), |pid| pid.to_string());
                 let mut labels = vec![
                     ("process_pid", pid.as_str()),
                     ("process_executable_name", process.executable.as_str()),

@@ -23,6 +23,10 @@ use crate::collect::{
 /// time: its last context switch (the exiting task's own) comes after the exit event.
 const EXIT_SETTLE_NS: u64 = 500_000_000;
 
+/// Names of retired processes kept at most (a pid is reused only after the kernel's pid
+/// space wraps, so a recent name is still the right one).
+const RETIRED_NAMES: usize = 16_384;
+
 /// What the ledger asks procfs; a trait so the ledger can be tested from fixtures.
 pub trait ProcessFacts {
     fn is_alive(&self, tgid: u32) -> bool;
@@ -32,7 +36,9 @@ pub trait ProcessFacts {
 /// One `process_cpu_time_seconds_total` series.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessSeries {
-    pub pid: u32,
+    /// `None` for the series that exited processes fold into beyond the budget
+    /// (`process_pid="__overflow__"`).
+    pub pid: Option<u32>,
     pub executable: String,
     pub service: Service,
     pub cpu_ns: u64,
@@ -56,16 +62,30 @@ pub struct ProcessLedger {
     live: HashMap<u32, Tracked>,
     /// Series of processes that exited (or exec'd under another name), kept for `grace`.
     ended: Vec<(ProcessSeries, Instant)>,
+    /// Series of `ended` kept at most; the oldest beyond fold into `folded`.
+    ended_budget: usize,
+    /// One series per executable and service for the exited processes beyond the budget, so
+    /// that sums by service stay whole; kept for `grace` after the last fold.
+    folded: HashMap<(String, Service), (ProcessSeries, Instant)>,
+    folded_total: u64,
+    /// Names of retired processes, for counts of theirs read after they were retired (an
+    /// HTTP route learnt a refresh later); kept for `grace`, at most `RETIRED_NAMES`.
+    retired_names: HashMap<u32, (ProcessIdentity, Instant)>,
     runq: BTreeMap<String, ServiceRunq>,
     retired_total: u64,
 }
 
 impl ProcessLedger {
-    pub fn new(grace: Duration) -> Self {
+    /// A ledger that keeps exited processes' series for `grace`, at most `ended_budget` of them.
+    pub fn new(grace: Duration, ended_budget: usize) -> Self {
         Self {
             grace,
             live: HashMap::new(),
             ended: Vec::new(),
+            ended_budget,
+            folded: HashMap::new(),
+            folded_total: 0,
+            retired_names: HashMap::new(),
             runq: BTreeMap::new(),
             retired_total: 0,
         }
@@ -95,6 +115,11 @@ impl ProcessLedger {
         }
         for &tgid in &retire {
             if let Some(tracked) = self.live.remove(&tgid) {
+                let identity = ProcessIdentity {
+                    executable: tracked.series.executable.clone(),
+                    service: tracked.series.service.clone(),
+                };
+                self.retired_names.insert(tgid, (identity, now));
                 self.ended.push((tracked.series, now));
                 self.retired_total += 1;
             }
@@ -154,14 +179,14 @@ impl ProcessLedger {
     /// program, or a process seen again after its entries were freed); else a new one starts.
     fn resume_or_start(&mut self, tgid: u32, identity: ProcessIdentity) -> ProcessSeries {
         if let Some(index) = self.ended.iter().position(|(series, _)| {
-            series.pid == tgid
+            series.pid == Some(tgid)
                 && series.executable == identity.executable
                 && series.service == identity.service
         }) {
             return self.ended.swap_remove(index).0;
         }
         ProcessSeries {
-            pid: tgid,
+            pid: Some(tgid),
             executable: identity.executable,
             service: identity.service,
             cpu_ns: 0,
@@ -209,16 +234,63 @@ impl ProcessLedger {
         let grace = self.grace;
         self.ended
             .retain(|(_, ended)| now.saturating_duration_since(*ended) < grace);
+        if self.ended.len() > self.ended_budget {
+            // Oldest first; `resume_or_start` does not keep the order.
+            self.ended.sort_by_key(|(_, ended)| *ended);
+            let excess = self.ended.len() - self.ended_budget;
+            for (series, _) in self.ended.drain(..excess).collect::<Vec<_>>() {
+                self.fold(series, now);
+            }
+        }
+        self.folded
+            .retain(|_, (_, updated)| now.saturating_duration_since(*updated) < grace);
+        self.retired_names
+            .retain(|_, (_, retired)| now.saturating_duration_since(*retired) < grace);
+        if self.retired_names.len() > RETIRED_NAMES {
+            // Keep the newest half: a rare pass, not one per exit.
+            let mut times: Vec<Instant> = self.retired_names.values().map(|(_, t)| *t).collect();
+            times.sort_unstable();
+            let cut = times[times.len() - RETIRED_NAMES / 2];
+            self.retired_names.retain(|_, (_, retired)| *retired >= cut);
+        }
         self.runq
             .retain(|_, service| now.saturating_duration_since(service.updated) < grace);
     }
 
-    /// How a live process is named, if the ledger has seen it.
+    /// Adds an exited process's CPU time to its service's `__overflow__` series.
+    fn fold(&mut self, series: ProcessSeries, now: Instant) {
+        let key = (series.executable.clone(), series.service.clone());
+        let (total, updated) = self.folded.entry(key).or_insert_with(|| {
+            let empty = ProcessSeries {
+                pid: None,
+                cpu_ns: 0,
+                ..series.clone()
+            };
+            (empty, now)
+        });
+        total.cpu_ns += series.cpu_ns;
+        *updated = now;
+        self.folded_total += 1;
+    }
+
+    /// Exited processes' series folded into `__overflow__` since start.
+    pub fn folded_total(&self) -> u64 {
+        self.folded_total
+    }
+
+    /// How a process is named, if the ledger has seen it: live, or exited within the grace
+    /// period (its last requests may be read after it is retired).
     pub fn identity(&self, tgid: u32) -> Option<ProcessIdentity> {
-        self.live.get(&tgid).map(|tracked| ProcessIdentity {
-            executable: tracked.series.executable.clone(),
-            service: tracked.series.service.clone(),
-        })
+        match self.live.get(&tgid) {
+            Some(tracked) => Some(ProcessIdentity {
+                executable: tracked.series.executable.clone(),
+                service: tracked.series.service.clone(),
+            }),
+            None => self
+                .retired_names
+                .get(&tgid)
+                .map(|(identity, _)| identity.clone()),
+        }
     }
 
     /// Every series to export: live processes and those ended within the grace period.
@@ -227,6 +299,7 @@ impl ProcessLedger {
             .values()
             .map(|tracked| &tracked.series)
             .chain(self.ended.iter().map(|(series, _)| series))
+            .chain(self.folded.values().map(|(series, _)| series))
     }
 
     pub fn runq_by_service(&self) -> impl Iterator<Item = (&str, &RunqCounts)> {

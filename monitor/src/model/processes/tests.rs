@@ -55,7 +55,7 @@ fn snapshot(entries: &[(u32, ProcessSample)]) -> SchedSnapshot {
 fn cpu_of(ledger: &ProcessLedger, pid: u32, name: &str) -> Option<u64> {
     ledger
         .processes()
-        .find(|s| s.pid == pid && s.executable == name)
+        .find(|s| s.pid == Some(pid) && s.executable == name)
         .map(|s| s.cpu_ns)
 }
 
@@ -63,7 +63,7 @@ const SECOND: u64 = 1_000_000_000;
 
 #[test]
 fn cpu_time_follows_the_kernel_totals() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     ledger.apply(
         &snapshot(&[(7, sample("nginx", 100, 0))]),
@@ -82,7 +82,7 @@ fn cpu_time_follows_the_kernel_totals() {
 
 #[test]
 fn freed_and_recreated_entry_does_not_go_backwards() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     ledger.apply(
         &snapshot(&[(7, sample("nginx", 500, 0))]),
@@ -102,7 +102,7 @@ fn freed_and_recreated_entry_does_not_go_backwards() {
 
 #[test]
 fn exited_process_is_retired_after_it_settles_and_kept_for_the_grace_period() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     let exited = snapshot(&[(9, sample("burner", 300, 10 * SECOND))]);
     // Just exited: its last context switch may not be counted yet.
@@ -131,8 +131,60 @@ fn exited_process_is_retired_after_it_settles_and_kept_for_the_grace_period() {
 }
 
 #[test]
+fn exited_series_beyond_the_budget_fold_into_one_overflow_series_per_service() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 2);
+    let t0 = Instant::now();
+    // Five processes of one program exit one after the other, 100 ns of CPU each.
+    for (n, tgid) in (100..105).enumerate() {
+        let now = t0 + Duration::from_secs(n as u64);
+        let exited = snapshot(&[(tgid, sample("once", 100, SECOND))]);
+        ledger.apply(&exited, &alive(&[]), now, 2 * SECOND);
+    }
+    let pids: Vec<Option<u32>> = ledger.processes().map(|s| s.pid).collect();
+    assert_eq!(pids.len(), 3, "two kept, one folded: {pids:?}");
+    // The newest two keep their own series; the three oldest are summed.
+    assert_eq!(cpu_of(&ledger, 103, "once"), Some(100));
+    assert_eq!(cpu_of(&ledger, 104, "once"), Some(100));
+    let folded = ledger.processes().find(|s| s.pid.is_none()).unwrap();
+    assert_eq!((folded.executable.as_str(), folded.cpu_ns), ("once", 300));
+    assert_eq!(ledger.folded_total(), 3);
+    let total: u64 = ledger.processes().map(|s| s.cpu_ns).sum();
+    assert_eq!(total, 500, "no CPU time lost to the budget");
+
+    // The folded series expires like the others, a grace period after its last fold.
+    ledger.apply(
+        &snapshot(&[]),
+        &alive(&[]),
+        t0 + Duration::from_secs(310),
+        2 * SECOND,
+    );
+    assert_eq!(ledger.processes().count(), 0);
+}
+
+#[test]
+fn a_retired_process_is_still_named_for_its_last_requests() {
+    let exited = snapshot(&[(12, sample("once", 100, SECOND))]);
+    // Also once its series is folded away by a budget of none.
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 0);
+    let now = Instant::now();
+    ledger.apply(&exited, &alive(&[]), now, 2 * SECOND);
+    assert_eq!(ledger.processes().filter(|s| s.pid.is_some()).count(), 0);
+    let identity = ledger.identity(12).expect("named after it exited");
+    assert_eq!(identity.service.name, "once");
+    assert!(ledger.identity(13).is_none());
+    // Until the grace period is over.
+    ledger.apply(
+        &snapshot(&[]),
+        &alive(&[]),
+        now + Duration::from_secs(301),
+        2 * SECOND,
+    );
+    assert!(ledger.identity(12).is_none());
+}
+
+#[test]
 fn vanished_process_without_exit_event_is_retired() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let retire = ledger.apply(
         &snapshot(&[(5, sample("old", 10, 0))]),
         &alive(&[]),
@@ -144,7 +196,7 @@ fn vanished_process_without_exit_event_is_retired() {
 
 #[test]
 fn exec_starts_a_new_series_with_only_the_later_time() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     ledger.apply(
         &snapshot(&[(3, sample("bash", 100, 0))]),
@@ -164,7 +216,7 @@ fn exec_starts_a_new_series_with_only_the_later_time() {
 
 #[test]
 fn reused_pid_with_the_same_program_continues_its_series() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     ledger.apply(
         &snapshot(&[(4, sample("worker", 100, SECOND))]),
@@ -178,14 +230,14 @@ fn reused_pid_with_the_same_program_continues_its_series() {
         t0,
         6 * SECOND,
     );
-    let series: Vec<_> = ledger.processes().filter(|s| s.pid == 4).collect();
+    let series: Vec<_> = ledger.processes().filter(|s| s.pid == Some(4)).collect();
     assert_eq!(series.len(), 1, "one series per label set");
     assert_eq!(series[0].cpu_ns, 130);
 }
 
 #[test]
 fn run_queue_delays_add_up_per_service() {
-    let mut ledger = ProcessLedger::new(Duration::from_secs(300));
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let t0 = Instant::now();
     let with_delays = |comm: &str, count: u64| {
         let mut s = sample(comm, 0, 0);
