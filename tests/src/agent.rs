@@ -153,6 +153,38 @@ impl MonitorAgent {
             .collect()
     }
 
+    /// The keys of the agent's map `name`, as bytes, read with bpftool in one dump.
+    pub fn map_keys(&self, name: &str) -> Vec<Vec<u8>> {
+        let map = self.map_id(name);
+        let dump = bpftool(&["map", "dump", "id", &map.to_string()]);
+        dump.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|entry| {
+                entry["key"]
+                    .as_array()?
+                    .iter()
+                    .map(|byte| {
+                        u8::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok()
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// The process ids found at byte `offset` of the keys of map `name` (e.g. 0 for
+    /// `CPU_TIME`, 4 for `CONNECTIONS`, 8 for `ROUTES_SEEN`).
+    pub fn map_key_tgids(&self, name: &str, offset: usize) -> Vec<u32> {
+        self.map_keys(name)
+            .iter()
+            .filter_map(|key| {
+                Some(u32::from_le_bytes(
+                    key.get(offset..offset + 4)?.try_into().ok()?,
+                ))
+            })
+            .collect()
+    }
+
     /// The id of the agent's map named `name` (among the maps its fds hold).
     fn map_id(&self, name: &str) -> u64 {
         let held: Vec<u64> = fs::read_dir(format!("/proc/{}/fdinfo", self.pid()))

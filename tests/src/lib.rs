@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod churn;
 pub mod http;
 pub mod metrics;
 pub mod poll;
