@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench|fuzz|image>`.
+//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench|churn|soak|fuzz|image>`.
 
 mod bench;
 mod build;
@@ -49,6 +49,21 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// 200,000 short connections, 100,000 distinct paths and 5,000 processes that serve one
+    /// request and exit, against one agent: exact counts, peak RSS, map entries and series
+    /// (BENCHMARKS.md, section churn). A few minutes.
+    Churn {
+        /// A small run (seconds): target/bench/churn.json only.
+        #[arg(long)]
+        quick: bool,
+    },
+    /// Mixed load against one agent for a while, its RSS, map entries and series sampled every
+    /// 10 s; fails unless every request is counted and they stay within 10% after the warm-up
+    /// (BENCHMARKS.md, section soak, for runs of 10 minutes or more).
+    Soak {
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Run every cargo-fuzz target in fuzz/ for a bounded time each (nightly; installs
     /// cargo-fuzz when missing). Not part of `test`.
     Fuzz {
@@ -73,6 +88,8 @@ fn main() -> std::process::ExitCode {
         Task::Lint => setup::setup().and_then(|()| lint::lint()),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::Bench { quick, only } => bench::bench(quick, only.as_deref()),
+        Task::Churn { quick } => bench::churn(quick),
+        Task::Soak { minutes } => bench::soak(minutes),
         Task::Fuzz { seconds, filter } => fuzz::fuzz(seconds, filter.as_deref()),
         Task::Image => image::image(),
     };

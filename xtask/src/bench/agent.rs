@@ -1,10 +1,7 @@
 //! The agent as the benchmarks run it: the variants compared, what its own process costs, and
 //! what its scrapes say about its kernel programs.
 
-use std::{
-    collections::{BTreeMap, BTreeSet},
-    fs,
-};
+use std::collections::{BTreeMap, BTreeSet};
 
 use monitor_tests::{MonitorAgent, Scrape, workload::proc_cpu_seconds};
 
@@ -117,16 +114,7 @@ pub fn cpu_seconds(agent: &MonitorAgent) -> f64 {
 
 /// Peak resident memory of the agent's process (VmHWM), bytes.
 pub fn peak_rss_bytes(agent: &MonitorAgent) -> Option<u64> {
-    let status = fs::read_to_string(format!("/proc/{}/status", agent.pid())).ok()?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib * 1024)
+    super::sampler::peak_rss_bytes(agent.pid())
 }
 
 const RUN_TIME: &str = "monitor_bpf_program_run_time_seconds_total";

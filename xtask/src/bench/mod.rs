@@ -13,13 +13,16 @@
 //! BENCHMARKS.md left alone.
 
 mod agent;
+mod churn;
 mod http;
 mod http_report;
 mod loadgen;
 mod micro;
 mod profile;
 mod progress;
+mod sampler;
 mod sched;
+mod soak;
 mod startup;
 mod stats;
 mod syscall;
@@ -238,6 +241,88 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
             "xtask: figures written to BENCHMARKS.md and {} in {}",
             json_path.display(),
             progress::clock(progress.elapsed())
+        );
+    }
+    Ok(())
+}
+
+/// Builds the agent and the one-shot server the churn and the soak start by the thousand.
+fn prepare_churn() -> Result<std::path::PathBuf> {
+    if !is_root() {
+        bail!("the agent loads BPF programs: run this as root");
+    }
+    setup::setup()?;
+    build_release()?;
+    run(cargo().args([
+        "build",
+        "--release",
+        "--package",
+        "monitor-tests",
+        "--bin",
+        "one-shot-server",
+    ]))?;
+    Ok(target_dir().join("release/one-shot-server"))
+}
+
+/// Writes `name`'s figures to target/bench/NAME.json and, unless `quick`, to BENCHMARKS.md.
+fn record(name: &str, quick: bool, json: serde_json::Value, markdown: &str) -> Result<()> {
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.json"));
+    fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    println!("{markdown}");
+    if quick {
+        eprintln!("xtask: quick run: figures in {} only", path.display());
+    } else {
+        write_section(name, markdown)?;
+        eprintln!(
+            "xtask: figures written to BENCHMARKS.md and {}",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// `cargo xtask churn`: see [`churn`].
+pub fn churn(quick: bool) -> Result<()> {
+    let one_shot = prepare_churn()?;
+    let load_at_start = load_average();
+    let plan = if quick {
+        churn::Plan::quick()
+    } else {
+        churn::Plan::full()
+    };
+    let progress = progress::Progress::new(std::time::Duration::ZERO);
+    let result = churn::measure(&plan, &one_shot)?;
+    let machine = machine(&load_at_start, &progress);
+    record("churn", quick, result.json(), &result.markdown(&machine))?;
+    if !result.exact() {
+        bail!("the agent's counts differ from the load's (see above)");
+    }
+    Ok(())
+}
+
+/// `cargo xtask soak`: see [`soak`].
+pub fn soak(minutes: u64) -> Result<()> {
+    let one_shot = prepare_churn()?;
+    let load_at_start = load_average();
+    let progress = progress::Progress::new(std::time::Duration::ZERO);
+    eprintln!("xtask soak: {minutes} min of mixed load");
+    let result = soak::measure(std::time::Duration::from_secs(minutes * 60), &one_shot)?;
+    let machine = machine(&load_at_start, &progress);
+    // A short soak is a smoke run: its figures do not replace the recorded ones.
+    record(
+        "soak",
+        minutes < 10,
+        result.json(),
+        &result.markdown(&machine),
+    )?;
+    if !result.exact() || !result.flat() {
+        bail!(
+            "the soak failed: counts exact: {}, flat: {}",
+            result.exact(),
+            result.flat()
         );
     }
     Ok(())
