@@ -130,7 +130,12 @@ impl HttpLedger {
                 .or_insert_with(|| (facts.identity(tgid), facts.is_alive(tgid)))
                 .clone()
         };
-        for (key, counts) in &snapshot.durations {
+        // Busiest first: when a budget fills within one refresh (the kernel's table is read
+        // once a second), the routes with the most requests keep series of their own.
+        let mut busiest_first: Vec<&(DurationKey, DurationCounts)> =
+            snapshot.durations.iter().collect();
+        busiest_first.sort_by_key(|(_, counts)| std::cmp::Reverse(counts.count()));
+        for (key, counts) in busiest_first {
             let (identity, alive) = process(key.tgid);
             let Some(text) = self.text_of(key.role, key.route, alive) else {
                 // Not consumed: the counts wait in the kernel until the text is known.

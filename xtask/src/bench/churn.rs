@@ -126,6 +126,15 @@ pub fn measure(plan: &Plan, one_shot_server: &Path) -> Result<Churn> {
         ),
     ];
     let final_scrape = agent.scrape();
+    if counts
+        .iter()
+        .any(|(_, expected, counted)| expected != counted)
+    {
+        eprintln!(
+            "xtask churn: the agent's counts differ; it has:\n{}",
+            monitor_tests::http::describe_http(&agent.metrics_text())
+        );
+    }
     Ok(Churn {
         phases,
         counts,

@@ -137,7 +137,7 @@ fn exited_process_entries_are_read_once_more_then_freed() {
 }
 
 #[test]
-fn routes_beyond_the_service_budget_overflow() {
+fn routes_beyond_the_service_budget_overflow_the_busiest_kept_first() {
     let mut ledger = HttpLedger::new(Duration::from_secs(300), 1, 100);
     let snapshot = HttpSnapshot {
         durations: vec![
@@ -148,9 +148,22 @@ fn routes_beyond_the_service_budget_overflow() {
         ..HttpSnapshot::default()
     };
     ledger.apply(&snapshot, &alive(&[1]), Instant::now());
-    assert_eq!(count_of(&ledger, "nginx", "/a", 200), Some(1));
-    assert_eq!(count_of(&ledger, "nginx", OVERFLOW_ROUTE, 200), Some(2));
-    assert_eq!(ledger.overflowed, 2);
+    // Both new in one refresh: /b has more requests, so /b keeps its series.
+    assert_eq!(count_of(&ledger, "nginx", "/b", 200), Some(2));
+    assert_eq!(count_of(&ledger, "nginx", OVERFLOW_ROUTE, 200), Some(1));
+    assert_eq!(ledger.overflowed, 1);
+    // Once admitted, a route keeps its series even when others become busier.
+    let later = HttpSnapshot {
+        durations: vec![
+            (key(1, "/a", 200), counts(50)),
+            (key(1, "/b", 200), counts(3)),
+        ],
+        announcements: vec![],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&later, &alive(&[1]), Instant::now());
+    assert_eq!(count_of(&ledger, "nginx", "/b", 200), Some(3));
+    assert_eq!(count_of(&ledger, "nginx", OVERFLOW_ROUTE, 200), Some(50));
 }
 
 #[test]
