@@ -141,7 +141,14 @@ impl ProcessLedger {
             .get(&tgid)
             .is_some_and(|tracked| kernel_comm.is_some() && tracked.kernel_comm != kernel_comm);
         if renamed || !self.live.contains_key(&tgid) {
-            let identity = facts.identify(tgid, sample);
+            // A process retired a moment ago can come back: a CPU still held its last slice
+            // and flushed it after the entries were freed, maybe without a name. It keeps its
+            // name unless it is a new program (an exec) on a reused pid.
+            let exec = sample.meta.is_some_and(|meta| meta.from_exec != 0);
+            let identity = match self.retired_names.get(&tgid) {
+                Some((identity, _)) if !renamed && !exec => identity.clone(),
+                _ => facts.identify(tgid, sample),
+            };
             let previous = self.live.remove(&tgid);
             let (last_cpu_ns, last_runq) = match previous {
                 Some(previous) if previous.series.executable == identity.executable => {

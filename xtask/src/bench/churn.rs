@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use super::{
     agent::{counter_sum, start_as_deployed},
-    sampler::{self, Sample, mib, peak_entries},
+    sampler::{self, Sample, StopOnDrop, mib, peak_entries},
 };
 
 pub struct Plan {
@@ -86,9 +86,8 @@ pub fn measure(plan: &Plan, one_shot_server: &Path) -> Result<Churn> {
     let samples = Mutex::new(Vec::new());
     let phases = thread::scope(|scope| {
         scope.spawn(|| sampler::sample_until(&agent, Duration::from_secs(1), &stop, &samples));
-        let phases = run_phases(plan, &nginx, &program);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        phases
+        let _stop = StopOnDrop(&stop);
+        run_phases(plan, &nginx, &program)
     })?;
 
     let expected_nginx = (plan.connections + plan.paths) as u64;

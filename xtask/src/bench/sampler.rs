@@ -49,6 +49,16 @@ fn status_kib(pid: u32, field: &str) -> Option<u64> {
         .ok()
 }
 
+/// Sets the flag when dropped: the sampler stops even when the load panics, so the scope that
+/// runs both can end.
+pub struct StopOnDrop<'a>(pub &'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Samples `agent` every `every` until `stop` is set; the samples so far are in `samples`.
 pub fn sample_until(
     agent: &MonitorAgent,

@@ -18,7 +18,7 @@ use std::{
 use anyhow::Result;
 use monitor_tests::{
     churn::{distinct_paths, one_shot_servers},
-    http::{server_count, service_total},
+    http::{SERVER_DURATION, service_total},
     servers::{Server, ab_with, renamed_copy},
 };
 use serde_json::{Value, json};
@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use super::{
     agent::start_as_deployed,
     churn::{NGINX_LOCATIONS, ONE_SHOT, losses},
-    sampler::{self, Sample, mib},
+    sampler::{self, Sample, StopOnDrop, mib},
 };
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
@@ -62,19 +62,22 @@ pub fn measure(duration: Duration, one_shot_server: &Path) -> Result<Soak> {
     let stop = AtomicBool::new(false);
     let samples = Mutex::new(Vec::new());
     let deadline = Instant::now() + duration;
-    thread::scope(|scope| {
+    let expected = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+    let scrape = thread::scope(|scope| {
         scope.spawn(|| sampler::sample_until(&agent, SAMPLE_EVERY, &stop, &samples));
+        // The sampler goes on until every request is counted, and stops however this ends.
+        let _stop = StopOnDrop(&stop);
         // Each driver does one batch a second, paced by the clock (load shaping, not
         // synchronisation): 200 new-path requests, 50 + 10 short connections, 5 processes.
-        scope.spawn(|| {
+        let paths = scope.spawn(|| {
             let mut cursor = 0;
             every_second(deadline, || {
-                let answered = distinct_paths(nginx.port, "s", cursor, 200, 2, 200);
+                let answered = distinct_paths(nginx.port, "p", cursor, 200, 2, 200);
                 sent.paths.fetch_add(answered as u64, Ordering::Relaxed);
                 cursor = (cursor + 200) % PATH_POOL;
             })
         });
-        scope.spawn(|| {
+        let short = scope.spawn(|| {
             every_second(deadline, || {
                 let ok = ab_with(&[], &nginx.url("/ok"), 50, 4);
                 sent.ok.fetch_add(ok as u64, Ordering::Relaxed);
@@ -82,40 +85,52 @@ pub fn measure(duration: Duration, one_shot_server: &Path) -> Result<Soak> {
                 sent.missing.fetch_add(missing as u64, Ordering::Relaxed);
             })
         });
-        scope.spawn(|| {
+        let processes = scope.spawn(|| {
             every_second(deadline, || {
                 let run = one_shot_servers(&program, 5, 1);
                 sent.one_shot
                     .fetch_add(run.answered as u64, Ordering::Relaxed);
             })
         });
-        while Instant::now() < deadline {
+        for driver in [paths, short, processes] {
+            driver.join().expect("a load driver failed");
+        }
+        let wait = Instant::now() + Duration::from_secs(60);
+        loop {
+            let scrape = agent.scrape();
+            let nginx_total = expected(&sent.ok) + expected(&sent.missing) + expected(&sent.paths);
+            let done = service_total(&scrape, "nginx") >= nginx_total
+                && service_total(&scrape, ONE_SHOT) >= expected(&sent.one_shot);
+            if done || Instant::now() > wait {
+                break scrape;
+            }
             thread::sleep(Duration::from_millis(200));
         }
     });
-    // The drivers are done; the sampler keeps going until every request is counted.
-    let expected = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-    let wait = Instant::now() + Duration::from_secs(60);
-    let scrape = loop {
-        let scrape = agent.scrape();
-        let nginx_total = expected(&sent.ok) + expected(&sent.missing) + expected(&sent.paths);
-        let done = service_total(&scrape, "nginx") >= nginx_total
-            && service_total(&scrape, ONE_SHOT) >= expected(&sent.one_shot);
-        if done || Instant::now() > wait {
-            break scrape;
-        }
-        thread::sleep(Duration::from_millis(200));
+    // By status, over all routes: new paths and /ok share one route budget, so which route
+    // label a request gets depends on which came first; its status does not.
+    let status_total = |status: &str| -> u64 {
+        scrape
+            .histograms(
+                SERVER_DURATION,
+                &[
+                    ("service_name", "nginx"),
+                    ("http_response_status_code", status),
+                ],
+            )
+            .map(|buckets| buckets.last().map_or(0, |(_, count)| *count))
+            .sum()
     };
-    stop.store(true, Ordering::Relaxed);
-    let ok = server_count(&scrape, "nginx", 200, "/ok").unwrap_or(0);
-    let missing = server_count(&scrape, "nginx", 404, "/missing").unwrap_or(0);
     let counts = vec![
-        ("nginx /ok, short connections", expected(&sent.ok), ok),
-        ("nginx /missing (404)", expected(&sent.missing), missing),
         (
-            "nginx /s/… new paths, keep-alive",
-            expected(&sent.paths),
-            service_total(&scrape, "nginx") - ok - missing,
+            "nginx 200: /ok (short connections) and new paths (keep-alive)",
+            expected(&sent.ok) + expected(&sent.paths),
+            status_total("200"),
+        ),
+        (
+            "nginx 404: /missing (short connections)",
+            expected(&sent.missing),
+            status_total("404"),
         ),
         (
             "one-shot servers",

@@ -183,6 +183,27 @@ fn a_retired_process_is_still_named_for_its_last_requests() {
 }
 
 #[test]
+fn a_retired_process_seen_again_without_a_name_keeps_its_own() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let now = Instant::now();
+    let exited = snapshot(&[(21, sample("once", 100, SECOND))]);
+    assert_eq!(
+        ledger.apply(&exited, &alive(&[]), now, 2 * SECOND),
+        vec![21]
+    );
+    // Its last slice flushed after its entries were freed: CPU time, no name.
+    let late = ProcessSample {
+        cpu_ns: 5,
+        runq: RunqCounts::default(),
+        meta: None,
+    };
+    ledger.apply(&snapshot(&[(21, late)]), &alive(&[]), now, 2 * SECOND);
+    assert_eq!(ledger.identity(21).unwrap().service.name, "once");
+    assert_eq!(cpu_of(&ledger, 21, "once"), Some(105));
+    assert!(ledger.processes().all(|s| s.executable != "unknown"));
+}
+
+#[test]
 fn vanished_process_without_exit_event_is_retired() {
     let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
     let retire = ledger.apply(
