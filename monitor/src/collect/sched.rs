@@ -63,12 +63,6 @@ impl SchedMaps {
 
     pub fn read(&self) -> Result<SchedSnapshot> {
         let mut snapshot = SchedSnapshot::default();
-        // Names first: a process that exits between the reads is then seen with its name.
-        for entry in self.meta.iter() {
-            let (tgid, meta) = entry.context("reading PROCESS_META")?;
-            snapshot.processes.entry(tgid).or_default().meta = Some(meta);
-        }
-        let meta_entries = snapshot.processes.len();
         let mut cpu_entries = 0;
         for entry in self.cpu_time.iter() {
             let (tgid, per_cpu) = entry.context("reading CPU_TIME")?;
@@ -81,6 +75,16 @@ impl SchedMaps {
             let runq = &mut snapshot.processes.entry(tgid).or_default().runq;
             per_cpu.iter().for_each(|histogram| runq.add(histogram));
             runq_entries += 1;
+        }
+        // Names last: the kernel names a process (at exec, or with its first CPU time) before
+        // its CPU time can be read, so every process read above is named below; names read
+        // first would miss a process that started in between, and one that lived a few
+        // milliseconds could not be named from procfs any more.
+        let mut meta_entries = 0;
+        for entry in self.meta.iter() {
+            let (tgid, meta) = entry.context("reading PROCESS_META")?;
+            snapshot.processes.entry(tgid).or_default().meta = Some(meta);
+            meta_entries += 1;
         }
         for (reason, total) in snapshot.dropped.iter_mut().enumerate() {
             let per_cpu = self
