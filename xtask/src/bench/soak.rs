@@ -30,6 +30,8 @@ use super::{
 };
 
 const SAMPLE_EVERY: Duration = Duration::from_secs(10);
+/// `--exited-process-grace` of the soak's agent, well inside the warm-up.
+const GRACE: &str = "1m";
 /// Distinct paths the keep-alive load cycles through: far beyond the route budget.
 const PATH_POOL: usize = 50_000;
 /// How far a figure may move after the warm-up.
@@ -56,7 +58,9 @@ pub struct Soak {
 pub fn measure(duration: Duration, one_shot_server: &Path) -> Result<Soak> {
     let dir = tempfile::tempdir()?;
     let program = renamed_copy(dir.path(), &one_shot_server.to_string_lossy(), ONE_SHOT);
-    let agent = start_as_deployed(&[]);
+    // Series of exited processes and idle routes stay for the grace period: with the default
+    // (5 min) the agent reaches its equilibrium only after the first half of a 10-minute run.
+    let agent = start_as_deployed(&["--exited-process-grace", GRACE]);
     let nginx = Server::nginx(NGINX_LOCATIONS);
     let sent = Sent::default();
     let stop = AtomicBool::new(false);
@@ -230,7 +234,9 @@ impl Soak {
         let _ = writeln!(
             out,
             "`cargo xtask soak` ({minutes} min): one agent as deployed (1 s refresh, default \
-             budgets and grace), nginx (2 workers); every second 200 keep-alive requests to new \
+             budgets) but with `--exited-process-grace {GRACE}`, so that series of exited \
+             processes and idle routes reach their equilibrium within the warm-up; nginx (2 \
+             workers); every second 200 keep-alive requests to new \
              paths (cycling through {PATH_POOL}), 50 short connections to /ok and 10 to \
              /missing, 5 processes that serve one request and exit. Sampled every {} s; \
              {machine}.\n",
