@@ -29,8 +29,8 @@ use monitor_common::http::{
 use crate::{
     client,
     maps::{
-        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LISTENERS,
-        PARTIAL_PATHS, ZERO_DURATION, count,
+        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LAST_IDLE_SWEEP,
+        LISTENERS, PARTIAL_PATHS, ZERO_DURATION, count,
     },
     server,
     syscalls::Buffer,
@@ -319,6 +319,9 @@ struct SweepContext {
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next
 /// request comes or the connection closes. Runs on one CPU from the periodic tick.
+/// The longest time between two sweeps for idle responses.
+const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+
 pub fn sweep_idle_responses(now: u64) {
     let Some(config) = config() else {
         return;
@@ -326,6 +329,18 @@ pub fn sweep_idle_responses(now: u64) {
     if config.idle_timeout_ns == 0 {
         return;
     }
+    // A pass over the whole table takes about a millisecond at its full size, with the CPU
+    // held: at most once per idle timeout, and once a second at the most. A response still
+    // ends at its last write, whenever the sweep finds it.
+    let Some(last) = LAST_IDLE_SWEEP.get_ptr_mut(0) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run; only CPU 0 sweeps.
+    let last = unsafe { &mut *last };
+    if now.saturating_sub(*last) < config.idle_timeout_ns.min(MAX_SWEEP_INTERVAL_NS) {
+        return;
+    }
+    *last = now;
     let mut ctx = SweepContext {
         now,
         idle_timeout: config.idle_timeout_ns,

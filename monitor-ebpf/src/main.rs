@@ -87,6 +87,32 @@ pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+// --- close(2) at its entry. ---
+
+/// `syscalls:sys_enter_close`, which runs for close(2) alone. At close's exit the fd number is
+/// already free: another thread of the process may have accepted a connection on it in that
+/// instant, and the exit would drop the new connection's state. At the entry the fd is still
+/// the old connection's.
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+#[inline(always)]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let offset = syscalls::close_fd_offset();
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 8-byte `fd` field from the tracepoint's
+        // format; the helper checks the read.
+        if let Ok(fd) = unsafe { ctx.read_at::<u64>(offset as usize) } {
+            http::on_close(fd as u32);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+#[inline(always)]
+pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
 // --- BTF tracepoints: arguments are the tracepoint prototype's, one u64 slot each. ---
 
 /// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.

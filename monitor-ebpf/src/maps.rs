@@ -70,6 +70,15 @@ pub fn count_error(reason: u32) {
 
 // --- HTTP ---
 
+/// Where `fd` is in a `syscalls:sys_enter_close` record, written by the agent once that program
+/// is attached; 0 while close(2) is handled at its exit.
+#[map]
+pub static CLOSE_FD_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// When CPU 0 last swept `CONNECTIONS` for responses left idle (`bpf_ktime_get_ns`).
+#[map]
+pub static LAST_IDLE_SWEEP: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Tracked connections by (tgid, fd): accepted by a process, or open before the agent started
 /// (seeded by the agent). LRU: a process killed without closing its sockets cannot fill it.
 #[map]

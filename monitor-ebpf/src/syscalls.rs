@@ -1,11 +1,12 @@
 //! `sys_exit` dispatch: the syscall id is checked in the first instructions, and only the
 //! socket syscalls go further.
 //!
-//! One hook, at exit only: on x86_64 the saved user registers still hold the syscall's
-//! arguments when it returns, so the exit sees the fd, the buffer and the result together and
-//! no per-thread state has to carry arguments from entry to exit.
+//! One hook, at exit: on x86_64 the saved user registers still hold the syscall's arguments
+//! when it returns, so the exit sees the fd, the buffer and the result together and no
+//! per-thread state has to carry arguments from entry to exit. close(2) alone is also seen at
+//! its entry, where the agent can attach that (see `main::sys_enter_close`).
 
-use crate::{client, http, server};
+use crate::{client, http, maps::CLOSE_FD_OFFSET, server};
 
 /// x86_64 syscall numbers (the ABI: they never change).
 pub mod nr {
@@ -69,6 +70,12 @@ pub enum Buffer {
     None,
 }
 
+/// Where `sys_enter_close` finds the fd; 0 when that program is not attached.
+#[inline(always)]
+pub fn close_fd_offset() -> u32 {
+    CLOSE_FD_OFFSET.get(0).copied().unwrap_or(0)
+}
+
 /// Inlined, like every function here that returns nothing: a BPF function returning nothing
 /// may leave a stack pointer in r0, which the verifier rejects.
 #[inline(always)]
@@ -83,7 +90,8 @@ pub fn on_exit(exit: &SyscallExit) {
         nr::WRITEV => http::on_data_out(fd, Buffer::Iovec(a1), exit.ret),
         nr::SENDMSG => http::on_data_out(fd, Buffer::Msghdr(a1), exit.ret),
         nr::SENDFILE => http::on_data_out(fd, Buffer::None, exit.ret),
-        nr::CLOSE => http::on_close(fd),
+        // Unless the program at close's entry has it (see `on_close_entry`).
+        nr::CLOSE if close_fd_offset() == 0 => http::on_close(fd),
         // The listening socket is the first argument.
         nr::ACCEPT | nr::ACCEPT4 => server::on_accept(fd, exit.ret),
         nr::CONNECT => client::on_connect(fd, a1, exit.ret),

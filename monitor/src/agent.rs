@@ -158,6 +158,13 @@ impl Agent {
             settings.empty_programs,
             &btf,
         )?);
+        match probes::http::attach_close(&mut ebpf, settings.empty_programs) {
+            Ok(program) => attached.push(program),
+            Err(error) => log::warn!(
+                "close(2) is seen at its exit only ({error:#}): a connection that another \
+                 thread accepts on the same fd in that instant may go unmeasured"
+            ),
+        }
         step.done("sys_exit program verified and attached");
         let maps = SchedMaps::new(&mut ebpf)?;
         let early_names = Arc::new(EarlyNames::default());

@@ -185,6 +185,30 @@ fn short_connections_and_ever_new_paths_stay_exact_and_bounded() {
     );
 }
 
+#[test]
+fn a_threaded_server_closing_and_accepting_at_once_stays_exact() {
+    // Python's threaded server closes a connection on one thread while its main thread
+    // accepts the next, so an fd number is freed and taken again within microseconds.
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let requests = 10_000;
+    assert_eq!(ab_with(&[], &server.url("/ok"), requests, 16), requests);
+    let scrape = try_poll(WAIT, || {
+        let scrape = agent.scrape();
+        (service_total(&scrape, &server.service) == requests as u64).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "not every request counted; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    });
+    assert_eq!(
+        server_count(&scrape, &server.service, 200, "/ok"),
+        Some(requests as u64)
+    );
+}
+
 /// nginx's master and its workers (the master's children).
 fn nginx_processes(master: u32) -> HashSet<u32> {
     let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))

@@ -5,11 +5,11 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     maps::Array,
-    programs::{BtfTracePoint, RawTracePoint},
+    programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS};
 
-use super::{AttachedProgram, HookKind, KernelBtf};
+use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
 
 /// What the user chose for HTTP, checked.
 pub struct HttpSettings {
@@ -120,6 +120,39 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
         hook: HOOK,
         kind: HookKind::RawTracepoint,
         program: RAW,
+    })
+}
+
+/// Attaches the program at close(2)'s entry and hands close over to it (see
+/// `sys_enter_close` in the BPF crate): a classic tracepoint, run by close alone.
+pub fn attach_close(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    const HOOK: &str = "sys_enter_close";
+    let root = tracefs::ensure_mounted()?;
+    let offset = tracefs::close_fd_offset(&root)?;
+    let name = if empty {
+        "sys_enter_close_empty"
+    } else {
+        "sys_enter_close"
+    };
+    let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach("syscalls", HOOK)
+        .with_context(|| format!("attaching {name}"))?;
+    if !empty {
+        // From now on the entry handles close and the exit leaves it alone.
+        let mut offsets: Array<_, u32> = Array::try_from(
+            ebpf.map_mut("CLOSE_FD_OFFSET")
+                .ok_or_else(|| anyhow!("map CLOSE_FD_OFFSET missing from the BPF object"))?,
+        )?;
+        offsets
+            .set(0, offset, 0)
+            .context("writing CLOSE_FD_OFFSET")?;
+    }
+    Ok(AttachedProgram {
+        hook: HOOK,
+        kind: HookKind::Tracepoint,
+        program: name,
     })
 }
 

@@ -40,6 +40,14 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     Ok(PathBuf::from(TRACEFS))
 }
 
+/// The offset of `fd` in a `syscalls:sys_enter_close` record under `root`.
+pub fn close_fd_offset(root: &Path) -> Result<u32> {
+    let path = root.join("events/syscalls/sys_enter_close/format");
+    let format =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    field_of_size(&format, "fd", 8)
+}
+
 /// Reads the layout of `sched:sched_switch` and `sched:sched_wakeup` under `root`.
 pub fn sched_layout(root: &Path) -> Result<SchedTracepointLayout> {
     let read = |event: &str| {
