@@ -310,6 +310,9 @@ fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
 
 // --- The idle sweep ---
 
+/// The longest time between two sweeps for idle responses.
+const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+
 #[repr(C)]
 struct SweepContext {
     now: u64,
@@ -319,9 +322,6 @@ struct SweepContext {
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next
 /// request comes or the connection closes. Runs on one CPU from the periodic tick.
-/// The longest time between two sweeps for idle responses.
-const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
-
 pub fn sweep_idle_responses(now: u64) {
     let Some(config) = config() else {
         return;

@@ -90,7 +90,7 @@ pub fn on_exit(exit: &SyscallExit) {
         nr::WRITEV => http::on_data_out(fd, Buffer::Iovec(a1), exit.ret),
         nr::SENDMSG => http::on_data_out(fd, Buffer::Msghdr(a1), exit.ret),
         nr::SENDFILE => http::on_data_out(fd, Buffer::None, exit.ret),
-        // Unless the program at close's entry has it (see `on_close_entry`).
+        // Unless the program at close's entry has it (`main::sys_enter_close`).
         nr::CLOSE if close_fd_offset() == 0 => http::on_close(fd),
         // The listening socket is the first argument.
         nr::ACCEPT | nr::ACCEPT4 => server::on_accept(fd, exit.ret),

@@ -160,15 +160,7 @@ impl MonitorAgent {
         dump.as_array()
             .into_iter()
             .flatten()
-            .filter_map(|entry| {
-                entry["key"]
-                    .as_array()?
-                    .iter()
-                    .map(|byte| {
-                        u8::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok()
-                    })
-                    .collect()
-            })
+            .filter_map(|entry| hex_bytes(&entry["key"]))
             .collect()
     }
 
@@ -279,15 +271,22 @@ fn bpftool(args: &[&str]) -> Value {
     serde_json::from_slice(&output.stdout).expect("bpftool's JSON")
 }
 
-/// The little-endian u64 at the start of a bpftool byte array (`["0x01", ...]`).
+/// A bpftool byte array (`["0x01", ...]`) as bytes.
+fn hex_bytes(bytes: &Value) -> Option<Vec<u8>> {
+    bytes
+        .as_array()?
+        .iter()
+        .map(|byte| u8::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok())
+        .collect()
+}
+
+/// The little-endian u64 at the start of a bpftool byte array (shorter arrays are padded).
 fn le_u64(bytes: &Value) -> Option<u64> {
-    let bytes = bytes.as_array()?;
-    let mut value = 0u64;
-    for (i, byte) in bytes.iter().take(8).enumerate() {
-        let byte = u64::from_str_radix(byte.as_str()?.trim_start_matches("0x"), 16).ok()?;
-        value |= byte << (8 * i);
+    let mut value = [0u8; 8];
+    for (out, byte) in value.iter_mut().zip(hex_bytes(bytes)?) {
+        *out = byte;
     }
-    Some(value)
+    Some(u64::from_le_bytes(value))
 }
 
 pub fn signal(child: &Child, signal: i32) {

@@ -47,6 +47,11 @@ fn losses(scrape: &Scrape) -> Vec<(&'static str, f64)> {
     losses
 }
 
+fn assert_no_losses(agent: &MonitorAgent) {
+    let losses = losses(&agent.scrape());
+    assert!(losses.iter().all(|(_, value)| *value == 0.0), "{losses:?}");
+}
+
 #[test]
 fn processes_that_serve_once_are_each_counted_folded_beyond_the_budget_and_freed() {
     let budget = 50;
@@ -119,12 +124,7 @@ fn processes_that_serve_once_are_each_counted_folded_beyond_the_budget_and_freed
             .collect();
         left.is_empty().then_some(())
     });
-    let scrape = agent.scrape();
-    assert!(
-        losses(&scrape).iter().all(|(_, value)| *value == 0.0),
-        "{:?}",
-        losses(&scrape)
-    );
+    assert_no_losses(&agent);
 }
 
 #[test]
@@ -177,12 +177,7 @@ fn short_connections_and_ever_new_paths_stay_exact_and_bounded() {
         let owners = agent.map_key_tgids("CONNECTIONS", 4);
         (!owners.iter().any(|tgid| workers.contains(tgid))).then_some(())
     });
-    let scrape = agent.scrape();
-    assert!(
-        losses(&scrape).iter().all(|(_, value)| *value == 0.0),
-        "{:?}",
-        losses(&scrape)
-    );
+    assert_no_losses(&agent);
 }
 
 #[test]

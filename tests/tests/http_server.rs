@@ -4,6 +4,7 @@ use std::{collections::BTreeMap, io::Read as _, thread, time::Duration};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
+    churn::word,
     http::{
         SERVER_DURATION, client, connect, describe_http, get, read_responses, send, server_count,
         service_total,
@@ -279,16 +280,6 @@ fn ten_thousand_random_ids_make_one_route() {
     let scrape = wait_for_count(&agent, "nginx", 200, "/users/{id}", 10_000);
     let routes = scrape.label_values(SERVER_DURATION, &[("service_name", "nginx")], "http_route");
     assert_eq!(routes, ["/users/{id}"]);
-}
-
-/// A lower-case pseudo-word for `n`: letters only, so it stays a literal route segment.
-fn word(mut n: usize) -> String {
-    let mut word = String::from("w");
-    for _ in 0..4 {
-        word.push((b'a' + (n % 26) as u8) as char);
-        n /= 26;
-    }
-    word
 }
 
 #[test]

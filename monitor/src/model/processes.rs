@@ -44,6 +44,16 @@ pub struct ProcessSeries {
     pub cpu_ns: u64,
 }
 
+impl ProcessSeries {
+    /// The name this series was given.
+    fn identity(&self) -> ProcessIdentity {
+        ProcessIdentity {
+            executable: self.executable.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
 struct Tracked {
     series: ProcessSeries,
     /// The kernel's name when the series was named; a change means the process exec'd.
@@ -115,11 +125,8 @@ impl ProcessLedger {
         }
         for &tgid in &retire {
             if let Some(tracked) = self.live.remove(&tgid) {
-                let identity = ProcessIdentity {
-                    executable: tracked.series.executable.clone(),
-                    service: tracked.series.service.clone(),
-                };
-                self.retired_names.insert(tgid, (identity, now));
+                self.retired_names
+                    .insert(tgid, (tracked.series.identity(), now));
                 self.ended.push((tracked.series, now));
                 self.retired_total += 1;
             }
@@ -289,10 +296,7 @@ impl ProcessLedger {
     /// period (its last requests may be read after it is retired).
     pub fn identity(&self, tgid: u32) -> Option<ProcessIdentity> {
         match self.live.get(&tgid) {
-            Some(tracked) => Some(ProcessIdentity {
-                executable: tracked.series.executable.clone(),
-                service: tracked.series.service.clone(),
-            }),
+            Some(tracked) => Some(tracked.series.identity()),
             None => self
                 .retired_names
                 .get(&tgid)

@@ -210,6 +210,20 @@ pub fn losses(scrape: &Scrape) -> Vec<(String, f64)> {
     losses
 }
 
+/// The loss counters that are not zero, for a report: "all zero" when none.
+pub fn nonzero_losses(losses: &[(String, f64)]) -> String {
+    let nonzero: Vec<String> = losses
+        .iter()
+        .filter(|(_, value)| *value != 0.0)
+        .map(|(name, value)| format!("`{name}` {value}"))
+        .collect();
+    if nonzero.is_empty() {
+        "all zero".to_owned()
+    } else {
+        nonzero.join(", ")
+    }
+}
+
 impl Churn {
     pub fn exact(&self) -> bool {
         self.counts
@@ -285,20 +299,10 @@ impl Churn {
             mib(self.peak_rss),
             self.route_series
         );
-        let nonzero: Vec<String> = self
-            .losses
-            .iter()
-            .filter(|(_, value)| *value != 0.0)
-            .map(|(name, value)| format!("`{name}` {value}"))
-            .collect();
         let _ = writeln!(
             out,
             "Loss and overflow counters at the end: {}.\n",
-            if nonzero.is_empty() {
-                "all zero".to_owned()
-            } else {
-                nonzero.join(", ")
-            }
+            nonzero_losses(&self.losses)
         );
         out
     }

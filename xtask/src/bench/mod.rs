@@ -149,14 +149,7 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     build_release()?;
     let helper = target_dir().join("release/cpu-burner");
     if wanted("syscalls") || wanted("sched") {
-        run(cargo().args([
-            "build",
-            "--release",
-            "--package",
-            "monitor-tests",
-            "--bin",
-            "cpu-burner",
-        ]))?;
+        build_test_binary("cpu-burner")?;
     }
     let load_at_start = load_average();
     let plan = Plan::new(quick, cpus());
@@ -253,15 +246,20 @@ fn prepare_churn() -> Result<std::path::PathBuf> {
     }
     setup::setup()?;
     build_release()?;
+    build_test_binary("one-shot-server")
+}
+
+/// Builds a helper binary of the tests crate (release) and returns its path.
+fn build_test_binary(name: &str) -> Result<std::path::PathBuf> {
     run(cargo().args([
         "build",
         "--release",
         "--package",
         "monitor-tests",
         "--bin",
-        "one-shot-server",
+        name,
     ]))?;
-    Ok(target_dir().join("release/one-shot-server"))
+    Ok(target_dir().join("release").join(name))
 }
 
 /// Writes `name`'s figures to target/bench/NAME.json and, unless `quick`, to BENCHMARKS.md.

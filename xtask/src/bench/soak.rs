@@ -25,7 +25,7 @@ use serde_json::{Value, json};
 
 use super::{
     agent::start_as_deployed,
-    churn::{NGINX_LOCATIONS, ONE_SHOT, losses},
+    churn::{NGINX_LOCATIONS, ONE_SHOT, losses, nonzero_losses},
     sampler::{self, Sample, StopOnDrop, mib},
 };
 
@@ -296,20 +296,10 @@ impl Soak {
                 sample.scrape.as_secs_f64() * 1e3
             );
         }
-        let nonzero: Vec<String> = self
-            .losses
-            .iter()
-            .filter(|(_, value)| *value != 0.0)
-            .map(|(name, value)| format!("`{name}` {value}"))
-            .collect();
         let _ = writeln!(
             out,
             "\nLoss and overflow counters at the end: {}.\n",
-            if nonzero.is_empty() {
-                "all zero".to_owned()
-            } else {
-                nonzero.join(", ")
-            }
+            nonzero_losses(&self.losses)
         );
         out
     }
