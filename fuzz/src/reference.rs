@@ -1,5 +1,5 @@
-//! The scanners' rules written the plain way, over a whole slice: what the byte-at-a-time
-//! state machines (which the kernel runs in `bpf_loop` callbacks) must agree with.
+//! The scanners' rules written the plain way, over a whole slice: what the step-by-step
+//! scanners (which the kernel runs in `bpf_loop` callbacks) must agree with.
 
 use monitor_common::{
     head::{MAX_HOST_LEN, framing},
@@ -107,8 +107,8 @@ pub fn normalised_host(host: &[u8]) -> &[u8] {
 
 /// A response head's framing: (`framing::*`, head length, Content-Length). The head must
 /// end (a blank line) in `bytes` for anything but `UNKNOWN`. The last `Content-Length` line
-/// gives the length (digits, blanks between them skipped, capped near 10^15); any
-/// `Transfer-Encoding` means chunked.
+/// gives the length (digits, blanks between them skipped, capped near 10^15; no digit means
+/// no length); any `Transfer-Encoding` means chunked.
 pub fn response_head(bytes: &[u8]) -> (u16, u32, u64) {
     let Some(end) = head_end(bytes) else {
         return (framing::UNKNOWN, 0, 0);
@@ -117,7 +117,7 @@ pub fn response_head(bytes: &[u8]) -> (u16, u32, u64) {
     for s in line_starts(bytes, end) {
         let line = &bytes[s..end];
         if starts_with_name(line, b"content-length:") {
-            length = 0;
+            (length, has_length) = (0, false);
             for &b in &line[b"content-length:".len()..] {
                 match b {
                     b'0'..=b'9' => {

@@ -1,79 +1,241 @@
-//! Streaming scanners for HTTP/1.x heads, byte by byte (the kernel feeds them from a
-//! `bpf_loop` callback): the `Host` of a request, and the framing of a response.
+//! HTTP/1.x heads as the kernel reads them from a capture: the `Host` of a request and the
+//! framing of a response.
+//!
+//! Only the first bytes of a header line say whether it matters, so the head is not read byte
+//! by byte: `HeadLines` finds the line breaks a word (8 bytes) at a time and looks at the start
+//! of each line; then only the one value that matters is read byte by byte (`HostValue`,
+//! `HeadLines::length_byte`). The kernel runs each step in a `bpf_loop` callback with the
+//! state in map memory; the host tests run the same steps in a plain loop (`scan_head`).
 
-use crate::http::{FNV_OFFSET, fnv};
+use crate::http::{CAPTURE_LEN, FNV_OFFSET, fnv};
 
 /// Most bytes of a `Host` value kept.
 pub const MAX_HOST_LEN: usize = 64;
+/// Bytes per word of the capture.
+pub const WORD: usize = 8;
+/// Words in a capture.
+pub const CAPTURE_WORDS: usize = CAPTURE_LEN / WORD;
+/// Most words one step of `HeadLines` loads while they hold no line break (each step is a
+/// callback in the kernel: fewer steps, less call overhead).
+const WORDS_PER_STEP: usize = 4;
 
-/// Matches a header name at the start of a line, case-insensitively, one byte at a time.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct NameMatch {
-    /// Bytes matched so far; `u16::MAX` once the line cannot be this header.
-    matched: u16,
+/// What a head is read for.
+pub mod head_kind {
+    /// A request: where its first `Host` value starts.
+    pub const REQUEST: u32 = 0;
+    /// A response: its length and framing headers, and where the head ends.
+    pub const RESPONSE: u32 = 1;
 }
 
-impl NameMatch {
-    /// Feeds a byte of the line; true once `name` (ending in `:`) is complete.
-    #[inline(always)]
-    fn feed(&mut self, name: &[u8], b: u8) -> bool {
-        let i = self.matched as usize;
-        if i >= name.len() {
-            self.matched = u16::MAX;
+/// How a response's body is delimited.
+pub mod framing {
+    /// Not known (yet): the head was longer than what was scanned.
+    pub const UNKNOWN: u16 = 0;
+    /// `Content-Length` bytes.
+    pub const LENGTH: u16 = 1;
+    /// `Transfer-Encoding: chunked`: ends with a zero-size chunk.
+    pub const CHUNKED: u16 = 2;
+    /// Until the connection closes.
+    pub const CLOSE: u16 = 3;
+}
+
+/// 0x80 in each byte of `word` that is `\n`, 0 in the others. Exact: unlike the shorter
+/// "has zero byte" trick, no borrow marks a byte after a real match.
+#[inline(always)]
+pub fn newline_bytes(word: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    // Bytes that were `\n` are zero here; a zero byte is the only one whose low seven bits
+    // plus 0x7f do not carry into bit 7 and whose own bit 7 is clear.
+    let x = word ^ 0x0a0a_0a0a_0a0a_0a0a;
+    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// Index (0..8, little-endian) of the lowest byte marked in non-zero `newline_bytes` output.
+#[inline(always)]
+pub fn lowest_marked_byte(marks: u64) -> u32 {
+    // The lowest mark alone is 1 << (8k + 7); shifted down, 1 << 8k. Multiplying by a
+    // constant whose byte 7 - k is k brings k to the top byte.
+    let lowest = marks & marks.wrapping_neg();
+    ((lowest >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as u32
+}
+
+/// Whether the header line at `start` has `name` (lower case, with its `:`), in any case.
+#[inline(always)]
+fn has_name(bytes: &[u8; CAPTURE_LEN], len: usize, start: usize, name: &[u8]) -> bool {
+    if start + name.len() > len {
+        return false;
+    }
+    let mut i = 0;
+    while i < name.len() {
+        if bytes[(start + i) & (CAPTURE_LEN - 1)].to_ascii_lowercase() != name[i] {
             return false;
         }
-        if b.to_ascii_lowercase() == name[i] {
-            self.matched += 1;
-            self.matched as usize == name.len()
+        i += 1;
+    }
+    true
+}
+
+const HOST: &[u8] = b"host:";
+const CONTENT_LENGTH: &[u8] = b"content-length:";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
+
+/// Walks the header lines of a captured head, one step at a time: a step either loads the
+/// next word and marks its line breaks, or looks at the start of one line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeadLines {
+    /// Bytes captured (at most `CAPTURE_LEN`); bytes past them are stale.
+    len: u32,
+    /// `head_kind::*`.
+    kind: u32,
+    /// The next word to load.
+    next_word: u32,
+    /// Offset of the word loaded last.
+    word_at: u32,
+    /// Line breaks of that word not looked at yet (`newline_bytes`).
+    pending: u64,
+    /// Where the head ends (after its blank line), once found; else 0.
+    pub head_len: u32,
+    /// Request: where the value of the first `Host` line starts; 0 without one.
+    pub host_at: u32,
+    /// Response: where the value of the last `Content-Length` line starts; 0 without one.
+    pub length_at: u32,
+    /// Response: a `Transfer-Encoding` line was seen (any coding but `identity` ends with
+    /// `chunked` in HTTP/1.1).
+    pub chunked: u32,
+    /// Response: the value at `length_at`, as `length_byte` reads it.
+    pub content_length: u64,
+    /// 1 once a digit of that value was read.
+    has_length: u32,
+    _reserved: u32,
+}
+
+impl HeadLines {
+    pub const fn new(kind: u32, len: usize) -> Self {
+        let mut lines = Self::ZERO;
+        lines.begin(kind, len);
+        lines
+    }
+
+    /// A walk over `len` captured bytes, from a zeroed value (the kernel clears the map value
+    /// a word at a time instead of building one on its small stack).
+    pub const fn begin(&mut self, kind: u32, len: usize) {
+        self.kind = kind;
+        self.len = if len > CAPTURE_LEN {
+            CAPTURE_LEN as u32
         } else {
-            self.matched = u16::MAX;
-            false
+            len as u32
+        };
+    }
+
+    const ZERO: Self = Self {
+        len: 0,
+        kind: 0,
+        next_word: 0,
+        word_at: 0,
+        pending: 0,
+        head_len: 0,
+        host_at: 0,
+        length_at: 0,
+        chunked: 0,
+        content_length: 0,
+        has_length: 0,
+        _reserved: 0,
+    };
+
+    /// One step; false once there is nothing more to learn. `word(i)` is the capture's
+    /// `i`-th 8-byte word, little-endian (the kernel loads it in one instruction).
+    #[inline(always)]
+    pub fn step(&mut self, bytes: &[u8; CAPTURE_LEN], word: impl Fn(usize) -> u64) -> bool {
+        let len = self.len as usize;
+        if self.pending == 0 {
+            // Up to WORDS_PER_STEP words until one has a line break: most have none.
+            let mut i = 0;
+            while i < WORDS_PER_STEP && self.pending == 0 {
+                let at = self.next_word as usize * WORD;
+                if at >= len {
+                    return false; // no blank line in the capture
+                }
+                // A stale `\n` past the capture starts a line at or past `len`, which ends
+                // the walk.
+                self.pending = newline_bytes(word(self.next_word as usize & (CAPTURE_WORDS - 1)));
+                self.word_at = at as u32;
+                self.next_word += 1;
+                i += 1;
+            }
+            return true;
+        }
+        let start = self.word_at as usize + lowest_marked_byte(self.pending) as usize + 1;
+        self.pending &= self.pending - 1;
+        self.line(bytes, start)
+    }
+
+    /// A line starts at `start`; false once there is nothing more to learn.
+    #[inline(always)]
+    fn line(&mut self, bytes: &[u8; CAPTURE_LEN], start: usize) -> bool {
+        let len = self.len as usize;
+        if start >= len {
+            return false; // the capture ends with a line break: the head goes on past it
+        }
+        let at = |i: usize| bytes[i & (CAPTURE_LEN - 1)];
+        if at(start) == b'\r' {
+            // `\r\n\r\n`: the previous line ended with `\r\n` and this one is empty.
+            if start + 1 < len && at(start + 1) == b'\n' && start >= 2 && at(start - 2) == b'\r' {
+                self.head_len = (start + 2) as u32;
+                return false;
+            }
+            return true;
+        }
+        if self.kind == head_kind::REQUEST {
+            if has_name(bytes, len, start, HOST) {
+                self.host_at = (start + HOST.len()) as u32;
+                return false; // the first Host counts
+            }
+        } else if has_name(bytes, len, start, CONTENT_LENGTH) {
+            self.length_at = (start + CONTENT_LENGTH.len()) as u32;
+        } else if has_name(bytes, len, start, TRANSFER_ENCODING) {
+            self.chunked = 1;
+        }
+        true
+    }
+
+    /// Takes the next byte of the `Content-Length` value; false at its end. Blanks are
+    /// skipped; anything else ends it.
+    #[inline(always)]
+    pub fn length_byte(&mut self, b: u8) -> bool {
+        if b.is_ascii_digit() {
+            // Capped instead of saturating_mul, which needs 128-bit arithmetic the BPF target
+            // lacks; no body is a petabyte.
+            if self.content_length < 100_000_000_000_000 {
+                self.content_length = self.content_length * 10 + (b - b'0') as u64;
+            }
+            self.has_length = 1;
+            true
+        } else {
+            b == b' ' || b == b'\t'
+        }
+    }
+
+    /// How the body is delimited, once the head has ended and the length value was read.
+    pub fn framing(&self) -> u16 {
+        if self.head_len == 0 {
+            framing::UNKNOWN
+        } else if self.chunked != 0 {
+            framing::CHUNKED
+        } else if self.has_length != 0 {
+            framing::LENGTH
+        } else {
+            framing::CLOSE
         }
     }
 }
 
-/// Line-level state shared by both scanners: where lines start and where the head ends.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-struct Lines {
-    /// Bytes of the head seen.
-    seen: u32,
-    /// 1 at the start of a line (after `\n`); the first line is the request/status line.
-    at_line_start: u16,
-    /// Progress through `\r\n\r\n` (0..=4); 4 when the head has ended.
-    blank_line: u16,
-}
-
-impl Lines {
-    /// Takes a byte; returns true when a new header line starts with the next byte.
-    #[inline(always)]
-    fn feed(&mut self, b: u8) -> bool {
-        self.seen += 1;
-        self.blank_line = match (self.blank_line, b) {
-            (0 | 2, b'\r') => self.blank_line + 1,
-            (1 | 3, b'\n') => self.blank_line + 1,
-            (_, b'\r') => 1,
-            _ => 0,
-        };
-        b == b'\n'
-    }
-
-    fn ended(&self) -> bool {
-        self.blank_line == 4
-    }
-}
-
-/// Finds the `Host` header of a request head and normalises its value: lower case, no blanks
-/// around it, and the port dropped when it is 80 or 443 (`Example.com:80` -> `example.com`). The hash is of the
+/// The value of a `Host` line, normalised: lower case, no blanks around it, and the port
+/// dropped when it is 80 or 443 (`Example.com:80` -> `example.com`). The hash is of the
 /// normalised text, which `host` holds (up to `MAX_HOST_LEN` bytes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HostScanner {
-    lines: Lines,
-    name: NameMatch,
-    /// 1 while reading the value, 2 once it has been read.
-    state: u16,
+pub struct HostValue {
     /// Position of the last `:` in the value (a port follows), 0 if none; `[...]` excepted.
     colon: u16,
     in_brackets: u16,
@@ -84,24 +246,15 @@ pub struct HostScanner {
     pub host: [u8; MAX_HOST_LEN],
 }
 
-impl Default for HostScanner {
+impl Default for HostValue {
     fn default() -> Self {
         Self::new()
     }
 }
 
-const HOST: &[u8] = b"host:";
-
-impl HostScanner {
+impl HostValue {
     pub const fn new() -> Self {
         Self {
-            lines: Lines {
-                seen: 0,
-                at_line_start: 0,
-                blank_line: 0,
-            },
-            name: NameMatch { matched: 0 },
-            state: 0,
             colon: 0,
             in_brackets: 0,
             len: 0,
@@ -110,42 +263,26 @@ impl HostScanner {
         }
     }
 
-    /// Takes the next byte of the head; false once there is nothing more to learn.
+    /// Empty again, for the next value: bytes past `len` are never read.
     #[inline(always)]
-    pub fn feed(&mut self, b: u8) -> bool {
-        if self.state == 2 || self.lines.ended() {
-            return false;
-        }
-        if self.state == 1 {
-            match b {
-                b'\r' | b'\n' => {
-                    self.state = 2;
-                    return false;
-                }
-                b' ' | b'\t' if self.len == 0 => {}
-                _ => self.push(b),
-            }
-            return true;
-        }
-        let at_start = self.lines.at_line_start != 0;
-        let new_line = self.lines.feed(b);
-        if at_start && self.name.feed(HOST, b) {
-            self.state = 1;
-        }
-        if new_line {
-            self.lines.at_line_start = 1;
-            self.name = NameMatch::default();
-        } else if !at_start || self.name.matched == u16::MAX {
-            self.lines.at_line_start = 0;
-        }
-        true
+    pub fn clear(&mut self) {
+        self.colon = 0;
+        self.in_brackets = 0;
+        self.len = 0;
+        self.end = 0;
     }
 
+    /// Takes the next byte after `Host:`; false at the line's end or once the value is full.
     #[inline(always)]
-    fn push(&mut self, b: u8) {
+    pub fn feed(&mut self, b: u8) -> bool {
         let len = self.len as usize;
+        match b {
+            b'\r' | b'\n' => return false,
+            b' ' | b'\t' if len == 0 => return true,
+            _ => {}
+        }
         if len >= MAX_HOST_LEN {
-            return;
+            return false;
         }
         match b {
             b'[' => self.in_brackets = 1,
@@ -158,10 +295,11 @@ impl HostScanner {
         if b != b' ' && b != b'\t' {
             self.end = self.len;
         }
+        true
     }
 
-    /// The normalised host's length: without trailing blanks, `:80` or `:443`; 0 when no
-    /// `Host` was found.
+    /// The normalised host's length: without trailing blanks, `:80` or `:443`; 0 when there
+    /// is no value.
     #[inline(always)]
     pub fn normalised_len(&self) -> usize {
         let len = self.end as usize;
@@ -194,107 +332,37 @@ impl HostScanner {
     }
 }
 
-/// How a response's body is delimited.
-pub mod framing {
-    /// Not known (yet): the head was longer than what was scanned.
-    pub const UNKNOWN: u16 = 0;
-    /// `Content-Length` bytes.
-    pub const LENGTH: u16 = 1;
-    /// `Transfer-Encoding: chunked`: ends with a zero-size chunk.
-    pub const CHUNKED: u16 = 2;
-    /// Until the connection closes.
-    pub const CLOSE: u16 = 3;
-}
-
-/// Reads the framing of a response head: `Content-Length`, `Transfer-Encoding` and where the
-/// head ends. Responses to HEAD, 1xx, 204 and 304 have no body whatever the head says; the
-/// caller knows those.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct ResponseHeadScanner {
-    lines: Lines,
-    length_name: NameMatch,
-    encoding_name: NameMatch,
-    /// 1 while reading digits of Content-Length.
-    in_length: u16,
-    chunked: u16,
-    pub content_length: u64,
-    has_length: u16,
-    _reserved: [u16; 3],
-}
-
-const CONTENT_LENGTH: &[u8] = b"content-length:";
-const TRANSFER_ENCODING: &[u8] = b"transfer-encoding:";
-
-impl ResponseHeadScanner {
-    /// Takes the next byte; false once the head has ended.
-    #[inline(always)]
-    pub fn feed(&mut self, b: u8) -> bool {
-        if self.lines.ended() {
-            return false;
-        }
-        if self.in_length != 0 {
-            if b.is_ascii_digit() {
-                // Capped instead of saturating_mul, which needs 128-bit arithmetic the BPF
-                // target lacks; no body is a petabyte.
-                if self.content_length < 100_000_000_000_000 {
-                    self.content_length = self.content_length * 10 + (b - b'0') as u64;
-                }
-                self.has_length = 1;
-            } else if b != b' ' && b != b'\t' {
-                self.in_length = 0;
-            }
-        }
-        let at_start = self.lines.at_line_start != 0;
-        let new_line = self.lines.feed(b);
-        if at_start {
-            if self.length_name.feed(CONTENT_LENGTH, b) {
-                self.in_length = 1;
-                self.content_length = 0;
-            }
-            if self.encoding_name.feed(TRANSFER_ENCODING, b) {
-                // Any coding but `identity` ends with `chunked` in HTTP/1.1.
-                self.chunked = 1;
-            }
-        }
-        if new_line {
-            self.lines.at_line_start = 1;
-            self.length_name = NameMatch::default();
-            self.encoding_name = NameMatch::default();
-        } else if !at_start
-            || (self.length_name.matched == u16::MAX && self.encoding_name.matched == u16::MAX)
-        {
-            self.lines.at_line_start = 0;
-        }
-        !self.lines.ended()
-    }
-
-    /// The head's length once it has ended, else 0.
-    pub fn head_len(&self) -> u32 {
-        if self.lines.ended() {
-            self.lines.seen
-        } else {
-            0
-        }
-    }
-
-    /// How the body is delimited, once the head has ended.
-    pub fn framing(&self) -> u16 {
-        if !self.lines.ended() {
-            framing::UNKNOWN
-        } else if self.chunked != 0 {
-            framing::CHUNKED
-        } else if self.has_length != 0 {
-            framing::LENGTH
-        } else {
-            framing::CLOSE
-        }
-    }
-}
-
 /// Whether a response with this status (to a request with this method) has no body.
 pub fn bodiless(status: u16, head_request: bool) -> bool {
     head_request || (100..200).contains(&status) || status == 204 || status == 304
+}
+
+/// A head read the way the kernel reads it, in plain loops: the line walk, then the value
+/// that matters. For the host's tests and the fuzz targets.
+#[cfg(any(test, feature = "user"))]
+pub fn scan_head(kind: u32, capture: &[u8]) -> (HeadLines, HostValue) {
+    let mut bytes = [0u8; CAPTURE_LEN];
+    let len = capture.len().min(CAPTURE_LEN);
+    bytes[..len].copy_from_slice(&capture[..len]);
+    let mut lines = HeadLines::new(kind, len);
+    let word = |i: usize| u64::from_le_bytes(bytes[i * WORD..(i + 1) * WORD].try_into().unwrap());
+    while lines.step(&bytes, word) {}
+    let mut host = HostValue::new();
+    if lines.host_at != 0 {
+        for &b in &bytes[lines.host_at as usize..len] {
+            if !host.feed(b) {
+                break;
+            }
+        }
+    }
+    if lines.head_len != 0 && lines.length_at != 0 {
+        for &b in &bytes[lines.length_at as usize..lines.head_len as usize] {
+            if !lines.length_byte(b) {
+                break;
+            }
+        }
+    }
+    (lines, host)
 }
 
 #[cfg(test)]
@@ -302,15 +370,41 @@ mod tests {
     use super::*;
 
     fn host_of(head: &[u8]) -> (alloc::string::String, u64) {
-        let mut scanner = HostScanner::new();
-        for &b in head {
-            if !scanner.feed(b) {
-                break;
+        let (_, host) = scan_head(head_kind::REQUEST, head);
+        let len = host.normalised_len();
+        let text = alloc::string::String::from_utf8_lossy(&host.host[..len]).into_owned();
+        (text, host.hash())
+    }
+
+    fn head_of(response: &[u8]) -> HeadLines {
+        scan_head(head_kind::RESPONSE, response).0
+    }
+
+    #[test]
+    fn newlines_are_marked_exactly() {
+        let word = u64::from_le_bytes(*b"a\n\nb\n\x0b\x8a\n");
+        assert_eq!(newline_bytes(word), 0x8000_0080_0080_8000);
+        assert_eq!(lowest_marked_byte(newline_bytes(word)), 1);
+        assert_eq!(lowest_marked_byte(0x8000_0000_0000_0000), 7);
+        assert_eq!(lowest_marked_byte(0x80), 0);
+        // Every byte value next to a `\n`, in every position: only the `\n` is marked.
+        for b in 0..=255u8 {
+            for at in 0..WORD {
+                let mut bytes = [b; WORD];
+                bytes[at] = b'\n';
+                let marks = newline_bytes(u64::from_le_bytes(bytes));
+                let expected = bytes
+                    .iter()
+                    .enumerate()
+                    .filter(|&(_, &x)| x == b'\n')
+                    .fold(0u64, |m, (i, _)| m | 0x80 << (8 * i));
+                assert_eq!(marks, expected, "byte {b:#x} with a newline at {at}");
+                assert_eq!(
+                    lowest_marked_byte(marks) as usize,
+                    bytes.iter().position(|&x| x == b'\n').unwrap()
+                );
             }
         }
-        let len = scanner.normalised_len();
-        let text = alloc::string::String::from_utf8_lossy(&scanner.host[..len]).into_owned();
-        (text, scanner.hash())
     }
 
     #[test]
@@ -336,6 +430,17 @@ mod tests {
     }
 
     #[test]
+    fn host_lines_are_found_in_any_word_position() {
+        // The Host line moved one byte at a time across word boundaries.
+        for pad in 0..2 * WORD {
+            let mut head = b"GET /".to_vec();
+            head.extend(core::iter::repeat_n(b'a', pad));
+            head.extend_from_slice(b" HTTP/1.1\r\nAccept: */*\r\nHost: web:8080\r\n\r\n");
+            assert_eq!(host_of(&head).0, "web:8080", "path padded by {pad}");
+        }
+    }
+
+    #[test]
     fn trailing_blanks_are_not_part_of_the_host() {
         // Trailing blanks are whitespace around the value (RFC 9110), not host: `web:80 `
         // kept its port and its blank, a second label for the same server.
@@ -357,16 +462,8 @@ mod tests {
         );
         // Nor is one after the head.
         assert_eq!(host_of(b"GET / HTTP/1.1\r\n\r\nHost: body").1, 0);
-    }
-
-    fn head_of(response: &[u8]) -> ResponseHeadScanner {
-        let mut scanner = ResponseHeadScanner::default();
-        for &b in response {
-            if !scanner.feed(b) {
-                break;
-            }
-        }
-        scanner
+        // Nor a line cut by the capture before its name is complete.
+        assert_eq!(host_of(b"GET / HTTP/1.1\r\nHos").1, 0);
     }
 
     #[test]
@@ -376,7 +473,15 @@ mod tests {
         let scanner = head_of(response);
         assert_eq!(scanner.framing(), framing::LENGTH);
         assert_eq!(scanner.content_length, 1234);
-        assert_eq!(scanner.head_len() as usize, response.len() - 4);
+        assert_eq!(scanner.head_len as usize, response.len() - 4);
+    }
+
+    #[test]
+    fn the_last_content_length_line_counts() {
+        let head = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n");
+        assert_eq!((head.framing(), head.content_length), (framing::LENGTH, 7));
+        let empty = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: x\r\n\r\n");
+        assert_eq!(empty.framing(), framing::CLOSE);
     }
 
     #[test]
@@ -387,13 +492,29 @@ mod tests {
         assert_eq!(close.framing(), framing::CLOSE);
         let cut = head_of(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n");
         assert_eq!(cut.framing(), framing::UNKNOWN);
-        assert_eq!(cut.head_len(), 0);
+        assert_eq!(cut.head_len, 0);
+        let bare = head_of(b"HTTP/1.1 200 OK\r\n\r\n");
+        assert_eq!((bare.framing(), bare.head_len), (framing::CLOSE, 19));
     }
 
     #[test]
     fn a_header_value_mentioning_content_length_is_not_one() {
         let scanner = head_of(b"HTTP/1.1 200 OK\r\nX-Note: Content-Length: 9\r\n\r\n");
         assert_eq!(scanner.framing(), framing::CLOSE);
+    }
+
+    #[test]
+    fn bytes_past_the_capture_are_not_read() {
+        // A stale `\n` after the captured bytes must not start a line.
+        let mut bytes = [b'x'; CAPTURE_LEN];
+        let response = b"HTTP/1.1 200 OK\r\nServer: x";
+        bytes[..response.len()].copy_from_slice(response);
+        bytes[response.len()..response.len() + 4].copy_from_slice(b"\r\n\r\n");
+        let mut lines = HeadLines::new(head_kind::RESPONSE, response.len());
+        let word =
+            |i: usize| u64::from_le_bytes(bytes[i * WORD..(i + 1) * WORD].try_into().unwrap());
+        while lines.step(&bytes, word) {}
+        assert_eq!(lines.framing(), framing::UNKNOWN);
     }
 
     #[test]

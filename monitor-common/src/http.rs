@@ -2,6 +2,8 @@
 //! (method recognition, status lines, route templating), so that the kernel and the agent
 //! agree by construction and the logic is unit-tested on the host.
 
+use crate::words::zero_words;
+
 /// Request methods, as `http_request_method` values (OpenTelemetry: unknown ones are `_OTHER`).
 pub mod method {
     pub const OTHER: u8 = 0;
@@ -275,7 +277,7 @@ pub const OVERFLOW_ROUTE_HASH: u64 = fnv_bytes(FNV_OFFSET, OVERFLOW_ROUTE.as_byt
 
 /// What a path segment looked like, accumulated byte by byte (no buffer: the kernel cannot
 /// afford one per request).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SegmentShape {
     pub len: u16,
@@ -426,6 +428,15 @@ impl Default for RouteTemplater {
 }
 
 impl RouteTemplater {
+    /// `new()` again, in place: built on the stack and copied, the mostly-zero value would
+    /// become a `memset` call in the kernel (see `words`).
+    #[inline(always)]
+    pub fn reset(&mut self) {
+        zero_words(self);
+        self.hash = FNV_OFFSET;
+        self.literal_hash = fnv(FNV_OFFSET, b'/');
+    }
+
     pub const fn new() -> Self {
         Self {
             hash: FNV_OFFSET,
@@ -492,7 +503,7 @@ impl RouteTemplater {
             self.first_segment_hash = self.hash;
         }
         self.segments += 1;
-        self.shape = SegmentShape::default();
+        zero_words(&mut self.shape);
         self.literal_hash = fnv(self.hash, b'/');
     }
 
@@ -749,6 +760,19 @@ impl Connection {
             framing: 0,
             flags: 0,
         }
+    }
+
+    /// `new(role)`, built over uninitialised memory a word at a time: built field by field,
+    /// the mostly-zero value would become a `memset` call in the kernel (see `words`).
+    #[inline(always)]
+    pub fn init(slot: &mut core::mem::MaybeUninit<Self>, role: u8) -> &mut Self {
+        zero_words(slot);
+        // SAFETY: every field is an integer, so all zeroes is a valid value.
+        let conn = unsafe { slot.assume_init_mut() };
+        conn.phase = phase::IDLE;
+        conn.role = role;
+        conn.templater.reset();
+        conn
     }
 }
 

@@ -10,3 +10,4 @@ extern crate alloc;
 pub mod head;
 pub mod http;
 pub mod sched;
+pub mod words;

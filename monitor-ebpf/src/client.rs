@@ -4,14 +4,14 @@
 //! Requests that get no complete response are errors of their own kind; connect failures are
 //! counted per process.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_probe_read_user, generated::bpf_loop},
 };
 use monitor_common::{
-    head::{HostScanner, ResponseHeadScanner, bodiless, framing},
+    head::{CAPTURE_WORDS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
         connection_key, counter, event_kind, method, parse_request_start, phase, role,
@@ -21,11 +21,14 @@ use monitor_common::{
 use crate::{
     http::{
         ECONNRESET, EventBytes, announce, capture, claim_response, config, current_tgid,
-        finish_response, first_bytes, head, measured, now_ns, read_user,
+        feed_value, finish_response, first_bytes, head, measured, now_ns, read_user, read_value,
     },
-    maps::{CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, HOST_COUNT, HOSTS_SEEN, count},
+    maps::{
+        CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
+    },
     syscalls::Buffer,
 };
+use monitor_common::words::zero_words;
 
 const EINPROGRESS: i64 = -115;
 /// What a failed TCP connect returns: refused, timed out, host or network unreachable.
@@ -56,8 +59,13 @@ pub fn on_connect(fd: u32, address: u64, ret: i64) {
         return;
     }
     let key = connection_key(tgid, fd);
+    let mut slot = MaybeUninit::uninit();
     if CONNECTIONS
-        .insert(key, Connection::new(role::CLIENT), BPF_ANY as u64)
+        .insert(
+            key,
+            Connection::init(&mut slot, role::CLIENT),
+            BPF_ANY as u64,
+        )
         .is_ok()
     {
         count(counter::CLIENT_CONNECTIONS);
@@ -289,43 +297,65 @@ fn admit_host(tgid: u32, host: u64) -> u64 {
     OVERFLOW_ROUTE_HASH
 }
 
-// --- Scanning heads, one byte per bpf_loop iteration, state in the per-CPU capture ---
+// --- Scanning heads: the line walk, then the one value that matters (`monitor_common::head`).
+// The steps run in `bpf_loop` callbacks, several per call; the state lives in
+// the per-CPU capture. ---
 
-#[repr(C)]
-struct ScanLoop {
-    end: u64,
+/// One callback of the line walk: up to `LINE_STEPS_PER_CALL` steps.
+#[inline(never)]
+extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &mut *capture };
+    let words = capture.bytes.as_ptr() as *const u64;
+    // SAFETY: `bytes` starts the 8-aligned map value and holds CAPTURE_WORDS words; the
+    // index is masked into them.
+    let word = |i: usize| unsafe { *words.add(i & (CAPTURE_WORDS - 1)) };
+    let mut step = 0;
+    while step < LINE_STEPS_PER_CALL {
+        if !capture.lines.step(&capture.bytes, word) {
+            return 1;
+        }
+        step += 1;
+    }
+    0
 }
+
+/// Steps of the line walk per callback (each loads up to four words or looks at a line).
+/// Every BPF call and return costs, more so where the return-stack mitigation of AMD CPUs
+/// (SRSO "safe RET") makes each `ret` a detour: with one step or byte per callback, the
+/// calls and returns were most of the cost.
+const LINE_STEPS_PER_CALL: u32 = 4;
+/// Bytes of a `Host` or `Content-Length` value per callback, for the same reason.
+const VALUE_BYTES_PER_CALL: u64 = 8;
 
 #[inline(never)]
 extern "C" fn host_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `ScanLoop` passed to bpf_loop.
-    let end = unsafe { (*(ctx as *const ScanLoop)).end };
-    if index >= end {
-        return 1;
-    }
-    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: a per-CPU map value; the index is masked into it.
-    let capture = unsafe { &mut *capture };
-    let b = capture.bytes[(index as usize) & (CAPTURE_LEN - 1)];
-    if capture.host.feed(b) { 0 } else { 1 }
+    feed_value::<VALUE_BYTES_PER_CALL>(index, ctx, |capture, b| capture.host.feed(b))
 }
 
 #[inline(never)]
-extern "C" fn response_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: as above.
-    let end = unsafe { (*(ctx as *const ScanLoop)).end };
-    if index >= end {
-        return 1;
-    }
-    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return 1;
+extern "C" fn length_step(index: u64, ctx: *mut c_void) -> i64 {
+    feed_value::<VALUE_BYTES_PER_CALL>(index, ctx, |capture, b| capture.lines.length_byte(b))
+}
+
+/// Walks the header lines of the `len` captured bytes.
+#[inline(always)]
+fn walk_lines(capture: &mut Capture, kind: u32, len: usize) {
+    zero_words(&mut capture.lines);
+    capture.lines.begin(kind, len);
+    // SAFETY: the callback matches what bpf_loop expects; it takes no context. Each step
+    // loads a word or looks at a line: at most one per captured byte.
+    unsafe {
+        bpf_loop(
+            CAPTURE_LEN as u32,
+            line_step as *mut c_void,
+            core::ptr::null_mut(),
+            0,
+        )
     };
-    // SAFETY: as above.
-    let capture = unsafe { &mut *capture };
-    let b = capture.bytes[(index as usize) & (CAPTURE_LEN - 1)];
-    if capture.response.feed(b) { 0 } else { 1 }
 }
 
 /// The normalised `Host` of the request in the capture, as a hash (0 if none).
@@ -333,20 +363,15 @@ fn scan_host(len: usize) -> u64 {
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return 0;
     };
-    // SAFETY: a per-CPU map value.
-    unsafe { (*capture).host = HostScanner::new() };
-    let mut ctx = ScanLoop { end: len as u64 };
-    // SAFETY: the callback and its context match what bpf_loop expects.
-    unsafe {
-        bpf_loop(
-            CAPTURE_LEN as u32,
-            host_step as *mut c_void,
-            (&mut ctx as *mut ScanLoop).cast(),
-            0,
-        )
-    };
-    // SAFETY: a per-CPU map value.
-    unsafe { (*capture).host.hash() }
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &mut *capture };
+    walk_lines(capture, head_kind::REQUEST, len);
+    capture.host.clear();
+    let from = capture.lines.host_at;
+    if from != 0 {
+        read_value::<VALUE_BYTES_PER_CALL>(host_step, from, len as u32);
+    }
+    capture.host.hash()
 }
 
 /// (framing, head length, content length) of the response in the capture.
@@ -354,25 +379,15 @@ fn scan_response_head(len: usize) -> (u16, u64, u64) {
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return (framing::UNKNOWN, 0, 0);
     };
-    // SAFETY: a per-CPU map value.
-    unsafe { (*capture).response = ResponseHeadScanner::default() };
-    let mut ctx = ScanLoop { end: len as u64 };
-    // SAFETY: the callback and its context match what bpf_loop expects.
-    unsafe {
-        bpf_loop(
-            CAPTURE_LEN as u32,
-            response_step as *mut c_void,
-            (&mut ctx as *mut ScanLoop).cast(),
-            0,
-        )
-    };
-    // SAFETY: a per-CPU map value.
-    let scanner = unsafe { &(*capture).response };
-    (
-        scanner.framing(),
-        scanner.head_len() as u64,
-        scanner.content_length,
-    )
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &mut *capture };
+    walk_lines(capture, head_kind::RESPONSE, len);
+    let (from, head_len) = (capture.lines.length_at, capture.lines.head_len);
+    if from != 0 && head_len != 0 {
+        read_value::<VALUE_BYTES_PER_CALL>(length_step, from, head_len);
+    }
+    let lines = &capture.lines;
+    (lines.framing(), lines.head_len as u64, lines.content_length)
 }
 
 /// Whether this read ends with the zero-size chunk that closes a chunked body.

@@ -15,8 +15,11 @@ use core::ffi::c_void;
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_for_each_map_elem, bpf_probe_read_kernel, bpf_probe_read_user},
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::{
+            bpf_for_each_map_elem, bpf_get_current_comm, bpf_loop, bpf_probe_read_kernel,
+            bpf_probe_read_user,
+        },
     },
 };
 use monitor_common::head::framing;
@@ -25,6 +28,7 @@ use monitor_common::http::{
     MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key, counter,
     duration_bucket, parse_status_line, phase, role,
 };
+use monitor_common::sched::COMM_LEN;
 
 use crate::{
     client,
@@ -35,6 +39,7 @@ use crate::{
     server,
     syscalls::Buffer,
 };
+use monitor_common::words::zero_words;
 
 /// `-ECONNRESET`: a read or write on a connection the peer reset.
 pub const ECONNRESET: i64 = -104;
@@ -376,6 +381,67 @@ extern "C" fn sweep_one(
     0
 }
 
+// --- Byte loops over the capture ---
+
+/// Capture bytes `from..end` for a value loop.
+#[repr(C)]
+struct ValueLoop {
+    from: u64,
+    end: u64,
+}
+
+/// Feeds the value loop's bytes for callback `index` to `feed`; 1 (stop) past the value's end
+/// or when `feed` says so.
+#[inline(always)]
+pub fn feed_value<const PER_CALL: u64>(
+    index: u64,
+    ctx: *mut c_void,
+    mut feed: impl FnMut(&mut Capture, u8) -> bool,
+) -> i64 {
+    // SAFETY: `ctx` is the `ValueLoop` passed to bpf_loop.
+    let ctx = unsafe { &*(ctx as *const ValueLoop) };
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &mut *capture };
+    let mut k = 0;
+    while k < PER_CALL {
+        let position = ctx.from + index * PER_CALL + k;
+        if position >= ctx.end {
+            return 1;
+        }
+        let b = capture.bytes[(position as usize) & (CAPTURE_LEN - 1)];
+        if !feed(capture, b) {
+            return 1;
+        }
+        k += 1;
+    }
+    0
+}
+
+/// Reads the capture's bytes `from..end` with `step`, `PER_CALL` per callback.
+#[inline(always)]
+pub fn read_value<const PER_CALL: u64>(
+    step: extern "C" fn(u64, *mut c_void) -> i64,
+    from: u32,
+    end: u32,
+) {
+    let mut ctx = ValueLoop {
+        from: from as u64,
+        end: end as u64,
+    };
+    // SAFETY: the callback and its context match what bpf_loop expects.
+    unsafe {
+        bpf_loop(
+            (CAPTURE_LEN as u64 / PER_CALL) as u32,
+            step as *mut c_void,
+            (&mut ctx as *mut ValueLoop).cast(),
+            0,
+        )
+    };
+}
+
 // --- Capturing bytes ---
 
 /// The status code if these bytes start a response.
@@ -415,7 +481,9 @@ pub fn capture(buffer: Buffer, ret: i64, max: usize) -> Option<(&'static Capture
     };
     // SAFETY: a per-CPU map value, only used by this program run on this CPU.
     let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
-    capture.bytes[..16].fill(0);
+    let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
+    // SAFETY: `bytes` starts the 8-aligned map value.
+    zero_words(unsafe { &mut *first_words });
     // SAFETY: the destination holds CAPTURE_LEN bytes and `len` is at most that; the helper
     // checks the user address.
     let failed = unsafe {
@@ -445,9 +513,10 @@ pub fn first_bytes(buffer: Buffer, ret: i64) -> Option<(u64, u64)> {
 /// Offset of `msg_iov` in the user ABI's `struct msghdr` (x86_64).
 const MSGHDR_IOV: u64 = 16;
 
-/// Base and length of the first `struct iovec` at `iov`.
+/// Base and length of the first `struct iovec` at `iov`, in one read of user memory.
 fn first_iovec(iov: u64) -> Option<(u64, u64)> {
-    Some((read_user::<u64>(iov)?, read_user::<u64>(iov + 8)?))
+    let [base, len] = read_user::<[u64; 2]>(iov)?;
+    Some((base, len))
 }
 
 pub fn read_user<T: Copy>(address: u64) -> Option<T> {
@@ -456,9 +525,15 @@ pub fn read_user<T: Copy>(address: u64) -> Option<T> {
 }
 
 fn comm_excluded(config: &HttpConfig) -> bool {
-    let Ok(comm) = bpf_get_current_comm() else {
+    // The raw helper into uninitialised stack: aya's wrapper zeroes the buffer first, with a
+    // byte-at-a-time `memset` (see `monitor_common::words`).
+    let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes COMM_LEN bytes (NUL-padded) or fails.
+    if unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) } != 0 {
         return false;
-    };
+    }
+    // SAFETY: written in full by the helper above.
+    let comm = unsafe { comm.assume_init() };
     let mut i = 0;
     while i < MAX_EXCLUDED_COMMS {
         let excluded = &config.excluded_comms[i];

@@ -10,7 +10,7 @@ use monitor_common::sched::{
     errors,
 };
 use monitor_common::{
-    head::{HostScanner, ResponseHeadScanner},
+    head::{HeadLines, HostValue},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
         NotRequestScanner, ProcessRoute, RouteTemplater, counter,
@@ -160,8 +160,8 @@ pub struct Capture {
     pub scratch: u64,
     /// The scanners' state lives here, not on the stack: the verifier does not follow map
     /// memory, so a byte loop over it is checked once (see `http`).
-    pub host: HostScanner,
-    pub response: ResponseHeadScanner,
+    pub lines: HeadLines,
+    pub host: HostValue,
     pub templater: RouteTemplater,
     pub not_request: NotRequestScanner,
 }

@@ -9,7 +9,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
 };
 use monitor_common::sched::{
     COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
@@ -18,6 +18,8 @@ use monitor_common::sched::{
 
 /// What a hash map's update returns when the map is full (a missing entry could not be added).
 const E2BIG: i32 = 7;
+
+use monitor_common::words::zero_words;
 
 use crate::maps::{
     CPU_SLOT, CPU_TIME, EXECS, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error,
@@ -123,9 +125,12 @@ fn account_current(slot: &mut CpuSlot, now: u64, flush: bool) {
         if tgid != slot.unflushed_tgid {
             flush_slot(slot);
             slot.unflushed_tgid = tgid;
-            if let Ok(comm) = bpf_get_current_comm() {
-                slot.unflushed_comm = comm;
-            }
+            // The raw helper writes straight into the slot: aya's wrapper first zeroes a
+            // stack buffer, with a byte-at-a-time `memset` (see `words`).
+            // SAFETY: the destination is COMM_LEN bytes of map memory.
+            unsafe {
+                raw::bpf_get_current_comm(slot.unflushed_comm.as_mut_ptr().cast(), COMM_LEN as u32)
+            };
         }
         slot.unflushed_ns += ran;
         if pending != 0 {
@@ -169,19 +174,24 @@ fn flush_slot(slot: &mut CpuSlot) {
         remember_process(tgid, slot.unflushed_comm, false);
     }
     if slot.runq_dirty != 0 {
-        flush_runq(tgid, &slot.unflushed_runq);
-        slot.unflushed_runq = RunqHistogram::ZERO;
+        flush_runq(tgid, &mut slot.unflushed_runq);
         slot.runq_dirty = 0;
     }
 }
 
+/// Adds `delays` to the process's histogram and leaves them zero.
 #[inline(always)]
-fn flush_runq(tgid: u32, delays: &RunqHistogram) {
+fn flush_runq(tgid: u32, delays: &mut RunqHistogram) {
     let mut histogram = RUNQ_LATENCY.get_ptr_mut(tgid);
     let mut full = false;
     if histogram.is_none() {
-        match RUNQ_LATENCY.insert(tgid, delays, BPF_NOEXIST as u64) {
-            Ok(()) => return,
+        // By reference: a copy would take 200 bytes of the 512-byte stack.
+        let shared: &RunqHistogram = delays;
+        match RUNQ_LATENCY.insert(tgid, shared, BPF_NOEXIST as u64) {
+            Ok(()) => {
+                zero_words(delays);
+                return;
+            }
             Err(error) => full = error == -E2BIG,
         }
         // Another CPU may have created it meanwhile.
@@ -193,14 +203,18 @@ fn flush_runq(tgid: u32, delays: &RunqHistogram) {
         } else {
             errors::RUNQ_ALLOC_FAILED
         });
+        zero_words(delays);
         return;
     };
     // SAFETY: this CPU's copy of a per-CPU value.
     let histogram = unsafe { &mut *histogram };
-    for (total, count) in histogram.buckets.iter_mut().zip(delays.buckets.iter()) {
-        *total += count;
+    // Added and cleared in one pass: a separate clear would become a `memset` call.
+    for (total, count) in histogram.buckets.iter_mut().zip(delays.buckets.iter_mut()) {
+        *total += *count;
+        *count = 0;
     }
     histogram.sum_ns += delays.sum_ns;
+    delays.sum_ns = 0;
 }
 
 /// Records the name of a process. `at_exec` overwrites any earlier name.

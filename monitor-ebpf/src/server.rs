@@ -3,7 +3,7 @@
 //! connection, the connection closes, the next response starts (pipelining), or the idle
 //! sweep finds it waiting.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
@@ -18,8 +18,8 @@ use monitor_common::http::{
 
 use crate::{
     http::{
-        EventBytes, announce, capture, config, current_tgid, finish_response, head, measured,
-        now_ns, opaque, status_of,
+        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, head,
+        measured, now_ns, opaque, read_value, status_of,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -45,8 +45,13 @@ pub fn on_accept(listening_fd: u32, ret: i64) {
     }
     // BPF_ANY: a stale entry for a reused fd number is replaced.
     let key = connection_key(tgid, ret as u32);
+    let mut slot = MaybeUninit::uninit();
     if CONNECTIONS
-        .insert(key, Connection::new(role::SERVER), BPF_ANY as u64)
+        .insert(
+            key,
+            Connection::init(&mut slot, role::SERVER),
+            BPF_ANY as u64,
+        )
         .is_ok()
     {
         count(counter::CONNECTIONS_ACCEPTED);
@@ -113,7 +118,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             conn.method = method;
             conn.request_start_ns = now;
             conn.status = 0;
-            conn.templater = RouteTemplater::new();
+            conn.templater.reset();
             let target = (opaque(target as u64) & 15) as usize;
             continue_request_line(conn, key, tgid, capture, target, len, false);
         }
@@ -308,35 +313,17 @@ extern "C" fn classify_step(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Where the bytes to template are in the capture. The templater itself is in map memory
-/// (`Capture::templater`): on the stack, the verifier would follow each of its fields exactly
-/// through the loop and check the body once per combination of values.
-#[repr(C)]
-struct TemplateLoop {
-    from: u64,
-    end: u64,
-}
+/// Path bytes templated per callback (see `client::LINE_STEPS_PER_CALL` on why several).
+const TEMPLATE_BYTES_PER_CALL: u64 = 2;
 
-/// One byte per `bpf_loop` iteration. The position comes from the loop index, which the
-/// verifier treats as unknown (see the notes in `http`).
+/// Feeds bytes of the capture to the templater (`template`). The templater itself is in map
+/// memory (`Capture::templater`): on the stack, the verifier would follow each of its fields
+/// exactly through the loop and check the body once per combination of values.
 #[inline(never)]
 extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: `ctx` is the `TemplateLoop` that `template` passes to bpf_loop.
-    let ctx = unsafe { &*(ctx as *const TemplateLoop) };
-    let position = ctx.from + index;
-    if position >= ctx.end {
-        return 1;
-    }
-    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: a per-CPU map value, only used by this program run; the index is masked into it.
-    let capture = unsafe { &mut *capture };
-    let b = capture.bytes[(position as usize) & (CAPTURE_LEN - 1)];
-    match capture.templater.feed(b, &mut ()) {
-        Fed::More => 0,
-        Fed::End => 1,
-    }
+    feed_value::<TEMPLATE_BYTES_PER_CALL>(index, ctx, |capture, b| {
+        capture.templater.feed(b, &mut ()) == Fed::More
+    })
 }
 
 /// Feeds `capture[from..to]` to the templater; true when the request target ended.
@@ -344,22 +331,10 @@ fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return true;
     };
-    // SAFETY: as in `template_step`.
+    // SAFETY: a per-CPU map value, only used by this program run.
     let capture = unsafe { &mut *capture };
     capture.templater = *templater;
-    let mut ctx = TemplateLoop {
-        from: from as u64,
-        end: to as u64,
-    };
-    // SAFETY: the callback and its context match what bpf_loop expects.
-    unsafe {
-        bpf_loop(
-            CAPTURE_LEN as u32,
-            template_step as *mut c_void,
-            (&mut ctx as *mut TemplateLoop).cast(),
-            0,
-        )
-    };
+    read_value::<TEMPLATE_BYTES_PER_CALL>(template_step, from as u32, to as u32);
     *templater = capture.templater;
     templater.ended != 0
 }

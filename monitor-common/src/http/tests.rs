@@ -422,3 +422,31 @@ fn a_cut_path_of_slashes_collapses_to_the_root() {
     assert_eq!(template.collapsed_text, "/{*}");
     assert_eq!(template.collapsed_hash, fnv_bytes(FNV_OFFSET, b"/{*}"));
 }
+
+#[test]
+fn a_reset_templater_is_a_new_one() {
+    // The kernel resets the templater in place for every request (`reset`); any state left
+    // from the previous path would change the next one's template.
+    let mut templater = RouteTemplater::new();
+    for &b in b"/users/12345/Orders-x7kq2mzp/abc " {
+        if templater.feed(b, &mut ()) == Fed::End {
+            break;
+        }
+    }
+    assert_ne!(templater, RouteTemplater::new());
+    templater.reset();
+    assert_eq!(templater, RouteTemplater::new());
+}
+
+#[test]
+fn a_connection_built_in_place_is_a_new_one() {
+    for role in [role::SERVER, role::CLIENT] {
+        let mut slot = core::mem::MaybeUninit::new(Connection {
+            phase: phase::RESPONSE,
+            route: 7,
+            status: 500,
+            ..Connection::new(role::CLIENT)
+        });
+        assert_eq!(*Connection::init(&mut slot, role), Connection::new(role));
+    }
+}
