@@ -313,8 +313,10 @@ extern "C" fn classify_step(index: u64, _ctx: *mut c_void) -> i64 {
     0
 }
 
-/// Path bytes templated per callback (see `client::LINE_STEPS_PER_CALL` on why several).
-const TEMPLATE_BYTES_PER_CALL: u64 = 2;
+/// Path bytes templated per callback. Several would save calls (see
+/// `client::LINE_STEPS_PER_CALL`), but the templater is large: two per call made the
+/// verifier's pass at start-up 0.3-0.4 s longer, eight exceeded its limit.
+const TEMPLATE_BYTES_PER_CALL: u64 = 1;
 
 /// Feeds bytes of the capture to the templater (`template`). The templater itself is in map
 /// memory (`Capture::templater`): on the stack, the verifier would follow each of its fields
