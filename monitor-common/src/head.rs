@@ -111,37 +111,18 @@ pub struct HeadLines {
 }
 
 impl HeadLines {
-    pub const fn new(kind: u32, len: usize) -> Self {
-        let mut lines = Self::ZERO;
+    pub fn new(kind: u32, len: usize) -> Self {
+        let mut lines = Self::default();
         lines.begin(kind, len);
         lines
     }
 
     /// A walk over `len` captured bytes, from a zeroed value (the kernel clears the map value
     /// a word at a time instead of building one on its small stack).
-    pub const fn begin(&mut self, kind: u32, len: usize) {
+    pub fn begin(&mut self, kind: u32, len: usize) {
         self.kind = kind;
-        self.len = if len > CAPTURE_LEN {
-            CAPTURE_LEN as u32
-        } else {
-            len as u32
-        };
+        self.len = len.min(CAPTURE_LEN) as u32;
     }
-
-    const ZERO: Self = Self {
-        len: 0,
-        kind: 0,
-        next_word: 0,
-        word_at: 0,
-        pending: 0,
-        head_len: 0,
-        host_at: 0,
-        length_at: 0,
-        chunked: 0,
-        content_length: 0,
-        has_length: 0,
-        _reserved: 0,
-    };
 
     /// One step; false once there is nothing more to learn. `word(i)` is the capture's
     /// `i`-th 8-byte word, little-endian (the kernel loads it in one instruction).

@@ -432,9 +432,10 @@ impl RouteTemplater {
     /// become a `memset` call in the kernel (see `words`).
     #[inline(always)]
     pub fn reset(&mut self) {
+        const NEW: RouteTemplater = RouteTemplater::new();
         zero_words(self);
-        self.hash = FNV_OFFSET;
-        self.literal_hash = fnv(FNV_OFFSET, b'/');
+        self.hash = NEW.hash;
+        self.literal_hash = NEW.literal_hash;
     }
 
     pub const fn new() -> Self {

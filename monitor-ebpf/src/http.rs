@@ -16,10 +16,7 @@ use aya_ebpf::{
     bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{
-            bpf_for_each_map_elem, bpf_get_current_comm, bpf_loop, bpf_probe_read_kernel,
-            bpf_probe_read_user,
-        },
+        generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
     },
 };
 use monitor_common::head::framing;
@@ -28,7 +25,6 @@ use monitor_common::http::{
     MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key, counter,
     duration_bucket, parse_status_line, phase, role,
 };
-use monitor_common::sched::COMM_LEN;
 
 use crate::{
     client,
@@ -36,6 +32,7 @@ use crate::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LAST_IDLE_SWEEP,
         LISTENERS, PARTIAL_PATHS, ZERO_DURATION, count,
     },
+    sched::current_comm,
     server,
     syscalls::Buffer,
 };
@@ -525,15 +522,9 @@ pub fn read_user<T: Copy>(address: u64) -> Option<T> {
 }
 
 fn comm_excluded(config: &HttpConfig) -> bool {
-    // The raw helper into uninitialised stack: aya's wrapper zeroes the buffer first, with a
-    // byte-at-a-time `memset` (see `monitor_common::words`).
-    let mut comm = core::mem::MaybeUninit::<[u8; COMM_LEN]>::uninit();
-    // SAFETY: the helper writes COMM_LEN bytes (NUL-padded) or fails.
-    if unsafe { bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) } != 0 {
+    let Some(comm) = current_comm() else {
         return false;
-    }
-    // SAFETY: written in full by the helper above.
-    let comm = unsafe { comm.assume_init() };
+    };
     let mut i = 0;
     while i < MAX_EXCLUDED_COMMS {
         let excluded = &config.excluded_comms[i];

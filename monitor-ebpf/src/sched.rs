@@ -7,23 +7,25 @@
 //! Cost matters: these run on every context switch of the host. The common path touches only
 //! per-CPU and array slots; a hash lookup happens when the CPU changes process.
 
+use core::mem::MaybeUninit;
+
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
 };
 use monitor_common::sched::{
     COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
     runq_bucket,
 };
 
-/// What a hash map's update returns when the map is full (a missing entry could not be added).
-const E2BIG: i32 = 7;
-
 use monitor_common::words::zero_words;
 
 use crate::maps::{
     CPU_SLOT, CPU_TIME, EXECS, PROCESS_META, RUNNABLE_SINCE, RUNQ_LATENCY, count_error,
 };
+
+/// What a hash map's update returns when the map is full (a missing entry could not be added).
+const E2BIG: i32 = 7;
 
 /// A context switch, with tasks identified by a key that is stable while they live.
 pub struct Switch {
@@ -36,6 +38,20 @@ pub struct Switch {
 #[inline(always)]
 fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The current task's `comm`. The raw helper into uninitialised memory: aya's wrapper first
+/// zeroes its buffer, with the BPF target's byte-at-a-time `memset` (see
+/// `monitor_common::words`).
+#[inline(always)]
+pub fn current_comm() -> Option<[u8; COMM_LEN]> {
+    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
+    // SAFETY: the helper writes COMM_LEN bytes (NUL-padded) or fails.
+    if unsafe { raw::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) } != 0 {
+        return None;
+    }
+    // SAFETY: written in full by the helper above.
+    Some(unsafe { comm.assume_init() })
 }
 
 #[inline(always)]
@@ -128,12 +144,9 @@ fn account_current(slot: &mut CpuSlot, now: u64, flush: bool) {
         if tgid != slot.unflushed_tgid {
             flush_slot(slot);
             slot.unflushed_tgid = tgid;
-            // The raw helper writes straight into the slot: aya's wrapper first zeroes a
-            // stack buffer, with a byte-at-a-time `memset` (see `words`).
-            // SAFETY: the destination is COMM_LEN bytes of map memory.
-            unsafe {
-                raw::bpf_get_current_comm(slot.unflushed_comm.as_mut_ptr().cast(), COMM_LEN as u32)
-            };
+            if let Some(comm) = current_comm() {
+                slot.unflushed_comm = comm;
+            }
         }
         slot.unflushed_ns += ran;
         if pending != 0 {
@@ -238,7 +251,7 @@ fn remember_process(tgid: u32, comm: [u8; COMM_LEN], at_exec: bool) {
 
 pub fn on_exec() {
     let tgid = current_tgid();
-    let comm = bpf_get_current_comm().unwrap_or([0; COMM_LEN]);
+    let comm = current_comm().unwrap_or([0; COMM_LEN]);
     if comm[0] != 0 {
         remember_process(tgid, comm, true);
     }
