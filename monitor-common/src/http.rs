@@ -671,6 +671,8 @@ pub struct HttpConfig {
     pub _reserved: u32,
     /// A response with no write for this long, on a connection left open, is finished.
     pub idle_timeout_ns: u64,
+    /// Random, per agent start: the seed of every `fingerprint::*`.
+    pub fingerprint_seed: u64,
     /// Executables (`comm`, NUL-padded) whose connections are never tracked.
     pub excluded_comms: [[u8; 16]; MAX_EXCLUDED_COMMS],
 }
@@ -726,6 +728,17 @@ pub struct Connection {
     /// Client: body bytes still to come when the response declared a Content-Length.
     pub body_remaining: u64,
     pub templater: RouteTemplater,
+    /// `fingerprint::*` of the bytes that decided `cached_route` (server: the request line up
+    /// to the end of its target; client: the request head), 0 for none: the same bytes again
+    /// take the cached route without templating or scanning.
+    pub request_print: u64,
+    /// Client: `fingerprint::bytes` of the last response's first read, and what its head
+    /// scan found (content length, head length, `head::framing::*`).
+    pub response_print: u64,
+    pub response_length: u64,
+    pub response_head_len: u32,
+    pub response_framing: u16,
+    pub _reserved: u16,
     pub status: u16,
     pub method: u8,
     pub role: u8,
@@ -755,6 +768,12 @@ impl Connection {
             cached_route: 0,
             body_remaining: 0,
             templater: RouteTemplater::new(),
+            request_print: 0,
+            response_print: 0,
+            response_length: 0,
+            response_head_len: 0,
+            response_framing: 0,
+            _reserved: 0,
             status: 0,
             method: 0,
             role,
@@ -870,11 +889,11 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(
-    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 32 + 16 * MAX_EXCLUDED_COMMS
+    core::mem::size_of::<HttpConfig>() == 8 * MAX_DURATION_BOUNDS + 40 + 16 * MAX_EXCLUDED_COMMS
 );
 const _: () = assert!(CAPTURE_LEN.is_power_of_two() && MAX_DURATION_BOUNDS.is_power_of_two());
 

@@ -7,6 +7,7 @@
 #[cfg(any(test, feature = "user"))]
 extern crate alloc;
 
+pub mod fingerprint;
 pub mod head;
 pub mod http;
 pub mod sched;

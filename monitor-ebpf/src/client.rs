@@ -20,8 +20,9 @@ use monitor_common::{
 
 use crate::{
     http::{
-        ECONNRESET, EventBytes, announce, capture, claim_response, config, current_tgid,
-        feed_value, finish_response, first_bytes, head, measured, now_ns, read_user, read_value,
+        ECONNRESET, EventBytes, announce, bytes_print, capture, claim_response, config,
+        current_tgid, feed_value, finish_response, first_bytes, head, measured, now_ns, read_user,
+        read_value,
     },
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
@@ -124,14 +125,21 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
     conn.request_start_ns = now;
     conn.status = 0;
     conn.framing = framing::UNKNOWN;
-    let host = scan_host(len);
-    conn.route = if host == conn.cached_template && conn.cached_route != 0 {
+    let print = bytes_print(len as u64);
+    conn.route = if print == conn.request_print && conn.cached_route != 0 {
+        // The same bytes as the last request: the same Host, not scanned again.
         conn.cached_route
     } else {
-        let admitted = admit_host(tgid, host);
-        conn.cached_template = host;
-        conn.cached_route = admitted;
-        admitted
+        conn.request_print = print;
+        let host = scan_host(len);
+        if host == conn.cached_template && conn.cached_route != 0 {
+            conn.cached_route
+        } else {
+            let admitted = admit_host(tgid, host);
+            conn.cached_template = host;
+            conn.cached_route = admitted;
+            admitted
+        }
     };
     conn.phase = phase::REQUEST;
 }
@@ -166,7 +174,7 @@ pub fn on_read(conn: &mut Connection, _key: u64, tgid: u32, buffer: Buffer, ret:
                 let _ = finish_response(conn, tgid, now);
                 return;
             }
-            let (framing, head_len, length) = scan_response_head(len);
+            let (framing, head_len, length) = response_framing(conn, len);
             conn.framing = framing;
             match framing {
                 framing::LENGTH => {
@@ -389,6 +397,26 @@ fn scan_response_head(len: usize) -> (u16, u64, u64) {
     }
     let lines = &capture.lines;
     (lines.framing(), lines.head_len as u64, lines.content_length)
+}
+
+/// (framing, head length, content length) of the response whose first read is in the
+/// capture: what the last response of the connection had if its first read was the same.
+#[inline(always)]
+fn response_framing(conn: &mut Connection, len: usize) -> (u16, u64, u64) {
+    let print = bytes_print(len as u64);
+    if print == conn.response_print {
+        return (
+            conn.response_framing,
+            conn.response_head_len as u64,
+            conn.response_length,
+        );
+    }
+    let (framing, head_len, length) = scan_response_head(len);
+    conn.response_print = print;
+    conn.response_framing = framing;
+    conn.response_head_len = head_len as u32;
+    conn.response_length = length;
+    (framing, head_len, length)
 }
 
 /// Whether this read ends with the zero-size chunk that closes a chunked body.

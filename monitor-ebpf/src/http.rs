@@ -19,7 +19,8 @@ use aya_ebpf::{
         generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
     },
 };
-use monitor_common::head::framing;
+use monitor_common::fingerprint;
+use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key, counter,
@@ -449,6 +450,50 @@ pub fn status_of(buffer: Buffer, ret: i64) -> Option<u16> {
         return None;
     }
     parse_status_line(&head(capture))
+}
+
+/// The capture's words, for the word-at-a-time scans (`fingerprint`, `head`).
+#[inline(always)]
+pub fn capture_words(capture: &Capture) -> impl Fn(usize) -> u64 + '_ {
+    let words = capture.bytes.as_ptr() as *const u64;
+    // SAFETY: `bytes` starts the 8-aligned map value and holds CAPTURE_WORDS words; the
+    // index is masked into them.
+    move |i| unsafe { *words.add(i & (CAPTURE_WORDS - 1)) }
+}
+
+/// `fingerprint::request_target` of the capture. A global function: the verifier checks it
+/// once, on its own, instead of once for every way the program can reach it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn target_print(target: u64, len: u64) -> u64 {
+    let Some(capture) = CAPTURE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run.
+    let capture = unsafe { &*capture };
+    fingerprint::request_target(
+        capture_words(capture),
+        target as usize,
+        len as usize,
+        seed(),
+    )
+}
+
+/// `fingerprint::bytes` of the capture; a global function for the same reason.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn bytes_print(len: u64) -> u64 {
+    let Some(capture) = CAPTURE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let capture = unsafe { &*capture };
+    fingerprint::bytes(capture_words(capture), len as usize, seed())
+}
+
+#[inline(always)]
+fn seed() -> u64 {
+    config().map_or(0, |config| config.fingerprint_seed)
 }
 
 #[inline(always)]

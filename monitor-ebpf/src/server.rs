@@ -19,7 +19,7 @@ use monitor_common::http::{
 use crate::{
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, head,
-        measured, now_ns, opaque, read_value, status_of,
+        measured, now_ns, opaque, read_value, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -118,8 +118,18 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             conn.method = method;
             conn.request_start_ns = now;
             conn.status = 0;
-            conn.templater.reset();
             let target = (opaque(target as u64) & 15) as usize;
+            let print = target_print(target as u64, len as u64);
+            if print != 0 && print == conn.request_print && conn.cached_route != 0 {
+                // The same request line as the last one: the same route, not templated again.
+                conn.route = conn.cached_route;
+                conn.phase = phase::REQUEST;
+                return;
+            }
+            // A target that ends in this read is templated and admitted below, which sets
+            // `cached_route` for it.
+            conn.request_print = print;
+            conn.templater.reset();
             continue_request_line(conn, key, tgid, capture, target, len, false);
         }
         // Request body, or a pipelined request that is paired when its response starts.

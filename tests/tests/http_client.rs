@@ -122,6 +122,44 @@ fn curl_python_and_node_clients_are_counted_per_server_address_and_status() {
 }
 
 #[test]
+fn requests_on_one_connection_each_get_their_own_server_address_and_framing() {
+    // The kernel reuses what it learnt from a request or response head when the next one on
+    // the connection has the same bytes: changes of Host and of body length must be seen.
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let requests = [
+        "a.test,/bytes/5",
+        "a.test,/bytes/5",
+        "b.test,/bytes/700",
+        "a.test,/bytes/5",
+        "b.test,/bytes/700",
+        "b.test,/bytes/700",
+        "b.test,/bytes/5",
+        "a.test,/bytes/700",
+        "a.test,/bytes/5",
+    ];
+    let mut args = vec![server.port.to_string()];
+    args.extend(requests.iter().map(|request| request.to_string()));
+    let (name, statuses) = run_client("/usr/bin/python3", "keep_alive_client.py", &args);
+    assert_eq!(statuses, [200; 9]);
+    let scrape = wait_until(&agent, "every request under its Host", |scrape| {
+        client_count(scrape, &name, "a.test", 200) == Some(5)
+            && client_count(scrape, &name, "b.test", 200) == Some(4)
+    });
+    // A length taken from another response would leave body bytes unread at the close: the
+    // response would count as cut off.
+    assert_eq!(
+        scrape.value(
+            "http_client_request_errors_total",
+            &[("service_name", name.as_str())]
+        ),
+        None,
+        "{}",
+        describe_http(&agent.metrics_text())
+    );
+}
+
+#[test]
 fn a_100ms_server_gives_client_observations_between_100_and_250ms() {
     let agent = MonitorAgent::start(&[]);
     let server = Server::python();

@@ -226,6 +226,39 @@ fn ten_pipelined_requests_in_one_write_are_ten_observations() {
 }
 
 #[test]
+fn requests_on_one_connection_each_get_their_own_route() {
+    // The kernel reuses the route of the last request line when the next one on the
+    // connection has the same bytes: every change of path must still be seen.
+    let agent = MonitorAgent::start(&[]);
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    let paths = [
+        "/ok",
+        "/ok",
+        "/docs/alpha",
+        "/ok",
+        "/docs/alpha",
+        "/docs/alpha",
+        "/docs/beta",
+        "/ok?page=2",
+        "/missing",
+        "/ok",
+    ];
+    let mut stream = connect(nginx.port);
+    for path in paths {
+        send(
+            &mut stream,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+        );
+        read_responses(&mut stream, 1);
+    }
+    drop(stream);
+    wait_for_count(&agent, "nginx", 200, "/ok", 5);
+    wait_for_count(&agent, "nginx", 200, "/docs/alpha", 3);
+    wait_for_count(&agent, "nginx", 200, "/docs/beta", 1);
+    wait_for_count(&agent, "nginx", 404, "/missing", 1);
+}
+
+#[test]
 fn a_request_line_cut_across_reads_gets_its_route() {
     let agent = MonitorAgent::start(&[]);
     let server = Server::python();

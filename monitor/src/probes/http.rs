@@ -69,8 +69,20 @@ pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfi
         host_budget: settings.host_budget,
         _reserved: 0,
         idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
+        fingerprint_seed: fingerprint_seed()?,
         excluded_comms,
     })
+}
+
+/// A seed nobody outside the agent knows, so that nobody can pick two request lines with one
+/// fingerprint (`monitor_common::fingerprint`).
+fn fingerprint_seed() -> Result<u64> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut seed = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut seed)
+        .map_err(|_| anyhow!("the kernel's random number generator failed"))?;
+    Ok(u64::from_ne_bytes(seed))
 }
 
 pub fn write_config(ebpf: &mut Ebpf, config: HttpConfig) -> Result<()> {
