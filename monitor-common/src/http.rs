@@ -796,6 +796,16 @@ impl Connection {
     }
 }
 
+/// Words of `MEASURED_PROCESSES`, one bit per process id: 64-bit Linux never gives out ids
+/// above PID_MAX_LIMIT (4,194,304), so 512 KiB hold them all.
+pub const MEASURED_PROCESS_WORDS: u32 = 4_194_304 / 64;
+
+/// The word of `MEASURED_PROCESSES` that holds `tgid`'s bit, and the bit.
+#[inline(always)]
+pub const fn measured_process_bit(tgid: u32) -> (u32, u64) {
+    (tgid / 64, 1 << (tgid % 64))
+}
+
 /// Key of `CONNECTIONS`: the process and the file descriptor.
 #[inline(always)]
 pub const fn connection_key(tgid: u32, fd: u32) -> u64 {

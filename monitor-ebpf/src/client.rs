@@ -21,8 +21,8 @@ use monitor_common::{
 use crate::{
     http::{
         ECONNRESET, EventBytes, announce, bytes_print, capture, claim_response, config,
-        current_tgid, feed_value, finish_response, first_bytes, head, measured, now_ns, read_user,
-        read_value,
+        current_tgid, feed_value, finish_response, first_bytes, head, mark_measured, measured,
+        now_ns, read_user, read_value,
     },
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
@@ -59,6 +59,7 @@ pub fn on_connect(fd: u32, address: u64, ret: i64) {
         }
         return;
     }
+    mark_measured(tgid);
     let key = connection_key(tgid, fd);
     let mut slot = MaybeUninit::uninit();
     if CONNECTIONS

@@ -24,14 +24,14 @@ use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key, counter,
-    duration_bucket, parse_status_line, phase, role,
+    duration_bucket, measured_process_bit, parse_status_line, phase, role,
 };
 
 use crate::{
     client,
     maps::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LAST_IDLE_SWEEP,
-        LISTENERS, PARTIAL_PATHS, ZERO_DURATION, count,
+        LISTENERS, MEASURED_PROCESSES, PARTIAL_PATHS, ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
@@ -90,6 +90,9 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
+    if !may_have_connections(tgid) {
+        return;
+    }
     let key = connection_key(tgid, fd);
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
         return;
@@ -110,6 +113,9 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
+    if !may_have_connections(tgid) {
+        return;
+    }
     let key = connection_key(tgid, fd);
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
         return;
@@ -135,6 +141,9 @@ pub fn on_close(fd: u32) {
     if config().is_some_and(|config| config.port_filter != 0) {
         let _ = LISTENERS.remove(key);
     }
+    if !may_have_connections(tgid) {
+        return;
+    }
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
         return;
     };
@@ -147,6 +156,30 @@ pub fn on_close(fd: u32) {
         let _ = PARTIAL_PATHS.remove(key);
     }
     let _ = CONNECTIONS.remove(key);
+}
+
+// --- Which processes have connections ---
+
+/// False when `tgid` has never had a tracked connection (`MEASURED_PROCESSES`).
+#[inline(always)]
+pub fn may_have_connections(tgid: u32) -> bool {
+    let (word, bit) = measured_process_bit(tgid);
+    MEASURED_PROCESSES
+        .get(word)
+        .is_none_or(|bits| bits & bit != 0)
+}
+
+/// Marks `tgid` as a process with connections, before the first is tracked.
+#[inline(always)]
+pub fn mark_measured(tgid: u32) {
+    let (word, bit) = measured_process_bit(tgid);
+    if let Some(bits) = MEASURED_PROCESSES.get_ptr_mut(word) {
+        // Most calls find the bit set already: a read is cheaper than a locked write.
+        // SAFETY: a map value, valid for this program run.
+        if unsafe { *bits } & bit == 0 {
+            fetch_or(bits, bit);
+        }
+    }
 }
 
 // --- Announcements ---
@@ -296,6 +329,27 @@ fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
         );
     }
     previous
+}
+
+/// Atomically sets `bits` in `*word` (BPF_ATOMIC | BPF_OR, kernel 5.12+), written out for
+/// the same reason.
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn fetch_or(word: *mut u64, bits: u64) {
+    // SAFETY: `word` is an aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "lock *(u64 *)({word} + 0) |= {bits}",
+            word = in(reg) word,
+            bits = in(reg) bits,
+        );
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn fetch_or(word: *mut u64, bits: u64) {
+    // SAFETY: as above; never run concurrently on the host.
+    unsafe { *word |= bits };
 }
 
 /// Host builds (clippy, `cargo check`) only: the programs run on the BPF target.

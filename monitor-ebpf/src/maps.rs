@@ -13,7 +13,7 @@ use monitor_common::{
     head::{HeadLines, HostValue},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
-        NotRequestScanner, ProcessRoute, RouteTemplater, counter,
+        MEASURED_PROCESS_WORDS, NotRequestScanner, ProcessRoute, RouteTemplater, counter,
     },
 };
 
@@ -83,6 +83,15 @@ pub static LAST_IDLE_SWEEP: Array<u64> = Array::with_max_entries(1, 0);
 /// (seeded by the agent). LRU: a process killed without closing its sockets cannot fill it.
 #[map]
 pub static CONNECTIONS: LruHashMap<u64, Connection> = LruHashMap::with_max_entries(65536, 0);
+
+/// One bit per process that has had a tracked connection (`measured_process_bit`): the reads
+/// and writes of every other process on the host end after one array load instead of a hash
+/// look-up. Set here when a connection is tracked and by the agent when it adopts one; the
+/// agent clears the bits of processes that have gone. Mappable, so that the agent sets and
+/// clears bits with atomic operations that never undo the kernel's.
+#[map]
+pub static MEASURED_PROCESSES: Array<u64> =
+    Array::with_max_entries(MEASURED_PROCESS_WORDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
 /// Request durations per (process, method, status, route), per CPU.
 #[map]

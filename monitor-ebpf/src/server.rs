@@ -19,7 +19,7 @@ use monitor_common::http::{
 use crate::{
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, head,
-        measured, now_ns, opaque, read_value, status_of, target_print,
+        mark_measured, measured, now_ns, opaque, read_value, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -43,6 +43,7 @@ pub fn on_accept(listening_fd: u32, ret: i64) {
     if config.port_filter != 0 && !listener_allowed(tgid, listening_fd) {
         return;
     }
+    mark_measured(tgid);
     // BPF_ANY: a stale entry for a reused fd number is replaced.
     let key = connection_key(tgid, ret as u32);
     let mut slot = MaybeUninit::uninit();

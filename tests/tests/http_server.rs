@@ -367,12 +367,19 @@ fn a_killed_server_leaves_no_connection_state_behind() {
     poll_until("the connections to be tracked", WAIT, || {
         entries(&agent.scrape()).filter(|&n| n >= baseline + 4.0)
     });
+    // Processes with tracked connections, this one (the clients) and the server among them.
+    let marked =
+        |scrape: &Scrape| scrape.value("monitor_bpf_map_entries", &[("map", "MEASURED_PROCESSES")]);
+    let marked_with_server = marked(&agent.scrape()).expect("MEASURED_PROCESSES entries");
     server.kill();
     for client in clients {
         client.join().unwrap();
     }
     poll_until("the dead server's connections to be swept", WAIT, || {
         (entries(&agent.scrape())? <= baseline).then_some(())
+    });
+    poll_until("the dead server's process bit to be cleared", WAIT, || {
+        (marked(&agent.scrape())? <= marked_with_server - 1.0).then_some(())
     });
     // And the agent keeps measuring.
     let other = Server::python();

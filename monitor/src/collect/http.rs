@@ -8,10 +8,10 @@ use aya::{
 };
 use monitor_common::http::{
     ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS,
-    ProcessRoute, connection_key, counter, event_kind, listener, role,
+    MEASURED_PROCESS_WORDS, ProcessRoute, connection_key, counter, event_kind, listener, role,
 };
 
-use super::{MapUsage, capacity, take, usage};
+use super::{MapUsage, capacity, measured_processes::MeasuredProcesses, take, usage};
 use crate::model::http::Cleanup;
 
 /// A histogram of one key summed over CPUs.
@@ -119,6 +119,7 @@ pub struct HttpMaps {
     host_count: HashMap<MapData, u32, u32>,
     client_errors: PerCpuHashMap<MapData, ClientErrorKey, u64>,
     connect_errors: PerCpuHashMap<MapData, u32, u64>,
+    measured: MeasuredProcesses,
 }
 
 impl HttpMaps {
@@ -135,6 +136,7 @@ impl HttpMaps {
             host_count: take(ebpf, "HOST_COUNT")?.try_into()?,
             client_errors: take(ebpf, "CLIENT_ERRORS")?.try_into()?,
             connect_errors: take(ebpf, "CONNECT_ERRORS")?.try_into()?,
+            measured: MeasuredProcesses::new(take(ebpf, "MEASURED_PROCESSES")?)?,
         })
     }
 
@@ -272,7 +274,9 @@ impl HttpMaps {
         for tgid in host_counts.iter().filter(|tgid| !alive(**tgid)) {
             let _ = self.host_count.remove(tgid);
         }
+        let measured = self.measured.clear_gone(&alive);
         vec![
+            usage("MEASURED_PROCESSES", measured, MEASURED_PROCESS_WORDS * 64),
             usage(
                 "CONNECTIONS",
                 connections.len() - dead,
@@ -300,6 +304,7 @@ impl HttpMaps {
     pub fn adopt_connections(&mut self, sockets: impl IntoIterator<Item = (u32, u32)>) -> usize {
         let mut adopted = 0;
         for (tgid, fd) in sockets {
+            self.measured.mark(tgid);
             let connection = Connection::new(role::SERVER);
             const BPF_NOEXIST: u64 = 1;
             if self

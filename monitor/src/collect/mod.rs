@@ -3,6 +3,7 @@
 pub mod execs;
 pub mod http;
 pub mod identity;
+pub mod measured_processes;
 pub mod process;
 pub mod sched;
 pub mod sockets;
