@@ -499,11 +499,34 @@ pub fn read_value<const PER_CALL: u64>(
 /// The status code if these bytes start a response.
 #[inline(always)]
 pub fn status_of(buffer: Buffer, ret: i64) -> Option<u16> {
-    let (capture, len) = capture(buffer, ret, 16)?;
+    let (head, len) = first_16(buffer, ret)?;
     if len < 12 {
         return None;
     }
-    parse_status_line(&head(capture))
+    parse_status_line(&head)
+}
+
+/// The first (up to) 16 bytes the syscall moved, zero-padded, and how many there were. Read
+/// onto the stack: the kernel's usercopy hardening checks a stack destination in a few
+/// instructions, map memory with several calls.
+#[inline(always)]
+pub fn first_16(buffer: Buffer, ret: i64) -> Option<([u8; 16], usize)> {
+    let (source, available) = first_bytes(buffer, ret)?;
+    let mut len = ret as u64;
+    if available < len {
+        len = available;
+    }
+    let len = if len > 16 { 16 } else { len };
+    let mut head = [0u8; 16];
+    // SAFETY: the destination holds 16 bytes and `len` is at most that; the helper checks the
+    // user address.
+    let failed = unsafe {
+        bpf_probe_read_user(head.as_mut_ptr().cast(), len as u32, source as *const c_void)
+    } != 0;
+    if failed {
+        return None;
+    }
+    Some((head, len as usize))
 }
 
 /// The capture's words, for the word-at-a-time scans (`fingerprint`, `head`).

@@ -18,8 +18,9 @@ use monitor_common::http::{
 
 use crate::{
     http::{
-        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, head,
-        mark_measured, measured, now_ns, opaque, read_value, status_of, target_print,
+        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response,
+        first_16, head, mark_measured, measured, now_ns, opaque, read_value, status_of,
+        target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -165,10 +166,9 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
     let now = now_ns();
     match conn.phase {
         phase::REQUEST => {
-            let Some((capture, len)) = capture(buffer, ret, 16) else {
+            let Some((head, len)) = first_16(buffer, ret) else {
                 return;
             };
-            let head = head(capture);
             let status = if len >= 12 {
                 parse_status_line(&head)
             } else {
