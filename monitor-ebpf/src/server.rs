@@ -292,8 +292,21 @@ fn continue_request_line(
 /// The `not_http::*` kind of the captured read, whose first 16 bytes are `head`.
 #[inline(always)]
 fn classify(head: &[u8; 16], len: usize) -> u8 {
+    scan_not_request(len as u64);
+    match CAPTURE.get_ptr(0) {
+        // SAFETY: a per-CPU map value, only used by this program run.
+        Some(capture) => unsafe { (*capture).not_request.kind(head) },
+        None => not_http::TEXT,
+    }
+}
+
+/// Feeds the capture's first bytes to `CAPTURE.not_request`. A global function (see
+/// `client::scan_host`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn scan_not_request(len: u64) -> u64 {
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return not_http::TEXT;
+        return 1;
     };
     // SAFETY: a per-CPU map value, only used by this program run.
     let capture = unsafe { &mut *capture };
@@ -308,7 +321,7 @@ fn classify(head: &[u8; 16], len: usize) -> u8 {
             0,
         )
     };
-    capture.not_request.kind(head)
+    0
 }
 
 /// One byte of the capture per `bpf_loop` iteration, into the scanner in map memory.
@@ -340,16 +353,26 @@ extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// Feeds `capture[from..to]` to the templater; true when the request target ended.
+#[inline(always)]
 fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return true;
     };
     // SAFETY: a per-CPU map value, only used by this program run.
-    let capture = unsafe { &mut *capture };
-    capture.templater = *templater;
-    read_value::<TEMPLATE_BYTES_PER_CALL>(template_step, from as u32, to as u32);
-    *templater = capture.templater;
+    unsafe { (*capture).templater = *templater };
+    template_capture(from as u64, to as u64);
+    // SAFETY: as above.
+    *templater = unsafe { (*capture).templater };
     templater.ended != 0
+}
+
+/// Feeds `capture[from..to]` to `CAPTURE.templater`. A global function (see
+/// `client::scan_host`).
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn template_capture(from: u64, to: u64) -> u64 {
+    read_value::<TEMPLATE_BYTES_PER_CALL>(template_step, from as u32, to as u32);
+    0
 }
 
 /// The route this request is counted under: its template while the process's budget lasts,
