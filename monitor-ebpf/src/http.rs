@@ -531,7 +531,11 @@ pub fn first_16(buffer: Buffer, ret: i64) -> Option<([u8; 16], usize)> {
     // SAFETY: the destination holds 16 bytes and `len` is at most that; the helper checks the
     // user address.
     let failed = unsafe {
-        bpf_probe_read_user(head.as_mut_ptr().cast(), len as u32, source as *const c_void)
+        bpf_probe_read_user(
+            head.as_mut_ptr().cast(),
+            len as u32,
+            source as *const c_void,
+        )
     } != 0;
     if failed {
         return None;

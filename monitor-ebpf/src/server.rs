@@ -18,9 +18,8 @@ use monitor_common::http::{
 
 use crate::{
     http::{
-        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response,
-        first_16, head, mark_measured, measured, now_ns, opaque, read_value, status_of,
-        target_print,
+        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
+        head, mark_measured, measured, now_ns, opaque, read_value, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
