@@ -521,26 +521,29 @@ pub fn status_of(buffer: Buffer, ret: i64) -> Option<u16> {
 /// instructions, map memory with several calls.
 #[inline(always)]
 pub fn first_16(buffer: Buffer, ret: i64) -> Option<([u8; 16], usize)> {
-    let (source, available) = first_bytes(buffer, ret)?;
-    let mut len = ret as u64;
-    if available < len {
-        len = available;
-    }
-    let len = if len > 16 { 16 } else { len };
+    let (source, len) = first_bytes_up_to(buffer, ret, 16)?;
     let mut head = [0u8; 16];
-    // SAFETY: the destination holds 16 bytes and `len` is at most that; the helper checks the
-    // user address.
-    let failed = unsafe {
-        bpf_probe_read_user(
-            head.as_mut_ptr().cast(),
-            len as u32,
-            source as *const c_void,
-        )
-    } != 0;
-    if failed {
+    // The destination holds 16 bytes and `len` is at most that.
+    if !read_user_bytes(head.as_mut_ptr(), len, source) {
         return None;
     }
     Some((head, len as usize))
+}
+
+/// Where the syscall's first bytes are in user memory, and how many of them to copy: the
+/// bytes moved, at most `max`, all in the first buffer.
+#[inline(always)]
+fn first_bytes_up_to(buffer: Buffer, ret: i64, max: u64) -> Option<(u64, u64)> {
+    let (source, available) = first_bytes(buffer, ret)?;
+    Some((source, (ret as u64).min(available).min(max)))
+}
+
+/// Copies `len` bytes of user memory at `source` to `dest`, which must hold them; false when
+/// the helper could not read them.
+#[inline(always)]
+fn read_user_bytes(dest: *mut u8, len: u64, source: u64) -> bool {
+    // SAFETY: the caller sizes `dest`; the helper checks the user address.
+    unsafe { bpf_probe_read_user(dest.cast(), len as u32, source as *const c_void) == 0 }
 }
 
 /// The capture's words, for the word-at-a-time scans (`fingerprint`, `head`).
@@ -598,14 +601,7 @@ pub fn head(capture: &Capture) -> [u8; 16] {
 /// of the capture is zeroed up to 16 bytes so short reads parse as what they are.
 #[inline(always)]
 pub fn capture(buffer: Buffer, ret: i64, max: usize) -> Option<(&'static Capture, usize)> {
-    let (source, available) = first_bytes(buffer, ret)?;
-    let mut len = ret as u64;
-    if available < len {
-        len = available;
-    }
-    if len > max as u64 {
-        len = max as u64;
-    }
+    let (source, len) = first_bytes_up_to(buffer, ret, max as u64)?;
     let len = len & (2 * CAPTURE_LEN as u64 - 1);
     let len = if len > CAPTURE_LEN as u64 {
         CAPTURE_LEN as u64
@@ -617,16 +613,8 @@ pub fn capture(buffer: Buffer, ret: i64, max: usize) -> Option<(&'static Capture
     let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
     // SAFETY: `bytes` starts the 8-aligned map value.
     zero_words(unsafe { &mut *first_words });
-    // SAFETY: the destination holds CAPTURE_LEN bytes and `len` is at most that; the helper
-    // checks the user address.
-    let failed = unsafe {
-        bpf_probe_read_user(
-            capture.bytes.as_mut_ptr().cast(),
-            len as u32,
-            source as *const c_void,
-        )
-    } != 0;
-    if failed {
+    // The destination holds CAPTURE_LEN bytes and `len` is at most that.
+    if !read_user_bytes(capture.bytes.as_mut_ptr(), len, source) {
         return None;
     }
     Some((capture, len as usize))
