@@ -736,6 +736,9 @@ pub struct Connection {
     /// scan found (content length, head length, `head::framing::*`).
     pub response_print: u64,
     pub response_length: u64,
+    /// The end of the idle-timeout epoch in which the connection was last listed for the
+    /// idle sweep (`IDLE_CANDIDATES`), 0 for never.
+    pub listed_until_ns: u64,
     pub response_head_len: u32,
     pub response_framing: u16,
     pub _reserved: u16,
@@ -771,6 +774,7 @@ impl Connection {
             request_print: 0,
             response_print: 0,
             response_length: 0,
+            listed_until_ns: 0,
             response_head_len: 0,
             response_framing: 0,
             _reserved: 0,
@@ -794,6 +798,23 @@ impl Connection {
         conn.templater.reset();
         conn
     }
+}
+
+/// Connections the idle sweep looks at per epoch (one idle timeout): those whose response
+/// started in it. More in one epoch make the sweep walk the whole connection table instead.
+pub const IDLE_CANDIDATE_SLOTS: u32 = 4096;
+
+/// Slots of `IDLE_RINGS`: per ring (the parity of an epoch), the epoch it collects and the
+/// slots claimed in it; and whether the next sweep must walk the whole table.
+pub mod idle_ring {
+    pub const fn epoch(ring: u32) -> u32 {
+        ring
+    }
+    pub const fn claimed(ring: u32) -> u32 {
+        2 + ring
+    }
+    pub const FULL_PASS: u32 = 4;
+    pub const COUNT: u32 = 5;
 }
 
 /// Words of `MEASURED_PROCESSES`, one bit per process id: 64-bit Linux never gives out ids
@@ -878,7 +899,10 @@ pub mod counter {
     /// Responses whose writes failed because the client had reset or closed the connection
     /// (recorded with their status, up to the last write that succeeded).
     pub const RESPONSES_ABORTED: u32 = 25;
-    pub const COUNT: u32 = 26;
+    /// Idle sweeps that walked the whole connection table instead of the epoch's candidates
+    /// (a ring overflowed, a candidate could not be listed, or a sweep was missed).
+    pub const IDLE_FULL_SWEEPS: u32 = 26;
+    pub const COUNT: u32 = 27;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]
@@ -899,7 +923,7 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 32 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 40 + 8);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(

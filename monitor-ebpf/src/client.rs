@@ -21,8 +21,8 @@ use monitor_common::{
 use crate::{
     http::{
         ECONNRESET, EventBytes, announce, bytes_print, capture, claim_response, config,
-        current_tgid, feed_value, finish_response, first_bytes, head, mark_measured, measured,
-        now_ns, read_user, read_value,
+        current_tgid, feed_value, finish_response, first_bytes, head, list_for_sweep,
+        mark_measured, measured, now_ns, read_user, read_value,
     },
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
@@ -146,7 +146,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
 }
 
 #[inline(always)]
-pub fn on_read(conn: &mut Connection, _key: u64, tgid: u32, buffer: Buffer, ret: i64) {
+pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
     if ret <= 0 {
         // End of stream (0) or reset.
         match conn.phase {
@@ -171,6 +171,7 @@ pub fn on_read(conn: &mut Connection, _key: u64, tgid: u32, buffer: Buffer, ret:
             conn.status = status;
             conn.last_io_ns = now;
             conn.phase = phase::RESPONSE;
+            list_for_sweep(conn, key, now);
             if bodiless(status, conn.method == method::HEAD) {
                 let _ = finish_response(conn, tgid, now);
                 return;

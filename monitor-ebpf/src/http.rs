@@ -23,15 +23,16 @@ use monitor_common::fingerprint;
 use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
-    MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key, counter,
-    duration_bucket, measured_process_bit, parse_status_line, phase, role,
+    IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key,
+    counter, duration_bucket, idle_ring, measured_process_bit, parse_status_line, phase, role,
 };
 
 use crate::{
     client,
     maps::{
-        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, LAST_IDLE_SWEEP,
-        LISTENERS, MEASURED_PROCESSES, PARTIAL_PATHS, ZERO_DURATION, count,
+        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, IDLE_CANDIDATES,
+        IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, PARTIAL_PATHS, ZERO_DURATION,
+        count,
     },
     sched::current_comm,
     server,
@@ -356,6 +357,33 @@ fn fetch_or(word: *mut u64, bits: u64) {
     }
 }
 
+/// Atomically adds `value` to `*word`; returns what it held (BPF_ATOMIC | BPF_ADD |
+/// BPF_FETCH, kernel 5.12+).
+#[cfg(target_arch = "bpf")]
+#[inline(always)]
+fn fetch_add(word: *mut u64, value: u64) -> u64 {
+    let mut previous = value;
+    // SAFETY: `word` is an aligned u64 in a map value.
+    unsafe {
+        core::arch::asm!(
+            "{previous} = atomic_fetch_add((u64 *)({word} + 0), {previous})",
+            word = in(reg) word,
+            previous = inout(reg) previous,
+        );
+    }
+    previous
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn fetch_add(word: *mut u64, value: u64) -> u64 {
+    // SAFETY: as above; never run concurrently on the host.
+    unsafe {
+        let previous = *word;
+        *word += value;
+        previous
+    }
+}
+
 #[cfg(not(target_arch = "bpf"))]
 fn fetch_or(word: *mut u64, bits: u64) {
     // SAFETY: as above; never run concurrently on the host.
@@ -376,51 +404,179 @@ fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
 }
 
 // --- The idle sweep ---
+//
+// Time is cut into epochs one idle timeout long. A connection whose response starts is listed
+// once per epoch in that epoch's ring (`IDLE_CANDIDATES`); in the next epoch CPU 0 looks at
+// the listed connections alone: a response idle for the timeout is ended, one still moving is
+// listed again. A walk over the whole table (about a millisecond at 65,536 entries, with the
+// CPU held) is left for when a ring overflowed, a candidate could not be listed or a sweep was
+// missed: then it finds what the rings may have lost.
 
-/// The longest time between two sweeps for idle responses.
-const MAX_SWEEP_INTERVAL_NS: u64 = 1_000_000_000;
+/// How long after an epoch starts its predecessor's ring is read: a program that claimed a
+/// slot just before the epoch ended has long written it by then.
+const RING_GRACE_NS: u64 = 1_000_000;
+
+/// Lists the connection `key` for the idle sweep of the epoch it is in, once per epoch: its
+/// response started at `now`.
+#[inline(always)]
+pub fn list_for_sweep(conn: &mut Connection, key: u64, now: u64) {
+    if now < conn.listed_until_ns {
+        return; // listed in this epoch already
+    }
+    let Some(config) = config() else {
+        return;
+    };
+    let length = config.idle_timeout_ns;
+    if length == 0 {
+        return;
+    }
+    let epoch = now / length;
+    conn.listed_until_ns = (epoch + 1) * length;
+    let _ = list_candidate(key, epoch);
+}
+
+/// Puts `key` in the ring of `epoch`; when that is not possible (the ring is full or still
+/// holds an older epoch), asks for a walk over the whole table instead. A global function:
+/// the verifier checks it once.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn list_candidate(key: u64, epoch: u64) -> u64 {
+    let ring = (epoch & 1) as u32;
+    let listed = IDLE_RINGS
+        .get(idle_ring::epoch(ring))
+        .is_some_and(|&owner| owner == epoch)
+        && IDLE_RINGS
+            .get_ptr_mut(idle_ring::claimed(ring))
+            .is_some_and(|claimed| {
+                let slot = fetch_add(claimed, 1);
+                slot < IDLE_CANDIDATE_SLOTS as u64
+                    && IDLE_CANDIDATES
+                        .get_ptr_mut(ring * IDLE_CANDIDATE_SLOTS + slot as u32)
+                        // SAFETY: an array element, claimed by this call alone.
+                        .map(|entry| unsafe { *entry = key })
+                        .is_some()
+            });
+    if !listed {
+        set_ring_word(idle_ring::FULL_PASS, 1);
+    }
+    0
+}
+
+#[inline(always)]
+fn set_ring_word(index: u32, value: u64) {
+    if let Some(word) = IDLE_RINGS.get_ptr_mut(index) {
+        // SAFETY: an array element; a racing writer of FULL_PASS writes the same value.
+        unsafe { *word = value };
+    }
+}
+
+#[inline(always)]
+fn ring_word(index: u32) -> u64 {
+    IDLE_RINGS.get(index).copied().unwrap_or(0)
+}
 
 #[repr(C)]
 struct SweepContext {
     now: u64,
-    idle_timeout: u64,
+    /// The epoch being swept in (the current one) and its length, the idle timeout.
+    epoch: u64,
+    length: u64,
+    /// The ring read (the previous epoch's).
+    ring: u32,
+    _reserved: u32,
 }
 
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next
-/// request comes or the connection closes. Runs on one CPU from the periodic tick.
+/// request comes or the connection closes. Runs on CPU 0 from the periodic tick, once per
+/// epoch.
 pub fn sweep_idle_responses(now: u64) {
     let Some(config) = config() else {
         return;
     };
-    if config.idle_timeout_ns == 0 {
+    let length = config.idle_timeout_ns;
+    if length == 0 {
         return;
     }
-    // A pass over the whole table takes about a millisecond at its full size, with the CPU
-    // held: at most once per idle timeout, and once a second at the most. A response still
-    // ends at its last write, whenever the sweep finds it.
+    let epoch = now / length;
     let Some(last) = LAST_IDLE_SWEEP.get_ptr_mut(0) else {
         return;
     };
     // SAFETY: a map value, valid for this program run; only CPU 0 sweeps.
     let last = unsafe { &mut *last };
-    if now.saturating_sub(*last) < config.idle_timeout_ns.min(MAX_SWEEP_INTERVAL_NS) {
+    if *last == epoch + 1 || now - epoch * length < RING_GRACE_NS || epoch == 0 {
         return;
     }
-    *last = now;
+    let previous = ((epoch - 1) & 1) as u32;
+    let current = (epoch & 1) as u32;
+    let claimed = ring_word(idle_ring::claimed(previous));
+    let full = *last != epoch
+        || ring_word(idle_ring::FULL_PASS) != 0
+        || ring_word(idle_ring::epoch(previous)) != epoch - 1
+        || claimed > IDLE_CANDIDATE_SLOTS as u64;
+    *last = epoch + 1;
+    // The current epoch's ring must be collecting before anything is listed in it. If it was
+    // not (sweeps were missed), what was started in it so far went unlisted: the next sweep
+    // walks the whole table.
+    let mut next_full = 0;
+    if ring_word(idle_ring::epoch(current)) != epoch {
+        set_ring_word(idle_ring::claimed(current), 0);
+        set_ring_word(idle_ring::epoch(current), epoch);
+        next_full = 1;
+    }
+    set_ring_word(idle_ring::FULL_PASS, next_full);
     let mut ctx = SweepContext {
         now,
-        idle_timeout: config.idle_timeout_ns,
+        epoch,
+        length,
+        ring: previous,
+        _reserved: 0,
     };
-    // SAFETY: the callback and its context match what the helper expects.
-    unsafe {
-        bpf_for_each_map_elem(
-            core::ptr::addr_of!(CONNECTIONS).cast_mut().cast(),
-            sweep_one as *mut c_void,
-            (&mut ctx as *mut SweepContext).cast(),
-            0,
-        );
+    if full {
+        count(counter::IDLE_FULL_SWEEPS);
+        // SAFETY: the callback and its context match what the helper expects.
+        unsafe {
+            bpf_for_each_map_elem(
+                core::ptr::addr_of!(CONNECTIONS).cast_mut().cast(),
+                sweep_one as *mut c_void,
+                (&mut ctx as *mut SweepContext).cast(),
+                0,
+            );
+        }
+    } else {
+        // SAFETY: as above.
+        unsafe {
+            bpf_loop(
+                claimed as u32,
+                sweep_candidate as *mut c_void,
+                (&mut ctx as *mut SweepContext).cast(),
+                0,
+            );
+        }
     }
+    // The previous epoch's ring collects the next epoch from now on.
+    set_ring_word(idle_ring::claimed(previous), 0);
+    set_ring_word(idle_ring::epoch(previous), epoch + 1);
+}
+
+#[inline(never)]
+extern "C" fn sweep_candidate(index: u64, ctx: *mut SweepContext) -> i64 {
+    // SAFETY: bpf_loop passes our context.
+    let ctx = unsafe { &*ctx };
+    let slot = ctx.ring * IDLE_CANDIDATE_SLOTS + (index as u32 & (IDLE_CANDIDATE_SLOTS - 1));
+    let Some(&key) = IDLE_CANDIDATES.get(slot) else {
+        return 1;
+    };
+    let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
+        return 0; // closed since
+    };
+    // SAFETY: a map value, valid for this program run.
+    let conn = unsafe { &mut *conn };
+    // Listed again in a later epoch, or a new connection on the same fd: not this ring's.
+    if conn.listed_until_ns == ctx.epoch * ctx.length {
+        sweep_connection(conn, key, ctx);
+    }
+    0
 }
 
 #[inline(never)]
@@ -432,15 +588,28 @@ extern "C" fn sweep_one(
 ) -> i64 {
     // SAFETY: the helper passes a valid key, value and our context.
     let (key, conn, ctx) = unsafe { (*key, &mut *conn, &*ctx) };
-    // A client response with a known framing waits for its bytes or its close, however long.
-    if conn.phase == phase::RESPONSE
-        && conn.framing == framing::UNKNOWN
-        && ctx.now.saturating_sub(conn.last_io_ns) >= ctx.idle_timeout
-        && finish_response(conn, (key >> 32) as u32, conn.last_io_ns) != 0
-    {
-        count(counter::ENDED_IDLE);
+    if conn.listed_until_ns <= ctx.epoch * ctx.length {
+        sweep_connection(conn, key, ctx);
     }
     0
+}
+
+/// Ends the connection's response if it has been idle for the timeout; lists it in the
+/// current epoch if it is still waiting.
+#[inline(always)]
+fn sweep_connection(conn: &mut Connection, key: u64, ctx: &SweepContext) {
+    // A client response with a known framing waits for its bytes or its close, however long.
+    if conn.phase != phase::RESPONSE || conn.framing != framing::UNKNOWN {
+        return;
+    }
+    if ctx.now.saturating_sub(conn.last_io_ns) >= ctx.length {
+        if finish_response(conn, (key >> 32) as u32, conn.last_io_ns) != 0 {
+            count(counter::ENDED_IDLE);
+        }
+    } else {
+        conn.listed_until_ns = (ctx.epoch + 1) * ctx.length;
+        let _ = list_candidate(key, ctx.epoch);
+    }
 }
 
 // --- Byte loops over the capture ---

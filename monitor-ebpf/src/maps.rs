@@ -13,7 +13,8 @@ use monitor_common::{
     head::{HeadLines, HostValue},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
-        MEASURED_PROCESS_WORDS, NotRequestScanner, ProcessRoute, RouteTemplater, counter,
+        IDLE_CANDIDATE_SLOTS, MEASURED_PROCESS_WORDS, NotRequestScanner, ProcessRoute,
+        RouteTemplater, counter, idle_ring,
     },
 };
 
@@ -75,9 +76,18 @@ pub fn count_error(reason: u32) {
 #[map]
 pub static CLOSE_FD_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
-/// When CPU 0 last swept `CONNECTIONS` for responses left idle (`bpf_ktime_get_ns`).
+/// The last idle-timeout epoch CPU 0 swept for responses left idle, plus one (0: none yet).
 #[map]
 pub static LAST_IDLE_SWEEP: Array<u64> = Array::with_max_entries(1, 0);
+
+/// Two rings of connection keys, one per epoch parity: the connections whose response started
+/// in that epoch, for the idle sweep to look at instead of the whole table.
+#[map]
+pub static IDLE_CANDIDATES: Array<u64> = Array::with_max_entries(2 * IDLE_CANDIDATE_SLOTS, 0);
+
+/// The rings' state (`monitor_common::http::idle_ring`).
+#[map]
+pub static IDLE_RINGS: Array<u64> = Array::with_max_entries(idle_ring::COUNT, 0);
 
 /// Tracked connections by (tgid, fd): accepted by a process, or open before the agent started
 /// (seeded by the agent). LRU: a process killed without closing its sockets cannot fill it.

@@ -19,7 +19,8 @@ use monitor_common::http::{
 use crate::{
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
-        head, mark_measured, measured, now_ns, opaque, read_value, status_of, target_print,
+        head, list_for_sweep, mark_measured, measured, now_ns, opaque, read_value, status_of,
+        target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -187,6 +188,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             conn.status = status;
             conn.last_io_ns = now;
             conn.phase = phase::RESPONSE;
+            list_for_sweep(conn, key, now);
             if status == 101 {
                 // Switching protocols: what follows is not HTTP/1.x.
                 let _ = finish_response(conn, tgid, now);
@@ -209,6 +211,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
                 conn.status = status;
                 conn.last_io_ns = now;
                 conn.phase = phase::RESPONSE;
+                list_for_sweep(conn, key, now);
             } else {
                 conn.last_io_ns = now;
             }

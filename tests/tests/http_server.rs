@@ -259,6 +259,35 @@ fn requests_on_one_connection_each_get_their_own_route() {
 }
 
 #[test]
+fn the_idle_sweep_ends_waiting_responses_without_walking_the_whole_table() {
+    // The last response of a keep-alive connection is ended by the idle sweep, which looks at
+    // the connections whose responses started in the last timeout, not at all 65,536 slots.
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python();
+    let value = |name: &str| agent.scrape().value(name, &[]);
+    const FULL: &str = "monitor_http_idle_sweeps_full_total";
+    const ENDED: &str = "monitor_http_responses_ended_idle_total";
+    // The first sweeps walk the table: the rings start empty.
+    let mut stream = connect(server.port);
+    send(&mut stream, b"GET /warm-up HTTP/1.1\r\nHost: t\r\n\r\n");
+    read_responses(&mut stream, 1);
+    poll_until("the warm-up response to end idle", WAIT, || {
+        value(ENDED).filter(|&n| n >= 1.0)
+    });
+    let full_before = value(FULL).expect("the full-sweep counter");
+    for round in 1..=3 {
+        send(&mut stream, b"GET /waits HTTP/1.1\r\nHost: t\r\n\r\n");
+        read_responses(&mut stream, 1);
+        poll_until("the response to end idle", WAIT, || {
+            value(ENDED).filter(|&n| n >= 1.0 + f64::from(round))
+        });
+    }
+    assert_eq!(value(FULL), Some(full_before), "a sweep walked the table");
+    drop(stream);
+    wait_for_count(&agent, &server.service, 200, "/waits", 3);
+}
+
+#[test]
 fn a_request_line_cut_across_reads_gets_its_route() {
     let agent = MonitorAgent::start(&[]);
     let server = Server::python();

@@ -179,6 +179,13 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
              without a write or a new request.",
             kernel(counter::ENDED_IDLE),
         ),
+        single(
+            "monitor_http_idle_sweeps_full_total",
+            "Idle sweeps that walked the whole connection table (about a millisecond at its \
+             default size) instead of the connections whose responses started in the last \
+             timeout: a candidate ring overflowed or a sweep was missed.",
+            kernel(counter::IDLE_FULL_SWEEPS),
+        ),
         families::counter(
             "monitor_http_requests_unanswered_total",
             "Server requests without an HTTP/1.x response, by reason: closed (the connection \
