@@ -423,14 +423,23 @@ pub fn list_for_sweep(conn: &mut Connection, key: u64, now: u64) {
     if now < conn.listed_until_ns {
         return; // listed in this epoch already
     }
-    let Some(config) = config() else {
-        return;
-    };
-    let length = config.idle_timeout_ns;
-    if length == 0 {
-        return;
+    if let Some((epoch, length)) = epoch_at(now) {
+        list_in_epoch(conn, key, epoch, length);
     }
-    let epoch = now / length;
+}
+
+/// The idle-timeout epoch `now` is in, and its length; none when the sweep is off.
+#[inline(always)]
+fn epoch_at(now: u64) -> Option<(u64, u64)> {
+    let length = config()?.idle_timeout_ns;
+    if length == 0 {
+        return None;
+    }
+    Some((now / length, length))
+}
+
+#[inline(always)]
+fn list_in_epoch(conn: &mut Connection, key: u64, epoch: u64, length: u64) {
     conn.listed_until_ns = (epoch + 1) * length;
     let _ = list_candidate(key, epoch);
 }
@@ -491,14 +500,9 @@ struct SweepContext {
 /// request comes or the connection closes. Runs on CPU 0 from the periodic tick, once per
 /// epoch.
 pub fn sweep_idle_responses(now: u64) {
-    let Some(config) = config() else {
+    let Some((epoch, length)) = epoch_at(now) else {
         return;
     };
-    let length = config.idle_timeout_ns;
-    if length == 0 {
-        return;
-    }
-    let epoch = now / length;
     let Some(last) = LAST_IDLE_SWEEP.get_ptr_mut(0) else {
         return;
     };
@@ -607,8 +611,7 @@ fn sweep_connection(conn: &mut Connection, key: u64, ctx: &SweepContext) {
             count(counter::ENDED_IDLE);
         }
     } else {
-        conn.listed_until_ns = (ctx.epoch + 1) * ctx.length;
-        let _ = list_candidate(key, ctx.epoch);
+        list_in_epoch(conn, key, ctx.epoch, ctx.length);
     }
 }
 
