@@ -6,7 +6,7 @@
 //! so that nobody outside can choose two byte strings that share one.
 
 use crate::{
-    head::{CAPTURE_WORDS, WORD},
+    head::{CAPTURE_WORDS, WORD, equal_bytes},
     http::CAPTURE_LEN,
 };
 
@@ -17,13 +17,6 @@ pub const TARGET_WORDS: usize = 8;
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-
-/// 0x80 in each byte of `word` equal to `value`, exactly (see `head::newline_bytes`).
-#[inline(always)]
-fn equal_bytes(word: u64, value: u8) -> u64 {
-    let x = word ^ (ONES * value as u64);
-    !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
-}
 
 /// 0x80 in each byte of `word` below `bound` (at most 0x80), exactly: the low seven bits plus
 /// `0x80 - bound` reach bit 7 only from `bound` up, and never carry into the next byte.

@@ -39,15 +39,21 @@ pub mod framing {
     pub const CLOSE: u16 = 3;
 }
 
-/// 0x80 in each byte of `word` that is `\n`, 0 in the others. Exact: unlike the shorter
+/// 0x80 in each byte of `word` equal to `value`, 0 in the others. Exact: unlike the shorter
 /// "has zero byte" trick, no borrow marks a byte after a real match.
 #[inline(always)]
-pub fn newline_bytes(word: u64) -> u64 {
+pub fn equal_bytes(word: u64, value: u8) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
-    // Bytes that were `\n` are zero here; a zero byte is the only one whose low seven bits
-    // plus 0x7f do not carry into bit 7 and whose own bit 7 is clear.
-    let x = word ^ 0x0a0a_0a0a_0a0a_0a0a;
+    // Bytes that were `value` are zero here; a zero byte is the only one whose low seven
+    // bits plus 0x7f do not carry into bit 7 and whose own bit 7 is clear.
+    let x = word ^ (0x0101_0101_0101_0101 * value as u64);
     !(((x & LOW7).wrapping_add(LOW7)) | x | LOW7)
+}
+
+/// 0x80 in each byte of `word` that is `\n`, 0 in the others.
+#[inline(always)]
+pub fn newline_bytes(word: u64) -> u64 {
+    equal_bytes(word, b'\n')
 }
 
 /// Index (0..8, little-endian) of the lowest byte marked in non-zero `newline_bytes` output.

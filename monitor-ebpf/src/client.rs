@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_loop},
 };
 use monitor_common::{
-    head::{CAPTURE_WORDS, bodiless, framing, head_kind},
+    head::{bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
         connection_key, counter, event_kind, method, parse_request_start, phase, role,
@@ -20,8 +20,8 @@ use monitor_common::{
 
 use crate::{
     http::{
-        ECONNRESET, EventBytes, announce, bytes_print, capture, claim_response, config,
-        current_tgid, feed_value, finish_response, first_bytes, head, list_for_sweep,
+        ECONNRESET, EventBytes, announce, bytes_print, capture, capture_words, claim_response,
+        config, current_tgid, feed_value, finish_response, first_bytes, head, list_for_sweep,
         mark_measured, measured, now_ns, read_user, read_value,
     },
     maps::{
@@ -319,13 +319,12 @@ extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
     };
     // SAFETY: a per-CPU map value, only used by this program run.
     let capture = unsafe { &mut *capture };
-    let words = capture.bytes.as_ptr() as *const u64;
-    // SAFETY: `bytes` starts the 8-aligned map value and holds CAPTURE_WORDS words; the
-    // index is masked into them.
-    let word = |i: usize| unsafe { *words.add(i & (CAPTURE_WORDS - 1)) };
     let mut step = 0;
     while step < LINE_STEPS_PER_CALL {
-        if !capture.lines.step(&capture.bytes, word) {
+        if !capture
+            .lines
+            .step(&capture.bytes, capture_words(&capture.bytes))
+        {
             return 1;
         }
         step += 1;

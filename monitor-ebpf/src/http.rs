@@ -451,9 +451,7 @@ fn list_in_epoch(conn: &mut Connection, key: u64, epoch: u64, length: u64) {
 #[unsafe(no_mangle)]
 pub extern "C" fn list_candidate(key: u64, epoch: u64) -> u64 {
     let ring = (epoch & 1) as u32;
-    let listed = IDLE_RINGS
-        .get(idle_ring::epoch(ring))
-        .is_some_and(|&owner| owner == epoch)
+    let listed = ring_word(idle_ring::epoch(ring)) == epoch
         && IDLE_RINGS
             .get_ptr_mut(idle_ring::claimed(ring))
             .is_some_and(|claimed| {
@@ -720,8 +718,8 @@ fn read_user_bytes(dest: *mut u8, len: u64, source: u64) -> bool {
 
 /// The capture's words, for the word-at-a-time scans (`fingerprint`, `head`).
 #[inline(always)]
-pub fn capture_words(capture: &Capture) -> impl Fn(usize) -> u64 + '_ {
-    let words = capture.bytes.as_ptr() as *const u64;
+pub fn capture_words(bytes: &[u8; CAPTURE_LEN]) -> impl Fn(usize) -> u64 + '_ {
+    let words = bytes.as_ptr() as *const u64;
     // SAFETY: `bytes` starts the 8-aligned map value and holds CAPTURE_WORDS words; the
     // index is masked into them.
     move |i| unsafe { *words.add(i & (CAPTURE_WORDS - 1)) }
@@ -738,7 +736,7 @@ pub extern "C" fn target_print(target: u64, len: u64) -> u64 {
     // SAFETY: a per-CPU map value, only used by this program run.
     let capture = unsafe { &*capture };
     fingerprint::request_target(
-        capture_words(capture),
+        capture_words(&capture.bytes),
         target as usize,
         len as usize,
         seed(),
@@ -754,7 +752,7 @@ pub extern "C" fn bytes_print(len: u64) -> u64 {
     };
     // SAFETY: as above.
     let capture = unsafe { &*capture };
-    fingerprint::bytes(capture_words(capture), len as usize, seed())
+    fingerprint::bytes(capture_words(&capture.bytes), len as usize, seed())
 }
 
 #[inline(always)]
