@@ -31,7 +31,8 @@ pub fn runq_bucket(ns: u64) -> usize {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuSlot {
-    /// `bpf_ktime_get_ns()` when the task now on this CPU started running (or was last flushed).
+    /// When the task now on this CPU started running (or was last flushed): `bpf_ktime_get_ns()`,
+    /// or its `se.sum_exec_runtime` where the programs read the kernel's accounting.
     pub since_ns: u64,
     /// Run-queue delay of the task now on this CPU, not yet attributed (0: none). The task's
     /// process is only known once it is `current`, so the delay waits here until then.
@@ -50,6 +51,9 @@ pub struct CpuSlot {
     /// Run-queue delays of process `unflushed_tgid` not yet added to `RUNQ_LATENCY`, for the
     /// same reason as `unflushed_ns`.
     pub unflushed_runq: RunqHistogram,
+    /// The thread id of the task whose `se.sum_exec_runtime` is in `since_ns`, plus one (0:
+    /// none yet; kernel accounting only).
+    pub running_task: u64,
     /// Scratch word: a `task_struct` pointer written here and read back is a plain number to
     /// the verifier, which forbids arithmetic on the pointer itself (hashing it to a slot).
     pub task_scratch: u64,
@@ -64,7 +68,13 @@ pub const RUNNABLE_SLOTS: u32 = 1 << 16;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RunnableSince {
     pub task: u64,
+    /// Where the programs time wake-ups: `bpf_ktime_get_ns()` when the task became runnable
+    /// (0: not waiting). Where they read the kernel's accounting: the task's
+    /// `sched_info.run_delay` when it last left a CPU.
     pub since_ns: u64,
+    /// The task's `sched_info.pcount` when it last left a CPU (kernel accounting only): one
+    /// more at the next switch-out means exactly one wait in between.
+    pub runs: u64,
 }
 
 /// The slot of a task key (a `task_struct` address or a thread id) in the runnable table.
@@ -122,6 +132,38 @@ pub struct ProcessMeta {
     pub _reserved: u32,
 }
 
+/// Where the kernel keeps its own accounting of each task in `task_struct`, found in the
+/// kernel's BTF at start-up and handed to the programs as a read-only global. With these, the
+/// switch program reads how long a task ran and waited instead of timing it: no clock read per
+/// switch and no program at wake-ups. All zero when the kernel lacks them (no BTF, or
+/// `CONFIG_SCHED_INFO` off); the programs then time switches and wake-ups themselves.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskAccountingOffsets {
+    /// `se.sum_exec_runtime`: nanoseconds the task has run, updated at every switch.
+    pub sum_exec_runtime: u32,
+    /// `sched_info.run_delay`: nanoseconds the task has waited runnable on a run queue.
+    pub run_delay: u32,
+    /// `sched_info.pcount`: times the task has arrived on a CPU after such a wait.
+    pub pcount: u32,
+    /// `pid` (4 bytes): the thread id, which names the incoming task in the per-CPU slot.
+    pub pid: u32,
+    /// `tgid` (4 bytes): the process the outgoing task's time is charged to.
+    pub tgid: u32,
+    pub _reserved: u32,
+}
+
+impl TaskAccountingOffsets {
+    /// Whether every field was found (offsets inside `task_struct` are never 0 for these).
+    pub fn is_complete(&self) -> bool {
+        self.sum_exec_runtime != 0
+            && self.run_delay != 0
+            && self.pcount != 0
+            && self.pid != 0
+            && self.tgid != 0
+    }
+}
+
 /// Offsets into the classic `sched:*` tracepoint records, read from tracefs `format` files at
 /// start-up. Only used when BTF tracepoints are unavailable.
 #[repr(C)]
@@ -170,11 +212,12 @@ pub mod errors {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<CpuSlot>() == 56 + core::mem::size_of::<RunqHistogram>());
-const _: () = assert!(core::mem::size_of::<RunnableSince>() == 16);
+    assert!(core::mem::size_of::<CpuSlot>() == 64 + core::mem::size_of::<RunqHistogram>());
+const _: () = assert!(core::mem::size_of::<RunnableSince>() == 24);
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 8 * (RUNQ_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<ProcessMeta>() == 32);
 const _: () = assert!(core::mem::size_of::<SchedTracepointLayout>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskAccountingOffsets>() == 24);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -184,6 +227,7 @@ mod pod {
     unsafe impl aya::Pod for super::RunqHistogram {}
     unsafe impl aya::Pod for super::ProcessMeta {}
     unsafe impl aya::Pod for super::SchedTracepointLayout {}
+    unsafe impl aya::Pod for super::TaskAccountingOffsets {}
 }
 
 #[cfg(test)]

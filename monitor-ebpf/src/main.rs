@@ -18,7 +18,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        generated::{bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
@@ -116,9 +116,17 @@ pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
 // --- BTF tracepoints: arguments are the tracepoint prototype's, one u64 slot each. ---
 
 /// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
+/// Where the agent found the kernel's per-task accounting, the switch reads it; else it
+/// times the switch itself, with the wake-up programs noting when tasks became runnable.
 #[btf_tracepoint(function = "sched_switch")]
 #[inline(always)]
 pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    if let Some(offsets) = sched::task_accounting() {
+        // SAFETY: trusted task pointers from the tracepoint.
+        let (prev, next) = unsafe { (sched::Task::new(ctx.arg(1)), sched::Task::new(ctx.arg(2))) };
+        sched::on_accounted_switch(prev, next, &offsets);
+        return 0;
+    }
     let preempt: u64 = ctx.arg(0);
     let prev_state: u64 = ctx.arg(3);
     sched::on_switch(&Switch {
@@ -268,13 +276,31 @@ pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
     sched::on_tick();
-    // One CPU ends the responses that keep-alive connections left waiting.
+    sweep_on_first_cpu();
+    0
+}
+
+/// The tick beside `sched_switch_btf` when it reads the kernel's accounting.
+#[perf_event]
+#[inline(always)]
+pub fn cpu_clock_tick_accounted(_ctx: PerfEventContext) -> u32 {
+    if let Some(offsets) = sched::task_accounting() {
+        // SAFETY: the helper returns a trusted pointer to `current`.
+        let current = unsafe { sched::Task::new(bpf_get_current_task_btf().cast_const().cast()) };
+        sched::on_accounted_tick(current, &offsets);
+    }
+    sweep_on_first_cpu();
+    0
+}
+
+/// One CPU ends the responses that keep-alive connections left waiting.
+#[inline(always)]
+fn sweep_on_first_cpu() {
     // SAFETY: no preconditions.
     if unsafe { bpf_get_smp_processor_id() } == 0 {
         // SAFETY: as above.
         http::sweep_idle_responses(unsafe { bpf_ktime_get_ns() });
     }
-    0
 }
 
 #[cfg(not(test))]

@@ -10,12 +10,13 @@
 use core::mem::MaybeUninit;
 
 use aya_ebpf::{
+    Global,
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
 };
 use monitor_common::sched::{
-    COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, errors, runnable_slot,
-    runq_bucket,
+    COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, TaskAccountingOffsets,
+    errors, runnable_slot, runq_bucket,
 };
 
 use monitor_common::words::zero_words;
@@ -26,6 +27,140 @@ use crate::maps::{
 
 /// What a hash map's update returns when the map is full (a missing entry could not be added).
 const E2BIG: i32 = 7;
+
+/// Set by the agent before loading (a read-only global, so the verifier sees constants and
+/// accepts loads at these offsets of a BTF `task_struct` pointer); all zero where not found.
+#[unsafe(no_mangle)]
+static TASK_ACCOUNTING: Global<TaskAccountingOffsets> = Global::new(TaskAccountingOffsets {
+    sum_exec_runtime: 0,
+    run_delay: 0,
+    pcount: 0,
+    pid: 0,
+    tgid: 0,
+    _reserved: 0,
+});
+
+/// The offsets of the kernel's per-task accounting, if the agent found them.
+#[inline(always)]
+pub fn task_accounting() -> Option<TaskAccountingOffsets> {
+    let offsets = TASK_ACCOUNTING.load();
+    offsets.is_complete().then_some(offsets)
+}
+
+/// A `task_struct` from a BTF tracepoint or helper, read at the offsets the agent found.
+#[derive(Clone, Copy)]
+pub struct Task {
+    pointer: *const u8,
+}
+
+impl Task {
+    /// # Safety
+    /// `pointer` is a trusted BTF `task_struct` pointer (a tracepoint argument or
+    /// `bpf_get_current_task_btf`), so the verifier checks each read against the kernel's BTF.
+    pub unsafe fn new(pointer: *const u8) -> Self {
+        Self { pointer }
+    }
+
+    #[inline(always)]
+    fn u64_at(self, offset: u32) -> u64 {
+        // SAFETY: see `new`; the offset is a constant to the verifier, which rejects the
+        // program if it is not an 8-byte field.
+        unsafe { core::ptr::read_volatile(self.pointer.add(offset as usize).cast::<u64>()) }
+    }
+
+    #[inline(always)]
+    fn u32_at(self, offset: u32) -> u32 {
+        // SAFETY: as above, for a 4-byte field.
+        unsafe { core::ptr::read_volatile(self.pointer.add(offset as usize).cast::<u32>()) }
+    }
+
+    /// The thread id, plus one, so that 0 can mean "no task" (the idle tasks are thread 0).
+    #[inline(always)]
+    pub fn key(self, offsets: &TaskAccountingOffsets) -> u64 {
+        u64::from(self.u32_at(offsets.pid)) + 1
+    }
+
+    #[inline(always)]
+    pub fn runtime_ns(self, offsets: &TaskAccountingOffsets) -> u64 {
+        self.u64_at(offsets.sum_exec_runtime)
+    }
+}
+
+/// A context switch where the kernel's accounting is read. The incoming task's wait is only
+/// added to its totals after the tracepoint, so waits are read when tasks leave.
+#[inline(always)]
+pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffsets) {
+    let Some(slot) = cpu_slot() else {
+        return;
+    };
+    let prev_key = prev.key(offsets);
+    let ran = if slot.running_task == prev_key {
+        prev.runtime_ns(offsets).saturating_sub(slot.since_ns)
+    } else {
+        0 // the first switch on this CPU since the agent started
+    };
+    let tgid = prev.u32_at(offsets.tgid);
+    let delay = if tgid == 0 {
+        0 // an idle task: its "waits" mean nothing, and all CPUs' idle tasks share thread id 0
+    } else {
+        wait_before_last_run(
+            prev_key,
+            prev.u64_at(offsets.run_delay),
+            prev.u64_at(offsets.pcount),
+        )
+    };
+    slot.running_task = next.key(offsets);
+    slot.since_ns = next.runtime_ns(offsets);
+    charge(slot, tgid, ran, delay, false);
+}
+
+/// The run-queue wait that preceded the run now ending: how much the task's `run_delay`
+/// grew since it last left a CPU (`runs` is its count of arrivals), at least 1 ns so that a
+/// wait the kernel saw as none still counts; 0 when unknown.
+#[inline(always)]
+fn wait_before_last_run(task: u64, run_delay: u64, runs: u64) -> u64 {
+    let Some(entry) = RUNNABLE_SINCE.get_ptr_mut(runnable_slot(task)) else {
+        return 0;
+    };
+    // SAFETY: a valid array element; a racing writer can only make the key check fail.
+    let entry = unsafe { &mut *entry };
+    let delay = if runs == 1 {
+        run_delay.max(1) // a task's first run: all its waiting so far was for it
+    } else if entry.task == task && runs == entry.runs + 1 {
+        run_delay.saturating_sub(entry.since_ns).max(1)
+    } else {
+        if entry.task != task && entry.task != 0 {
+            // Another task holds the slot: this wait is not measured.
+            count_error(errors::RUNNABLE_SLOT_TAKEN);
+        }
+        0
+    };
+    *entry = RunnableSince {
+        task,
+        since_ns: run_delay,
+        runs,
+    };
+    delay
+}
+
+/// The clock tick where the kernel's accounting is read: charges what `current` ran since
+/// the switch or the last tick (the kernel brings its total up to date at every tick too).
+#[inline(always)]
+pub fn on_accounted_tick(current: Task, offsets: &TaskAccountingOffsets) {
+    let Some(slot) = cpu_slot() else {
+        return;
+    };
+    let key = current.key(offsets);
+    let runtime = current.runtime_ns(offsets);
+    let ran = if slot.running_task == key {
+        runtime.saturating_sub(slot.since_ns)
+    } else {
+        0
+    };
+    slot.running_task = key;
+    slot.since_ns = runtime;
+    charge(slot, current.u32_at(offsets.tgid), ran, 0, true);
+}
 
 /// A context switch, with tasks identified by a key that is stable while they live.
 pub struct Switch {
@@ -114,6 +249,7 @@ fn mark_runnable(task: u64, now: u64) {
         *entry = RunnableSince {
             task,
             since_ns: now,
+            runs: 0,
         };
     }
 }
@@ -138,8 +274,13 @@ fn account_current(slot: &mut CpuSlot, now: u64, flush: bool) {
     let pending = slot.pending_runq_ns;
     slot.since_ns = now;
     slot.pending_runq_ns = 0;
+    charge(slot, current_tgid(), ran, pending, flush);
+}
 
-    let tgid = current_tgid();
+/// Charges `ran` nanoseconds on CPU and a run-queue wait of `pending` (0: none) to process
+/// `tgid`, the current one (whose name is taken if the process is new to this CPU).
+#[inline(always)]
+fn charge(slot: &mut CpuSlot, tgid: u32, ran: u64, pending: u64, flush: bool) {
     if tgid != 0 {
         if tgid != slot.unflushed_tgid {
             flush_slot(slot);

@@ -2,15 +2,17 @@
 
 use std::{
     os::fd::OwnedFd,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use aya::{Btf, Ebpf};
+use monitor_common::sched::TaskAccountingOffsets;
 
 use crate::{
-    cli::HookChoice,
+    cli::{HookChoice, SchedAccounting},
     collect::{
         self, MapUsage,
         execs::{EarlyNames, ExecNamer},
@@ -28,6 +30,7 @@ use crate::{
     probes::{
         self, AttachedProgram, MapSizes,
         http::{HttpSettings, http_config},
+        task_offsets,
     },
 };
 
@@ -41,6 +44,8 @@ pub struct Settings {
     pub bpf_stats: bool,
     pub sched_hooks: HookChoice,
     pub empty_programs: bool,
+    /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).
+    pub sched_accounting: SchedAccounting,
     pub http: HttpSettings,
     /// The kubelet's pod log directory (`/var/log/pods`).
     pub pod_logs: std::path::PathBuf,
@@ -55,6 +60,7 @@ pub struct Agent {
     http_maps: HttpMaps,
     ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
+    sched_accounting: SchedAccounting,
     ledger: ProcessLedger,
     http: HttpLedger,
     duration_bounds: Vec<f64>,
@@ -132,6 +138,28 @@ impl ProcessFacts for Naming<'_> {
     }
 }
 
+/// Where the BTF switch program can read the kernel's per-task accounting, if it may.
+fn task_accounting(settings: &Settings) -> Option<TaskAccountingOffsets> {
+    if settings.sched_hooks == HookChoice::Tracepoint
+        || settings.sched_accounting == SchedAccounting::Programs
+    {
+        return None;
+    }
+    match task_offsets::task_accounting_offsets(Path::new(task_offsets::KERNEL_BTF)) {
+        Ok(offsets) => {
+            log::debug!("kernel per-task accounting in task_struct: {offsets:?}");
+            Some(offsets)
+        }
+        Err(error) => {
+            log::info!(
+                "the scheduler programs time switches and wake-ups themselves: the kernel's \
+                 per-task accounting was not found ({error:#})"
+            );
+            None
+        }
+    }
+}
+
 impl Agent {
     /// Loads and attaches the kernel programs. Each step's time is logged at debug level: the
     /// verifier's pass over the `sys_exit` program is most of the start-up.
@@ -139,20 +167,39 @@ impl Agent {
         let own_tgid = std::process::id();
         let config = http_config(&settings.http, own_tgid)?;
         let mut step = Step::new();
-        let mut ebpf = probes::load(&MapSizes {
-            max_processes: settings.max_processes,
-        })?;
+        let task_accounting = task_accounting(settings);
+        let mut ebpf = probes::load(
+            &MapSizes {
+                max_processes: settings.max_processes,
+            },
+            task_accounting,
+        )?;
         probes::http::write_config(&mut ebpf, config)?;
         step.done("BPF object loaded, maps created");
         // Parsed once for every BTF tracepoint (each parse takes tens of milliseconds).
         let btf = Btf::from_sys_fs();
         step.done("kernel BTF parsed");
         let mut attached = if settings.empty_programs {
-            probes::attach_empty(&mut ebpf, &btf)?
+            probes::attach_empty(&mut ebpf, &btf, task_accounting.is_some())?
         } else {
-            probes::attach_sched(&mut ebpf, settings.sched_hooks, &btf)?
+            probes::attach_sched(
+                &mut ebpf,
+                settings.sched_hooks,
+                &btf,
+                task_accounting.is_some(),
+            )?
         };
         step.done("scheduler programs verified and attached");
+        // The BTF switch program reads the offsets it was loaded with; the classic one cannot.
+        let sched_accounting = if task_accounting.is_some()
+            && attached
+                .iter()
+                .any(|program| program.program == "sched_switch_btf")
+        {
+            SchedAccounting::Kernel
+        } else {
+            SchedAccounting::Programs
+        };
         attached.push(probes::http::attach_syscalls(
             &mut ebpf,
             settings.empty_programs,
@@ -204,6 +251,7 @@ impl Agent {
             http_maps,
             ebpf,
             attached,
+            sched_accounting,
             ledger: ProcessLedger::new(
                 settings.exited_process_grace,
                 settings.exited_process_budget,
@@ -235,6 +283,10 @@ impl Agent {
     /// Server connections that were open before the agent started and are now tracked.
     pub fn adopted_connections(&self) -> usize {
         self.adopted_connections
+    }
+
+    pub fn sched_accounting(&self) -> SchedAccounting {
+        self.sched_accounting
     }
 
     pub fn attached(&self) -> &[AttachedProgram] {

@@ -65,6 +65,21 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_SCHED_HOOKS", value_enum, default_value_t = HookChoice::Auto)]
     pub sched_hooks: HookChoice,
 
+    /// Where on-CPU time and run-queue waits come from. `kernel`: the switch program reads the
+    /// run time and wait the kernel keeps for every task (found in its BTF), about half the
+    /// cost per context switch and no program at wake-ups; waits are then those of the
+    /// kernel's scheduler statistics (`/proc/<pid>/schedstat`), which count a task that
+    /// preempts at once as not waiting. `programs`: the programs read the clock at every
+    /// switch and wake-up, measuring each wake-up-to-run delay to the nanosecond. Classic
+    /// tracepoints, and kernels without that accounting, always use `programs`.
+    #[arg(
+        long,
+        env = "MONITOR_SCHED_ACCOUNTING",
+        value_enum,
+        default_value_t = SchedAccounting::Kernel
+    )]
+    pub sched_accounting: SchedAccounting,
+
     /// Upper bounds of the http_server_request_duration_seconds buckets, in seconds, ascending
     /// (at most 32).
     #[arg(
@@ -112,6 +127,12 @@ pub struct Cli {
     /// what the hooks alone cost.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SchedAccounting {
+    Kernel,
+    Programs,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

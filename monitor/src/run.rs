@@ -11,7 +11,7 @@ use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
     agent::{Agent, Settings},
-    cli::Cli,
+    cli::{Cli, SchedAccounting},
     export::server::{self, RenderFn},
     preflight, privileges,
     probes::http::HttpSettings,
@@ -36,6 +36,7 @@ pub fn run(cli: Cli) -> Result<()> {
         bpf_stats: cli.bpf_stats,
         sched_hooks: cli.sched_hooks,
         empty_programs: cli.empty_programs,
+        sched_accounting: cli.sched_accounting,
         http: HttpSettings {
             duration_buckets: cli.duration_buckets.clone(),
             route_budget: cli.route_budget,
@@ -144,8 +145,9 @@ fn log_summary(
         .map(|program| format!("{}={}", program.hook, program.kind))
         .collect();
     log::info!(
-        "monitor {} | kernel {} | BTF {} | hooks: {} | {} open server connections adopted | \
-         capabilities kept: {} | listening on {}://{}/metrics{}",
+        "monitor {} | kernel {} | BTF {} | hooks: {} | CPU time and waits from the {} | \
+         {} open server connections adopted | capabilities kept: {} | listening on \
+         {}://{}/metrics{}",
         env!("CARGO_PKG_VERSION"),
         preflight::kernel_release(),
         if preflight::btf_available() {
@@ -154,6 +156,10 @@ fn log_summary(
             "no"
         },
         hooks.join(" "),
+        match agent.sched_accounting() {
+            SchedAccounting::Kernel => "kernel's per-task accounting",
+            SchedAccounting::Programs => "programs' own clock reads",
+        },
         agent.adopted_connections(),
         privileges::describe(kept),
         protection.scheme(),

@@ -10,31 +10,79 @@ use monitor_tests::{MonitorAgent, agent::signal, burner, poll_until, workload::p
 const CPU: &str = "process_cpu_time_seconds_total";
 const RUNQ: &str = "process_run_queue_latency_seconds";
 
-/// Each behaviour is checked with both kinds of scheduler hooks: BTF tracepoints (the default
-/// here) and classic tracepoints (the fallback where BTF is missing).
+/// A way of attaching the scheduler programs, and what the agent must then report.
+struct Hooks {
+    args: &'static [&'static str],
+    /// `hook_kind` of the switch program.
+    kind: &'static str,
+    /// The clock-tick program: the accounting-reading one goes with the switch that reads.
+    tick: &'static str,
+    /// Whether programs run at wake-ups (only where the programs time waits themselves).
+    wakeups: bool,
+}
+
+/// BTF tracepoints, the switch reading the kernel's per-task accounting (the default here).
+const KERNEL_ACCOUNTING: Hooks = Hooks {
+    args: &["--sched-hooks", "tp-btf"],
+    kind: "tp_btf",
+    tick: "cpu_clock_tick_accounted",
+    wakeups: false,
+};
+
+/// BTF tracepoints, the programs reading the clock at switches and wake-ups.
+const BTF_TIMED: Hooks = Hooks {
+    args: &["--sched-hooks", "tp-btf", "--sched-accounting", "programs"],
+    kind: "tp_btf",
+    tick: "cpu_clock_tick",
+    wakeups: true,
+};
+
+/// Classic tracepoints (the fallback where BTF is missing), which always time for themselves.
+const TRACEPOINT: Hooks = Hooks {
+    args: &["--sched-hooks", "tracepoint"],
+    kind: "tracepoint",
+    tick: "cpu_clock_tick",
+    wakeups: true,
+};
+
+/// Each behaviour is checked with every way of attaching the scheduler programs.
 macro_rules! with_each_hook_kind {
     ($check:ident) => {
         mod $check {
             #[test]
-            fn tp_btf() {
-                super::$check("tp-btf");
+            fn tp_btf_kernel_accounting() {
+                super::$check(&super::KERNEL_ACCOUNTING);
+            }
+            #[test]
+            fn tp_btf_timed() {
+                super::$check(&super::BTF_TIMED);
             }
             #[test]
             fn tracepoint() {
-                super::$check("tracepoint");
+                super::$check(&super::TRACEPOINT);
             }
         }
     };
 }
 
-/// Starts the agent with the scheduler hooks of `kind` and checks they are the ones attached.
-fn agent_with_hooks(kind: &str) -> MonitorAgent {
-    let agent = MonitorAgent::start(&["--sched-hooks", kind]);
-    let reported = kind.replace('-', "_");
-    let labels = [("hook", "sched_switch"), ("hook_kind", reported.as_str())];
+/// Starts the agent with `hooks` and checks that the programs it names are the ones attached.
+fn agent_with_hooks(hooks: &Hooks) -> MonitorAgent {
+    let agent = MonitorAgent::start(hooks.args);
+    let scrape = agent.scrape();
+    let attached = |labels: &[(&str, &str)]| scrape.value("monitor_bpf_program_info", labels);
     assert_eq!(
-        agent.scrape().value("monitor_bpf_program_info", &labels),
+        attached(&[("hook", "sched_switch"), ("hook_kind", hooks.kind)]),
         Some(1.0)
+    );
+    assert_eq!(
+        attached(&[("hook", "cpu_clock"), ("program", hooks.tick)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        attached(&[("hook", "sched_wakeup")]).is_some(),
+        hooks.wakeups,
+        "a wake-up program attached: {}",
+        !hooks.wakeups
     );
     agent
 }
@@ -43,7 +91,7 @@ with_each_hook_kind!(busy_process_cpu_time_matches_proc_stat);
 with_each_hook_kind!(short_lived_process_is_counted_after_it_exits);
 with_each_hook_kind!(run_queue_latency_grows_for_an_overloaded_service_only);
 
-fn busy_process_cpu_time_matches_proc_stat(hooks: &str) {
+fn busy_process_cpu_time_matches_proc_stat(hooks: &Hooks) {
     let agent = agent_with_hooks(hooks);
     let burner = burner!("busy");
     let mut child = burner.spawn(&["spin", "1"]);
@@ -84,7 +132,7 @@ fn busy_process_cpu_time_matches_proc_stat(hooks: &str) {
     let _ = child.wait();
 }
 
-fn short_lived_process_is_counted_after_it_exits(hooks: &str) {
+fn short_lived_process_is_counted_after_it_exits(hooks: &Hooks) {
     let agent = agent_with_hooks(hooks);
     let burner = burner!("short");
     let mut child = burner.spawn(&["burn", "300"]);
@@ -123,7 +171,7 @@ fn short_lived_process_is_counted_after_it_exits(hooks: &str) {
     );
 }
 
-fn run_queue_latency_grows_for_an_overloaded_service_only(hooks: &str) {
+fn run_queue_latency_grows_for_an_overloaded_service_only(hooks: &Hooks) {
     let agent = agent_with_hooks(hooks);
     let idle = burner!("idle");
     let mut idle_child = idle.spawn(&["idle"]);

@@ -3,12 +3,14 @@
 
 pub mod http;
 mod sched;
+pub mod task_offsets;
 pub mod tracefs;
 
 use std::fmt;
 
 use anyhow::Result;
 use aya::{Btf, Ebpf, EbpfLoader};
+use monitor_common::sched::TaskAccountingOffsets;
 
 pub use sched::{attach_empty, attach_sched};
 
@@ -61,11 +63,16 @@ pub struct MapSizes {
 
 /// Loads the object: creates the maps; programs are loaded by the attach functions. (aya's
 /// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
-pub fn load(sizes: &MapSizes) -> Result<Ebpf> {
+/// With `task_accounting`, the BTF scheduler programs read the kernel's per-task accounting
+/// at these offsets instead of timing switches and wake-ups.
+pub fn load(sizes: &MapSizes, task_accounting: Option<TaskAccountingOffsets>) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
         .map_max_entries("PROCESS_META", sizes.max_processes);
+    if let Some(offsets) = &task_accounting {
+        loader.override_global("TASK_ACCOUNTING", offsets, true);
+    }
     loader.load(BPF_OBJECT).map_err(|error| {
         let denied = error.to_string().contains("Operation not permitted")
             || format!("{error:?}").contains("PermissionDenied");

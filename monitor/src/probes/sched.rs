@@ -22,6 +22,9 @@ use crate::cli::HookChoice;
 /// A scheduler hook and the programs that can serve it.
 struct SchedHook {
     hook: &'static str,
+    /// Only needed where the programs time wake-ups themselves; where the switch reads the
+    /// kernel's accounting, the hook is left alone.
+    timing_only: bool,
     btf: &'static str,
     classic: &'static str,
     /// An empty BTF program on the same hook: the cost floor for benchmarks.
@@ -30,8 +33,12 @@ struct SchedHook {
 
 macro_rules! sched_hook {
     ($hook:literal) => {
+        sched_hook!($hook, false)
+    };
+    ($hook:literal, $timing_only:literal) => {
         SchedHook {
             hook: $hook,
+            timing_only: $timing_only,
             btf: concat!($hook, "_btf"),
             classic: concat!($hook, "_tp"),
             empty: concat!($hook, "_empty"),
@@ -41,8 +48,8 @@ macro_rules! sched_hook {
 
 const SCHED_HOOKS: [SchedHook; 5] = [
     sched_hook!("sched_switch"),
-    sched_hook!("sched_wakeup"),
-    sched_hook!("sched_wakeup_new"),
+    sched_hook!("sched_wakeup", true),
+    sched_hook!("sched_wakeup_new", true),
     sched_hook!("sched_process_exec"),
     sched_hook!("sched_process_exit"),
 ];
@@ -51,28 +58,44 @@ const SCHED_HOOKS: [SchedHook; 5] = [
 const TICK_PERIOD_NS: u64 = 250_000_000;
 
 /// Attaches empty programs at the scheduler hooks instead of the real ones: what merely being
-/// called there costs, for `cargo xtask bench` to compare with.
-pub fn attach_empty(ebpf: &mut Ebpf, btf: &KernelBtf) -> Result<Vec<AttachedProgram>> {
+/// called there costs, for `cargo xtask bench` to compare with. `accounted` as for
+/// `attach_sched`: the empty programs take exactly the hooks the real ones would.
+pub fn attach_empty(
+    ebpf: &mut Ebpf,
+    btf: &KernelBtf,
+    accounted: bool,
+) -> Result<Vec<AttachedProgram>> {
     let btf = btf
         .as_ref()
         .map_err(|error| anyhow!("empty programs are BTF tracepoints; no kernel BTF: {error}"))?;
-    let mut attached = attach_btf(ebpf, btf, |hook| hook.empty)?;
+    let mut attached = attach_btf(ebpf, btf, accounted, |hook| hook.empty)?;
     attached.push(attach_tick(ebpf, "cpu_clock_tick_empty")?);
     Ok(attached)
 }
 
 /// Attaches the scheduler programs, trying each allowed kind in turn; returns what is attached.
+/// `accounted`: the object was loaded with the offsets of the kernel's per-task accounting, so
+/// the BTF switch program reads it and needs no wake-up programs (the classic tracepoints,
+/// without task pointers, always time switches and wake-ups themselves).
 pub fn attach_sched(
     ebpf: &mut Ebpf,
     choice: HookChoice,
     btf: &KernelBtf,
+    accounted: bool,
 ) -> Result<Vec<AttachedProgram>> {
     if choice == HookChoice::Tracepoint {
-        return attach_classic(ebpf).and_then(|attached| finish(ebpf, attached));
+        return attach_classic(ebpf).and_then(|attached| finish(ebpf, attached, "cpu_clock_tick"));
     }
     let btf_error = match btf {
-        Ok(btf) => match attach_btf(ebpf, btf, |hook| hook.btf) {
-            Ok(attached) => return finish(ebpf, attached),
+        Ok(btf) => match attach_btf(ebpf, btf, accounted, |hook| hook.btf) {
+            Ok(attached) => {
+                let tick = if accounted {
+                    "cpu_clock_tick_accounted"
+                } else {
+                    "cpu_clock_tick"
+                };
+                return finish(ebpf, attached, tick);
+            }
             Err(error) => {
                 unload_btf(ebpf);
                 format!("{error:#}")
@@ -87,15 +110,19 @@ pub fn attach_sched(
     }
     log::warn!("BTF tracepoints unavailable ({btf_error}); falling back to classic tracepoints");
     match attach_classic(ebpf) {
-        Ok(attached) => finish(ebpf, attached),
+        Ok(attached) => finish(ebpf, attached, "cpu_clock_tick"),
         Err(classic_error) => Err(anyhow!(
             "cannot attach the scheduler hooks: tp_btf: {btf_error}; tracepoint: {classic_error:#}"
         )),
     }
 }
 
-fn finish(ebpf: &mut Ebpf, mut attached: Vec<AttachedProgram>) -> Result<Vec<AttachedProgram>> {
-    match attach_tick(ebpf, "cpu_clock_tick") {
+fn finish(
+    ebpf: &mut Ebpf,
+    mut attached: Vec<AttachedProgram>,
+    tick: &'static str,
+) -> Result<Vec<AttachedProgram>> {
+    match attach_tick(ebpf, tick) {
         Ok(tick) => attached.push(tick),
         // Not fatal: time is still counted at every context switch, only less promptly.
         Err(error) => log::warn!(
@@ -109,10 +136,14 @@ fn finish(ebpf: &mut Ebpf, mut attached: Vec<AttachedProgram>) -> Result<Vec<Att
 fn attach_btf(
     ebpf: &mut Ebpf,
     btf: &Btf,
+    accounted: bool,
     pick: impl Fn(&SchedHook) -> &'static str,
 ) -> Result<Vec<AttachedProgram>> {
     let mut attached = Vec::new();
-    for sched_hook in &SCHED_HOOKS {
+    for sched_hook in SCHED_HOOKS
+        .iter()
+        .filter(|hook| !(accounted && hook.timing_only))
+    {
         let (hook, program_name) = (sched_hook.hook, pick(sched_hook));
         let program: &mut BtfTracePoint = program_mut(ebpf, program_name)?.try_into()?;
         program

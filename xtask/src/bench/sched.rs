@@ -26,10 +26,32 @@ impl Plan {
     }
 }
 
-/// The agent's real programs, and empty programs on the same hooks (the floor).
-const VARIANTS: [(&str, &[&str]); 2] = [
-    ("monitor", &["--bpf-stats"]),
-    ("empty programs", &["--bpf-stats", "--empty-programs"]),
+/// A way of running the agent, and the suffix of its scheduler programs' names.
+struct Variant {
+    name: &'static str,
+    args: &'static [&'static str],
+    programs: &'static str,
+}
+
+/// The agent as deployed (its switch program reads the kernel's per-task accounting); the
+/// agent made to time switches and wake-ups itself (as where that accounting is missing);
+/// and empty programs on the deployed agent's hooks (the floor).
+const VARIANTS: [Variant; 3] = [
+    Variant {
+        name: "monitor",
+        args: &["--bpf-stats"],
+        programs: "btf",
+    },
+    Variant {
+        name: "monitor, timing switches itself",
+        args: &["--bpf-stats", "--sched-accounting", "programs"],
+        programs: "btf",
+    },
+    Variant {
+        name: "empty programs",
+        args: &["--bpf-stats", "--empty-programs"],
+        programs: "empty",
+    },
 ];
 
 struct Round {
@@ -48,7 +70,7 @@ pub fn measure(plan: &Plan, helper: &Path, progress: &mut Progress) -> Result<Sc
     let mut results: Vec<Vec<Round>> = VARIANTS.iter().map(|_| Vec::new()).collect();
     for round in 1..=plan.rounds {
         // Interleaved, so that drift on the machine hits both variants alike.
-        for (variant, (name, args)) in VARIANTS.iter().enumerate() {
+        for (variant, Variant { name, args, .. }) in VARIANTS.iter().enumerate() {
             progress.step(
                 "scheduler hooks",
                 &format!("round {round}/{}, {name}", plan.rounds),
@@ -116,20 +138,26 @@ impl Sched {
         self.figure(variant, |r| r.per_run.get(program).copied())
     }
 
+    /// ns per run of the program of variant `i` at `hook`; NaN where it is not attached.
+    fn hook_ns_per_run(&self, i: usize, hook: &str) -> f64 {
+        self.ns_per_run(i, &format!("{hook}_{}", VARIANTS[i].programs))
+    }
+
     pub fn json(&self) -> Value {
-        let variant = |i: usize, suffix: &str| {
+        let variant = |i: usize| {
             json!({
                 "context_switches_per_second": self.switches_per_second(i),
                 "bpf_ns_per_context_switch": self.ns_per_switch(i),
-                "ns_per_run_sched_switch": self.ns_per_run(i, &format!("sched_switch_{suffix}")),
-                "ns_per_run_sched_wakeup": self.ns_per_run(i, &format!("sched_wakeup_{suffix}")),
+                "ns_per_run_sched_switch": self.hook_ns_per_run(i, "sched_switch"),
+                "ns_per_run_sched_wakeup": self.hook_ns_per_run(i, "sched_wakeup"),
             })
         };
         json!({
             "rounds": self.plan_rounds,
             "run_ms": self.run.as_millis() as u64,
-            "monitor": variant(0, "btf"),
-            "empty_programs": variant(1, "empty"),
+            "monitor": variant(0),
+            "monitor_timing_switches": variant(1),
+            "empty_programs": variant(2),
             "target_bpf_ns_per_context_switch": 150,
         })
     }
@@ -139,29 +167,56 @@ impl Sched {
             "### Scheduler hooks: BPF time per context switch\n\n\
              `cargo xtask bench` ({} interleaved rounds of {} ms per variant; a pipe \
              ping-pong between two threads; {machine}; medians). BPF time of all the \
-             agent's scheduler programs (switch, wake-ups, exec/exit, clock tick), from \
-             `kernel.bpf_stats_enabled`, divided by the host's context switches (/proc/stat \
-             `ctxt`); the `sys_exit` program, which the pipe's reads and writes run too, is \
-             shown on its own line (per syscall, not per switch). \"empty programs\" \
-             attaches programs that return at once to the same hooks (the agent's hidden \
-             `--empty-programs`): the floor of the hook choice, which includes the kernel's own \
-             timing of each run.\n\n\
-             | figure | monitor | empty programs |\n|---|---|---|\n\
-             | context switches per second (host) | {:.0} | {:.0} |\n\
-             | **BPF ns per context switch, all programs** (target < 150) | **{:.1}** | {:.1} |\n",
+             agent's scheduler programs (switch, wake-ups where attached, exec/exit, clock \
+             tick), from `kernel.bpf_stats_enabled`, divided by the host's context switches \
+             (/proc/stat `ctxt`); the `sys_exit` program, which the pipe's reads and writes run \
+             too, is shown on its own line (per syscall, not per switch). \"monitor\" is the \
+             agent as deployed: its switch program reads the run time and run-queue wait that \
+             the kernel keeps per task (`se.sum_exec_runtime`, `sched_info.run_delay`, offsets \
+             from the kernel's BTF) and attaches nothing at wake-ups. \"timing switches \
+             itself\" is the agent where that accounting is missing (`--sched-accounting programs`): \
+             a clock read per switch and per wake-up, and a wake-up program. \"empty \
+             programs\" attaches programs that return at once to the deployed agent's hooks \
+             (hidden `--empty-programs`): the floor of the hook choice, which includes the \
+             kernel's own timing of each run.\n\n\
+             | figure | {} | {} | {} |\n|---|---|---|---|\n",
             self.plan_rounds,
             self.run.as_millis(),
-            self.switches_per_second(0),
-            self.switches_per_second(1),
-            self.ns_per_switch(0),
-            self.ns_per_switch(1),
+            VARIANTS[0].name,
+            VARIANTS[1].name,
+            VARIANTS[2].name,
+        );
+        let row = |text: &mut String, label: &str, value: &dyn Fn(usize) -> f64| {
+            // Counts without decimals, times to a tenth of a nanosecond.
+            let decimals = if label.starts_with("context switches") {
+                0
+            } else {
+                1
+            };
+            let cells: Vec<String> = (0..VARIANTS.len())
+                .map(|i| {
+                    let figure = value(i);
+                    if figure.is_nan() {
+                        "not attached".to_string()
+                    } else {
+                        format!("{figure:.decimals$}")
+                    }
+                })
+                .collect();
+            text.push_str(&format!("| {label} | {} |\n", cells.join(" | ")));
+        };
+        row(&mut text, "context switches per second (host)", &|i| {
+            self.switches_per_second(i)
+        });
+        row(
+            &mut text,
+            "**BPF ns per context switch, all programs** (target < 150)",
+            &|i| self.ns_per_switch(i),
         );
         for hook in ["sched_switch", "sched_wakeup", "sys_exit"] {
-            text.push_str(&format!(
-                "| ns per run of `{hook}` | {:.1} | {:.1} |\n",
-                self.ns_per_run(0, &format!("{hook}_btf")),
-                self.ns_per_run(1, &format!("{hook}_empty")),
-            ));
+            row(&mut text, &format!("ns per run of `{hook}`"), &|i| {
+                self.hook_ns_per_run(i, hook)
+            });
         }
         text
     }

@@ -1,0 +1,282 @@
+//! Finds where `task_struct` keeps the kernel's own accounting of each task (run time, run-queue
+//! wait, arrivals), in the kernel's BTF. The layout of `task_struct` changes with every kernel
+//! and configuration, and rustc emits no CO-RE relocations, so the offsets are looked up here at
+//! start-up and handed to the programs as constants.
+
+use std::path::Path;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use btf_rs::{Backend, Btf, Type};
+use monitor_common::sched::TaskAccountingOffsets;
+
+/// Where the kernel publishes its own BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+/// The offsets of the three fields the switch program reads; an error names what is missing
+/// (e.g. `sched_info`, absent without `CONFIG_SCHED_INFO`).
+pub fn task_accounting_offsets(btf_path: &Path) -> Result<TaskAccountingOffsets> {
+    // Mapped, not parsed in full: only a few types are looked at, and a full parse of the
+    // kernel's BTF would cost tens of milliseconds and megabytes.
+    let btf = Btf::from_file_with_backend(btf_path, Backend::Mmap)
+        .with_context(|| format!("reading {}", btf_path.display()))?;
+    offsets_in(&btf)
+}
+
+fn offsets_in(btf: &Btf) -> Result<TaskAccountingOffsets> {
+    let field = |path: &[&str], size: usize| int_field(btf, "task_struct", path, size);
+    let offsets = TaskAccountingOffsets {
+        sum_exec_runtime: field(&["se", "sum_exec_runtime"], 8)?,
+        run_delay: field(&["sched_info", "run_delay"], 8)?,
+        pcount: field(&["sched_info", "pcount"], 8)?,
+        pid: field(&["pid"], 4)?,
+        tgid: field(&["tgid"], 4)?,
+        _reserved: 0,
+    };
+    if !offsets.is_complete() {
+        bail!("a field of task_struct sits at offset 0: {offsets:?}");
+    }
+    Ok(offsets)
+}
+
+/// The byte offset of the `size`-byte integer at `path` (member names, outermost first) in the
+/// struct called `outer`. Members of anonymous structs and unions are searched through.
+fn int_field(btf: &Btf, outer: &str, path: &[&str], size: usize) -> Result<u32> {
+    let describe = || format!("{outer}.{}", path.join("."));
+    let mut current = named_struct(btf, outer)?;
+    let mut bits = 0u32;
+    for name in path {
+        let (offset, member_type) = find_member(btf, &current, name)?
+            .ok_or_else(|| anyhow!("{} not found in the kernel's BTF", describe()))?;
+        bits = bits
+            .checked_add(offset)
+            .ok_or_else(|| anyhow!("{} lies beyond 4 GiB", describe()))?;
+        current = resolve(btf, member_type)?;
+    }
+    let Type::Int(int) = &current else {
+        bail!("{} is not an integer in the kernel's BTF", describe());
+    };
+    if int.size() != size || !bits.is_multiple_of(8 * size as u32) {
+        bail!(
+            "{} is {} bytes at bit {bits}; expected an aligned {size}-byte integer",
+            describe(),
+            int.size()
+        );
+    }
+    Ok(bits / 8)
+}
+
+fn named_struct(btf: &Btf, name: &str) -> Result<Type> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("struct {name} not found in the kernel's BTF"))?
+        .into_iter()
+        .find(|candidate| matches!(candidate, Type::Struct(_)))
+        .ok_or_else(|| anyhow!("struct {name} not found in the kernel's BTF"))
+}
+
+/// The bit offset and type of member `name` of a struct or union, looking inside anonymous
+/// members too.
+fn find_member(btf: &Btf, container: &Type, name: &str) -> Result<Option<(u32, Type)>> {
+    let members = match container {
+        Type::Struct(members) | Type::Union(members) => &members.members,
+        _ => return Ok(None),
+    };
+    for member in members {
+        let member_name = btf.resolve_name(member).unwrap_or_default();
+        let member_type = btf.resolve_chained_type(member)?;
+        if member_name == name {
+            return Ok(Some((member.bit_offset(), member_type)));
+        }
+        if member_name.is_empty() {
+            let inner = resolve(btf, member_type)?;
+            if let Some((offset, found)) = find_member(btf, &inner, name)? {
+                return Ok(Some((member.bit_offset() + offset, found)));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Follows typedefs and qualifiers to the type they name.
+fn resolve(btf: &Btf, mut current: Type) -> Result<Type> {
+    // Chains are short; the bound only guards against a malformed (cyclic) BTF.
+    for _ in 0..32 {
+        let next = match &current {
+            Type::Typedef(inner) => btf.resolve_chained_type(inner)?,
+            Type::Volatile(inner) => btf.resolve_chained_type(inner)?,
+            Type::Const(inner) => btf.resolve_chained_type(inner)?,
+            Type::Restrict(inner) => btf.resolve_chained_type(inner)?,
+            Type::TypeTag(inner) => btf.resolve_chained_type(inner)?,
+            _ => return Ok(current),
+        };
+        current = next;
+    }
+    bail!("a type chain in the kernel's BTF does not end")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a BTF blob by hand (format: the kernel's Documentation/bpf/btf.rst).
+    #[derive(Default)]
+    struct BtfBuilder {
+        types: Vec<u8>,
+        strings: Vec<u8>,
+        count: u32,
+    }
+
+    const KIND_INT: u32 = 1;
+    const KIND_STRUCT: u32 = 4;
+    const KIND_UNION: u32 = 5;
+    const KIND_TYPEDEF: u32 = 8;
+
+    impl BtfBuilder {
+        fn new() -> Self {
+            Self {
+                strings: vec![0],
+                ..Self::default()
+            }
+        }
+
+        fn name(&mut self, name: &str) -> u32 {
+            if name.is_empty() {
+                return 0;
+            }
+            let offset = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            offset
+        }
+
+        fn words(&mut self, words: &[u32]) {
+            for word in words {
+                self.types.extend_from_slice(&word.to_le_bytes());
+            }
+        }
+
+        /// Returns the new type's id (ids start at 1; 0 is void).
+        fn header(&mut self, name: &str, kind: u32, vlen: u32, size_or_type: u32) -> u32 {
+            let name = self.name(name);
+            self.words(&[name, (kind << 24) | vlen, size_or_type]);
+            self.count += 1;
+            self.count
+        }
+
+        fn int(&mut self, name: &str, bytes: u32) -> u32 {
+            let id = self.header(name, KIND_INT, 0, bytes);
+            self.words(&[bytes * 8]);
+            id
+        }
+
+        fn typedef(&mut self, name: &str, target: u32) -> u32 {
+            self.header(name, KIND_TYPEDEF, 0, target)
+        }
+
+        /// Members as (name, type, bit offset).
+        fn aggregate(
+            &mut self,
+            kind: u32,
+            name: &str,
+            size: u32,
+            members: &[(&str, u32, u32)],
+        ) -> u32 {
+            let id = self.header(name, kind, members.len() as u32, size);
+            for (member, member_type, bits) in members {
+                let member = self.name(member);
+                self.words(&[member, *member_type, *bits]);
+            }
+            id
+        }
+
+        fn build(&self) -> Vec<u8> {
+            let mut blob = Vec::new();
+            blob.extend_from_slice(&0xeb9f_u16.to_le_bytes());
+            blob.extend_from_slice(&[1, 0]); // version, flags
+            let (types, strings) = (self.types.len() as u32, self.strings.len() as u32);
+            for word in [24, 0, types, types, strings] {
+                blob.extend_from_slice(&u32::to_le_bytes(word));
+            }
+            blob.extend_from_slice(&self.types);
+            blob.extend_from_slice(&self.strings);
+            blob
+        }
+    }
+
+    /// A `task_struct` shaped like a real one: the fields sit in nested structs, behind a
+    /// typedef, and (pid, tgid) inside an anonymous struct within an anonymous union.
+    fn kernel_like(with_sched_info: bool) -> Btf {
+        let mut btf = BtfBuilder::new();
+        let u64_type = btf.int("unsigned long long", 8);
+        let int = btf.int("int", 4);
+        let u64_typedef = btf.typedef("u64", u64_type);
+        let sched_entity = btf.aggregate(
+            KIND_STRUCT,
+            "sched_entity",
+            16,
+            &[("load", u64_type, 0), ("sum_exec_runtime", u64_typedef, 64)],
+        );
+        let sched_info = btf.aggregate(
+            KIND_STRUCT,
+            "sched_info",
+            16,
+            &[("pcount", u64_type, 0), ("run_delay", u64_type, 64)],
+        );
+        let ids = btf.aggregate(KIND_STRUCT, "", 8, &[("pid", int, 0), ("tgid", int, 32)]);
+        let wrapper = btf.aggregate(KIND_UNION, "", 8, &[("", ids, 0), ("both", u64_type, 0)]);
+        let mut members = vec![
+            ("flags", int, 0),
+            ("se", sched_entity, 64),
+            ("", wrapper, 192),
+        ];
+        if with_sched_info {
+            members.push(("sched_info", sched_info, 256));
+        }
+        btf.aggregate(KIND_STRUCT, "task_struct", 48, &members);
+        Btf::from_bytes(&btf.build()).expect("the fixture is valid BTF")
+    }
+
+    #[test]
+    fn finds_fields_through_nested_anonymous_and_typedef_members() {
+        let offsets = offsets_in(&kernel_like(true)).unwrap();
+        assert_eq!(
+            offsets,
+            TaskAccountingOffsets {
+                sum_exec_runtime: 8 + 8,
+                run_delay: 32 + 8,
+                pcount: 32,
+                pid: 24,
+                tgid: 28,
+                _reserved: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn names_the_missing_field() {
+        let error = offsets_in(&kernel_like(false)).unwrap_err().to_string();
+        assert!(
+            error.contains("task_struct.sched_info.run_delay not found"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn refuses_a_field_of_another_size() {
+        let mut btf = BtfBuilder::new();
+        let int = btf.int("int", 4);
+        btf.aggregate(
+            KIND_STRUCT,
+            "task_struct",
+            8,
+            &[("pid", int, 0), ("tgid", int, 32)],
+        );
+        let btf = Btf::from_bytes(&btf.build()).unwrap();
+        let error = int_field(&btf, "task_struct", &["tgid"], 8)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("expected an aligned 8-byte integer"),
+            "{error}"
+        );
+    }
+}
