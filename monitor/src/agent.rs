@@ -145,7 +145,11 @@ fn task_accounting(settings: &Settings) -> Option<TaskAccountingOffsets> {
     {
         return None;
     }
-    match task_offsets::task_accounting_offsets(Path::new(task_offsets::KERNEL_BTF)) {
+    let found = std::fs::read_to_string("/proc/thread-self/schedstat")
+        .context("reading /proc/thread-self/schedstat (no CONFIG_SCHED_INFO?)")
+        .and_then(|schedstat| task_offsets::check_statistics_kept(&schedstat))
+        .and_then(|()| task_offsets::task_accounting_offsets(Path::new(task_offsets::KERNEL_BTF)));
+    match found {
         Ok(offsets) => {
             log::debug!("kernel per-task accounting in task_struct: {offsets:?}");
             Some(offsets)

@@ -22,6 +22,23 @@ pub fn task_accounting_offsets(btf_path: &Path) -> Result<TaskAccountingOffsets>
     offsets_in(&btf)
 }
 
+/// Checks that the kernel keeps its scheduler statistics up to date, from the text of
+/// `/proc/thread-self/schedstat` (run time, wait time and arrivals of the calling thread). The
+/// fields exist wherever `CONFIG_SCHED_INFO` is set, but kernels before 5.14 only maintained
+/// them while delay accounting or schedstats were on. The calling thread has arrived on a CPU
+/// at least once, so a count of 0 means they are not kept.
+pub fn check_statistics_kept(schedstat: &str) -> Result<()> {
+    let arrivals: u64 = schedstat
+        .split_whitespace()
+        .nth(2)
+        .and_then(|field| field.parse().ok())
+        .ok_or_else(|| anyhow!("unexpected schedstat line {:?}", schedstat.trim()))?;
+    if arrivals == 0 {
+        bail!("the kernel does not keep its scheduler statistics (schedstat shows no arrivals)");
+    }
+    Ok(())
+}
+
 fn offsets_in(btf: &Btf) -> Result<TaskAccountingOffsets> {
     let field = |path: &[&str], size: usize| int_field(btf, "task_struct", path, size);
     let offsets = TaskAccountingOffsets {
@@ -258,6 +275,15 @@ mod tests {
             error.contains("task_struct.sched_info.run_delay not found"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn scheduler_statistics_are_kept_when_the_thread_has_arrived() {
+        assert!(check_statistics_kept("88964527 803028 26\n").is_ok());
+        let error = check_statistics_kept("0 0 0\n").unwrap_err().to_string();
+        assert!(error.contains("does not keep"), "{error}");
+        let error = check_statistics_kept("garbage").unwrap_err().to_string();
+        assert!(error.contains("unexpected schedstat line"), "{error}");
     }
 
     #[test]
