@@ -121,9 +121,17 @@ fn killed_under_load_it_leaves_nothing_and_the_next_agent_counts_only_what_follo
     let busy = Server::python();
     let first = MonitorAgent::start(&[]);
     let held = bpf::held_by(first.pid());
+    // Every program it reports attached, each with at least one link.
+    let attached = first
+        .scrape()
+        .matching("monitor_bpf_program_info", &[])
+        .count();
     assert!(
-        held.programs.len() >= 7 && held.maps.len() >= 10 && held.links.len() >= 7,
-        "the agent should hold its programs, maps and links: {held:?}"
+        attached >= 6
+            && held.programs.len() == attached
+            && held.maps.len() >= 10
+            && held.links.len() >= attached,
+        "the agent should hold its {attached} programs, its maps and links: {held:?}"
     );
     // A keep-alive connection that the first agent tracks and that outlives it.
     let mut kept = connect(exact.port);
