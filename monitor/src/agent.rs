@@ -46,6 +46,8 @@ pub struct Settings {
     pub empty_programs: bool,
     /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).
     pub sched_accounting: SchedAccounting,
+    /// Offsets to use instead of the kernel's BTF (tests of a refused switch program).
+    pub task_offsets: Option<Vec<u32>>,
     pub http: HttpSettings,
     /// The kubelet's pod log directory (`/var/log/pods`).
     pub pod_logs: std::path::PathBuf,
@@ -145,6 +147,18 @@ fn task_accounting(settings: &Settings) -> Option<TaskAccountingOffsets> {
     {
         return None;
     }
+    if let Some(&[sum_exec_runtime, run_delay, pcount, pid, tgid]) =
+        settings.task_offsets.as_deref()
+    {
+        return Some(TaskAccountingOffsets {
+            sum_exec_runtime,
+            run_delay,
+            pcount,
+            pid,
+            tgid,
+            _reserved: 0,
+        });
+    }
     let found = std::fs::read_to_string("/proc/thread-self/schedstat")
         .context("reading /proc/thread-self/schedstat (no CONFIG_SCHED_INFO?)")
         .and_then(|schedstat| task_offsets::check_statistics_kept(&schedstat))
@@ -171,27 +185,41 @@ impl Agent {
         let own_tgid = std::process::id();
         let config = http_config(&settings.http, own_tgid)?;
         let mut step = Step::new();
-        let task_accounting = task_accounting(settings);
-        let mut ebpf = probes::load(
-            &MapSizes {
-                max_processes: settings.max_processes,
-            },
-            task_accounting,
-        )?;
-        probes::http::write_config(&mut ebpf, config)?;
+        let mut task_accounting = task_accounting(settings);
+        let load = |task_accounting| -> Result<Ebpf> {
+            let mut ebpf = probes::load(
+                &MapSizes {
+                    max_processes: settings.max_processes,
+                },
+                task_accounting,
+            )?;
+            probes::http::write_config(&mut ebpf, config)?;
+            Ok(ebpf)
+        };
+        let mut ebpf = load(task_accounting)?;
         step.done("BPF object loaded, maps created");
         // Parsed once for every BTF tracepoint (each parse takes tens of milliseconds).
         let btf = Btf::from_sys_fs();
         step.done("kernel BTF parsed");
         let mut attached = if settings.empty_programs {
             probes::attach_empty(&mut ebpf, &btf, task_accounting.is_some())?
+        } else if task_accounting.is_some() {
+            match probes::attach_sched(&mut ebpf, HookChoice::TpBtf, &btf, true) {
+                Ok(attached) => attached,
+                Err(error) => {
+                    // The offsets are fixed when the object loads: start again without them.
+                    log::warn!(
+                        "the switch program that reads the kernel's per-task accounting was \
+                         refused ({error:#}); the programs time switches and wake-ups themselves"
+                    );
+                    drop(ebpf);
+                    task_accounting = None;
+                    ebpf = load(None)?;
+                    probes::attach_sched(&mut ebpf, settings.sched_hooks, &btf, false)?
+                }
+            }
         } else {
-            probes::attach_sched(
-                &mut ebpf,
-                settings.sched_hooks,
-                &btf,
-                task_accounting.is_some(),
-            )?
+            probes::attach_sched(&mut ebpf, settings.sched_hooks, &btf, false)?
         };
         step.done("scheduler programs verified and attached");
         // The BTF switch program reads the offsets it was loaded with; the classic one cannot.

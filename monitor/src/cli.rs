@@ -127,6 +127,13 @@ pub struct Cli {
     /// what the hooks alone cost.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+
+    /// Tests only: the byte offsets in `task_struct` of `se.sum_exec_runtime`,
+    /// `sched_info.run_delay`, `sched_info.pcount`, `pid` and `tgid` (comma-separated), used
+    /// instead of those found in the kernel's BTF, to show what happens when the verifier
+    /// refuses the switch program that reads them.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    pub task_offsets: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -26,6 +26,13 @@ type SharedAgent = Arc<Mutex<Option<Agent>>>;
 /// belong to threads, and the runtime's threads, started after the drop, inherit what is left.
 pub fn run(cli: Cli) -> Result<()> {
     let protection = server::Protection::load(cli.web_config_file.as_deref())?;
+    if cli
+        .task_offsets
+        .as_ref()
+        .is_some_and(|offsets| offsets.len() != 5)
+    {
+        anyhow::bail!("--task-offsets takes five offsets, comma-separated");
+    }
     preflight::check_privileges()?;
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
     let listener = bind(cli.listen)?;
@@ -37,6 +44,7 @@ pub fn run(cli: Cli) -> Result<()> {
         sched_hooks: cli.sched_hooks,
         empty_programs: cli.empty_programs,
         sched_accounting: cli.sched_accounting,
+        task_offsets: cli.task_offsets.clone(),
         http: HttpSettings {
             duration_buckets: cli.duration_buckets.clone(),
             route_budget: cli.route_budget,

@@ -45,6 +45,20 @@ const TRACEPOINT: Hooks = Hooks {
     wakeups: true,
 };
 
+/// Offsets beyond any `task_struct`: the verifier refuses the switch program that reads the
+/// kernel's accounting, and the agent must start again with the programs timing themselves.
+const REFUSED_ACCOUNTING: Hooks = Hooks {
+    args: &[
+        "--sched-hooks",
+        "tp-btf",
+        "--task-offsets",
+        "65536,65536,65536,65536,65536",
+    ],
+    kind: "tp_btf",
+    tick: "cpu_clock_tick",
+    wakeups: true,
+};
+
 /// Each behaviour is checked with every way of attaching the scheduler programs.
 macro_rules! with_each_hook_kind {
     ($check:ident) => {
@@ -88,6 +102,11 @@ fn agent_with_hooks(hooks: &Hooks) -> MonitorAgent {
 }
 
 with_each_hook_kind!(busy_process_cpu_time_matches_proc_stat);
+
+#[test]
+fn a_refused_accounting_switch_falls_back_to_timing_on_btf_tracepoints() {
+    busy_process_cpu_time_matches_proc_stat(&REFUSED_ACCOUNTING);
+}
 with_each_hook_kind!(short_lived_process_is_counted_after_it_exits);
 with_each_hook_kind!(run_queue_latency_grows_for_an_overloaded_service_only);
 
