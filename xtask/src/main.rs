@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench|churn|soak|fuzz|image>`.
+//! Developer tasks: `cargo xtask <setup|build|run|lint|test|bench|compare|churn|soak|fuzz|image>`.
 
 mod bench;
 mod build;
@@ -49,6 +49,19 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Judge a change: the quick HTTP benchmark (`bench --quick --only http`) run alternately
+    /// with another build of the agent and with this tree's, several times; prints medians of
+    /// both and writes target/bench/compare.json. About 3 minutes per run and build. Make a
+    /// baseline with e.g. `git worktree add /tmp/base <commit> && cargo build --release
+    /// --manifest-path /tmp/base/Cargo.toml -p monitor` (then /tmp/base/target/release/monitor).
+    Compare {
+        /// The other build's agent binary.
+        #[arg(long)]
+        baseline: std::path::PathBuf,
+        /// Runs per build.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
     /// 200,000 short connections, 100,000 distinct paths and 5,000 processes that serve one
     /// request and exit, against one agent: exact counts, peak RSS, map entries and series
     /// (BENCHMARKS.md, section churn). A few minutes.
@@ -88,6 +101,7 @@ fn main() -> std::process::ExitCode {
         Task::Lint => setup::setup().and_then(|()| lint::lint()),
         Task::Test { filter } => test::test(filter.as_deref()),
         Task::Bench { quick, only } => bench::bench(quick, only.as_deref()),
+        Task::Compare { baseline, runs } => bench::compare(&baseline, runs),
         Task::Churn { quick } => bench::churn(quick),
         Task::Soak { minutes } => bench::soak(minutes),
         Task::Fuzz { seconds, filter } => fuzz::fuzz(seconds, filter.as_deref()),

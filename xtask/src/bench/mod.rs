@@ -14,6 +14,7 @@
 
 mod agent;
 mod churn;
+mod compare;
 mod http;
 mod http_report;
 mod loadgen;
@@ -31,6 +32,8 @@ use std::{fs, time::Duration};
 
 use anyhow::{Context as _, Result, bail};
 use serde_json::json;
+
+pub use compare::compare;
 
 use crate::{
     build::build_release,
