@@ -6,7 +6,7 @@
 use std::{
     fs,
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
 };
 
 use anyhow::{Context as _, Result, bail};
@@ -71,9 +71,12 @@ pub fn compare(baseline: &Path, runs: usize) -> Result<()> {
             let which = (round + turn) % 2;
             let (name, binary) = &builds[which];
             eprintln!("xtask compare: round {}/{runs}, {name}", round + 1);
+            // Each run's tables go nowhere (the figures are read from bench.json), so that
+            // stdout holds only the comparison; progress stays on stderr.
             run(Command::new(&xtask)
                 .args(["bench", "--quick", "--only", "http"])
-                .env("MONITOR_BIN", binary))?;
+                .env("MONITOR_BIN", binary)
+                .stdout(Stdio::null()))?;
             let path = dir.join("bench.json");
             let report: Value = serde_json::from_str(
                 &fs::read_to_string(&path)
