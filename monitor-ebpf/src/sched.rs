@@ -1,8 +1,10 @@
 //! On-CPU time and run-queue latency per process, from the scheduler tracepoints.
 //!
-//! The process of a task is only known while it is `current` (`bpf_get_current_pid_tgid`), so
-//! time and delays are attributed when a task is switched *out* (or by the periodic tick),
-//! never by reading `task_struct` fields, whose offsets vary between kernels.
+//! Time and delays are attributed when a task is switched *out* (or by the periodic tick). Two
+//! ways: where the agent found the offsets of the kernel's own per-task accounting in BTF
+//! (`TASK_ACCOUNTING`), the switch reads what the kernel counted (`on_accounted_switch`);
+//! elsewhere the programs time runs and wake-ups themselves and take the process from
+//! `bpf_get_current_pid_tgid` (`on_switch`), reading no `task_struct` field.
 //!
 //! Cost matters: these run on every context switch of the host. The common path touches only
 //! per-CPU and array slots; a hash lookup happens when the CPU changes process.
