@@ -37,6 +37,8 @@ const AGENT_METRICS: &[&str] = &[
     "monitor_http_events_dropped_total",
     "monitor_http_routes_limited_total",
     "monitor_http_route_mismatches_total",
+    "monitor_web_config_reloads_total",
+    "monitor_web_config_last_reload_successful",
 ];
 const AGENT_HISTOGRAMS: &[&str] = &[
     "http_server_request_duration_seconds",

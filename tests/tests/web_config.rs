@@ -22,32 +22,34 @@ use tempfile::TempDir;
 const USER: &str = "prometheus";
 const PASSWORD: &str = "correct horse battery staple";
 
+fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+}
+
+/// `dir/<name>.pem` and `dir/<name>.key`: a certificate for `names` that `ca` signed.
+fn leaf(
+    dir: &Path,
+    name: &str,
+    names: &[&str],
+    usage: ExtendedKeyUsagePurpose,
+    ca: &CertifiedIssuer<'static, KeyPair>,
+) {
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>()).unwrap();
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.extended_key_usages = vec![usage];
+    let key = KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, ca).unwrap();
+    fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+    fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+}
+
 /// A CA, a server certificate for 127.0.0.1 and a client certificate it signed, and a client
 /// certificate from another CA, as PEM files in `dir` (`ca.pem`, `tls/server.pem`, ...).
 fn make_certificates(dir: &Path) {
-    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
-    }
-    fn leaf(
-        dir: &Path,
-        name: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-        ca: &CertifiedIssuer<'static, KeyPair>,
-    ) {
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, ca).unwrap();
-        fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        fs::write(dir.join(format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
     let (ours, theirs) = (ca("monitor test CA"), ca("another CA"));
     fs::write(dir.join("ca.pem"), ours.pem()).unwrap();
     let tls = dir.join("tls");
@@ -276,6 +278,115 @@ fn client_certificates_if_given_must_be_the_cas() {
     // min_version TLS13: a TLS 1.2 client is refused.
     let old = metrics(&["--tls-max", "1.2"]);
     assert!(old.exit != 0 && old.status().is_none(), "{}", old.head);
+}
+
+/// Writes `text` to `path` the way a careful tool does, by renaming a complete file over it,
+/// so that the agent never reads half of it.
+fn replace(path: &Path, text: &str) {
+    let fresh = path.with_extension("new");
+    fs::write(&fresh, text).unwrap();
+    fs::rename(&fresh, path).unwrap();
+}
+
+/// Points the symlink `link` at `target` in one rename, as a Kubernetes Secret volume swaps
+/// its `..data` link when cert-manager renews a certificate.
+fn swap_link(link: &Path, target: &str) {
+    let fresh = link.with_extension("new");
+    std::os::unix::fs::symlink(target, &fresh).unwrap();
+    fs::rename(&fresh, link).unwrap();
+}
+
+/// The value of an unlabelled or fully written series in a scrape, e.g.
+/// `monitor_web_config_reloads_total{result="failure"}`.
+fn series(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn a_changed_web_config_or_renewed_certificate_applies_without_a_restart() {
+    let config = |hash: &str| {
+        format!(
+            "tls_server_config:\n  cert_file: current/server.pem\n  key_file: current/server.key\n\
+             basic_auth_users:\n  {USER}: {hash}\n"
+        )
+    };
+    let dir = web_config(&config(&bcrypt_hash(PASSWORD)));
+    let dir = dir.path();
+    std::os::unix::fs::symlink("tls", dir.join("current")).unwrap();
+    let agent = start(dir, &["--cacert", "ca.pem"]);
+    let metrics = |ca: &str, password: &str| {
+        let url = format!("https://127.0.0.1:{}/metrics", agent.port);
+        let user = format!("{USER}:{password}");
+        curl(dir, &url, &["--cacert", ca, "--user", &user])
+    };
+    // Reloads are looked for every 5 s; each step waits for its effect, up to 30 s.
+    let wait = |what: &str, mut check: Box<dyn FnMut() -> bool + '_>| {
+        assert!(
+            try_poll(Duration::from_secs(30), || check().then_some(())).is_some(),
+            "not applied within 30 s: {what}"
+        );
+    };
+    let first = metrics("ca.pem", PASSWORD);
+    assert_eq!(first.status(), Some(200), "{}{}", first.head, first.stderr);
+    assert_eq!(
+        series(&first.body, "monitor_web_config_last_reload_successful"),
+        Some(1.0)
+    );
+
+    // New users: the old password stops working, the new one works.
+    const NEW_PASSWORD: &str = "another horse, another battery";
+    replace(&dir.join("web.yml"), &config(&bcrypt_hash(NEW_PASSWORD)));
+    wait(
+        "the new password",
+        Box::new(|| metrics("ca.pem", NEW_PASSWORD).status() == Some(200)),
+    );
+    assert_eq!(metrics("ca.pem", PASSWORD).status(), Some(401));
+
+    // A renewed certificate from another CA, swapped in as Kubernetes does.
+    let renewed_ca = ca("renewed CA");
+    fs::write(dir.join("renewed-ca.pem"), renewed_ca.pem()).unwrap();
+    fs::create_dir(dir.join("renewed")).unwrap();
+    leaf(
+        &dir.join("renewed"),
+        "server",
+        &["127.0.0.1"],
+        ExtendedKeyUsagePurpose::ServerAuth,
+        &renewed_ca,
+    );
+    swap_link(&dir.join("current"), "renewed");
+    wait(
+        "the renewed certificate",
+        Box::new(|| metrics("renewed-ca.pem", NEW_PASSWORD).status() == Some(200)),
+    );
+    let old = metrics("ca.pem", NEW_PASSWORD);
+    assert!(
+        old.status().is_none(),
+        "the old certificate is still served: {}",
+        old.head
+    );
+
+    // A broken file changes nothing but the reload metrics, which say so.
+    replace(&dir.join("web.yml"), "tls_server_config: [\n");
+    let mut scrape = String::new();
+    wait(
+        "the failed reload in /metrics",
+        Box::new(|| {
+            scrape = metrics("renewed-ca.pem", NEW_PASSWORD).body;
+            series(&scrape, "monitor_web_config_last_reload_successful") == Some(0.0)
+        }),
+    );
+    for (result, expected) in [("success", 2.0), ("failure", 1.0)] {
+        let name = format!("monitor_web_config_reloads_total{{result=\"{result}\"}}");
+        assert_eq!(
+            series(&scrape, &name),
+            Some(expected),
+            "{name} in\n{scrape}"
+        );
+    }
+    let still = metrics("renewed-ca.pem", NEW_PASSWORD);
+    assert_eq!(still.status(), Some(200), "{}{}", still.head, still.stderr);
+    assert_eq!(metrics("renewed-ca.pem", PASSWORD).status(), Some(401));
 }
 
 /// The agent must stop before loading anything, with exit code 1 and one line naming the

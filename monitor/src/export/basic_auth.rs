@@ -5,7 +5,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::{Arc, Mutex, PoisonError},
+    sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
 use axum::{
@@ -21,6 +21,9 @@ use tokio::sync::Semaphore;
 const REMEMBERED: usize = 256;
 
 type Digest = [u8; 32];
+
+/// The users in force: `None` when there are none; replaced when the web config is reloaded.
+pub type SharedAuth = Arc<RwLock<Option<Arc<BasicAuth>>>>;
 
 pub struct BasicAuth {
     users: HashMap<String, String>,
@@ -91,8 +94,13 @@ impl BasicAuth {
 }
 
 /// Middleware: the request goes on with valid credentials, else 401 asking for Basic.
-pub async fn require(State(auth): State<Arc<BasicAuth>>, request: Request, next: Next) -> Response {
-    if auth
+pub async fn require(State(auth): State<SharedAuth>, request: Request, next: Next) -> Response {
+    // Taken out of the lock before anything waits: a reload replaces the users meanwhile.
+    let current = auth.read().unwrap_or_else(PoisonError::into_inner).clone();
+    let Some(current) = current else {
+        return next.run(request).await;
+    };
+    if current
         .allows(request.headers().get(header::AUTHORIZATION))
         .await
     {

@@ -79,6 +79,11 @@ pub fn render(view: &Exposition<'_>) -> String {
             .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)
             .build(),
     ]);
+    encode(families)
+}
+
+/// The text format of `families`, leaving out the empty ones.
+pub fn encode(families: Vec<Option<MetricFamily>>) -> String {
     let families: Vec<MetricFamily> = families.into_iter().flatten().collect();
     let mut text = Vec::new();
     // Encoding fails only on malformed families, which the builders do not make.

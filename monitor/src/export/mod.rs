@@ -5,6 +5,7 @@ pub mod basic_auth;
 pub mod families;
 pub mod http;
 pub mod metrics;
+pub mod reload;
 pub mod server;
 pub mod tls;
 pub mod web_config;

@@ -1,7 +1,11 @@
 //! The HTTP endpoint: `GET /metrics` (Prometheus text format), `GET /healthz`, 404 otherwise;
 //! over TLS and behind Basic authentication when `--web-config-file` asks for them.
 
-use std::{future::Future, path::Path, sync::Arc};
+use std::{
+    future::Future,
+    path::Path,
+    sync::{Arc, RwLock},
+};
 
 use anyhow::{Context as _, Result};
 use axum::{
@@ -15,7 +19,10 @@ use axum::{
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 
-use super::{basic_auth::BasicAuth, tls, web_config};
+use super::{
+    basic_auth::{self, BasicAuth},
+    metrics, reload, tls, web_config,
+};
 
 /// Renders the metrics text; called on a blocking thread for every scrape.
 pub type RenderFn = Arc<dyn Fn() -> Option<String> + Send + Sync>;
@@ -27,6 +34,8 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub struct Protection {
     tls: Option<Arc<rustls::ServerConfig>>,
     auth: Option<Arc<BasicAuth>>,
+    /// The files as they were read, which the reload watches; `None` without a file.
+    snapshot: Option<reload::Snapshot>,
 }
 
 impl Protection {
@@ -36,7 +45,9 @@ impl Protection {
         let Some(path) = web_config_file else {
             return Ok(Self::default());
         };
+        let config_state = reload::ConfigState::of(path);
         let config = web_config::load(path)?;
+        let snapshot = config_state.with_files(config.files());
         let tls = config
             .tls
             .as_ref()
@@ -46,7 +57,16 @@ impl Protection {
         Ok(Self {
             tls,
             auth: BasicAuth::new(&config.basic_auth_users),
+            snapshot: Some(snapshot),
         })
+    }
+
+    pub fn snapshot(&self) -> Option<reload::Snapshot> {
+        self.snapshot.clone()
+    }
+
+    pub fn into_parts(self) -> (Option<Arc<rustls::ServerConfig>>, Option<Arc<BasicAuth>>) {
+        (self.tls, self.auth)
     }
 
     /// `http` or `https`.
@@ -65,25 +85,36 @@ pub async fn serve(
     protection: Protection,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let mut app = Router::new()
-        .route("/metrics", get(metrics))
+    let auth: basic_auth::SharedAuth = Arc::new(RwLock::new(protection.auth));
+    let tls = protection.tls.map(RustlsConfig::from_config);
+    let render = match protection.snapshot {
+        Some(snapshot) => {
+            let status = Arc::new(reload::Status::default());
+            let live = reload::Live {
+                auth: auth.clone(),
+                tls: tls.clone(),
+            };
+            // Ends with the runtime, which the agent drops when it stops.
+            tokio::spawn(reload::watch(snapshot, live, status.clone()));
+            with_reload_status(render, status)
+        }
+        None => render,
+    };
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
                 "not found: try /metrics or /healthz\n",
             )
         })
-        .with_state(render);
-    if let Some(auth) = protection.auth {
-        app = app.layer(middleware::from_fn_with_state(
-            auth,
-            super::basic_auth::require,
-        ));
-    }
+        .with_state(render)
+        // Always in place: a reload may add users where there were none.
+        .layer(middleware::from_fn_with_state(auth, basic_auth::require));
     // Added after the authentication layer, so it stays open: kubelet probes carry no
     // credentials, and "ok" tells nobody anything. TLS still applies to it.
     let app = app.route("/healthz", get(|| async { "ok\n" }));
-    let Some(tls) = protection.tls else {
+    let Some(tls) = tls else {
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await?;
@@ -95,7 +126,7 @@ pub async fn serve(
         shutdown.await;
         stop.graceful_shutdown(None);
     });
-    axum_server::from_tcp_rustls(listener.into_std()?, RustlsConfig::from_config(tls))?
+    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
         .handle(handle)
         .accept_error_handler(|_, error| log::debug!("TLS connection refused: {error}"))
         .serve(app.into_make_service())
@@ -103,7 +134,16 @@ pub async fn serve(
     Ok(())
 }
 
-async fn metrics(State(render): State<RenderFn>) -> impl IntoResponse {
+/// `render`, followed by the reloads' outcomes.
+fn with_reload_status(render: RenderFn, status: Arc<reload::Status>) -> RenderFn {
+    Arc::new(move || {
+        let mut text = render()?;
+        text.push_str(&metrics::encode(status.families()));
+        Some(text)
+    })
+}
+
+async fn metrics_page(State(render): State<RenderFn>) -> impl IntoResponse {
     match tokio::task::spawn_blocking(move || render()).await {
         Ok(Some(text)) => (
             StatusCode::OK,

@@ -1,7 +1,8 @@
 //! `--web-config-file`: TLS and basic authentication for the endpoint, in the format of the
 //! Prometheus exporter-toolkit (its `docs/web-configuration.md`), so one file can serve
-//! node_exporter and this agent alike. Read once at start; what this agent cannot honour is
-//! an error naming the key, never silently ignored.
+//! node_exporter and this agent alike. Read at start, and again when it or a file it names
+//! changes (`reload`); what this agent cannot honour is an error naming the key, never
+//! silently ignored.
 
 use std::{
     collections::BTreeMap,
@@ -56,6 +57,28 @@ pub enum ClientAuth {
 pub enum TlsVersion {
     Tls12,
     Tls13,
+}
+
+impl WebConfig {
+    /// The files the configuration names (certificate, key, client CA), which a reload
+    /// watches beside the configuration itself.
+    pub fn files(&self) -> Vec<PathBuf> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let ca = match &tls.client_auth {
+            ClientAuth::None => None,
+            ClientAuth::VerifyIfGiven(ca) | ClientAuth::Require(ca) => Some(ca),
+        };
+        [Some(&tls.cert), Some(&tls.key), ca]
+            .into_iter()
+            .flatten()
+            .filter_map(|pem| match pem {
+                Pem::File { path, .. } => Some(path.clone()),
+                Pem::Inline { .. } => None,
+            })
+            .collect()
+    }
 }
 
 /// Reads and checks the file; relative paths in it are taken from its directory.
