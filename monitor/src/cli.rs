@@ -27,8 +27,8 @@ pub struct Cli {
     /// TLS (server certificate, optional client certificates) and Basic authentication for
     /// the endpoint, in the Prometheus exporter-toolkit web config format (`tls_server_config`,
     /// `basic_auth_users`). /healthz stays open to probes; /metrics needs the password.
-    /// Changes to the file or to the certificates it names apply within 5 s, without a
-    /// restart (turning TLS on or off needs one).
+    /// Changes to the file or to the certificates it names apply within 10 s, without a
+    /// restart (turning TLS on or off, or authentication off, needs one).
     #[arg(long, env = "MONITOR_WEB_CONFIG_FILE")]
     pub web_config_file: Option<std::path::PathBuf>,
 

@@ -320,7 +320,8 @@ fn a_changed_web_config_or_renewed_certificate_applies_without_a_restart() {
         let user = format!("{USER}:{password}");
         curl(dir, &url, &["--cacert", ca, "--user", &user])
     };
-    // Reloads are looked for every 5 s; each step waits for its effect, up to 30 s.
+    // The agent looks every 5 s and applies a change that held still for one look; each step
+    // waits for its effect, up to 30 s.
     let wait = |what: &str, mut check: Box<dyn FnMut() -> bool + '_>| {
         assert!(
             try_poll(Duration::from_secs(30), || check().then_some(())).is_some(),

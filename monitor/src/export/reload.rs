@@ -1,8 +1,9 @@
 //! Re-reads `--web-config-file` when it, or a certificate, key or CA file it names, changes:
 //! certificates renewed by cert-manager (a Secret volume swaps its files) or by hand take
-//! effect without a restart, as they do for exporters built on exporter-toolkit. A file that
-//! does not load leaves the previous configuration in force, says why in the log, and shows
-//! in `monitor_web_config_last_reload_successful`.
+//! effect without a restart, as they do for exporters built on exporter-toolkit. A change is
+//! read once it has held still for one check, so that a file being written is read whole. A
+//! file that does not load leaves the previous configuration in force, says why in the log,
+//! and shows in `monitor_web_config_last_reload_successful`.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -14,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Result, bail};
+use anyhow::{Context as _, Result, bail};
 use axum_server::tls_rustls::RustlsConfig;
 use prometheus::proto::MetricFamily;
 
@@ -146,29 +147,59 @@ impl Status {
     }
 }
 
-/// Checks the files every `CHECK_INTERVAL` and applies what changed; runs until aborted.
+/// What one look at the files found.
+enum Step {
+    Unchanged,
+    /// Changed since the last look: wait one more, so that a file being written is read
+    /// whole.
+    Settling(Snapshot),
+    /// Unchanged since the last look, which had seen it change: read. The snapshot is the
+    /// files as read (or as seen, if the configuration itself did not parse).
+    Read(Snapshot, Result<Protection>),
+}
+
+/// Checks the files every `CHECK_INTERVAL` and applies a change once it has held still for
+/// one interval; runs until aborted.
 pub async fn watch(mut seen: Snapshot, live: Live, status: Arc<Status>) {
     let mut ticker = tokio::time::interval(CHECK_INTERVAL);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick is immediate; the files were read just now
+    let mut settling: Option<Snapshot> = None;
     loop {
         ticker.tick().await;
-        let previous = seen.clone();
+        let (previous, candidate) = (seen.clone(), settling.clone());
         // stat, file reads and certificate parsing block: off the async threads.
-        let Ok(check) = tokio::task::spawn_blocking(move || check(&previous)).await else {
-            continue;
+        let step = tokio::task::spawn_blocking(move || look(&previous, candidate.as_ref())).await;
+        let loaded = match step {
+            Ok(Step::Unchanged) => {
+                settling = None;
+                continue;
+            }
+            Ok(Step::Settling(now)) => {
+                settling = Some(now);
+                continue;
+            }
+            Ok(Step::Read(read, loaded)) => {
+                // Remembered, failed or not: a broken file is reported once, and read again
+                // when it (or a file it names) changes next.
+                seen = read;
+                loaded
+            }
+            Err(panicked) => {
+                seen = settling.clone().unwrap_or(seen);
+                Err(anyhow::anyhow!(
+                    "--web-config-file {}: reading it failed: {panicked}",
+                    seen.path().display()
+                ))
+            }
         };
-        let Some((now, loaded)) = check else {
-            continue;
-        };
-        // Remember the files as they were read, failed or not: a broken file is reported
-        // once, and read again when it changes next.
-        seen = loaded
-            .as_ref()
-            .ok()
-            .and_then(Protection::snapshot)
-            .unwrap_or(now);
-        match loaded.and_then(|protection| apply(protection, &live)) {
+        settling = None;
+        // Every error then starts with the file's name, once.
+        let applied = loaded.and_then(|protection| {
+            apply(protection, &live)
+                .with_context(|| format!("--web-config-file {}", seen.path().display()))
+        });
+        match applied {
             Ok(()) => {
                 log::info!(
                     "--web-config-file {} changed: reloaded",
@@ -177,7 +208,6 @@ pub async fn watch(mut seen: Snapshot, live: Live, status: Arc<Status>) {
                 status.record(true);
             }
             Err(error) => {
-                // The error names the file.
                 log::warn!(
                     "a change was not applied, the previous configuration stays in force: \
                      {error:#}"
@@ -188,28 +218,37 @@ pub async fn watch(mut seen: Snapshot, live: Live, status: Arc<Status>) {
     }
 }
 
-/// `None` when nothing changed since `seen`; else the files' states now and what loading
-/// them gave.
-fn check(seen: &Snapshot) -> Option<(Snapshot, Result<Protection>)> {
+fn look(seen: &Snapshot, settling: Option<&Snapshot>) -> Step {
     let now = seen.retaken();
     if now == *seen {
-        return None;
+        return Step::Unchanged;
     }
-    let loaded = Protection::load(Some(now.path()));
-    Some((now, loaded))
+    if settling != Some(&now) {
+        return Step::Settling(now);
+    }
+    let (read, loaded) = Protection::read(now.path());
+    Step::Read(read.unwrap_or(now), loaded)
 }
 
 /// Puts a loaded configuration in force: the certificate and key for new handshakes, and the
-/// users for new requests. Nothing changes when it asks for what needs a restart.
+/// users for new requests. Nothing changes when it asks for what needs a restart: turning
+/// TLS on or off, or removing every user, which would leave /metrics open (a file caught
+/// half-written reads as one without users).
 fn apply(protection: Protection, live: &Live) -> Result<()> {
     let (tls, auth) = protection.into_parts();
+    let mut users = live.auth.write().unwrap_or_else(PoisonError::into_inner);
+    if users.is_some() && auth.is_none() {
+        bail!(
+            "it has no basic_auth_users: turning authentication off needs a restart of the agent"
+        );
+    }
     match (&live.tls, tls) {
         (Some(running), Some(tls)) => running.reload_from_config(tls),
         (None, None) => {}
         (Some(_), None) => bail!("it turns TLS off, which needs a restart of the agent"),
         (None, Some(_)) => bail!("it turns TLS on, which needs a restart of the agent"),
     }
-    *live.auth.write().unwrap_or_else(PoisonError::into_inner) = auth;
+    *users = auth;
     Ok(())
 }
 
@@ -249,5 +288,63 @@ mod tests {
         let before = seen.retaken();
         fs::remove_file(&cert).unwrap();
         assert_ne!(before.retaken(), before);
+    }
+
+    #[test]
+    fn a_change_is_read_only_once_it_has_held_still_for_one_look() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("web.yml");
+        write(&config, "basic_auth_users: {}\n");
+        let seen = ConfigState::of(&config).with_files(Vec::new());
+        assert!(matches!(look(&seen, None), Step::Unchanged));
+
+        write(&config, "basic_auth_users: {}\n# a comment\n");
+        let Step::Settling(changed) = look(&seen, None) else {
+            panic!("a fresh change is read at once");
+        };
+        // Written again before the next look: still settling.
+        write(&config, "basic_auth_users: {}\n# a longer comment\n");
+        let Step::Settling(rewritten) = look(&seen, Some(&changed)) else {
+            panic!("a change still being written is read");
+        };
+        let Step::Read(read, loaded) = look(&seen, Some(&rewritten)) else {
+            panic!("a change that held still is not read");
+        };
+        assert!(loaded.is_ok());
+        assert_eq!(read, rewritten);
+    }
+
+    #[test]
+    fn removing_every_user_is_refused_and_keeps_them() {
+        let hash = "$2y$04$E7Dx2wGSDYmJM6X1aM6nEuNg3ZtZ1XJMzHgGdBZ0bq9t2Y0xUf4Ym".to_string();
+        let users = [("prometheus".to_string(), hash)].into_iter().collect();
+        let live = Live {
+            auth: Arc::new(std::sync::RwLock::new(
+                super::super::basic_auth::BasicAuth::new(&users),
+            )),
+            tls: None,
+        };
+        let error = apply(Protection::default(), &live).unwrap_err();
+        assert!(error.to_string().contains("basic_auth_users"), "{error}");
+        assert!(
+            live.auth.read().unwrap().is_some(),
+            "the users were dropped"
+        );
+    }
+
+    #[test]
+    fn files_a_failed_configuration_names_are_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("web.yml");
+        write(
+            &config,
+            "tls_server_config:\n  cert_file: new.pem\n  key_file: new.key\n",
+        );
+        let (read, loaded) = Protection::read(&config);
+        assert!(loaded.is_err(), "new.pem is not there yet");
+        let read = read.expect("the configuration itself parsed");
+        // Putting the certificate in place is a change, so it is read again then.
+        write(&dir.path().join("new.pem"), "not yet a certificate");
+        assert_ne!(read.retaken(), read);
     }
 }

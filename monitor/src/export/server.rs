@@ -42,27 +42,34 @@ impl Protection {
     /// Reads the file and everything it names (certificates, keys, CA) now, so that a mistake
     /// stops the start with one line instead of failing handshakes later.
     pub fn load(web_config_file: Option<&Path>) -> Result<Self> {
-        let Some(path) = web_config_file else {
-            return Ok(Self::default());
-        };
+        match web_config_file {
+            Some(path) => Self::read(path).1,
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// `load`, and the files as they were read: there whenever the configuration itself
+    /// parsed, even if a certificate it names did not load, so that a reload watches the
+    /// files the new configuration names.
+    pub fn read(path: &Path) -> (Option<reload::Snapshot>, Result<Self>) {
         let config_state = reload::ConfigState::of(path);
-        let config = web_config::load(path)?;
+        let config = match web_config::load(path) {
+            Ok(config) => config,
+            Err(error) => return (None, Err(error)),
+        };
         let snapshot = config_state.with_files(config.files());
         let tls = config
             .tls
             .as_ref()
             .map(|settings| tls::server_config(settings, config.http2))
             .transpose()
-            .with_context(|| format!("--web-config-file {}", path.display()))?;
-        Ok(Self {
+            .with_context(|| format!("--web-config-file {}", path.display()));
+        let protection = tls.map(|tls| Self {
             tls,
             auth: BasicAuth::new(&config.basic_auth_users),
-            snapshot: Some(snapshot),
-        })
-    }
-
-    pub fn snapshot(&self) -> Option<reload::Snapshot> {
-        self.snapshot.clone()
+            snapshot: Some(snapshot.clone()),
+        });
+        (Some(snapshot), protection)
     }
 
     pub fn into_parts(self) -> (Option<Arc<rustls::ServerConfig>>, Option<Arc<BasicAuth>>) {
