@@ -209,8 +209,8 @@ impl Agent {
                 Err(error) => {
                     // The offsets are fixed when the object loads: start again without them.
                     log::warn!(
-                        "the switch program that reads the kernel's per-task accounting was \
-                         refused ({error:#}); the programs time switches and wake-ups themselves"
+                        "the programs that read the kernel's per-task accounting were refused \
+                         ({error:#}); the programs time switches and wake-ups themselves"
                     );
                     drop(ebpf);
                     task_accounting = None;

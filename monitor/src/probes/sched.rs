@@ -90,6 +90,13 @@ pub fn attach_sched(
         Ok(btf) => match attach_btf(ebpf, btf, accounted, |hook| hook.btf) {
             Ok(attached) => {
                 let tick = if accounted {
+                    // Its helper (bpf_get_current_task_btf) is Linux 5.11+, the switch
+                    // program's hooks 5.8+: refused, the caller reloads without the offsets,
+                    // where the plain tick loads. A tick that loads but cannot attach is
+                    // `finish`'s warning in either mode.
+                    load_tick(ebpf, "cpu_clock_tick_accounted").context(
+                        "the clock tick that reads the kernel's per-task accounting was refused",
+                    )?;
                     "cpu_clock_tick_accounted"
                 } else {
                     "cpu_clock_tick"
@@ -197,9 +204,18 @@ fn write_layout(ebpf: &mut Ebpf, layout: SchedTracepointLayout) -> Result<()> {
     Ok(())
 }
 
-fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
+/// Loads the tick program (the verifier's pass), if it is not loaded yet.
+fn load_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
     let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
-    program.load()?;
+    if program.fd().is_err() {
+        program.load()?;
+    }
+    Ok(())
+}
+
+fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
+    load_tick(ebpf, name)?;
+    let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
     let cpus = online_cpus().map_err(|(what, error)| anyhow!("{what}: {error}"))?;
     for cpu in cpus {
         program

@@ -15,11 +15,18 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// The offsets of the three fields the switch program reads; an error names what is missing
 /// (e.g. `sched_info`, absent without `CONFIG_SCHED_INFO`).
 pub fn task_accounting_offsets(btf_path: &Path) -> Result<TaskAccountingOffsets> {
-    // Mapped, not parsed in full: only a few types are looked at, and a full parse of the
-    // kernel's BTF would cost tens of milliseconds and megabytes.
-    let btf = Btf::from_file_with_backend(btf_path, Backend::Mmap)
-        .with_context(|| format!("reading {}", btf_path.display()))?;
-    offsets_in(&btf)
+    offsets_in(&open_btf(btf_path)?)
+}
+
+/// Mapped, not parsed in full where the kernel allows it (only a few types are looked at, and
+/// a full parse costs tens of milliseconds and megabytes, freed right after). Kernels before
+/// 6.16 cannot map `/sys/kernel/btf/vmlinux`: there it is read and parsed.
+fn open_btf(path: &Path) -> Result<Btf> {
+    if let Ok(btf) = Btf::from_file_with_backend(path, Backend::Mmap) {
+        return Ok(btf);
+    }
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Btf::from_bytes(&bytes).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// Checks that the kernel keeps its scheduler statistics up to date, from the text of
@@ -303,6 +310,62 @@ mod tests {
         assert!(
             error.contains("expected an aligned 8-byte integer"),
             "{error}"
+        );
+    }
+
+    /// A file that cannot be mapped, as `/sys/kernel/btf/vmlinux` before Linux 6.16: a pipe
+    /// opened through `/proc/self/fd`, which mmap refuses (ENODEV) and a read drains; with
+    /// its writer closed, the read ends at the blob's end.
+    #[test]
+    fn reads_btf_that_cannot_be_mapped() {
+        use std::{io::Write as _, os::fd::AsRawFd as _};
+
+        let mut btf = BtfBuilder::new();
+        let u64_type = btf.int("unsigned long long", 8);
+        let int = btf.int("int", 4);
+        let se = btf.aggregate(
+            KIND_STRUCT,
+            "sched_entity",
+            8,
+            &[("sum_exec_runtime", u64_type, 0)],
+        );
+        let info = btf.aggregate(
+            KIND_STRUCT,
+            "sched_info",
+            16,
+            &[("pcount", u64_type, 0), ("run_delay", u64_type, 64)],
+        );
+        btf.aggregate(
+            KIND_STRUCT,
+            "task_struct",
+            48,
+            &[
+                ("flags", int, 0),
+                ("pid", int, 32),
+                ("tgid", int, 64),
+                ("se", se, 128),
+                ("sched_info", info, 192),
+            ],
+        );
+        let (reader, mut writer) = std::io::pipe().unwrap();
+        writer.write_all(&btf.build()).unwrap();
+        drop(writer);
+        let path = format!("/proc/self/fd/{}", reader.as_raw_fd());
+        assert!(
+            Btf::from_file_with_backend(&path, Backend::Mmap).is_err(),
+            "the pipe was mapped: this test no longer tests the fallback"
+        );
+        let offsets = task_accounting_offsets(Path::new(&path)).unwrap();
+        assert_eq!(
+            offsets,
+            TaskAccountingOffsets {
+                sum_exec_runtime: 16,
+                run_delay: 32,
+                pcount: 24,
+                pid: 4,
+                tgid: 8,
+                _reserved: 0,
+            }
         );
     }
 }
