@@ -49,47 +49,49 @@ impl FileState {
     }
 }
 
-/// The web configuration file and the files it named when it was read, as they were then.
+/// A file and its state when looked at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Snapshot {
-    config: (PathBuf, Option<FileState>),
-    files: Vec<(PathBuf, Option<FileState>)>,
+pub struct WatchedFile {
+    path: PathBuf,
+    state: Option<FileState>,
 }
 
-/// The state of the configuration file itself, taken before it is read, so that a change
-/// made while it is read is seen at the next check.
-#[derive(Debug, Clone)]
-pub struct ConfigState(PathBuf, Option<FileState>);
-
-impl ConfigState {
+impl WatchedFile {
+    /// For the configuration file itself, taken before it is read, so that a change made
+    /// while it is read is seen at the next check.
     pub fn of(path: &Path) -> Self {
-        Self(path.to_path_buf(), FileState::of(path))
+        Self {
+            path: path.to_path_buf(),
+            state: FileState::of(path),
+        }
     }
 
-    /// Adds the states of the files the configuration names, taken before they are read.
+    /// This (the configuration) and the states of the files it names, taken before they
+    /// are read.
     pub fn with_files(self, files: Vec<PathBuf>) -> Snapshot {
         Snapshot {
-            config: (self.0, self.1),
-            files: files
-                .into_iter()
-                .map(|path| {
-                    let state = FileState::of(&path);
-                    (path, state)
-                })
-                .collect(),
+            config: self,
+            files: files.iter().map(|path| Self::of(path)).collect(),
         }
     }
 }
 
+/// The web configuration file and the files it named when it was read, as they were then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    config: WatchedFile,
+    files: Vec<WatchedFile>,
+}
+
 impl Snapshot {
     pub fn path(&self) -> &Path {
-        &self.config.0
+        &self.config.path
     }
 
     /// The same files as they are now.
     fn retaken(&self) -> Self {
-        ConfigState::of(self.path())
-            .with_files(self.files.iter().map(|(path, _)| path.clone()).collect())
+        WatchedFile::of(self.path())
+            .with_files(self.files.iter().map(|file| file.path.clone()).collect())
     }
 }
 
@@ -269,7 +271,7 @@ mod tests {
         let cert = dir.path().join("cert.pem");
         write(&config, "basic_auth_users: {}\n");
         write(&cert, "one");
-        let seen = ConfigState::of(&config).with_files(vec![cert.clone()]);
+        let seen = WatchedFile::of(&config).with_files(vec![cert.clone()]);
         assert_eq!(seen.retaken(), seen, "nothing touched");
 
         // Rewritten in place (another size: two writes within one tick of the kernel's
@@ -295,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("web.yml");
         write(&config, "basic_auth_users: {}\n");
-        let seen = ConfigState::of(&config).with_files(Vec::new());
+        let seen = WatchedFile::of(&config).with_files(Vec::new());
         assert!(matches!(look(&seen, None), Step::Unchanged));
 
         write(&config, "basic_auth_users: {}\n# a comment\n");

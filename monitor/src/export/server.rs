@@ -52,7 +52,7 @@ impl Protection {
     /// parsed, even if a certificate it names did not load, so that a reload watches the
     /// files the new configuration names.
     pub fn read(path: &Path) -> (Option<reload::Snapshot>, Result<Self>) {
-        let config_state = reload::ConfigState::of(path);
+        let config_state = reload::WatchedFile::of(path);
         let config = match web_config::load(path) {
             Ok(config) => config,
             Err(error) => return (None, Err(error)),

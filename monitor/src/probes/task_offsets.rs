@@ -12,7 +12,7 @@ use monitor_common::sched::TaskAccountingOffsets;
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-/// The offsets of the three fields the switch program reads; an error names what is missing
+/// The offsets of the five fields the switch and tick programs read; an error names what is missing
 /// (e.g. `sched_info`, absent without `CONFIG_SCHED_INFO`).
 pub fn task_accounting_offsets(btf_path: &Path) -> Result<TaskAccountingOffsets> {
     offsets_in(&open_btf(btf_path)?)
