@@ -96,11 +96,7 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
         return;
     };
     let prev_key = prev.key(offsets);
-    let ran = if slot.running_task == prev_key {
-        prev.runtime_ns(offsets).saturating_sub(slot.since_ns)
-    } else {
-        0 // the first switch on this CPU since the agent started
-    };
+    let ran = ran_since_noted(slot, prev_key, prev.runtime_ns(offsets));
     let tgid = prev.u32_at(offsets.tgid);
     let delay = if tgid == 0 {
         0 // an idle task: its "waits" mean nothing, and all CPUs' idle tasks share thread id 0
@@ -114,6 +110,17 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
     slot.running_task = next.key(offsets);
     slot.since_ns = next.runtime_ns(offsets);
     charge(slot, tgid, ran, delay, false);
+}
+
+/// What `task` (a `Task::key`) ran since the slot noted its `runtime`; 0 when the slot
+/// noted another task, as at the first switch or tick on a CPU since the agent started.
+#[inline(always)]
+fn ran_since_noted(slot: &CpuSlot, task: u64, runtime: u64) -> u64 {
+    if slot.running_task == task {
+        runtime.saturating_sub(slot.since_ns)
+    } else {
+        0
+    }
 }
 
 /// The run-queue wait that preceded the run now ending: how much the task's `run_delay`
@@ -154,11 +161,7 @@ pub fn on_accounted_tick(current: Task, offsets: &TaskAccountingOffsets) {
     };
     let key = current.key(offsets);
     let runtime = current.runtime_ns(offsets);
-    let ran = if slot.running_task == key {
-        runtime.saturating_sub(slot.since_ns)
-    } else {
-        0
-    };
+    let ran = ran_since_noted(slot, key, runtime);
     slot.running_task = key;
     slot.since_ns = runtime;
     charge(slot, current.u32_at(offsets.tgid), ran, 0, true);
