@@ -299,10 +299,17 @@ fn admit_host(tgid: u32, host: u64) -> u64 {
     };
     // SAFETY: a map value, valid for this program run.
     let granted = unsafe { &mut *granted };
-    if *granted < budget && HOSTS_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok() {
-        *granted += 1;
-        announce(tgid, host, event_kind::HOST, &EventBytes::Host);
-        return host;
+    if *granted < budget {
+        if HOSTS_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok() {
+            *granted += 1;
+            announce(tgid, host, event_kind::HOST, &EventBytes::Host);
+            return host;
+        }
+        // Another CPU admitted it since the look-up above: the first requests of several
+        // threads to one server, written at once.
+        if HOSTS_SEEN.get_ptr(seen).is_some() {
+            return host;
+        }
     }
     OVERFLOW_ROUTE_HASH
 }

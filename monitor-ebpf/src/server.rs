@@ -394,12 +394,17 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: EventBytes) -> u6
         return OVERFLOW_ROUTE_HASH;
     };
     let budget = config().map_or(0, |config| config.route_budget);
-    if *granted < template_allowance(budget)
-        && ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok()
-    {
-        *granted += 1;
-        announce(tgid, template, event_kind::TEMPLATE, &path);
-        return template;
+    if *granted < template_allowance(budget) {
+        if ROUTES_SEEN.insert(seen, 1, BPF_NOEXIST as u64).is_ok() {
+            *granted += 1;
+            announce(tgid, template, event_kind::TEMPLATE, &path);
+            return template;
+        }
+        // Another CPU admitted it since the look-up above: a route's first requests, read by
+        // several threads at once.
+        if ROUTES_SEEN.get_ptr(seen).is_some() {
+            return template;
+        }
     }
     let collapsed_seen = ProcessRoute {
         route: collapsed,
@@ -410,15 +415,19 @@ fn admit_route(tgid: u32, template: u64, collapsed: u64, path: EventBytes) -> u6
         return collapsed;
     }
     // The rest of the budget goes to collapsed forms (`template_allowance`).
-    if *granted < budget
-        && ROUTES_SEEN
+    if *granted < budget {
+        let admitted = ROUTES_SEEN
             .insert(collapsed_seen, 1, BPF_NOEXIST as u64)
-            .is_ok()
-    {
-        *granted += 1;
-        announce(tgid, collapsed, event_kind::COLLAPSED, &path);
-        count(counter::ROUTES_COLLAPSED);
-        return collapsed;
+            .is_ok();
+        if admitted {
+            *granted += 1;
+            announce(tgid, collapsed, event_kind::COLLAPSED, &path);
+        }
+        // Not admitted here but there now: another CPU was first, as above.
+        if admitted || ROUTES_SEEN.get_ptr(collapsed_seen).is_some() {
+            count(counter::ROUTES_COLLAPSED);
+            return collapsed;
+        }
     }
     count(counter::ROUTES_OVERFLOWED);
     OVERFLOW_ROUTE_HASH

@@ -12,7 +12,7 @@ use std::{
 use monitor_tests::{
     MonitorAgent, Scrape,
     agent::free_port,
-    http::describe_http,
+    http::{describe_http, server_count},
     poll::try_poll,
     servers::{Server, fixture, renamed_copy},
     workload::unique_name,
@@ -119,6 +119,38 @@ fn curl_python_and_node_clients_are_counted_per_server_address_and_status() {
             .iter()
             .all(|&(service, status, n)| client_count(scrape, service, &address, status) == Some(n))
     });
+}
+
+/// The kernel admits a process's routes and server addresses first come, first served. When
+/// several CPUs meet the same new one at once, the losers of the race to add it must find it
+/// added, not count their request under `__overflow__` (nor a collapsed route). Each run of
+/// `burst` is a new process whose 32 threads send their first request at the same instant,
+/// to its own server: without the re-check, about one run in twenty lost a request to
+/// `__overflow__` here (2 CPUs), so 200 runs show it.
+#[test]
+fn the_first_requests_of_a_process_sent_at_once_get_their_route_and_server_address() {
+    const RUNS: usize = 200;
+    const CONNECTIONS: usize = 32;
+    let agent = MonitorAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("burst");
+    let burst = renamed_copy(dir.path(), env!("CARGO_BIN_EXE_burst"), &name);
+    for _ in 0..RUNS {
+        let output = Command::new(&burst)
+            .arg(CONNECTIONS.to_string())
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let total = (RUNS * CONNECTIONS) as u64;
+    wait_until(
+        &agent,
+        "every request under its route and address",
+        |scrape| {
+            server_count(scrape, &name, 200, "/burst/items") == Some(total)
+                && client_count(scrape, &name, "burst.test", 200) == Some(total)
+        },
+    );
 }
 
 #[test]
