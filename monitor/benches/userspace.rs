@@ -260,6 +260,7 @@ impl Model {
             http: &self.http,
             duration_bounds: &DEFAULT_BUCKETS,
             http_map_usage: &self.http_maps,
+            in_flight_at_exit: Default::default(),
             attached: &self.attached,
             program_stats: &self.stats,
             refresh_errors_total: 0,

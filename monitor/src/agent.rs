@@ -16,7 +16,7 @@ use crate::{
     collect::{
         self, MapUsage,
         execs::{EarlyNames, ExecNamer},
-        http::{HttpMaps, HttpSnapshot},
+        http::{HttpMaps, HttpSnapshot, InFlightAtExit},
         process::{self, Identifier, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
         sockets,
@@ -72,6 +72,10 @@ pub struct Agent {
     refresh_errors: u64,
     refresh_durations: Timings,
     adopted_connections: usize,
+    /// The kernel's idle timeout for responses (0: off), which the sweep of dead processes'
+    /// connections waits for.
+    http_idle_timeout_ns: u64,
+    in_flight_at_exit: InFlightAtExit,
     ports: PortFilter,
     identifier: Identifier,
     _bpf_stats: Option<OwnedFd>,
@@ -300,6 +304,8 @@ impl Agent {
             refresh_errors: 0,
             refresh_durations: Timings::new(&REFRESH_BOUNDS),
             adopted_connections,
+            http_idle_timeout_ns: settings.http.idle_timeout.as_nanos() as u64,
+            in_flight_at_exit: InFlightAtExit::default(),
             ports,
             identifier: Identifier::new(&settings.pod_logs),
             _bpf_stats: bpf_stats,
@@ -375,7 +381,11 @@ impl Agent {
         let cleanup = self.http.apply(&snapshot, &facts, Instant::now());
         self.http_maps.forget(&cleanup);
         if self.refreshes % SWEEP_EVERY == 1 {
-            let mut usage = self.http_maps.sweep(process::is_alive);
+            let sweep =
+                self.http_maps
+                    .sweep(process::is_alive, monotonic_ns(), self.http_idle_timeout_ns);
+            self.in_flight_at_exit.add(sweep.in_flight);
+            let mut usage = sweep.usage;
             usage.push(
                 self.http_maps
                     .duration_usage(snapshot.durations.len() - cleanup.forget.len()),
@@ -394,6 +404,7 @@ impl Agent {
             http: &self.http,
             duration_bounds: &self.duration_bounds,
             http_map_usage: &self.http_map_usage,
+            in_flight_at_exit: self.in_flight_at_exit,
             attached: &self.attached,
             program_stats: &program_stats,
             refresh_errors_total: self.refresh_errors,

@@ -29,6 +29,7 @@ const AGENT_METRICS: &[&str] = &[
     "monitor_http_requests_seen_total",
     "monitor_http_requests_recorded_total",
     "monitor_http_requests_unanswered_total",
+    "monitor_http_requests_in_flight_at_exit_total",
     "monitor_http_responses_unmatched_total",
     "monitor_http_reads_not_http_total",
     "monitor_http_responses_aborted_total",

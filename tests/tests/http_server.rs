@@ -1,6 +1,12 @@
 //! HTTP server RED metrics, from real servers (nginx, Python, Node) and real clients.
 
-use std::{collections::BTreeMap, io::Read as _, thread, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead as _, BufReader, Read as _},
+    process::{Command, Stdio},
+    thread,
+    time::Duration,
+};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
@@ -11,7 +17,8 @@ use monitor_tests::{
     },
     poll::try_poll,
     poll_until,
-    servers::{Server, ab, ab_with},
+    servers::{Server, ab, ab_with, renamed_copy},
+    workload::unique_name,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -414,6 +421,113 @@ fn a_killed_server_leaves_no_connection_state_behind() {
     let other = Server::python();
     assert_eq!(get(&client(), &other.url("/after")), 200);
     wait_for_count(&agent, &other.service, 200, "/after", 1);
+}
+
+/// Runs `program` (a copy of `one-shot-server`) in `mode`, sends it one request and returns
+/// its pid and what came back before it exited (nothing, or a status).
+fn one_shot(program: &std::path::Path, mode: &str, path: &str) -> (u32, Vec<u16>) {
+    let mut child = Command::new(program)
+        .arg(mode)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("starting one-shot-server");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .expect("reading the port");
+    let mut stream = connect(line.trim().parse().expect("a port"));
+    send(
+        &mut stream,
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+    );
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    assert!(child.wait().unwrap().success());
+    let reply = String::from_utf8_lossy(&reply);
+    let status = reply
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|rest| rest.get(..3)?.parse().ok());
+    (child.id(), status.into_iter().collect())
+}
+
+/// A server that exits without closing its connection (killed, or ending with `exit`) leaves
+/// the kernel no close to end its last response by; only the idle timeout ends it. The
+/// agent's sweep of dead processes' connections must leave it that long instead of freeing
+/// it unrecorded, and count what truly cannot end: a request the server never answered.
+/// The agent sweeps every 10 refreshes: at 100 ms, every second, well inside the 3 s idle
+/// timeout, so without the wait the answered request would be freed before it was recorded.
+#[test]
+fn a_server_that_exits_without_closing_has_its_last_response_recorded() {
+    let agent = MonitorAgent::start(&["--refresh-interval", "100ms", "--http-idle-timeout", "3s"]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("exits");
+    let program = renamed_copy(dir.path(), env!("CARGO_BIN_EXE_one-shot-server"), &name);
+    let in_flight = |scrape: &Scrape| {
+        scrape.value(
+            "monitor_http_requests_in_flight_at_exit_total",
+            &[("role", "server")],
+        )
+    };
+    let before = poll_until("a first scrape", WAIT, || in_flight(&agent.scrape()));
+
+    assert_eq!(
+        one_shot(&program, "exit-after-answer", "/answered").1,
+        [200]
+    );
+    wait_for_count(&agent, &name, 200, "/answered", 1);
+
+    let (_, statuses) = one_shot(&program, "exit-unanswered", "/unanswered");
+    assert!(statuses.is_empty(), "answered: {statuses:?}");
+    poll_until("the unanswered request counted", WAIT, || {
+        (in_flight(&agent.scrape())? >= before + 1.0).then_some(())
+    });
+    let scrape = agent.scrape();
+    assert_eq!(
+        service_total(&scrape, &name),
+        1,
+        "only the answered request is recorded"
+    );
+}
+
+/// With `--http-ports`, the kernel remembers each listening socket's verdict by (process, fd)
+/// until the socket is closed; a server that exits never closes it. The agent's sweep frees
+/// those of processes that are gone, or the table would fill and new servers go unchecked.
+#[test]
+fn listening_sockets_of_exited_servers_are_forgotten() {
+    const SERVERS: usize = 20;
+    // Port 1 only: no server here is measured, yet each one's listener gets a verdict.
+    let agent = MonitorAgent::start(&["--refresh-interval", "100ms", "--http-ports", "1"]);
+    let dir = tempfile::tempdir().unwrap();
+    let program = renamed_copy(
+        dir.path(),
+        env!("CARGO_BIN_EXE_one-shot-server"),
+        &unique_name("listen"),
+    );
+    let servers: Vec<u32> = (0..SERVERS)
+        .map(|_| {
+            let (pid, statuses) = one_shot(&program, "exit-after-answer", "/");
+            assert_eq!(statuses, [200]);
+            pid
+        })
+        .collect();
+    // Each server's one connection arrives before the agent has checked its listener: the
+    // kernel noted the listener, unchecked.
+    let skipped = |scrape: &Scrape| {
+        scrape.value(
+            "monitor_http_connections_skipped_total",
+            &[("reason", "listener_unchecked")],
+        )
+    };
+    poll_until("the servers' connections skipped", WAIT, || {
+        (skipped(&agent.scrape())? >= SERVERS as f64).then_some(())
+    });
+    poll_until("the exited servers' listeners freed", WAIT, || {
+        let held = agent.map_key_tgids("LISTENERS", 4);
+        (!held.iter().any(|tgid| servers.contains(tgid))).then_some(())
+    });
+    let scrape = agent.scrape();
+    let reported = scrape.value("monitor_bpf_map_entries", &[("map", "LISTENERS")]);
+    assert!(reported.is_some(), "the table's use is reported");
 }
 
 #[test]

@@ -6,9 +6,13 @@ use aya::{
     Ebpf,
     maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
 };
-use monitor_common::http::{
-    ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS,
-    MEASURED_PROCESS_WORDS, ProcessRoute, connection_key, counter, event_kind, listener, role,
+use monitor_common::{
+    head::framing,
+    http::{
+        ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS,
+        MEASURED_PROCESS_WORDS, ProcessRoute, connection_key, counter, event_kind, listener, phase,
+        role,
+    },
 };
 
 use super::{MapUsage, capacity, measured_processes::MeasuredProcesses, take, usage};
@@ -105,6 +109,75 @@ pub struct HttpSnapshot {
     pub client_errors: Vec<(ClientErrorKey, u64)>,
     /// Failed connects per process, summed over CPUs.
     pub connect_errors: Vec<(u32, u64)>,
+}
+
+/// What a sweep of the maps found.
+pub struct Sweep {
+    pub usage: Vec<MapUsage>,
+    pub in_flight: InFlightAtExit,
+}
+
+/// Requests in progress when their process exited, which the kernel can no longer end: a
+/// server's request not answered yet, a client's request without its whole response.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InFlightAtExit {
+    pub server: u64,
+    pub client: u64,
+}
+
+impl InFlightAtExit {
+    fn count(&mut self, connection_role: u8) {
+        if connection_role == role::CLIENT {
+            self.client += 1;
+        } else {
+            self.server += 1;
+        }
+    }
+
+    pub fn add(&mut self, other: InFlightAtExit) {
+        self.server += other.server;
+        self.client += other.client;
+    }
+}
+
+/// What the sweep does with the connection of a process that is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeadConnection {
+    /// Nothing in progress: freed.
+    Free,
+    /// A response whose end only the kernel's idle sweep can find (a server's, or a client's
+    /// without a known length): it was written or read before the exit and the idle sweep
+    /// records it, so the entry stays until that sweep has had its time.
+    Wait,
+    /// A request whose end can no longer be seen: freed and counted.
+    FreeInFlight,
+}
+
+/// How long after a response's last write or read the kernel's idle sweep has surely
+/// ended it: the timeout, the epoch it is listed in, and a margin for the tick.
+fn idle_sweep_deadline_ns(idle_timeout_ns: u64) -> u64 {
+    const MARGIN_NS: u64 = 2_000_000_000;
+    idle_timeout_ns.saturating_mul(2).saturating_add(MARGIN_NS)
+}
+
+/// See [`DeadConnection`]; `idle_timeout_ns` 0 means the kernel's idle sweep is off.
+pub fn dead_connection(
+    connection: &Connection,
+    now_ns: u64,
+    idle_timeout_ns: u64,
+) -> DeadConnection {
+    match connection.phase {
+        phase::IDLE => DeadConnection::Free,
+        phase::RESPONSE
+            if connection.framing == framing::UNKNOWN
+                && idle_timeout_ns != 0
+                && now_ns.saturating_sub(connection.last_io_ns)
+                    < idle_sweep_deadline_ns(idle_timeout_ns) =>
+        {
+            DeadConnection::Wait
+        }
+        _ => DeadConnection::FreeInFlight,
+    }
 }
 
 pub struct HttpMaps {
@@ -239,16 +312,41 @@ impl HttpMaps {
         }
     }
 
-    /// Removes connection and route-budget entries of processes that no longer exist (a
-    /// killed process never closes its sockets). Returns the map occupancy it counted.
-    pub fn sweep(&mut self, alive: impl Fn(u32) -> bool) -> Vec<MapUsage> {
+    /// Removes connection, listener and budget entries of processes that no longer exist (a
+    /// killed process never closes its sockets). A response such a process wrote is left to
+    /// the kernel's idle sweep, which records it, for as long as that sweep needs (see
+    /// [`dead_connection`]); requests whose end can no longer be seen are counted in the
+    /// result. `now_ns` is CLOCK_MONOTONIC, the kernel programs' clock.
+    pub fn sweep(
+        &mut self,
+        alive: impl Fn(u32) -> bool,
+        now_ns: u64,
+        idle_timeout_ns: u64,
+    ) -> Sweep {
+        let mut in_flight = InFlightAtExit::default();
         let connections: Vec<u64> = self.connections.keys().flatten().collect();
-        let mut dead = 0;
+        let mut freed = 0;
         for key in &connections {
-            if !alive((key >> 32) as u32) {
-                let _ = self.connections.remove(key);
-                dead += 1;
+            if alive((key >> 32) as u32) {
+                continue;
             }
+            // Gone since the listing (the kernel ended it): nothing to decide.
+            let Ok(connection) = self.connections.get(key, 0) else {
+                continue;
+            };
+            match dead_connection(&connection, now_ns, idle_timeout_ns) {
+                DeadConnection::Wait => continue,
+                DeadConnection::Free => {}
+                DeadConnection::FreeInFlight => in_flight.count(connection.role),
+            }
+            let _ = self.connections.remove(key);
+            freed += 1;
+        }
+        let listeners: Vec<u64> = self.listeners.keys().flatten().collect();
+        let mut dead_listeners = 0;
+        for key in listeners.iter().filter(|key| !alive((*key >> 32) as u32)) {
+            let _ = self.listeners.remove(key);
+            dead_listeners += 1;
         }
         let seen: Vec<ProcessRoute> = self.routes_seen.keys().flatten().collect();
         let mut dead_routes = 0;
@@ -267,20 +365,29 @@ impl HttpMaps {
             }
         }
         let hosts: Vec<ProcessRoute> = self.hosts_seen.keys().flatten().collect();
+        let mut dead_hosts = 0;
         for key in hosts.iter().filter(|key| !alive(key.tgid)) {
             let _ = self.hosts_seen.remove(key);
+            dead_hosts += 1;
         }
         let host_counts: Vec<u32> = self.host_count.keys().flatten().collect();
+        let mut dead_host_counts = 0;
         for tgid in host_counts.iter().filter(|tgid| !alive(**tgid)) {
             let _ = self.host_count.remove(tgid);
+            dead_host_counts += 1;
         }
         let measured = self.measured.clear_gone(&alive);
-        vec![
+        let usage = vec![
             usage("MEASURED_PROCESSES", measured, MEASURED_PROCESS_WORDS * 64),
             usage(
                 "CONNECTIONS",
-                connections.len() - dead,
+                connections.len() - freed,
                 capacity(self.connections.map()),
+            ),
+            usage(
+                "LISTENERS",
+                listeners.len() - dead_listeners,
+                capacity(self.listeners.map()),
             ),
             usage(
                 "ROUTES_SEEN",
@@ -292,7 +399,18 @@ impl HttpMaps {
                 counted.len() - dead_counts,
                 capacity(self.route_count.map()),
             ),
-        ]
+            usage(
+                "HOSTS_SEEN",
+                hosts.len() - dead_hosts,
+                capacity(self.hosts_seen.map()),
+            ),
+            usage(
+                "HOST_COUNT",
+                host_counts.len() - dead_host_counts,
+                capacity(self.host_count.map()),
+            ),
+        ];
+        Sweep { usage, in_flight }
     }
 
     pub fn duration_usage(&self, entries: usize) -> MapUsage {
@@ -367,5 +485,87 @@ mod tests {
             panic!("not a route");
         };
         assert_eq!(announcement.path.len(), MAX_PATH_LEN);
+    }
+
+    fn connection(role_: u8, phase_: u64, framing_: u16, last_io_ns: u64) -> Connection {
+        Connection {
+            phase: phase_,
+            framing: framing_,
+            last_io_ns,
+            ..Connection::new(role_)
+        }
+    }
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn a_dead_process_s_idle_connection_is_freed_without_loss() {
+        let idle = connection(role::SERVER, phase::IDLE, 0, 0);
+        assert_eq!(
+            dead_connection(&idle, 100 * SECOND, SECOND),
+            DeadConnection::Free
+        );
+    }
+
+    #[test]
+    fn a_written_response_waits_for_the_idle_sweep_then_counts_if_it_never_ended() {
+        let written = connection(role::SERVER, phase::RESPONSE, framing::UNKNOWN, 10 * SECOND);
+        // 1 s timeout: the kernel's sweep ends it within two epochs; the margin is 2 s.
+        for now in [10 * SECOND, 13 * SECOND, 14 * SECOND - 1] {
+            assert_eq!(
+                dead_connection(&written, now, SECOND),
+                DeadConnection::Wait,
+                "{now}"
+            );
+        }
+        assert_eq!(
+            dead_connection(&written, 14 * SECOND, SECOND),
+            DeadConnection::FreeInFlight
+        );
+        // With the kernel's sweep off, nothing would ever end it.
+        assert_eq!(
+            dead_connection(&written, 10 * SECOND, 0),
+            DeadConnection::FreeInFlight
+        );
+    }
+
+    #[test]
+    fn requests_without_an_end_the_kernel_could_still_see_are_in_flight() {
+        let now = 10 * SECOND;
+        for (role_, phase_, framing_) in [
+            (role::SERVER, phase::REQUEST, framing::UNKNOWN),
+            (role::SERVER, phase::REQUEST_LINE, framing::UNKNOWN),
+            (role::CLIENT, phase::REQUEST, framing::UNKNOWN),
+            // A client reading a response of known length: only its bytes could end it.
+            (role::CLIENT, phase::RESPONSE, framing::LENGTH),
+            (role::CLIENT, phase::RESPONSE, framing::CHUNKED),
+        ] {
+            let open = connection(role_, phase_, framing_, now);
+            assert_eq!(
+                dead_connection(&open, now, SECOND),
+                DeadConnection::FreeInFlight,
+                "{role_} {phase_} {framing_}"
+            );
+        }
+    }
+
+    #[test]
+    fn in_flight_counts_go_to_their_role() {
+        let mut counts = InFlightAtExit::default();
+        counts.count(role::SERVER);
+        counts.count(role::CLIENT);
+        counts.count(role::CLIENT);
+        let mut total = InFlightAtExit {
+            server: 1,
+            client: 0,
+        };
+        total.add(counts);
+        assert_eq!(
+            total,
+            InFlightAtExit {
+                server: 2,
+                client: 2
+            }
+        );
     }
 }

@@ -5,7 +5,7 @@ use monitor_common::http::{client_error, counter, method, not_http, role};
 use prometheus::proto::MetricFamily;
 
 use super::families::{self, BucketCounts};
-use crate::model::http::HttpLedger;
+use crate::{collect::http::InFlightAtExit, model::http::HttpLedger};
 
 const NS_PER_SECOND: f64 = 1e9;
 
@@ -292,4 +292,18 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
             http.route_text_mismatches() as f64,
         ),
     ]
+}
+
+/// Requests the kernel could not end because their process exited first.
+pub fn in_flight_at_exit(counts: InFlightAtExit) -> Option<MetricFamily> {
+    families::counter(
+        "monitor_http_requests_in_flight_at_exit_total",
+        "Requests in progress when their process exited without closing the connection, \
+         which no histogram records: role=server, not answered yet; role=client, without \
+         their whole response. Responses already written wait for the idle timeout and are \
+         recorded.",
+    )
+    .value(&[("role", "server")], counts.server as f64)
+    .value(&[("role", "client")], counts.client as f64)
+    .build()
 }

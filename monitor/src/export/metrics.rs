@@ -8,7 +8,7 @@ use prometheus::{Encoder as _, TextEncoder, proto::MetricFamily};
 
 use super::families::{self, BucketCounts};
 use crate::{
-    collect::{MapUsage, sched::SchedSnapshot},
+    collect::{MapUsage, http::InFlightAtExit, sched::SchedSnapshot},
     model::{http::HttpLedger, processes::ProcessLedger, timing::Timings},
     probes::{AttachedProgram, ProgramStats},
 };
@@ -21,6 +21,8 @@ pub struct Exposition<'a> {
     /// Upper bounds of the HTTP duration buckets, seconds.
     pub duration_bounds: &'a [f64],
     pub http_map_usage: &'a [MapUsage],
+    /// Requests whose process exited before the kernel could see their end.
+    pub in_flight_at_exit: InFlightAtExit,
     pub attached: &'a [AttachedProgram],
     pub program_stats: &'a [ProgramStats],
     pub refresh_errors_total: u64,
@@ -45,6 +47,7 @@ pub fn render(view: &Exposition<'_>) -> String {
         program_info(view.attached),
         program_run_time(view.program_stats),
         program_runs(view.program_stats),
+        super::http::in_flight_at_exit(view.in_flight_at_exit),
         map_entries(view.snapshot, view.http_map_usage),
         map_capacity(view.snapshot, view.http_map_usage),
         dropped_events(view.snapshot),

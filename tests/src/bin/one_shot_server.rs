@@ -1,13 +1,18 @@
-//! `one-shot-server`: listens on an ephemeral port of 127.0.0.1, prints the port, answers one
-//! HTTP/1.1 request (any path) with `200 OK` and `Connection: close`, and exits. The churn test
-//! and `cargo xtask churn`/`soak` run thousands of them: processes that live for one request.
+//! `one-shot-server [MODE]`: listens on an ephemeral port of 127.0.0.1, prints the port, reads
+//! one HTTP/1.1 request (any path) and exits. The churn test and `cargo xtask churn`/`soak`
+//! run thousands of them: processes that live for one request. MODE:
+//! - `close` (default): answers `200 OK` with `Connection: close` and closes;
+//! - `exit-after-answer`: answers `200 OK` (keep-alive) and exits without closing, as a
+//!   killed server leaves the last response of a keep-alive connection;
+//! - `exit-unanswered`: exits without answering or closing, as a server that dies
+//!   mid-request.
 use std::{
     io::{Read as _, Write as _},
-    net::TcpListener,
+    net::{TcpListener, TcpStream},
     process::ExitCode,
 };
 
-fn serve_once() -> std::io::Result<()> {
+fn accept_request() -> std::io::Result<TcpStream> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "{}", listener.local_addr()?.port())?;
@@ -22,11 +27,29 @@ fn serve_once() -> std::io::Result<()> {
         }
         head.extend_from_slice(&chunk[..n]);
     }
-    stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+    Ok(stream)
+}
+
+fn serve_once(mode: &str) -> std::io::Result<()> {
+    let mut stream = accept_request()?;
+    match mode {
+        "close" => stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n"),
+        "exit-after-answer" => {
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")?;
+            // No destructor runs: the kernel closes the socket at exit, with no close(2).
+            std::process::exit(0)
+        }
+        "exit-unanswered" => std::process::exit(0),
+        other => Err(std::io::Error::other(format!("unknown mode {other}"))),
+    }
 }
 
 fn main() -> ExitCode {
-    match serve_once() {
+    let mode = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "close".to_owned());
+    match serve_once(&mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("one-shot-server: {error}");
