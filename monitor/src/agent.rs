@@ -397,6 +397,7 @@ impl Agent {
 
     pub fn render(&mut self) -> String {
         self.refresh();
+        self.ledger.note_shown();
         let program_stats = probes::program_stats(&self.ebpf, &self.attached);
         metrics::render(&Exposition {
             ledger: &self.ledger,

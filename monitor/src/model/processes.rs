@@ -42,6 +42,29 @@ pub struct ProcessSeries {
     pub executable: String,
     pub service: Service,
     pub cpu_ns: u64,
+    /// The increase of `cpu_ns` that scrapes have seen: a fold adds only the rest.
+    pub shown: Shown,
+}
+
+/// What `/metrics` showed of a series: its value the first and the last time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Shown {
+    first_cpu_ns: Option<u64>,
+    last_cpu_ns: u64,
+}
+
+impl Shown {
+    fn note(&mut self, cpu_ns: u64) {
+        self.first_cpu_ns.get_or_insert(cpu_ns);
+        self.last_cpu_ns = cpu_ns;
+    }
+
+    /// The increase `rate()` and `increase()` have counted in the series: from its first
+    /// exposure to its last.
+    fn counted_increase(&self) -> u64 {
+        self.first_cpu_ns
+            .map_or(0, |first| self.last_cpu_ns.saturating_sub(first))
+    }
 }
 
 impl ProcessSeries {
@@ -204,6 +227,7 @@ impl ProcessLedger {
             executable: identity.executable,
             service: identity.service,
             cpu_ns: 0,
+            shown: Shown::default(),
         }
     }
 
@@ -271,20 +295,33 @@ impl ProcessLedger {
             .retain(|_, service| now.saturating_duration_since(service.updated) < grace);
     }
 
-    /// Adds an exited process's CPU time to its service's `__overflow__` series.
+    /// Adds an exited process's CPU time to its service's `__overflow__` series: what its own
+    /// series did not show as an increase. All of it would count twice in a `rate()` summed
+    /// by service: once in the process's series while it was shown, again as a jump of the
+    /// overflow series.
     fn fold(&mut self, series: ProcessSeries, now: Instant) {
         let key = (series.executable.clone(), series.service.clone());
         let (total, updated) = self.folded.entry(key).or_insert_with(|| {
             let empty = ProcessSeries {
                 pid: None,
                 cpu_ns: 0,
+                shown: Shown::default(),
                 ..series.clone()
             };
             (empty, now)
         });
-        total.cpu_ns += series.cpu_ns;
+        total.cpu_ns += series.cpu_ns - series.shown.counted_increase().min(series.cpu_ns);
         *updated = now;
         self.folded_total += 1;
+    }
+
+    /// Notes the values about to be shown in `/metrics` (see [`Shown`]).
+    pub fn note_shown(&mut self) {
+        let live = self.live.values_mut().map(|tracked| &mut tracked.series);
+        let ended = self.ended.iter_mut().map(|(series, _)| series);
+        for series in live.chain(ended) {
+            series.shown.note(series.cpu_ns);
+        }
     }
 
     /// Exited processes' series folded into `__overflow__` since start.

@@ -162,6 +162,57 @@ fn exited_series_beyond_the_budget_fold_into_one_overflow_series_per_service() {
 }
 
 #[test]
+fn a_folded_series_adds_only_what_scrapes_did_not_see_rise() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1);
+    let t0 = Instant::now();
+    let at = |s: u64| t0 + Duration::from_secs(s);
+    // A long-lived process, shown at 100 ns and at 5,000 ns, then exits at 5,200 ns.
+    ledger.apply(
+        &snapshot(&[(7, sample("svc", 100, 0))]),
+        &alive(&[7]),
+        at(0),
+        SECOND,
+    );
+    ledger.note_shown();
+    ledger.apply(
+        &snapshot(&[(7, sample("svc", 5_000, 0))]),
+        &alive(&[7]),
+        at(1),
+        SECOND,
+    );
+    ledger.note_shown();
+    let exit = 2 * SECOND;
+    ledger.apply(
+        &snapshot(&[(7, sample("svc", 5_200, exit))]),
+        &alive(&[]),
+        at(2),
+        3 * SECOND,
+    );
+    // A process never shown exits: over the budget of one, the long-lived one is folded.
+    ledger.apply(
+        &snapshot(&[(8, sample("svc", 40, exit))]),
+        &alive(&[]),
+        at(3),
+        3 * SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 7, "svc"), None);
+    let folded = ledger.processes().find(|s| s.pid.is_none()).unwrap();
+    // Scrapes saw its series rise by 4,900 ns: a rate() summed by service counted them. The
+    // fold adds the rest, the 100 before its first scrape and the 200 after its last.
+    assert_eq!(folded.cpu_ns, 300);
+
+    // A process never shown at all is folded whole.
+    ledger.apply(
+        &snapshot(&[(9, sample("svc", 60, exit))]),
+        &alive(&[]),
+        at(4),
+        3 * SECOND,
+    );
+    let folded = ledger.processes().find(|s| s.pid.is_none()).unwrap();
+    assert_eq!(folded.cpu_ns, 340);
+}
+
+#[test]
 fn a_retired_process_is_still_named_for_its_last_requests() {
     let exited = snapshot(&[(12, sample("once", 100, SECOND))]);
     // Also once its series is folded away by a budget of none.
