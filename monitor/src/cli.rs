@@ -4,7 +4,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
 
-/// eBPF host monitor: CPU time per process and run-queue latency per service, measured in the
+/// eBPF host monitor: RED metrics (rate, errors, duration) of every HTTP/1.x server and client
+/// on the host, CPU time per process and run-queue latency per service, measured in the
 /// kernel and served for Prometheus to scrape. Applications are never touched.
 ///
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN to mount tracefs where BTF is
@@ -49,7 +50,7 @@ pub struct Cli {
 
     /// How often the kernel maps are read between scrapes, so processes that exit are named and
     /// their map entries freed even when nobody scrapes.
-    #[arg(long, env = "MONITOR_REFRESH_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MONITOR_REFRESH_INTERVAL", default_value = "1s", value_parser = nonzero_duration)]
     pub refresh_interval: Duration,
 
     /// Most processes tracked at once in the kernel (sizes the CPU-time and name maps).
@@ -82,8 +83,8 @@ pub struct Cli {
     )]
     pub sched_accounting: SchedAccounting,
 
-    /// Upper bounds of the http_server_request_duration_seconds buckets, in seconds, ascending
-    /// (at most 32).
+    /// Upper bounds of the http_server_request_duration_seconds and
+    /// http_client_request_duration_seconds buckets, in seconds, ascending (at most 32).
     #[arg(
         long,
         env = "MONITOR_DURATION_BUCKETS",
@@ -151,6 +152,15 @@ pub enum HookChoice {
     Tracepoint,
 }
 
+/// A duration such as `500ms` or `2s`, more than zero (a period of zero would never end).
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match humantime::parse_duration(text) {
+        Ok(duration) if duration.is_zero() => Err("must be more than zero".to_owned()),
+        Ok(duration) => Ok(duration),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +172,14 @@ mod tests {
         let defaults = Cli::try_parse_from(["monitor"]).unwrap();
         assert_eq!(defaults.exited_process_grace, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["monitor", "--refresh-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn a_refresh_interval_of_zero_is_refused_with_a_reason() {
+        let error = Cli::try_parse_from(["monitor", "--refresh-interval", "0s"]).unwrap_err();
+        assert!(error.to_string().contains("more than zero"), "{error}");
+        let cli = Cli::try_parse_from(["monitor", "--refresh-interval", "250ms"]).unwrap();
+        assert_eq!(cli.refresh_interval, Duration::from_millis(250));
     }
 
     #[test]

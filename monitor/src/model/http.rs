@@ -171,9 +171,10 @@ impl HttpLedger {
         }
         for (key, total) in &snapshot.client_errors {
             let (identity, alive) = process(key.tgid);
-            let server_address = self
-                .text_of(role::CLIENT, key.host, false)
-                .unwrap_or_else(|| UNKNOWN_ROUTE.to_owned());
+            // As for durations: the counts wait in the kernel until the address is known.
+            let Some(server_address) = self.text_of(role::CLIENT, key.host, alive) else {
+                continue;
+            };
             let series = ClientErrorSeries {
                 service: identity.service.clone(),
                 server_address: self.hosts.admit(&identity.service.name, &server_address),
@@ -250,7 +251,8 @@ impl HttpLedger {
 
     fn expire(&mut self, now: Instant) {
         let grace = self.grace;
-        let fresh = |updated: Instant| now.saturating_duration_since(updated) < grace;
+        // At most: with a grace of zero, series updated by this refresh stay.
+        let fresh = |updated: Instant| now.saturating_duration_since(updated) <= grace;
         self.series.retain(|_, series| fresh(series.updated));
         self.client_errors.retain(|_, series| fresh(series.updated));
         self.connect_errors

@@ -291,8 +291,9 @@ impl ProcessLedger {
             let cut = times[times.len() - RETIRED_NAMES / 2];
             self.retired_names.retain(|_, (_, retired)| *retired >= cut);
         }
+        // At most: with a grace of zero, histograms updated by this refresh stay.
         self.runq
-            .retain(|_, service| now.saturating_duration_since(service.updated) < grace);
+            .retain(|_, service| now.saturating_duration_since(service.updated) <= grace);
     }
 
     /// Adds an exited process's CPU time to its service's `__overflow__` series: what its own

@@ -183,6 +183,22 @@ fn series_without_updates_expire_after_the_grace_period() {
     assert_eq!(ledger.series().count(), 0);
 }
 
+#[test]
+fn a_grace_of_zero_keeps_the_series_of_a_live_process() {
+    let mut ledger = HttpLedger::new(Duration::ZERO, 200, 100);
+    let t0 = Instant::now();
+    let snapshot = |n| HttpSnapshot {
+        durations: vec![(key(1, "/x", 200), counts(n))],
+        announcements: vec![announce(1, "/x")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&snapshot(2), &alive(&[1]), t0);
+    assert_eq!(count_of(&ledger, "nginx", "/x", 200), Some(2));
+    // The counter keeps rising, never starts again.
+    ledger.apply(&snapshot(5), &alive(&[1]), t0 + Duration::from_secs(1));
+    assert_eq!(count_of(&ledger, "nginx", "/x", 200), Some(5));
+}
+
 fn client_key(tgid: u32, host: &str, status: u16) -> DurationKey {
     DurationKey {
         tgid,
@@ -267,4 +283,34 @@ fn client_errors_and_connect_errors_add_up_per_service() {
     assert_eq!(connects, vec![("nginx".to_owned(), 5)]);
     assert_eq!(cleanup.forget_client_errors, vec![error]);
     assert_eq!(cleanup.forget_connect_errors, vec![1]);
+}
+
+#[test]
+fn client_errors_wait_for_their_server_address_to_be_announced() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
+    let error = ClientErrorKey {
+        host: fnv_bytes(FNV_OFFSET, b"late.shop"),
+        tgid: 1,
+        kind: monitor_common::http::client_error::NO_RESPONSE,
+        method: method::GET,
+        _reserved: 0,
+    };
+    // Read before the announcement (drained first, so it comes a refresh later).
+    let early = HttpSnapshot {
+        client_errors: vec![(error, 1)],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&early, &alive(&[1]), Instant::now());
+    assert_eq!(ledger.client_errors().count(), 0, "not under __unknown__");
+    let later = HttpSnapshot {
+        client_errors: vec![(error, 2)],
+        announcements: vec![announce_host(1, "late.shop")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&later, &alive(&[1]), Instant::now());
+    let errors: Vec<_> = ledger
+        .client_errors()
+        .map(|(k, n)| (k.server_address.clone(), n))
+        .collect();
+    assert_eq!(errors, vec![("late.shop".to_owned(), 2)]);
 }
