@@ -833,6 +833,26 @@ pub const fn connection_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
+/// Where the kernel keeps a process's open files (`current->files->fdt->fd[fd]`), found in its
+/// BTF by the agent: the programs follow a passed descriptor to its `struct file`, which the
+/// sender and the receiver share. Node's cluster module (and pm2) accept in the primary and
+/// pass each connection to a worker; without this the worker's requests are never seen.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileTableOffsets {
+    /// 1 when every offset was found; 0 turns the hand-over programs off.
+    pub found: u32,
+    /// `task_struct.files`.
+    pub task_files: u32,
+    /// `files_struct.fdt`.
+    pub files_fdt: u32,
+    /// `fdtable.max_fds` (4 bytes).
+    pub fdtable_max_fds: u32,
+    /// `fdtable.fd`: the array of `struct file *`.
+    pub fdtable_fd: u32,
+    pub _reserved: u32,
+}
+
 /// Key of `ROUTES_SEEN`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -902,7 +922,10 @@ pub mod counter {
     /// Idle sweeps that walked the whole connection table instead of the epoch's candidates
     /// (a ring overflowed, a candidate could not be listed, or a sweep was missed).
     pub const IDLE_FULL_SWEEPS: u32 = 26;
-    pub const COUNT: u32 = 27;
+    /// Server connections a process received from another over a Unix socket (SCM_RIGHTS),
+    /// tracked from then on (`FileTableOffsets`).
+    pub const CONNECTIONS_RECEIVED: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]
@@ -1017,6 +1040,7 @@ mod pod {
     unsafe impl aya::Pod for super::DurationHistogram {}
     unsafe impl aya::Pod for super::Connection {}
     unsafe impl aya::Pod for super::ProcessRoute {}
+    unsafe impl aya::Pod for super::FileTableOffsets {}
     unsafe impl aya::Pod for super::HttpConfig {}
     unsafe impl aya::Pod for super::ClientErrorKey {}
 }

@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod client;
+mod handoff;
 mod http;
 mod maps;
 mod sched;
@@ -110,6 +111,30 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 #[inline(always)]
 pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- sendmsg(2) at its entry: connections passed to another process. ---
+
+/// `syscalls:sys_enter_sendmsg`, which runs for sendmsg(2) alone: a connection passed to
+/// another process is noted before the receiver, maybe on another CPU, can take it.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+#[inline(always)]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let offset = syscalls::sendmsg_msg_offset();
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 8-byte `msg` field from the tracepoint's
+        // format; the helper checks the read.
+        if let Ok(msg) = unsafe { ctx.read_at::<u64>(offset as usize) } {
+            handoff::note_passed_connections(msg);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+#[inline(always)]
+pub fn sys_enter_sendmsg_empty(_ctx: TracePointContext) -> u32 {
     0
 }
 

@@ -116,6 +116,21 @@ pub static ROUTES_SEEN: HashMap<ProcessRoute, u8> = HashMap::with_max_entries(65
 #[map]
 pub static ROUTE_COUNT: HashMap<u32, u32> = HashMap::with_max_entries(16384, NO_PREALLOC);
 
+/// Open files (`struct file` addresses) of server connections a process passed to another
+/// over a Unix socket, until the receiver takes them (`handoff`). LRU: a connection passed to
+/// a process that never receives it ages out.
+#[map]
+pub static HANDED_OVER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096, 0);
+
+/// Where `msg` is in a `syscalls:sys_enter_sendmsg` record, written by the agent once that
+/// program is attached; 0 while passed connections are noted at sendmsg's exit.
+#[map]
+pub static SENDMSG_MSG_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
+
+/// When a connection was last handed over (`bpf_ktime_get_ns`), 0 for never.
+#[map]
+pub static LAST_HAND_OVER: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Listening sockets by (tgid, fd) and the agent's verdict on their port (`--http-ports`).
 #[map]
 pub static LISTENERS: HashMap<u64, u8> = HashMap::with_max_entries(8192, 0);

@@ -6,7 +6,11 @@
 //! per-thread state has to carry arguments from entry to exit. close(2) alone is also seen at
 //! its entry, where the agent can attach that (see `main::sys_enter_close`).
 
-use crate::{client, http, maps::CLOSE_FD_OFFSET, server};
+use crate::{
+    client, handoff, http,
+    maps::{CLOSE_FD_OFFSET, SENDMSG_MSG_OFFSET},
+    server,
+};
 
 /// x86_64 syscall numbers (the ABI: they never change).
 pub mod nr {
@@ -76,6 +80,12 @@ pub fn close_fd_offset() -> u32 {
     CLOSE_FD_OFFSET.get(0).copied().unwrap_or(0)
 }
 
+/// Where `sys_enter_sendmsg` finds the `msghdr`; 0 when that program is not attached.
+#[inline(always)]
+pub fn sendmsg_msg_offset() -> u32 {
+    SENDMSG_MSG_OFFSET.get(0).copied().unwrap_or(0)
+}
+
 /// Inlined, like every function here that returns nothing: a BPF function returning nothing
 /// may leave a stack pointer in r0, which the verifier rejects.
 #[inline(always)]
@@ -85,10 +95,22 @@ pub fn on_exit(exit: &SyscallExit) {
     match exit.id {
         nr::READ | nr::RECVFROM => http::on_data_in(fd, Buffer::Plain(a1), exit.ret),
         nr::READV => http::on_data_in(fd, Buffer::Iovec(a1), exit.ret),
-        nr::RECVMSG => http::on_data_in(fd, Buffer::Msghdr(a1), exit.ret),
+        nr::RECVMSG => {
+            if exit.ret >= 0 && handoff::handed_over_lately() {
+                handoff::track_received_connections(a1);
+            }
+            http::on_data_in(fd, Buffer::Msghdr(a1), exit.ret)
+        }
         nr::WRITE | nr::SENDTO => http::on_data_out(fd, Buffer::Plain(a1), exit.ret),
         nr::WRITEV => http::on_data_out(fd, Buffer::Iovec(a1), exit.ret),
-        nr::SENDMSG => http::on_data_out(fd, Buffer::Msghdr(a1), exit.ret),
+        nr::SENDMSG => {
+            // Unless the program at sendmsg's entry does it (`main::sys_enter_sendmsg`): here,
+            // a receiver on another CPU may already have taken the connection.
+            if exit.ret >= 0 && sendmsg_msg_offset() == 0 {
+                handoff::note_passed_connections(a1);
+            }
+            http::on_data_out(fd, Buffer::Msghdr(a1), exit.ret)
+        }
         nr::SENDFILE => http::on_data_out(fd, Buffer::None, exit.ret),
         // Unless the program at close's entry has it (`main::sys_enter_close`).
         nr::CLOSE if close_fd_offset() == 0 => http::on_close(fd),

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use aya::{Btf, Ebpf};
-use monitor_common::sched::TaskAccountingOffsets;
+use monitor_common::{http::FileTableOffsets, sched::TaskAccountingOffsets};
 
 use crate::{
     cli::{HookChoice, SchedAccounting},
@@ -182,6 +182,24 @@ fn task_accounting(settings: &Settings) -> Option<TaskAccountingOffsets> {
     }
 }
 
+/// Where a process's open files are, for following connections passed between processes;
+/// none where the kernel's BTF does not say.
+fn file_table() -> Option<FileTableOffsets> {
+    match task_offsets::file_table_offsets(Path::new(task_offsets::KERNEL_BTF)) {
+        Ok(offsets) => {
+            log::debug!("open files in task_struct: {offsets:?}");
+            Some(offsets)
+        }
+        Err(error) => {
+            log::info!(
+                "server connections passed to another process (Node's cluster module, pm2) are \
+                 not followed: the kernel's file table was not found ({error:#})"
+            );
+            None
+        }
+    }
+}
+
 impl Agent {
     /// Loads and attaches the kernel programs. Each step's time is logged at debug level: the
     /// verifier's pass over the `sys_exit` program is most of the start-up.
@@ -190,12 +208,14 @@ impl Agent {
         let config = http_config(&settings.http, own_tgid)?;
         let mut step = Step::new();
         let mut task_accounting = task_accounting(settings);
+        let file_table = file_table();
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {
                     max_processes: settings.max_processes,
                 },
                 task_accounting,
+                file_table.filter(|_| !settings.empty_programs),
             )?;
             probes::http::write_config(&mut ebpf, config)?;
             Ok(ebpf)
@@ -247,6 +267,15 @@ impl Agent {
                 "close(2) is seen at its exit only ({error:#}): a connection that another \
                  thread accepts on the same fd in that instant may go unmeasured"
             ),
+        }
+        if file_table.is_some() {
+            match probes::http::attach_sendmsg(&mut ebpf, settings.empty_programs) {
+                Ok(program) => attached.push(program),
+                Err(error) => log::warn!(
+                    "connections passed to another process are noted at sendmsg's exit only \
+                     ({error:#}): a worker that takes one at once may go unmeasured"
+                ),
+            }
         }
         step.done("sys_exit program verified and attached");
         let maps = SchedMaps::new(&mut ebpf)?;

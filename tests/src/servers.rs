@@ -88,6 +88,23 @@ impl Server {
         Self::started(child, port, name, dir)
     }
 
+    /// Node's cluster module (tests/fixtures/cluster_server.js): a primary that accepts
+    /// connections and passes them to `workers` workers running http_server.js.
+    pub fn node_cluster(workers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("nodeclu");
+        let node = renamed_copy(dir.path(), "/usr/bin/node", &name);
+        let port = free_port();
+        let child = Command::new(node)
+            .arg(fixture("cluster_server.js"))
+            .arg(port.to_string())
+            .arg(workers.to_string())
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the Node cluster");
+        Self::started(child, port, name, dir)
+    }
+
     /// nginx (two workers) with `locations` inside its server block.
     pub fn nginx(locations: &str) -> Self {
         Self::nginx_with_workers(2, locations)

@@ -34,6 +34,7 @@ const AGENT_METRICS: &[&str] = &[
     "monitor_http_reads_not_http_total",
     "monitor_http_responses_aborted_total",
     "monitor_http_connections_tracked_total",
+    "monitor_http_connections_received_total",
     "monitor_http_route_events_total",
     "monitor_http_events_dropped_total",
     "monitor_http_routes_limited_total",

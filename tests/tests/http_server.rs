@@ -129,6 +129,43 @@ fn status_codes_are_counted_exactly_node() {
     status_mix(&Server::node(), &agent);
 }
 
+/// Node's cluster module accepts every connection in the primary and passes it to a worker
+/// over a Unix socket: the workers never accept, yet their requests are theirs to count.
+/// Without following the hand-over, none was (the connections were tracked in the primary,
+/// which never reads them).
+#[test]
+fn a_node_cluster_whose_primary_passes_connections_to_workers_is_measured() {
+    const REQUESTS: usize = 400;
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::node_cluster(2);
+    // A new connection per request: every one is handed over.
+    let completed = ab_with(&[], &server.url("/status/201"), REQUESTS, 8);
+    assert_eq!(completed, REQUESTS);
+    // And keep-alive connections, handed over once, each with many requests.
+    assert_eq!(ab(&server.url("/status/503"), REQUESTS, 8), REQUESTS);
+    wait_for_count(
+        &agent,
+        &server.service,
+        201,
+        "/status/{id}",
+        REQUESTS as u64,
+    );
+    let scrape = wait_for_count(
+        &agent,
+        &server.service,
+        503,
+        "/status/{id}",
+        REQUESTS as u64,
+    );
+    let received = scrape
+        .value("monitor_http_connections_received_total", &[])
+        .unwrap();
+    assert!(
+        received >= (REQUESTS + 8) as f64,
+        "{received} connections received"
+    );
+}
+
 #[test]
 fn a_100ms_handler_lands_in_the_100_to_250ms_bucket() {
     let agent = MonitorAgent::start(&[]);

@@ -186,6 +186,13 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
              timeout: a candidate ring overflowed or a sweep was missed.",
             kernel(counter::IDLE_FULL_SWEEPS),
         ),
+        single(
+            "monitor_http_connections_received_total",
+            "Server connections a process received from another over a Unix socket (Node's \
+             cluster module and pm2 accept in the primary and pass each connection to a \
+             worker), tracked from then on.",
+            kernel(counter::CONNECTIONS_RECEIVED),
+        ),
         families::counter(
             "monitor_http_requests_unanswered_total",
             "Server requests without an HTTP/1.x response, by reason: closed (the connection \

@@ -138,31 +138,54 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
 /// Attaches the program at close(2)'s entry and hands close over to it (see
 /// `sys_enter_close` in the BPF crate): a classic tracepoint, run by close alone.
 pub fn attach_close(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
-    const HOOK: &str = "sys_enter_close";
+    attach_syscall_entry(ebpf, "sys_enter_close", ("fd", "CLOSE_FD_OFFSET"), empty)
+}
+
+/// Attaches the program at sendmsg(2)'s entry, which notes the server connections a process
+/// passes to another (see `handoff` in the BPF crate) before the receiver can take them: at
+/// the exit, a worker on another CPU may already have received one.
+pub fn attach_sendmsg(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    attach_syscall_entry(
+        ebpf,
+        "sys_enter_sendmsg",
+        ("msg", "SENDMSG_MSG_OFFSET"),
+        empty,
+    )
+}
+
+/// Attaches `syscalls:<hook>` (program `<hook>`, or `<hook>_empty`) and, unless empty,
+/// writes the offset of the argument `field` in its records into `map`, which tells the
+/// `sys_exit` program that the entry handles the syscall now.
+fn attach_syscall_entry(
+    ebpf: &mut Ebpf,
+    hook: &'static str,
+    (field, map): (&str, &str),
+    empty: bool,
+) -> Result<AttachedProgram> {
     let root = tracefs::ensure_mounted()?;
-    let offset = tracefs::close_fd_offset(&root)?;
-    let name = if empty {
-        "sys_enter_close_empty"
-    } else {
-        "sys_enter_close"
+    let offset = tracefs::syscall_argument_offset(&root, hook, field)?;
+    let name: &'static str = match (hook, empty) {
+        ("sys_enter_close", false) => "sys_enter_close",
+        ("sys_enter_close", true) => "sys_enter_close_empty",
+        ("sys_enter_sendmsg", false) => "sys_enter_sendmsg",
+        (_, _) => "sys_enter_sendmsg_empty",
     };
     let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
     program.load().with_context(|| format!("loading {name}"))?;
     program
-        .attach("syscalls", HOOK)
+        .attach("syscalls", hook)
         .with_context(|| format!("attaching {name}"))?;
     if !empty {
-        // From now on the entry handles close and the exit leaves it alone.
         let mut offsets: Array<_, u32> = Array::try_from(
-            ebpf.map_mut("CLOSE_FD_OFFSET")
-                .ok_or_else(|| anyhow!("map CLOSE_FD_OFFSET missing from the BPF object"))?,
+            ebpf.map_mut(map)
+                .ok_or_else(|| anyhow!("map {map} missing from the BPF object"))?,
         )?;
         offsets
             .set(0, offset, 0)
-            .context("writing CLOSE_FD_OFFSET")?;
+            .with_context(|| format!("writing {map}"))?;
     }
     Ok(AttachedProgram {
-        hook: HOOK,
+        hook,
         kind: HookKind::Tracepoint,
         program: name,
     })

@@ -10,7 +10,7 @@ use std::fmt;
 
 use anyhow::Result;
 use aya::{Btf, Ebpf, EbpfLoader};
-use monitor_common::sched::TaskAccountingOffsets;
+use monitor_common::{http::FileTableOffsets, sched::TaskAccountingOffsets};
 
 pub use sched::{attach_empty, attach_sched};
 
@@ -65,13 +65,22 @@ pub struct MapSizes {
 /// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
 /// With `task_accounting`, the BTF scheduler programs read the kernel's per-task accounting
 /// at these offsets instead of timing switches and wake-ups.
-pub fn load(sizes: &MapSizes, task_accounting: Option<TaskAccountingOffsets>) -> Result<Ebpf> {
+/// With `file_table`, the `sys_exit` program follows server connections that a process passes
+/// to another (`monitor-ebpf/src/handoff.rs`).
+pub fn load(
+    sizes: &MapSizes,
+    task_accounting: Option<TaskAccountingOffsets>,
+    file_table: Option<FileTableOffsets>,
+) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
         .map_max_entries("PROCESS_META", sizes.max_processes);
     if let Some(offsets) = &task_accounting {
         loader.override_global("TASK_ACCOUNTING", offsets, true);
+    }
+    if let Some(offsets) = &file_table {
+        loader.override_global("FILE_TABLE", offsets, true);
     }
     loader.load(BPF_OBJECT).map_err(|error| {
         let denied = error.to_string().contains("Operation not permitted")

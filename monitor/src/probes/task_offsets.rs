@@ -1,13 +1,14 @@
 //! Finds where `task_struct` keeps the kernel's own accounting of each task (run time, run-queue
-//! wait, arrivals), in the kernel's BTF. The layout of `task_struct` changes with every kernel
-//! and configuration, and rustc emits no CO-RE relocations, so the offsets are looked up here at
-//! start-up and handed to the programs as constants.
+//! wait, arrivals), and where a process's open files are, in the kernel's BTF. The layout of
+//! these structs changes with every kernel and configuration, and rustc emits no CO-RE
+//! relocations, so the offsets are looked up here at start-up and handed to the programs as
+//! constants.
 
 use std::path::Path;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use btf_rs::{Backend, Btf, Type};
-use monitor_common::sched::TaskAccountingOffsets;
+use monitor_common::{http::FileTableOffsets, sched::TaskAccountingOffsets};
 
 /// Where the kernel publishes its own BTF.
 pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -16,6 +17,38 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 /// (e.g. `sched_info`, absent without `CONFIG_SCHED_INFO`).
 pub fn task_accounting_offsets(btf_path: &Path) -> Result<TaskAccountingOffsets> {
     offsets_in(&open_btf(btf_path)?)
+}
+
+/// The offsets of the walk from a task to the open file behind a descriptor
+/// (`task->files->fdt->fd[n]`), for the programs that follow connections passed between
+/// processes.
+pub fn file_table_offsets(btf_path: &Path) -> Result<FileTableOffsets> {
+    file_offsets_in(&open_btf(btf_path)?)
+}
+
+fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
+    Ok(FileTableOffsets {
+        found: 1,
+        task_files: pointer_field(btf, "task_struct", "files")?,
+        files_fdt: pointer_field(btf, "files_struct", "fdt")?,
+        fdtable_max_fds: int_field(btf, "fdtable", &["max_fds"], 4)?,
+        fdtable_fd: pointer_field(btf, "fdtable", "fd")?,
+        _reserved: 0,
+    })
+}
+
+/// The byte offset of the pointer `name` in the struct called `outer`.
+fn pointer_field(btf: &Btf, outer: &str, name: &str) -> Result<u32> {
+    let container = named_struct(btf, outer)?;
+    let (bits, member_type) = find_member(btf, &container, name)?
+        .ok_or_else(|| anyhow!("{outer}.{name} not found in the kernel's BTF"))?;
+    if !matches!(resolve(btf, member_type)?, Type::Ptr(_)) {
+        bail!("{outer}.{name} is not a pointer in the kernel's BTF");
+    }
+    if !bits.is_multiple_of(64) {
+        bail!("{outer}.{name} is not 8-byte aligned (bit {bits})");
+    }
+    Ok(bits / 8)
 }
 
 /// Mapped, not parsed in full where the kernel allows it (only a few types are looked at, and
@@ -150,6 +183,7 @@ mod tests {
     }
 
     const KIND_INT: u32 = 1;
+    const KIND_PTR: u32 = 2;
     const KIND_STRUCT: u32 = 4;
     const KIND_UNION: u32 = 5;
     const KIND_TYPEDEF: u32 = 8;
@@ -190,6 +224,10 @@ mod tests {
             let id = self.header(name, KIND_INT, 0, bytes);
             self.words(&[bytes * 8]);
             id
+        }
+
+        fn pointer(&mut self, target: u32) -> u32 {
+            self.header("", KIND_PTR, 0, target)
         }
 
         fn typedef(&mut self, name: &str, target: u32) -> u32 {
@@ -367,5 +405,63 @@ mod tests {
                 _reserved: 0,
             }
         );
+    }
+
+    /// `task->files->fdt->fd`, with the pointers the kernel's BTF has (a pointer to pointers
+    /// for `fd`).
+    fn file_table(fd_is_pointer: bool) -> Btf {
+        let mut btf = BtfBuilder::new();
+        let int = btf.int("unsigned int", 4);
+        let file = btf.aggregate(KIND_STRUCT, "file", 8, &[("f_mode", int, 0)]);
+        let file_pointer = btf.pointer(file);
+        let files_array = btf.pointer(file_pointer);
+        let fd_type = if fd_is_pointer { files_array } else { int };
+        let fdtable = btf.aggregate(
+            KIND_STRUCT,
+            "fdtable",
+            16,
+            &[("max_fds", int, 0), ("fd", fd_type, 64)],
+        );
+        let fdtable_pointer = btf.pointer(fdtable);
+        let files = btf.aggregate(
+            KIND_STRUCT,
+            "files_struct",
+            16,
+            &[("count", int, 0), ("fdt", fdtable_pointer, 64)],
+        );
+        let files_pointer = btf.pointer(files);
+        btf.aggregate(
+            KIND_STRUCT,
+            "task_struct",
+            24,
+            &[
+                ("flags", int, 0),
+                ("pid", int, 32),
+                ("files", files_pointer, 128),
+            ],
+        );
+        Btf::from_bytes(&btf.build()).unwrap()
+    }
+
+    #[test]
+    fn finds_the_walk_from_a_task_to_its_open_files() {
+        let offsets = file_offsets_in(&file_table(true)).unwrap();
+        assert_eq!(
+            offsets,
+            FileTableOffsets {
+                found: 1,
+                task_files: 16,
+                files_fdt: 8,
+                fdtable_max_fds: 0,
+                fdtable_fd: 8,
+                _reserved: 0,
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_file_table_whose_array_is_not_a_pointer() {
+        let error = file_offsets_in(&file_table(false)).unwrap_err().to_string();
+        assert!(error.contains("fdtable.fd is not a pointer"), "{error}");
     }
 }

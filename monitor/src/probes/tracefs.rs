@@ -40,12 +40,12 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// The offset of `fd` in a `syscalls:sys_enter_close` record under `root`.
-pub fn close_fd_offset(root: &Path) -> Result<u32> {
-    let path = root.join("events/syscalls/sys_enter_close/format");
+/// The offset of the 8-byte argument `field` in a `syscalls:<event>` record under `root`.
+pub fn syscall_argument_offset(root: &Path, event: &str, field: &str) -> Result<u32> {
+    let path = root.join("events/syscalls").join(event).join("format");
     let format =
         fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    field_of_size(&format, "fd", 8)
+    field_of_size(&format, field, 8)
 }
 
 /// Reads the layout of `sched:sched_switch` and `sched:sched_wakeup` under `root`.
@@ -154,6 +154,21 @@ mod tests {
                 preempt_marker: 0x100,
             }
         );
+    }
+
+    #[test]
+    fn finds_a_pointer_argument_of_a_syscall_entry() {
+        let format = include_str!("../../tests/fixtures/sys_enter_sendmsg.format");
+        // `field:struct user_msghdr * msg;`: the name follows the `*`.
+        assert_eq!(field_of_size(format, "msg", 8).unwrap(), 24);
+        assert_eq!(field_of_size(format, "fd", 8).unwrap(), 16);
+        let dir = tempfile::tempdir().unwrap();
+        let event = dir.path().join("events/syscalls/sys_enter_sendmsg");
+        std::fs::create_dir_all(&event).unwrap();
+        std::fs::write(event.join("format"), format).unwrap();
+        let offset = syscall_argument_offset(dir.path(), "sys_enter_sendmsg", "msg").unwrap();
+        assert_eq!(offset, 24);
+        assert!(syscall_argument_offset(dir.path(), "sys_enter_close", "fd").is_err());
     }
 
     #[test]
