@@ -22,7 +22,7 @@ use crate::{
     http::{
         config, current_tgid, mark_measured, may_have_connections, measured, now_ns, read_user,
     },
-    maps::{CONNECTIONS, HANDED_OVER, LAST_HAND_OVER, count},
+    maps::{CONNECTIONS, HANDED_OVER, LAST_HAND_OVER, NEW_CONNECTION, count},
 };
 
 /// Set by the agent before loading; `found` is 0 where the kernel's BTF did not give them.
@@ -131,14 +131,15 @@ pub extern "C" fn track_received_connections(msg: u64) -> u64 {
         {
             mark_measured(tgid);
             let key = connection_key(tgid, fds[i]);
-            let mut slot = MaybeUninit::uninit();
+            let Some(slot) = NEW_CONNECTION.get_ptr_mut(0) else {
+                return tracked;
+            };
+            // SAFETY: a per-CPU map value, this program's alone while it runs; `init`
+            // overwrites all of it.
+            let slot = unsafe { &mut *slot.cast::<MaybeUninit<Connection>>() };
             // BPF_ANY: a stale entry for a reused fd number is replaced.
             if CONNECTIONS
-                .insert(
-                    key,
-                    Connection::init(&mut slot, role::SERVER),
-                    BPF_ANY as u64,
-                )
+                .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
                 .is_ok()
             {
                 count(counter::CONNECTIONS_RECEIVED);

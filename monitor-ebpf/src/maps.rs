@@ -178,6 +178,12 @@ pub static CONNECT_ERRORS: PerCpuHashMap<u32, u64> =
 #[map]
 pub static CAPTURE: PerCpuArray<Capture> = PerCpuArray::with_max_entries(1, 0);
 
+/// Per-CPU scratch where a global function builds a connection before inserting it: on its
+/// own stack the value would take 200 of the 512 bytes that the calling program and the
+/// functions it calls share (kernels without private BPF stacks count them together).
+#[map]
+pub static NEW_CONNECTION: PerCpuArray<Connection> = PerCpuArray::with_max_entries(1, 0);
+
 /// Room for a cut request path: appends at any offset below 256 of up to 255 bytes stay in
 /// bounds without the verifier having to follow the arithmetic.
 #[repr(C)]
