@@ -253,14 +253,30 @@ pub fn announce(tgid: u32, value: u64, kind: u8, bytes: &EventBytes) {
 /// Records the request that `conn` holds, ended at `end_ns`; 1 when this call recorded it.
 #[inline(always)]
 pub fn finish_response(conn: &mut Connection, tgid: u32, end_ns: u64) -> u64 {
-    record_response(conn, tgid as u64, end_ns)
+    record_response(conn, tgid as u64, end_ns, 0)
 }
 
+/// What `record_response` returns when `retry` was asked and the histogram could not be made
+/// now: the response is left as it was, for the caller to try again.
+pub const RECORD_LATER: u64 = 2;
+
+/// `-E2BIG`: a hash map's insert found the map full.
+const E2BIG: i32 = -7;
+
 /// `finish_response`, as a global function: many places end requests, and the verifier
-/// checks a global function once on its own instead of once for each of them.
+/// checks a global function once on its own instead of once for each of them. With `retry`
+/// (the idle sweep), a histogram that cannot be created for a reason other than a full map
+/// leaves the response unclaimed (`RECORD_LATER`): the sweep runs from the clock tick, in
+/// interrupt context, where the allocation of a new map element can fail while the map has
+/// room, and several responses with new keys ending in one tick lost all but the first.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn record_response(conn: *mut Connection, tgid: u64, end_ns: u64) -> u64 {
+pub extern "C" fn record_response(
+    conn: *mut Connection,
+    tgid: u64,
+    end_ns: u64,
+    retry: u64,
+) -> u64 {
     // SAFETY: callers pass a map value; the verifier only knows it as maybe-null memory.
     let Some(conn) = (unsafe { conn.as_mut() }) else {
         return 0;
@@ -276,16 +292,22 @@ pub extern "C" fn record_response(conn: *mut Connection, tgid: u64, end_ns: u64)
         role: conn.role,
         route: conn.route,
     };
-    if !claim_response(conn) {
-        return 0; // the sweep (or a syscall on another CPU) ended it already
-    }
+    // The histogram first: a response is claimed only once it can be recorded, or lost for
+    // good (a full map).
     let mut histogram = HTTP_DURATION.get_ptr_mut(key);
+    let mut full = false;
     if histogram.is_none() {
         if let Some(zero) = ZERO_DURATION.get(0) {
             // NOEXIST: another CPU may have created it meanwhile; then it is just used.
-            let _ = HTTP_DURATION.insert(key, zero, BPF_NOEXIST as u64);
+            full = HTTP_DURATION.insert(key, zero, BPF_NOEXIST as u64) == Err(E2BIG);
         }
         histogram = HTTP_DURATION.get_ptr_mut(key);
+    }
+    if histogram.is_none() && retry != 0 && !full {
+        return RECORD_LATER;
+    }
+    if !claim_response(conn) {
+        return 0; // the sweep (or a syscall on another CPU) ended it already
     }
     let Some(histogram) = histogram else {
         count(counter::HISTOGRAM_FULL);
@@ -605,8 +627,11 @@ fn sweep_connection(conn: &mut Connection, key: u64, ctx: &SweepContext) {
         return;
     }
     if ctx.now.saturating_sub(conn.last_io_ns) >= ctx.length {
-        if finish_response(conn, (key >> 32) as u32, conn.last_io_ns) != 0 {
-            count(counter::ENDED_IDLE);
+        match record_response(conn, key >> 32, conn.last_io_ns, 1) {
+            0 => {}
+            // Listed again: the next epoch's sweep tries again (if no syscall ends it first).
+            RECORD_LATER => list_in_epoch(conn, key, ctx.epoch, ctx.length),
+            _ => count(counter::ENDED_IDLE),
         }
     } else {
         list_in_epoch(conn, key, ctx.epoch, ctx.length);

@@ -166,6 +166,38 @@ fn a_node_cluster_whose_primary_passes_connections_to_workers_is_measured() {
     );
 }
 
+/// The last response of a keep-alive connection left open is ended by the idle sweep, which
+/// runs from the clock tick: in interrupt context, creating a histogram for a new route can
+/// fail while the map has room. Several such responses ending in one tick lost all but the
+/// first (counted as `histogram_full`); they are now tried again at the next sweep.
+#[test]
+fn idle_responses_with_new_routes_ending_in_one_sweep_are_all_recorded() {
+    const ROUTES: [&str; 4] = ["/idle/alpha", "/idle/beta", "/idle/gamma", "/idle/delta"];
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::nginx("location /idle/ { return 200 \"ok\\n\"; }");
+    // Open, each with one answered request, until the responses are recorded.
+    let _open: Vec<_> = ROUTES
+        .iter()
+        .map(|route| {
+            let mut stream = connect(server.port);
+            send(
+                &mut stream,
+                format!("GET {route} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes(),
+            );
+            assert_eq!(read_responses(&mut stream, 1), [200]);
+            stream
+        })
+        .collect();
+    for route in ROUTES {
+        wait_for_count(&agent, "nginx", 200, route, 1);
+    }
+    let full = agent.scrape().value(
+        "monitor_http_events_dropped_total",
+        &[("reason", "histogram_full")],
+    );
+    assert_eq!(full, Some(0.0));
+}
+
 #[test]
 fn a_100ms_handler_lands_in_the_100_to_250ms_bucket() {
     let agent = MonitorAgent::start(&[]);
