@@ -10,5 +10,6 @@ extern crate alloc;
 pub mod fingerprint;
 pub mod head;
 pub mod http;
+pub mod proxy;
 pub mod sched;
 pub mod words;

@@ -780,6 +780,33 @@ pub extern "C" fn bytes_print(len: u64) -> u64 {
     fingerprint::bytes(capture_words(&capture.bytes), len as usize, seed())
 }
 
+/// `proxy::header_len` of the capture (`len` bytes read), 0 when it holds no PROXY header; a
+/// global function for the same reason.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn proxy_header_len(len: u64) -> u64 {
+    let Some(capture) = CAPTURE.get_ptr(0) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    let capture = unsafe { &*capture };
+    monitor_common::proxy::header_len(&head(capture), len as usize, capture_words(&capture.bytes))
+        .map_or(0, |len| len as u64)
+}
+
+/// Captures the bytes of a read that follow its first `skip` bytes into the per-CPU capture,
+/// in place of what `capture` put there, and returns how many; none when the first buffer
+/// holds no more than `skip`.
+#[inline(always)]
+pub fn recapture_after(buffer: Buffer, ret: i64, skip: u64) -> Option<usize> {
+    let (source, available) = first_bytes(buffer, ret)?;
+    let rest = (ret as u64)
+        .min(available)
+        .checked_sub(skip)
+        .filter(|&rest| rest > 0)?;
+    capture(Buffer::Plain(source + skip), rest as i64, CAPTURE_LEN).map(|(_, len)| len)
+}
+
 #[inline(always)]
 fn seed() -> u64 {
     config().map_or(0, |config| config.fingerprint_seed)

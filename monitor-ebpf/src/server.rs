@@ -9,18 +9,21 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::generated::{bpf_loop, bpf_probe_read_kernel},
 };
-use monitor_common::http::{
-    CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
-    ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
-    event_kind, listener, not_http, parse_request_start, parse_status_line, phase, role,
-    template_allowance,
+use monitor_common::{
+    http::{
+        CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
+        ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
+        event_kind, listener, not_http, parse_request_start, parse_status_line, phase, role,
+        template_allowance,
+    },
+    proxy,
 };
 
 use crate::{
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
-        head, list_for_sweep, mark_measured, measured, now_ns, opaque, read_value, status_of,
-        target_print,
+        head, list_for_sweep, mark_measured, measured, now_ns, opaque, proxy_header_len,
+        read_value, recapture_after, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -107,6 +110,18 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     match conn.phase {
         phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
         phase::IDLE | phase::RESPONSE => {
+            let mut len = len;
+            if conn.phase == phase::IDLE && proxy::starts_header(&head(capture)) {
+                // A load balancer's PROXY header before the first request: skipped unread.
+                // The bytes after it replace it in the same per-CPU capture.
+                let skip = proxy_header_len(len as u64);
+                if skip != 0 {
+                    let Some(rest) = recapture_after(buffer, ret, skip) else {
+                        return; // the header alone (or cut): the request comes next
+                    };
+                    len = rest;
+                }
+            }
             let head = head(capture);
             let Some((method, target)) = parse_request_start(&head) else {
                 not_a_request(conn, key, &head, len);

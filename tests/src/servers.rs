@@ -116,6 +116,16 @@ impl Server {
 
     /// nginx with `main` directives added to its main context (e.g. `worker_cpu_affinity`).
     pub fn nginx_with(workers: usize, main: &str, locations: &str) -> Self {
+        Self::nginx_listening(workers, main, "", locations)
+    }
+
+    /// nginx behind a load balancer that sends the PROXY protocol header first.
+    pub fn nginx_proxy_protocol(locations: &str) -> Self {
+        Self::nginx_listening(1, "", " proxy_protocol", locations)
+    }
+
+    /// nginx with `listen_options` after its `listen` address.
+    fn nginx_listening(workers: usize, main: &str, listen_options: &str, locations: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let root = dir.path().display();
@@ -125,7 +135,7 @@ impl Server {
              http {{\n  access_log off;\n  client_body_temp_path {root};\n\
              proxy_temp_path {root};\n  fastcgi_temp_path {root};\n  uwsgi_temp_path {root};\n\
              scgi_temp_path {root};\n  keepalive_requests 1000000;\n\
-             server {{\n    listen 127.0.0.1:{port};\n    root {root};\n{locations}\n  }}\n}}\n"
+             server {{\n    listen 127.0.0.1:{port}{listen_options};\n    root {root};\n{locations}\n  }}\n}}\n"
         );
         let path = dir.path().join("nginx.conf");
         fs::write(&path, config).unwrap();
