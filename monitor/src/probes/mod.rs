@@ -3,6 +3,8 @@
 
 pub mod http;
 mod sched;
+#[cfg(test)]
+mod stack_budget;
 pub mod task_offsets;
 pub mod tracefs;
 
