@@ -119,7 +119,7 @@ impl HttpLedger {
         now: Instant,
     ) -> Cleanup {
         for announcement in &snapshot.announcements {
-            self.texts.learn(announcement);
+            self.texts.learn(announcement, now);
         }
         self.kernel_counters = snapshot.counters;
         let mut cleanup = Cleanup::default();
@@ -137,7 +137,7 @@ impl HttpLedger {
         busiest_first.sort_by_key(|(_, counts)| std::cmp::Reverse(counts.count()));
         for (key, counts) in busiest_first {
             let (identity, alive) = process(key.tgid);
-            let Some(text) = self.text_of(key.role, key.route, alive) else {
+            let Some(text) = self.text_of(key.role, key.route, alive, now) else {
                 // Not consumed: the counts wait in the kernel until the text is known.
                 let waited = self.waiting.entry(*key).or_insert(0);
                 *waited += 1;
@@ -172,7 +172,7 @@ impl HttpLedger {
         for (key, total) in &snapshot.client_errors {
             let (identity, alive) = process(key.tgid);
             // As for durations: the counts wait in the kernel until the address is known.
-            let Some(server_address) = self.text_of(role::CLIENT, key.host, alive) else {
+            let Some(server_address) = self.text_of(role::CLIENT, key.host, alive, now) else {
                 continue;
             };
             let series = ClientErrorSeries {
@@ -215,16 +215,17 @@ impl HttpLedger {
             );
         }
         self.expire(now);
+        self.texts.forget_unused(now);
         cleanup
     }
 
     /// The text of a route or server address hash; for a live process, `None` while it is
     /// unknown (the counts wait); for an exited one, `__unknown__`.
-    fn text_of(&self, role: u8, hash: u64, alive: bool) -> Option<String> {
+    fn text_of(&mut self, role: u8, hash: u64, alive: bool, now: Instant) -> Option<String> {
         if role == role::CLIENT && hash == 0 {
             return Some(NO_HOST.to_owned());
         }
-        match self.texts.text(hash) {
+        match self.texts.text(hash, now) {
             Some(text) => Some(text.to_owned()),
             None if alive => None,
             None => Some(UNKNOWN_ROUTE.to_owned()),

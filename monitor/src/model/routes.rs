@@ -1,6 +1,9 @@
 //! Route texts by hash, learnt from the kernel's announcements, and the per-service budget.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::{Duration, Instant},
+};
 
 use monitor_common::http::{
     FNV_OFFSET, MAX_PATH_LEN, OVERFLOW_ROUTE, OVERFLOW_ROUTE_HASH, Template, event_kind, fnv_bytes,
@@ -10,24 +13,27 @@ use monitor_common::http::{
 use crate::collect::http::RouteAnnouncement;
 
 /// The text of each route hash. A hash is the hash of its text, so one entry serves every
-/// process that uses the route.
+/// process that uses the route. Texts nobody asked for in `FORGET_UNUSED_AFTER` are forgotten:
+/// processes come and go, each with routes and server addresses of its own, and the agent
+/// must not grow with every one it has ever seen. A live process's counts ask for their text
+/// at every refresh; one forgotten too early is announced again (`REANNOUNCE_AFTER`).
+#[derive(Default)]
 pub struct RouteRegistry {
-    texts: HashMap<u64, String>,
+    texts: HashMap<u64, KnownText>,
     /// Announcements whose path did not give the announced hash.
     pub mismatches: u64,
 }
 
-impl Default for RouteRegistry {
-    fn default() -> Self {
-        Self {
-            texts: HashMap::from([(OVERFLOW_ROUTE_HASH, OVERFLOW_ROUTE.to_owned())]),
-            mismatches: 0,
-        }
-    }
+struct KnownText {
+    text: String,
+    used: Instant,
 }
 
+/// How long a text nobody asked for is kept.
+pub const FORGET_UNUSED_AFTER: Duration = Duration::from_secs(600);
+
 impl RouteRegistry {
-    pub fn learn(&mut self, announcement: &RouteAnnouncement) {
+    pub fn learn(&mut self, announcement: &RouteAnnouncement, now: Instant) {
         let route = |template: Template| match announcement.kind {
             event_kind::COLLAPSED => (template.collapsed_hash, template.collapsed_text),
             _ => (template.hash, template.text),
@@ -49,7 +55,7 @@ impl RouteRegistry {
             }
         };
         if hash == announcement.route {
-            self.texts.insert(hash, text);
+            self.texts.insert(hash, KnownText { text, used: now });
         } else {
             self.mismatches += 1;
             log::debug!(
@@ -59,8 +65,25 @@ impl RouteRegistry {
         }
     }
 
-    pub fn text(&self, route: u64) -> Option<&str> {
-        self.texts.get(&route).map(String::as_str)
+    /// The text of `route`, which counts as used at `now`.
+    pub fn text(&mut self, route: u64, now: Instant) -> Option<&str> {
+        if route == OVERFLOW_ROUTE_HASH {
+            return Some(OVERFLOW_ROUTE);
+        }
+        let known = self.texts.get_mut(&route)?;
+        known.used = now;
+        Some(&known.text)
+    }
+
+    /// Forgets the texts not learnt or asked for in the last `FORGET_UNUSED_AFTER`.
+    pub fn forget_unused(&mut self, now: Instant) {
+        self.texts
+            .retain(|_, known| now.saturating_duration_since(known.used) <= FORGET_UNUSED_AFTER);
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.texts.len()
     }
 }
 
@@ -217,12 +240,15 @@ mod tests {
     fn announced_routes_get_their_template_text() {
         let mut registry = RouteRegistry::default();
         let a = announcement("/users/42?token=secret", event_kind::TEMPLATE);
-        registry.learn(&a);
-        assert_eq!(registry.text(a.route), Some("/users/{id}"));
+        registry.learn(&a, Instant::now());
+        assert_eq!(registry.text(a.route, Instant::now()), Some("/users/{id}"));
         let c = announcement("/docs/intro", event_kind::COLLAPSED);
-        registry.learn(&c);
-        assert_eq!(registry.text(c.route), Some("/docs/{*}"));
-        assert_eq!(registry.text(OVERFLOW_ROUTE_HASH), Some(OVERFLOW_ROUTE));
+        registry.learn(&c, Instant::now());
+        assert_eq!(registry.text(c.route, Instant::now()), Some("/docs/{*}"));
+        assert_eq!(
+            registry.text(OVERFLOW_ROUTE_HASH, Instant::now()),
+            Some(OVERFLOW_ROUTE)
+        );
     }
 
     #[test]
@@ -230,8 +256,8 @@ mod tests {
         let mut registry = RouteRegistry::default();
         let mut a = announcement("/users/42", event_kind::TEMPLATE);
         a.path = b"/other".to_vec();
-        registry.learn(&a);
-        assert_eq!(registry.text(a.route), None);
+        registry.learn(&a, Instant::now());
+        assert_eq!(registry.text(a.route, Instant::now()), None);
         assert_eq!(registry.mismatches, 1);
     }
 
@@ -251,21 +277,54 @@ mod tests {
             ),
         ] {
             let mut registry = RouteRegistry::default();
-            registry.learn(&RouteAnnouncement {
-                tgid: 1,
-                route,
-                kind,
-                path: announced.clone(),
-            });
-            assert_eq!(registry.text(route), Some(text.as_str()));
+            registry.learn(
+                &RouteAnnouncement {
+                    tgid: 1,
+                    route,
+                    kind,
+                    path: announced.clone(),
+                },
+                Instant::now(),
+            );
+            assert_eq!(registry.text(route, Instant::now()), Some(text.as_str()));
             assert_eq!(registry.mismatches, 0);
         }
         // A path of exactly that length, which ended there, is learnt whole.
         let exact = format!("/a/{}", "b".repeat(MAX_PATH_LEN - 3));
         let mut registry = RouteRegistry::default();
         let a = announcement(&exact, event_kind::TEMPLATE);
-        registry.learn(&a);
-        assert_eq!(registry.text(a.route), Some("/a/{id}"));
+        registry.learn(&a, Instant::now());
+        assert_eq!(registry.text(a.route, Instant::now()), Some("/a/{id}"));
+    }
+
+    #[test]
+    fn texts_nobody_asks_for_are_forgotten_and_those_in_use_kept() {
+        let mut registry = RouteRegistry::default();
+        let start = Instant::now();
+        let used = announcement("/orders/7", event_kind::TEMPLATE);
+        let idle = announcement("/reports/9", event_kind::TEMPLATE);
+        registry.learn(&used, start);
+        registry.learn(&idle, start);
+        // A live process's counts ask for their route's text at every refresh.
+        let mut now = start;
+        while now < start + FORGET_UNUSED_AFTER * 2 {
+            now += Duration::from_secs(1);
+            assert_eq!(registry.text(used.route, now), Some("/orders/{id}"));
+            registry.forget_unused(now);
+        }
+        assert_eq!(registry.text(idle.route, now), None);
+        assert_eq!(registry.len(), 1);
+        // Kept for the whole period, and `__overflow__` is never forgotten.
+        let mut registry = RouteRegistry::default();
+        registry.learn(&idle, start);
+        registry.forget_unused(start + FORGET_UNUSED_AFTER);
+        assert_eq!(registry.len(), 1);
+        registry.forget_unused(start + FORGET_UNUSED_AFTER + Duration::from_secs(1));
+        assert_eq!(registry.len(), 0);
+        assert_eq!(
+            registry.text(OVERFLOW_ROUTE_HASH, now),
+            Some(OVERFLOW_ROUTE)
+        );
     }
 
     fn admit(budget: &mut ServiceRouteBudget, service: &str, route: &str) -> String {
