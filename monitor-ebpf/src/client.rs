@@ -32,9 +32,11 @@ use crate::{
 use monitor_common::words::zero_words;
 
 const EINPROGRESS: i64 = -115;
-/// What a failed TCP connect returns: refused, timed out, host or network unreachable.
-/// (EALREADY, EISCONN and EAGAIN are programs asking again, not failures.)
-const CONNECT_FAILURES: [i64; 4] = [-111, -110, -113, -101];
+/// What a failed TCP connect returns: refused, timed out, host or network unreachable, no
+/// local port left (EADDRNOTAVAIL: the ephemeral range is used up, a client near capacity),
+/// refused by the host's firewall (EPERM). (EALREADY, EISCONN and EAGAIN are programs
+/// asking again, not failures.)
+const CONNECT_FAILURES: [i64; 6] = [-111, -110, -113, -101, -99, -1];
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOL_SOCKET: u64 = 1;

@@ -292,6 +292,29 @@ fn cut_off_responses_and_missing_ones_are_errors_of_their_own() {
     );
 }
 
+/// A client that has used up its ephemeral ports gets EADDRNOTAVAIL from connect at once:
+/// the first sign of a client near capacity, counted with the other connect errors.
+#[test]
+fn connects_with_no_local_port_left_are_connect_errors() {
+    let agent = MonitorAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("ports");
+    let script = dir.path().join(format!("{name}.py"));
+    std::fs::copy(fixture("port_exhaustion.py"), &script).unwrap();
+    let output = Command::new("unshare")
+        .args(["-n", "python3"])
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until(&agent, "one connect error", |scrape| {
+        scrape.value(
+            "tcp_client_connect_errors_total",
+            &[("service_name", name.as_str())],
+        ) == Some(1.0)
+    });
+}
+
 #[test]
 fn refused_connections_are_counted_per_service() {
     let agent = MonitorAgent::start(&[]);

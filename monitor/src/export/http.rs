@@ -107,8 +107,9 @@ fn connect_errors(http: &HttpLedger) -> Option<MetricFamily> {
         .fold(
             families::counter(
                 "tcp_client_connect_errors_total",
-                "Outgoing TCP connections that failed (refused, unreachable, timed out), before \
-                 any HTTP: by the service that tried.",
+                "Outgoing TCP connections that failed (refused, unreachable, timed out, no local \
+                 port left, blocked by the local firewall), before any HTTP: by the service \
+                 that tried.",
             ),
             |family, (service, count)| family.value(&service.labels(), count as f64),
         )
