@@ -2,12 +2,14 @@
 //!
 //! Input: a seed byte (unused, kept so the corpus stays valid), then the response's first
 //! read. Checks: the status line and the head scanner agree with the plain rules over the
-//! captured bytes; a head length is within the capture.
+//! captured bytes; a head length is within the capture; a head read on in windows past the
+//! capture (`scan_long_head`), when it found the head's end, agrees with the plain rules over
+//! the whole read.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use monitor_common::{
-    head::{framing, head_kind, scan_head},
+    head::{framing, head_kind, scan_head, scan_long_head},
     http::{CAPTURE_LEN, parse_status_line},
 };
 use monitor_fuzz::{reads::head16, reference};
@@ -31,5 +33,14 @@ fuzz_target!(|data: &[u8]| {
     assert!(lines.head_len as usize <= capture.len());
     if expected_framing == framing::LENGTH {
         assert_eq!(lines.content_length, expected_length);
+    }
+
+    let (long, _) = scan_long_head(bytes);
+    if long.framing() != framing::UNKNOWN {
+        let (whole_framing, head_len, length) = reference::response_head(bytes);
+        assert_eq!((long.framing(), long.head_len), (whole_framing, head_len));
+        if whole_framing == framing::LENGTH {
+            assert_eq!(long.content_length, length);
+        }
     }
 });

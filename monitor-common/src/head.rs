@@ -113,7 +113,9 @@ pub struct HeadLines {
     pub content_length: u64,
     /// 1 once a digit of that value was read.
     has_length: u32,
-    _reserved: u32,
+    /// Where the last line looked at starts (the status line: 0): a head that goes on past
+    /// the capture is read on from there (`LongHead`).
+    last_line_at: u32,
 }
 
 impl HeadLines {
@@ -164,6 +166,7 @@ impl HeadLines {
         if start >= len {
             return false; // the capture ends with a line break: the head goes on past it
         }
+        self.last_line_at = start as u32;
         let at = |i: usize| bytes[i & (CAPTURE_LEN - 1)];
         if at(start) == b'\r' {
             // `\r\n\r\n`: the previous line ended with `\r\n` and this one is empty.
@@ -204,6 +207,70 @@ impl HeadLines {
     }
 
     /// How the body is delimited, once the head has ended and the length value was read.
+    pub fn framing(&self) -> u16 {
+        if self.head_len == 0 {
+            framing::UNKNOWN
+        } else if self.chunked != 0 {
+            framing::CHUNKED
+        } else if self.has_length != 0 {
+            framing::LENGTH
+        } else {
+            framing::CLOSE
+        }
+    }
+}
+
+/// Captures of a response's first read its head is looked for in: heads with many or long
+/// headers (cookies, security policies, CORS) run past the first.
+pub const HEAD_WINDOWS: u32 = 8;
+
+/// A response head read over several captures ("windows") of one read. Each window after the
+/// first starts two bytes before the last line the previous one looked at, so that every
+/// header line is whole in some window (the line's `\r\n` before it, for the blank-line
+/// test) unless it is longer than a window; past such a line, the next window starts four
+/// bytes before the previous one's end. Offsets here are from the start of the read.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LongHead {
+    /// Where the window being read starts.
+    pub window_at: u32,
+    /// Where the head ends, once found; else 0.
+    pub head_len: u32,
+    pub chunked: u32,
+    /// 1 once a `Content-Length` value with a digit was read.
+    pub has_length: u32,
+    pub content_length: u64,
+}
+
+impl LongHead {
+    /// Takes what the walk of the window at `window_at` (`window_len` bytes) found, after its
+    /// `Content-Length` value was read (`HeadLines::length_byte`); returns where the next
+    /// window starts, `None` once the head has ended or no window can follow (`window_len`
+    /// short of a whole capture: the read ended there).
+    pub fn absorb(&mut self, lines: &HeadLines, window_len: usize) -> Option<u32> {
+        if lines.length_at != 0 {
+            // The last line of a window may be cut: the next window reads it again.
+            self.has_length = lines.has_length;
+            self.content_length = lines.content_length;
+        }
+        self.chunked |= lines.chunked;
+        if lines.head_len != 0 {
+            self.head_len = self.window_at + lines.head_len;
+            return None;
+        }
+        if window_len < CAPTURE_LEN {
+            return None;
+        }
+        let advance = if lines.last_line_at > 2 {
+            lines.last_line_at - 2
+        } else {
+            (CAPTURE_LEN - 4) as u32 // inside a line longer than the window
+        };
+        self.window_at += advance;
+        Some(self.window_at)
+    }
+
+    /// As `HeadLines::framing`, for the whole head.
     pub fn framing(&self) -> u16 {
         if self.head_len == 0 {
             framing::UNKNOWN
@@ -342,14 +409,34 @@ pub fn scan_head(kind: u32, capture: &[u8]) -> (HeadLines, HostValue) {
             }
         }
     }
-    if lines.head_len != 0 && lines.length_at != 0 {
-        for &b in &bytes[lines.length_at as usize..lines.head_len as usize] {
+    if lines.length_at != 0 {
+        let end = if lines.head_len != 0 {
+            lines.head_len as usize
+        } else {
+            len
+        };
+        for &b in &bytes[lines.length_at as usize..end] {
             if !lines.length_byte(b) {
                 break;
             }
         }
     }
     (lines, host)
+}
+
+#[cfg(any(test, feature = "user"))]
+/// A response head read in windows as the kernel reads it from a read of `read` bytes:
+/// (framing, head length, content length), and the windows read.
+pub fn scan_long_head(read: &[u8]) -> (LongHead, u32) {
+    let mut long = LongHead::default();
+    let mut windows = 0;
+    let mut next = Some(0);
+    while let Some(at) = next.filter(|&at| (at as usize) < read.len() && windows < HEAD_WINDOWS) {
+        let (lines, _) = scan_head(head_kind::RESPONSE, &read[at as usize..]);
+        windows += 1;
+        next = long.absorb(&lines, (read.len() - at as usize).min(CAPTURE_LEN));
+    }
+    (long, windows)
 }
 
 #[cfg(test)]
@@ -502,6 +589,81 @@ mod tests {
             |i: usize| u64::from_le_bytes(bytes[i * WORD..(i + 1) * WORD].try_into().unwrap());
         while lines.step(&bytes, word) {}
         assert_eq!(lines.framing(), framing::UNKNOWN);
+    }
+
+    /// A head of `headers` (each a whole line without its `\r\n`) and `Content-Length: 42`
+    /// after them, then the body.
+    fn long_response(headers: &[alloc::string::String]) -> alloc::vec::Vec<u8> {
+        let mut read = b"HTTP/1.1 200 OK\r\n".to_vec();
+        for header in headers {
+            read.extend_from_slice(header.as_bytes());
+            read.extend_from_slice(b"\r\n");
+        }
+        read.extend_from_slice(b"Content-Length: 42\r\n\r\n");
+        read.extend_from_slice(&[b'b'; 42]);
+        read
+    }
+
+    #[test]
+    fn a_head_longer_than_one_capture_is_read_in_windows() {
+        use alloc::format;
+        // Line lengths that put the Content-Length line, the blank line, and the `\r\n`
+        // pairs across window edges in every position.
+        for filler in 0..80 {
+            for lines in 1..12 {
+                let headers: alloc::vec::Vec<_> = (0..lines)
+                    .map(|i| format!("X-Header-{i}: {}", "v".repeat(filler + i)))
+                    .collect();
+                let read = long_response(&headers);
+                let head_len = read.len() - 42;
+                let (long, windows) = scan_long_head(&read);
+                if head_len > CAPTURE_LEN * 6 {
+                    continue; // more than the windows can reach whatever the lines
+                }
+                assert_eq!(
+                    (long.framing(), long.head_len as usize, long.content_length),
+                    (framing::LENGTH, head_len, 42),
+                    "filler {filler}, lines {lines}, windows {windows}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_line_longer_than_a_window_is_stepped_over() {
+        use alloc::format;
+        for long_line in [300, 600, 1000] {
+            for before in [0, 100, 250] {
+                let headers = [
+                    format!("X-Before: {}", "a".repeat(before)),
+                    format!("Content-Security-Policy: {}", "p".repeat(long_line)),
+                    alloc::string::String::from("Transfer-Encoding: chunked"),
+                ];
+                let read = long_response(&headers);
+                let (long, _) = scan_long_head(&read);
+                assert_eq!(
+                    long.head_len as usize,
+                    read.len() - 42,
+                    "{long_line} {before}"
+                );
+                assert_eq!(long.framing(), framing::CHUNKED);
+            }
+        }
+    }
+
+    #[test]
+    fn a_head_that_goes_on_past_the_read_or_the_windows_stays_unknown() {
+        use alloc::format;
+        let read = long_response(&[format!("X-Big: {}", "z".repeat(400))]);
+        let cut = &read[..read.len() - 60];
+        assert_eq!(scan_long_head(cut).0.framing(), framing::UNKNOWN);
+        let huge = long_response(&[format!("X-Huge: {}", "z".repeat(3000))]);
+        let (long, windows) = scan_long_head(&huge);
+        assert_eq!((long.framing(), windows), (framing::UNKNOWN, HEAD_WINDOWS));
+        // A head within the first capture is read in one window, as before.
+        let short = long_response(&[]);
+        let (long, windows) = scan_long_head(&short);
+        assert_eq!((long.framing(), windows), (framing::LENGTH, 1));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::{bpf_probe_read_user, generated::bpf_loop},
 };
 use monitor_common::{
-    head::{bodiless, framing, head_kind},
+    head::{HEAD_WINDOWS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
         connection_key, counter, event_kind, method, parse_request_start, phase, role,
@@ -178,7 +178,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
                 let _ = finish_response(conn, tgid, now);
                 return;
             }
-            let (framing, head_len, length) = response_framing(conn, len);
+            let (framing, head_len, length) = response_framing(conn, buffer, ret, len);
             conn.framing = framing;
             match framing {
                 framing::LENGTH => {
@@ -399,22 +399,47 @@ pub extern "C" fn scan_host(len: u64) -> u64 {
     capture.host.hash()
 }
 
-/// (framing, head length, content length) of the response in the capture.
+/// (framing, head length, content length) of the response whose first read is in the
+/// capture (`len` bytes of it), and whether the head ran past the capture. Such a head is read
+/// on in later windows of the read's first buffer (`LongHead`), up to `HEAD_WINDOWS`.
 #[inline(always)]
-fn scan_response_head(len: usize) -> (u16, u64, u64) {
+fn scan_response_head(buffer: Buffer, ret: i64, len: usize) -> (u16, u64, u64, bool) {
+    const UNKNOWN: (u16, u64, u64, bool) = (framing::UNKNOWN, 0, 0, false);
     if walk_response_head(len as u64) != 0 {
-        return (framing::UNKNOWN, 0, 0);
+        return UNKNOWN;
     }
     let Some(capture) = CAPTURE.get_ptr(0) else {
-        return (framing::UNKNOWN, 0, 0);
+        return UNKNOWN;
     };
     // SAFETY: a per-CPU map value, only used by this program run.
     let lines = unsafe { &(*capture).lines };
-    (lines.framing(), lines.head_len as u64, lines.content_length)
+    if lines.head_len != 0 || len < CAPTURE_LEN {
+        return (
+            lines.framing(),
+            lines.head_len as u64,
+            lines.content_length,
+            false,
+        );
+    }
+    let Some((source, available)) = first_bytes(buffer, ret) else {
+        return UNKNOWN;
+    };
+    if read_long_head(source, available.min(ret as u64)) != 0 {
+        return UNKNOWN;
+    }
+    // SAFETY: as above; `read_long_head` left its result there.
+    let long = unsafe { &(*capture).long_head };
+    (
+        long.framing(),
+        long.head_len as u64,
+        long.content_length,
+        true,
+    )
 }
 
-/// Walks the response head in the capture, leaving what it found in `CAPTURE.lines`; 0 when
-/// it did. A global function, like `scan_host`.
+/// Walks the response head in the capture, leaving what it found in `CAPTURE.lines` (the
+/// `Content-Length` value read, even when the head goes on past the capture); 0 when it did.
+/// A global function, like `scan_host`.
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn walk_response_head(len: u64) -> u64 {
@@ -425,8 +450,47 @@ pub extern "C" fn walk_response_head(len: u64) -> u64 {
     let capture = unsafe { &mut *capture };
     walk_lines(capture, head_kind::RESPONSE, len as usize);
     let (from, head_len) = (capture.lines.length_at, capture.lines.head_len);
-    if from != 0 && head_len != 0 {
-        read_value::<VALUE_BYTES_PER_CALL>(length_step, from, head_len);
+    if from != 0 {
+        let end = if head_len != 0 { head_len } else { len as u32 };
+        read_value::<VALUE_BYTES_PER_CALL>(length_step, from, end);
+    }
+    0
+}
+
+/// Reads on a response head that the capture of the read at `source` (`available` bytes in
+/// its first buffer) did not hold whole, a window at a time, into `CAPTURE.long_head`; 0 when
+/// it did. The first window is the capture already walked. A global function, like
+/// `scan_host`: the windows cost only responses with long heads.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn read_long_head(source: u64, available: u64) -> u64 {
+    let Some(scratch) = CAPTURE.get_ptr_mut(0) else {
+        return 1;
+    };
+    // SAFETY: a per-CPU map value, only used by this program run; each borrow ends before
+    // the capture and the walk write it again.
+    let mut next = unsafe {
+        zero_words(&mut (*scratch).long_head);
+        (*scratch).long_head.absorb(&(*scratch).lines, CAPTURE_LEN)
+    };
+    let mut window = 1;
+    while window < HEAD_WINDOWS {
+        let Some(at) = next.map(u64::from).filter(|&at| at < available) else {
+            break;
+        };
+        let Some((_, len)) = capture(
+            Buffer::Plain(source + at),
+            (available - at) as i64,
+            CAPTURE_LEN,
+        ) else {
+            break;
+        };
+        if walk_response_head(len as u64) != 0 {
+            break;
+        }
+        // SAFETY: as above.
+        next = unsafe { (*scratch).long_head.absorb(&(*scratch).lines, len) };
+        window += 1;
     }
     0
 }
@@ -434,7 +498,12 @@ pub extern "C" fn walk_response_head(len: u64) -> u64 {
 /// (framing, head length, content length) of the response whose first read is in the
 /// capture: what the last response of the connection had if its first read was the same.
 #[inline(always)]
-fn response_framing(conn: &mut Connection, len: usize) -> (u16, u64, u64) {
+fn response_framing(
+    conn: &mut Connection,
+    buffer: Buffer,
+    ret: i64,
+    len: usize,
+) -> (u16, u64, u64) {
     let print = bytes_print(len as u64);
     if print == conn.response_print {
         return (
@@ -443,8 +512,9 @@ fn response_framing(conn: &mut Connection, len: usize) -> (u16, u64, u64) {
             conn.response_length,
         );
     }
-    let (framing, head_len, length) = scan_response_head(len);
-    conn.response_print = print;
+    let (framing, head_len, length, long) = scan_response_head(buffer, ret, len);
+    // A long head's framing may lie past the bytes printed: not kept for the next response.
+    conn.response_print = if long { 0 } else { print };
     conn.response_framing = framing;
     conn.response_head_len = head_len as u32;
     conn.response_length = length;

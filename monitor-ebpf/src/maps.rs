@@ -10,7 +10,7 @@ use monitor_common::sched::{
     errors,
 };
 use monitor_common::{
-    head::{HeadLines, HostValue},
+    head::{HeadLines, HostValue, LongHead},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
         IDLE_CANDIDATE_SLOTS, MEASURED_PROCESS_WORDS, NotRequestScanner, ProcessRoute,
@@ -201,6 +201,8 @@ pub struct Capture {
     /// The scanners' state lives here, not on the stack: the verifier does not follow map
     /// memory, so a byte loop over it is checked once (see `http`).
     pub lines: HeadLines,
+    /// A response head read on past the capture, window by window.
+    pub long_head: LongHead,
     pub host: HostValue,
     pub templater: RouteTemplater,
     pub not_request: NotRequestScanner,

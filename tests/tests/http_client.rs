@@ -292,6 +292,61 @@ fn cut_off_responses_and_missing_ones_are_errors_of_their_own() {
     );
 }
 
+/// Response heads with many or long headers (cookies, security policies, CORS) run past the
+/// 256 bytes the kernel captures of a read. The head is read on in later windows of the same
+/// read, so that its Content-Length still tells a cut-off body from a whole one: before, the
+/// framing stayed unknown and a cut-off response was counted as a success ended by the close.
+#[test]
+fn a_long_response_head_still_tells_a_cut_off_body_from_a_whole_one() {
+    let agent = MonitorAgent::start(&[]);
+    let head = |length: usize| {
+        format!(
+            "HTTP/1.1 200 OK\r\nServer: test\r\nSet-Cookie: session={}; Path=/; HttpOnly\r\n\
+             Content-Security-Policy: default-src 'self'; script-src {}\r\n\
+             Access-Control-Allow-Origin: *\r\nContent-Length: {length}\r\n\r\n",
+            "c".repeat(300),
+            "https://cdn.example ".repeat(20),
+        )
+    };
+    let mut cut = head(1000).into_bytes();
+    assert!(cut.len() > 3 * 256, "the head must span several captures");
+    cut.extend_from_slice(b"0123456789");
+    let mut whole = head(10).into_bytes();
+    whole.extend_from_slice(b"0123456789");
+    let cut_server = misbehaving_server(cut.leak(), false, 1);
+    let whole_server = misbehaving_server(whole.leak(), false, 1);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &name);
+    for (port, succeeds) in [(cut_server, false), (whole_server, true)] {
+        let status = Command::new(&curl)
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{port}/x"),
+            ])
+            .status()
+            .unwrap();
+        assert_eq!(status.success(), succeeds, "curl on port {port}");
+    }
+    let cut_address = format!("127.0.0.1:{cut_server}");
+    let whole_address = format!("127.0.0.1:{whole_server}");
+    let scrape = wait_until(&agent, "the cut-off and the whole response", |scrape| {
+        let cut_off = scrape.value(
+            "http_client_request_errors_total",
+            &[
+                ("service_name", name.as_str()),
+                ("server_address", cut_address.as_str()),
+                ("error_type", "response_cut_off"),
+            ],
+        );
+        cut_off == Some(1.0) && client_count(scrape, &name, &whole_address, 200) == Some(1)
+    });
+    // The cut-off one is not also a success.
+    assert_eq!(client_count(&scrape, &name, &cut_address, 200), None);
+}
+
 /// A client that has used up its ephemeral ports gets EADDRNOTAVAIL from connect at once:
 /// the first sign of a client near capacity, counted with the other connect errors.
 #[test]
