@@ -1,6 +1,8 @@
 //! The running agent: kernel programs attached, maps read on demand, the model kept current.
 
 use std::{
+    cell::RefCell,
+    collections::HashMap,
     os::fd::OwnedFd,
     path::Path,
     sync::Arc,
@@ -410,9 +412,17 @@ impl Agent {
         let cleanup = self.http.apply(&snapshot, &facts, Instant::now());
         self.http_maps.forget(&cleanup);
         if self.refreshes % SWEEP_EVERY == 1 {
-            let sweep =
-                self.http_maps
-                    .sweep(process::is_alive, monotonic_ns(), self.http_idle_timeout_ns);
+            // Asked once per process: a sweep looks at every connection, listener and budget.
+            let known = RefCell::new(HashMap::new());
+            let alive = |tgid| {
+                *known
+                    .borrow_mut()
+                    .entry(tgid)
+                    .or_insert_with(|| process::is_alive(tgid))
+            };
+            let sweep = self
+                .http_maps
+                .sweep(alive, monotonic_ns(), self.http_idle_timeout_ns);
             self.in_flight_at_exit.add(sweep.in_flight);
             let mut usage = sweep.usage;
             usage.push(

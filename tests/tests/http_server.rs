@@ -600,6 +600,50 @@ fn a_server_that_exits_without_closing_has_its_last_response_recorded() {
     );
 }
 
+/// A process that has exited but whose parent has not waited for it (a zombie: common in
+/// containers whose first process does not reap) keeps its /proc entry. It is gone all the
+/// same: its connections are closed, and a request it never answered can no longer end.
+#[test]
+fn a_zombie_is_taken_for_the_exited_process_it_is() {
+    let agent = MonitorAgent::start(&["--refresh-interval", "100ms"]);
+    let in_flight = |scrape: &Scrape| {
+        scrape.value(
+            "monitor_http_requests_in_flight_at_exit_total",
+            &[("role", "server")],
+        )
+    };
+    let before = poll_until("a first scrape", WAIT, || in_flight(&agent.scrape()));
+    let mut parent = KillOnDrop(
+        Command::new("python3")
+            .arg(monitor_tests::servers::fixture("zombie_server.py"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(parent.0.stdout.take().unwrap()).lines();
+    let port: u16 = lines.next().unwrap().unwrap().parse().unwrap();
+    let mut stream = connect(port);
+    send(&mut stream, b"GET /zombie HTTP/1.1\r\nHost: t\r\n\r\n");
+    let child: u32 = lines.next().unwrap().unwrap().parse().unwrap();
+    poll_until("the child to become a zombie", WAIT, || {
+        let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).ok()?;
+        (stat.rsplit_once(") ")?.1.starts_with('Z')).then_some(())
+    });
+    poll_until("the zombie's unanswered request counted", WAIT, || {
+        (in_flight(&agent.scrape())? >= before + 1.0).then_some(())
+    });
+}
+
+/// Kills and reaps the child when dropped.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// With `--http-ports`, the kernel remembers each listening socket's verdict by (process, fd)
 /// until the socket is closed; a server that exits never closes it. The agent's sweep frees
 /// those of processes that are gone, or the table would fill and new servers go unchecked.

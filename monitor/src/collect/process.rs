@@ -145,9 +145,28 @@ impl Identifier {
     }
 }
 
-/// Whether the process (thread group) still exists.
+/// Whether the process (thread group) still runs. A zombie (exited, not yet waited for by its
+/// parent) keeps its /proc entry but is gone: its descriptors are closed. Its leader alone
+/// may be a zombie while other threads run on: then `Threads` counts them too.
 pub fn is_alive(tgid: u32) -> bool {
-    Path::new(&format!("/proc/{tgid}")).exists()
+    match fs::read_to_string(format!("/proc/{tgid}/status")) {
+        Ok(status) => status_says_alive(&status),
+        // Unreadable but there (a race with the exit): as before, by the entry.
+        Err(_) => Path::new(&format!("/proc/{tgid}")).exists(),
+    }
+}
+
+/// `is_alive` from the text of `/proc/<tgid>/status`.
+fn status_says_alive(status: &str) -> bool {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .map(str::trim)
+    };
+    let exited = field("State:").is_some_and(|state| state.starts_with(['Z', 'X']));
+    let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
+    !exited || threads.is_some_and(|threads| threads > 1)
 }
 
 /// The executable's name of a process, from what the kernel recorded (`meta`) and what
@@ -230,6 +249,20 @@ fn full_exe_name(tgid: u32, truncated: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_zombie_is_not_alive_unless_its_threads_run_on() {
+        let status = |state: &str, threads: u32| {
+            format!("Name:\tpython3\nState:\t{state}\nTgid:\t7\nThreads:\t{threads}\n")
+        };
+        assert!(status_says_alive(&status("S (sleeping)", 1)));
+        assert!(status_says_alive(&status("R (running)", 4)));
+        assert!(!status_says_alive(&status("Z (zombie)", 1)));
+        assert!(!status_says_alive(&status("X (dead)", 1)));
+        // The leader exited with pthread_exit; its threads still serve.
+        assert!(status_says_alive(&status("Z (zombie)", 3)));
+        assert!(is_alive(std::process::id()));
+    }
 
     fn meta(comm: &str, from_exec: bool) -> ProcessMeta {
         let mut bytes = [0u8; COMM_LEN];
