@@ -262,6 +262,7 @@ impl Model {
             http_map_usage: &self.http_maps,
             in_flight_at_exit: Default::default(),
             attached: &self.attached,
+            unavailable: &[],
             program_stats: &self.stats,
             refresh_errors_total: 0,
             processes_named_at_exec_total: 0,

@@ -46,6 +46,8 @@ pub struct Settings {
     pub bpf_stats: bool,
     pub sched_hooks: HookChoice,
     pub empty_programs: bool,
+    /// `--no-http`: no HTTP programs.
+    pub no_http: bool,
     /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).
     pub sched_accounting: SchedAccounting,
     /// Offsets to use instead of the kernel's BTF (tests of a refused switch program).
@@ -64,6 +66,8 @@ pub struct Agent {
     http_maps: HttpMaps,
     ebpf: Ebpf,
     attached: Vec<AttachedProgram>,
+    /// Hooks whose programs the kernel refused.
+    unavailable: Vec<&'static str>,
     sched_accounting: SchedAccounting,
     ledger: ProcessLedger,
     http: HttpLedger,
@@ -202,6 +206,40 @@ fn file_table() -> Option<FileTableOffsets> {
     }
 }
 
+/// The programs at close(2)'s and sendmsg(2)'s entries, which improve on what `sys_exit`
+/// sees: without them it falls back to the syscalls' exits (logged, and listed in
+/// `unavailable`).
+fn attach_syscall_entries(
+    ebpf: &mut Ebpf,
+    empty: bool,
+    file_table: bool,
+    attached: &mut Vec<AttachedProgram>,
+    unavailable: &mut Vec<&'static str>,
+) {
+    match probes::http::attach_close(ebpf, empty) {
+        Ok(program) => attached.push(program),
+        Err(error) => {
+            log::warn!(
+                "close(2) is seen at its exit only ({error:#}): a connection that another \
+                 thread accepts on the same fd in that instant may go unmeasured"
+            );
+            unavailable.push("sys_enter_close");
+        }
+    }
+    if file_table {
+        match probes::http::attach_sendmsg(ebpf, empty) {
+            Ok(program) => attached.push(program),
+            Err(error) => {
+                log::warn!(
+                    "connections passed to another process are noted at sendmsg's exit only \
+                     ({error:#}): a worker that takes one at once may go unmeasured"
+                );
+                unavailable.push("sys_enter_sendmsg");
+            }
+        }
+    }
+}
+
 impl Agent {
     /// Loads and attaches the kernel programs. Each step's time is logged at debug level: the
     /// verifier's pass over the `sys_exit` program is most of the start-up.
@@ -258,25 +296,28 @@ impl Agent {
         } else {
             SchedAccounting::Programs
         };
-        attached.push(probes::http::attach_syscalls(
-            &mut ebpf,
-            settings.empty_programs,
-            &btf,
-        )?);
-        match probes::http::attach_close(&mut ebpf, settings.empty_programs) {
-            Ok(program) => attached.push(program),
-            Err(error) => log::warn!(
-                "close(2) is seen at its exit only ({error:#}): a connection that another \
-                 thread accepts on the same fd in that instant may go unmeasured"
-            ),
-        }
-        if file_table.is_some() {
-            match probes::http::attach_sendmsg(&mut ebpf, settings.empty_programs) {
-                Ok(program) => attached.push(program),
-                Err(error) => log::warn!(
-                    "connections passed to another process are noted at sendmsg's exit only \
-                     ({error:#}): a worker that takes one at once may go unmeasured"
-                ),
+        // HTTP is half of what the agent measures: a kernel that refuses its programs leaves
+        // the other half running, and says so (`monitor_hook_unavailable`).
+        let mut unavailable = Vec::new();
+        if !settings.no_http {
+            match probes::http::attach_syscalls(&mut ebpf, settings.empty_programs, &btf) {
+                Ok(program) => {
+                    attached.push(program);
+                    attach_syscall_entries(
+                        &mut ebpf,
+                        settings.empty_programs,
+                        file_table.is_some(),
+                        &mut attached,
+                        &mut unavailable,
+                    );
+                }
+                Err(error) => {
+                    log::error!(
+                        "no HTTP metrics: the kernel refused the sys_exit program ({error:#}); \
+                         CPU time and run-queue waits are measured"
+                    );
+                    unavailable.push("sys_exit");
+                }
             }
         }
         step.done("sys_exit program verified and attached");
@@ -290,7 +331,13 @@ impl Agent {
         let mut http_maps = HttpMaps::new(&mut ebpf)?;
         // After attaching: a connection accepted from now on is the kernel's to track.
         let ports = PortFilter::new(&settings.http.ports);
-        let host = sockets::scan(own_tgid);
+        let http_on = attached.iter().any(|program| program.hook == "sys_exit");
+        // Without the HTTP programs nobody would end the connections adopted.
+        let host = if http_on {
+            sockets::scan(own_tgid)
+        } else {
+            sockets::HostSockets::default()
+        };
         if ports.active() {
             for listener in &host.listeners {
                 http_maps.set_listener(listener.tgid, listener.fd, ports.allows(listener.port));
@@ -318,6 +365,7 @@ impl Agent {
             http_maps,
             ebpf,
             attached,
+            unavailable,
             sched_accounting,
             ledger: ProcessLedger::new(
                 settings.exited_process_grace,
@@ -446,6 +494,7 @@ impl Agent {
             http_map_usage: &self.http_map_usage,
             in_flight_at_exit: self.in_flight_at_exit,
             attached: &self.attached,
+            unavailable: &self.unavailable,
             program_stats: &program_stats,
             refresh_errors_total: self.refresh_errors,
             processes_named_at_exec_total: self.early_names.named(),

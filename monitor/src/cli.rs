@@ -126,6 +126,11 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_EXCLUDE_COMM", value_delimiter = ',')]
     pub exclude_comm: Vec<String>,
 
+    /// Measure CPU time and run-queue waits only: load no HTTP programs, so that nothing of
+    /// the agent's runs at syscalls. The HTTP metrics stay at zero.
+    #[arg(long, env = "MONITOR_NO_HTTP")]
+    pub no_http: bool,
+
     /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show
     /// what the hooks alone cost.
     #[arg(long, hide = true)]

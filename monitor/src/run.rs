@@ -43,6 +43,7 @@ pub fn run(cli: Cli) -> Result<()> {
         bpf_stats: cli.bpf_stats,
         sched_hooks: cli.sched_hooks,
         empty_programs: cli.empty_programs,
+        no_http: cli.no_http,
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
         http: HttpSettings {
@@ -153,7 +154,7 @@ fn log_summary(
         .map(|program| format!("{}={}", program.hook, program.kind))
         .collect();
     log::info!(
-        "monitor {} | kernel {} | BTF {} | hooks: {} | CPU time and waits from the {} | \
+        "monitor {} | kernel {} | BTF {} | hooks: {}{} | CPU time and waits from the {} | \
          {} open server connections adopted | capabilities kept: {} | listening on \
          {}://{}/metrics{}",
         env!("CARGO_PKG_VERSION"),
@@ -164,6 +165,11 @@ fn log_summary(
             "no"
         },
         hooks.join(" "),
+        if cli.no_http {
+            " (HTTP off: --no-http)"
+        } else {
+            ""
+        },
         match agent.sched_accounting() {
             SchedAccounting::Kernel => "kernel's per-task accounting",
             SchedAccounting::Programs => "programs' own clock reads",

@@ -61,3 +61,23 @@ pub fn listed(kind: &str) -> Vec<u64> {
         .filter_map(|object| object["id"].as_u64())
         .collect()
 }
+
+/// The names of the programs with these ids, from bpftool (the kernel keeps 15 bytes of each).
+pub fn program_names(ids: &[u64]) -> Vec<String> {
+    let output = Command::new("bpftool")
+        .args(["--json", "prog", "show"])
+        .output()
+        .expect("running bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "bpftool prog show failed: {output:?}"
+    );
+    serde_json::from_slice::<Value>(&output.stdout)
+        .ok()
+        .and_then(|value| value.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter(|program| program["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|program| program["name"].as_str().map(str::to_owned))
+        .collect()
+}

@@ -18,6 +18,7 @@ use serde_yaml::Value;
 const AGENT_METRICS: &[&str] = &[
     "process_cpu_time_seconds_total",
     "monitor_bpf_program_info",
+    "monitor_hook_unavailable",
     "monitor_bpf_program_run_time_seconds_total",
     "monitor_bpf_program_runs_total",
     "monitor_bpf_map_entries",

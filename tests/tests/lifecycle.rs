@@ -2,7 +2,12 @@
 
 use std::{process::Command, time::Duration};
 
-use monitor_tests::{MonitorAgent, bpf, poll_until};
+use monitor_tests::{
+    MonitorAgent, bpf,
+    http::{client, get},
+    poll_until,
+    servers::Server,
+};
 
 #[test]
 fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
@@ -57,6 +62,64 @@ fn serves_metrics_and_health_and_nothing_else() {
     assert_eq!(
         scrape.value("monitor_bpf_program_info", &sched_switch),
         Some(1.0)
+    );
+}
+
+/// `--no-http`: CPU time and run-queue waits only. No program of the agent's runs at
+/// syscalls, and a server's requests are not counted while its CPU time is.
+#[test]
+fn with_no_http_only_the_scheduler_programs_run() {
+    let agent = MonitorAgent::start(&["--no-http", "--refresh-interval", "100ms"]);
+    let server = Server::python();
+    let http = client();
+    assert_eq!(get(&http, &server.url("/status/200")), 200);
+    let pid = server.pid().to_string();
+    // The refresh that shows the server's CPU time would show its request too.
+    let scrape = poll_until("the server's CPU time", Duration::from_secs(20), || {
+        let scrape = agent.scrape();
+        scrape
+            .value("process_cpu_time_seconds_total", &[("process_pid", &pid)])
+            .map(|_| scrape)
+    });
+    let refreshes = |scrape: &monitor_tests::Scrape| {
+        scrape.histogram_count("monitor_refresh_duration_seconds", &[])
+    };
+    let seen = refreshes(&scrape);
+    let scrape = poll_until("a refresh after that", Duration::from_secs(20), || {
+        let next = agent.scrape();
+        (refreshes(&next) > seen).then_some(next)
+    });
+    assert_eq!(
+        scrape.value("monitor_http_requests_seen_total", &[]),
+        Some(0.0)
+    );
+    assert!(
+        !scrape
+            .names()
+            .any(|name| name == "http_server_request_duration_seconds"),
+        "an HTTP series without the HTTP programs"
+    );
+    assert_eq!(
+        scrape.value("monitor_bpf_program_info", &[("hook", "sched_switch")]),
+        Some(1.0)
+    );
+    for hook in ["sys_exit", "sys_enter_close", "sys_enter_sendmsg"] {
+        assert_eq!(
+            scrape.value("monitor_bpf_program_info", &[("hook", hook)]),
+            None,
+            "{hook} attached"
+        );
+    }
+    // Turned off, not refused by the kernel.
+    assert!(
+        !scrape
+            .names()
+            .any(|name| name == "monitor_hook_unavailable")
+    );
+    let names = bpf::program_names(&bpf::held_by(agent.pid()).programs);
+    assert!(
+        names.iter().all(|name| !name.starts_with("sys_")),
+        "syscall programs loaded: {names:?}"
     );
 }
 

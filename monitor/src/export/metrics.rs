@@ -24,6 +24,8 @@ pub struct Exposition<'a> {
     /// Requests whose process exited before the kernel could see their end.
     pub in_flight_at_exit: InFlightAtExit,
     pub attached: &'a [AttachedProgram],
+    /// Hooks whose programs this kernel refused (see `hook_unavailable`).
+    pub unavailable: &'a [&'static str],
     pub program_stats: &'a [ProgramStats],
     pub refresh_errors_total: u64,
     /// Processes named from procfs right after their exec.
@@ -45,6 +47,7 @@ pub fn render(view: &Exposition<'_>) -> String {
         process_cpu_time(view.ledger),
         run_queue_latency(view.ledger),
         program_info(view.attached),
+        hook_unavailable(view.unavailable),
         program_run_time(view.program_stats),
         program_runs(view.program_stats),
         super::http::in_flight_at_exit(view.in_flight_at_exit),
@@ -186,6 +189,23 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
         .build()
 }
 
+/// One series per hook whose program the kernel refused: `sys_exit` (no HTTP metrics at
+/// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only).
+fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
+    hooks
+        .iter()
+        .fold(
+            families::gauge(
+                "monitor_hook_unavailable",
+                "Hooks whose BPF program this kernel refused (1): sys_exit leaves no HTTP \
+                 metrics; sys_enter_close and sys_enter_sendmsg leave their syscalls seen at \
+                 the exit only. The agent's log says why.",
+            ),
+            |family, hook| family.value(&[("hook", hook)], 1.0),
+        )
+        .build()
+}
+
 fn program_run_time(stats: &[ProgramStats]) -> Option<MetricFamily> {
     stats
         .iter()
@@ -269,5 +289,30 @@ mod tests {
         assert_eq!(bounds[1], 2048e-9);
         assert!(bounds.windows(2).all(|pair| pair[1] == 2.0 * pair[0]));
         assert!(bounds[RUNQ_BUCKETS - 2] > 4.0, "covers delays of seconds");
+    }
+
+    #[test]
+    fn refused_hooks_get_a_series_each_and_none_when_all_loaded() {
+        assert!(hook_unavailable(&[]).is_none());
+        let family = hook_unavailable(&["sys_exit", "sys_enter_close"]).unwrap();
+        let hooks: Vec<_> = family
+            .get_metric()
+            .iter()
+            .map(|metric| {
+                let label = &metric.get_label()[0];
+                (
+                    label.name().to_owned(),
+                    label.value().to_owned(),
+                    metric.get_gauge().get_value(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hooks,
+            [
+                ("hook".to_owned(), "sys_exit".to_owned(), 1.0),
+                ("hook".to_owned(), "sys_enter_close".to_owned(), 1.0)
+            ]
+        );
     }
 }
