@@ -42,7 +42,8 @@ pub fn request_start(head: &[u8; 16]) -> Option<(u8, usize)> {
         .iter()
         .position(|name| name.as_bytes() == &head[..n])
         .unwrap_or(method::OTHER as usize);
-    Some((known as u8, n + 1))
+    // CONNECT opens a tunnel: not a request.
+    (known != method::CONNECT as usize).then_some((known as u8, n + 1))
 }
 
 /// `HTTP/1.x NNN` with NNN a status code (100 to 599).

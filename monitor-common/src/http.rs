@@ -34,12 +34,19 @@ pub const MAX_DURATION_BOUNDS: usize = 32;
 ///
 /// Unknown methods are accepted when they are a token of 3 to 12 upper-case letters, so
 /// WebDAV and custom methods are counted as `_OTHER` rather than lost.
+///
+/// `CONNECT` is not a request here: it opens a tunnel through a proxy, whose bytes then last
+/// as long as the tunnel. Its authority-form target (`host:443`) was accepted only when the
+/// host began with `h`, and such a "response" then lasted the tunnel's whole life.
 #[inline(always)]
 pub fn parse_request_start(head: &[u8; 16]) -> Option<(u8, usize)> {
     if is_http2_preface(head) {
         return None; // `PRI *`: HTTP/2, not a request of an unknown method
     }
     let (method, len) = known_method(head);
+    if method == method::CONNECT && head[7] == b' ' {
+        return None;
+    }
     if method != method::OTHER && target_start(head, len) {
         return Some((method, len + 1));
     }

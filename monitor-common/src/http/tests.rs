@@ -64,6 +64,22 @@ fn unknown_methods_are_other_and_garbage_is_rejected() {
 }
 
 #[test]
+fn connect_opens_a_tunnel_not_a_request() {
+    for line in [
+        &b"CONNECT httpbin.org:443 HTTP/1.1"[..],
+        b"CONNECT api.example:443 HTTP/1.1",
+        b"CONNECT /x HTTP/1.1",
+    ] {
+        assert_eq!(parse_request_start(&head(line)), None, "{line:?}");
+    }
+    // A longer token that starts with it is another method.
+    assert_eq!(
+        parse_request_start(&head(b"CONNECTX /x HTTP/1.1")),
+        Some((method::OTHER, 9))
+    );
+}
+
+#[test]
 fn status_lines_are_read() {
     assert_eq!(parse_status_line(&head(b"HTTP/1.1 200 OK\r\n")), Some(200));
     assert_eq!(parse_status_line(&head(b"HTTP/1.0 503 Service")), Some(503));
