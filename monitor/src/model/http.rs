@@ -79,6 +79,9 @@ pub struct HttpLedger {
     last_connect_errors: HashMap<u32, u64>,
     /// Refreshes each key has been waiting for its target's text.
     waiting: HashMap<DurationKey, u32>,
+    /// Processes found gone at the last refresh: their entries are read once more before
+    /// they are freed (see `apply`).
+    gone: HashSet<u32>,
     series: BTreeMap<SeriesKey, Series<DurationCounts>>,
     client_errors: BTreeMap<ClientErrorSeries, Series<u64>>,
     connect_errors: BTreeMap<Service, Series<u64>>,
@@ -103,6 +106,7 @@ impl HttpLedger {
             last_errors: HashMap::new(),
             last_connect_errors: HashMap::new(),
             waiting: HashMap::new(),
+            gone: HashSet::new(),
             series: BTreeMap::new(),
             client_errors: BTreeMap::new(),
             connect_errors: BTreeMap::new(),
@@ -123,11 +127,25 @@ impl HttpLedger {
         }
         self.kernel_counters = snapshot.counters;
         let mut cleanup = Cleanup::default();
-        let mut processes: HashMap<u32, (ProcessIdentity, bool)> = HashMap::new();
+        // A process is found gone after its entries were read: it may have recorded more
+        // between the read and its exit. Its entries are freed only at the next refresh,
+        // once read again, so that nothing it recorded is freed unread. `alive` below is
+        // whether the entries may still grow; a process gone has its text shown as
+        // `__unknown__` when it never learnt it.
+        let mut gone_now = HashSet::new();
+        let mut processes: HashMap<u32, (ProcessIdentity, bool, bool)> = HashMap::new();
+        let gone_before = std::mem::take(&mut self.gone);
         let mut process = |tgid: u32| {
             processes
                 .entry(tgid)
-                .or_insert_with(|| (facts.identity(tgid), facts.is_alive(tgid)))
+                .or_insert_with(|| {
+                    let running = facts.is_alive(tgid);
+                    if !running {
+                        gone_now.insert(tgid);
+                    }
+                    let final_read = !running && gone_before.contains(&tgid);
+                    (facts.identity(tgid), !final_read, running)
+                })
                 .clone()
         };
         // Busiest first: when a budget fills within one refresh (the kernel's table is read
@@ -136,8 +154,8 @@ impl HttpLedger {
             snapshot.durations.iter().collect();
         busiest_first.sort_by_key(|(_, counts)| std::cmp::Reverse(counts.count()));
         for (key, counts) in busiest_first {
-            let (identity, alive) = process(key.tgid);
-            let Some(text) = self.text_of(key.role, key.route, alive, now) else {
+            let (identity, alive, running) = process(key.tgid);
+            let Some(text) = self.text_of(key.role, key.route, running, now) else {
                 // Not consumed: the counts wait in the kernel until the text is known.
                 let waited = self.waiting.entry(*key).or_insert(0);
                 *waited += 1;
@@ -170,9 +188,9 @@ impl HttpLedger {
             }
         }
         for (key, total) in &snapshot.client_errors {
-            let (identity, alive) = process(key.tgid);
+            let (identity, alive, running) = process(key.tgid);
             // As for durations: the counts wait in the kernel until the address is known.
-            let Some(server_address) = self.text_of(role::CLIENT, key.host, alive, now) else {
+            let Some(server_address) = self.text_of(role::CLIENT, key.host, running, now) else {
                 continue;
             };
             let series = ClientErrorSeries {
@@ -197,7 +215,7 @@ impl HttpLedger {
             );
         }
         for &(tgid, total) in &snapshot.connect_errors {
-            let (identity, alive) = process(tgid);
+            let (identity, alive, _) = process(tgid);
             let last = self.last_connect_errors.get(&tgid);
             add_count(
                 &mut self.connect_errors,
@@ -214,6 +232,7 @@ impl HttpLedger {
                 &mut cleanup.forget_connect_errors,
             );
         }
+        self.gone = gone_now;
         self.expire(now);
         self.texts.forget_unused(now);
         cleanup
