@@ -932,7 +932,10 @@ pub mod counter {
     /// Server connections a process received from another over a Unix socket (SCM_RIGHTS),
     /// tracked from then on (`FileTableOffsets`).
     pub const CONNECTIONS_RECEIVED: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// Server connections a forked child took over from its parent (`fork` in the kernel
+    /// crate): found by a request line read on a descriptor nobody tracked.
+    pub const CONNECTIONS_INHERITED: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]

@@ -28,7 +28,7 @@ use monitor_common::http::{
 };
 
 use crate::{
-    client,
+    client, fork,
     maps::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, IDLE_CANDIDATES,
         IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, PARTIAL_PATHS, ZERO_DURATION,
@@ -95,7 +95,15 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let key = connection_key(tgid, fd);
-    let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
+    let mut conn = CONNECTIONS.get_ptr_mut(key);
+    if conn.is_none() {
+        // A forked child's first read on a connection its parent accepted (`fork`).
+        if ret <= 0 || !fork::forked_from_server(tgid) || !adopt_inherited(key, buffer, ret) {
+            return;
+        }
+        conn = CONNECTIONS.get_ptr_mut(key);
+    }
+    let Some(conn) = conn else {
         return;
     };
     // SAFETY: a map value, valid for this program run.
@@ -105,6 +113,25 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
     } else if ret > 0 {
         server::on_read(conn, key, tgid, buffer, ret);
     }
+}
+
+/// `fork::adopt_inherited` on the first bytes of this read.
+#[inline(always)]
+fn adopt_inherited(key: u64, buffer: Buffer, ret: i64) -> bool {
+    let Some((head, len)) = first_16(buffer, ret) else {
+        return false;
+    };
+    let [low, high] = words_of(&head);
+    fork::adopt_inherited(key, low, high, len as u64) != 0
+}
+
+#[inline(always)]
+fn words_of(head: &[u8; 16]) -> [u64; 2] {
+    let mut low = [0u8; 8];
+    let mut high = [0u8; 8];
+    low.copy_from_slice(&head[..8]);
+    high.copy_from_slice(&head[8..]);
+    [u64::from_le_bytes(low), u64::from_le_bytes(high)]
 }
 
 #[inline(always)]

@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod client;
+mod fork;
 mod handoff;
 mod http;
 mod maps;
@@ -111,6 +112,30 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 #[inline(always)]
 pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- fork: server connections a child inherits. ---
+
+/// `sched:sched_process_fork`, in the parent: notes the child of a process with connections
+/// (see `fork`).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+#[inline(always)]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let offset = maps::FORK_CHILD_PID_OFFSET.get(0).copied().unwrap_or(0);
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 4-byte `child_pid` field from the
+        // tracepoint's format; the helper checks the read.
+        if let Ok(child) = unsafe { ctx.read_at::<u32>(offset as usize) } {
+            fork::on_fork(child);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+#[inline(always)]
+pub fn sched_process_fork_empty(_ctx: TracePointContext) -> u32 {
     0
 }
 

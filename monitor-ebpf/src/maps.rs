@@ -127,6 +127,17 @@ pub static HANDED_OVER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096,
 #[map]
 pub static SENDMSG_MSG_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
+/// Processes forked by a process with connections (`fork`), with when: their reads on
+/// descriptors nobody tracks are looked at for a request line for a while. LRU: children that
+/// never read again age out.
+#[map]
+pub static FORKED_CHILDREN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// Where `child_pid` is in a `sched:sched_process_fork` record, written by the agent once
+/// that program is attached; 0 until then.
+#[map]
+pub static FORK_CHILD_PID_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
+
 /// When a connection was last handed over (`bpf_ktime_get_ns`), 0 for never.
 #[map]
 pub static LAST_HAND_OVER: Array<u64> = Array::with_max_entries(1, 0);

@@ -206,9 +206,9 @@ fn file_table() -> Option<FileTableOffsets> {
     }
 }
 
-/// The programs at close(2)'s and sendmsg(2)'s entries, which improve on what `sys_exit`
-/// sees: without them it falls back to the syscalls' exits (logged, and listed in
-/// `unavailable`).
+/// The programs at close(2)'s and sendmsg(2)'s entries and at fork, which improve on what
+/// `sys_exit` sees: without them it falls back to the syscalls' exits, or does not follow
+/// forked children (logged, and listed in `unavailable`).
 fn attach_syscall_entries(
     ebpf: &mut Ebpf,
     empty: bool,
@@ -224,6 +224,15 @@ fn attach_syscall_entries(
                  thread accepts on the same fd in that instant may go unmeasured"
             );
             unavailable.push("sys_enter_close");
+        }
+    }
+    match probes::http::attach_fork(ebpf, empty) {
+        Ok(program) => attached.push(program),
+        Err(error) => {
+            log::warn!(
+                "connections a forking server's children serve are not followed ({error:#})"
+            );
+            unavailable.push("sched_process_fork");
         }
     }
     if file_table {

@@ -51,6 +51,20 @@ impl Server {
         Self::spawn(command, port, name, dir)
     }
 
+    /// Python's forking server (`socketserver.ForkingMixIn`): each connection is accepted by
+    /// the parent and served by a child forked for it.
+    pub fn python_forking() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("pyfork");
+        let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+        let port = free_port();
+        let mut command = Command::new(python);
+        command
+            .arg(fixture("forking_server.py"))
+            .arg(port.to_string());
+        Self::spawn(command, port, name, dir)
+    }
+
     /// The Python server started by `command` (its program, arguments and environment are
     /// the test's), expected to serve as `service`.
     pub fn python_with(mut command: Command, port: u16, service: &str) -> Self {

@@ -36,6 +36,7 @@ const AGENT_METRICS: &[&str] = &[
     "monitor_http_responses_aborted_total",
     "monitor_http_connections_tracked_total",
     "monitor_http_connections_received_total",
+    "monitor_http_connections_inherited_total",
     "monitor_http_route_events_total",
     "monitor_http_events_dropped_total",
     "monitor_http_routes_limited_total",

@@ -123,6 +123,35 @@ fn status_codes_are_counted_exactly_python() {
     status_mix(&Server::python(), &agent);
 }
 
+/// A forking server accepts each connection in the parent, forks, and serves it in the
+/// child; the parent closes its copy, usually before the child reads. The child never
+/// accepted, yet the request is its to count. Without following the fork, none was.
+#[test]
+fn a_forking_server_whose_children_serve_the_connections_is_measured() {
+    const REQUESTS: usize = 100;
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::python_forking();
+    // A new connection, and so a new child, per request.
+    assert_eq!(
+        ab_with(&[], &server.url("/forked/7"), REQUESTS, 4),
+        REQUESTS
+    );
+    let scrape = wait_for_count(
+        &agent,
+        &server.service,
+        200,
+        "/forked/{id}",
+        REQUESTS as u64,
+    );
+    let inherited = scrape
+        .value("monitor_http_connections_inherited_total", &[])
+        .unwrap();
+    assert!(
+        inherited >= REQUESTS as f64,
+        "{inherited} connections inherited"
+    );
+}
+
 #[test]
 fn status_codes_are_counted_exactly_node() {
     let agent = MonitorAgent::start(&[]);

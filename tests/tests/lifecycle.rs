@@ -103,7 +103,12 @@ fn with_no_http_only_the_scheduler_programs_run() {
         scrape.value("monitor_bpf_program_info", &[("hook", "sched_switch")]),
         Some(1.0)
     );
-    for hook in ["sys_exit", "sys_enter_close", "sys_enter_sendmsg"] {
+    for hook in [
+        "sys_exit",
+        "sys_enter_close",
+        "sys_enter_sendmsg",
+        "sched_process_fork",
+    ] {
         assert_eq!(
             scrape.value("monitor_bpf_program_info", &[("hook", hook)]),
             None,
@@ -118,7 +123,9 @@ fn with_no_http_only_the_scheduler_programs_run() {
     );
     let names = bpf::program_names(&bpf::held_by(agent.pid()).programs);
     assert!(
-        names.iter().all(|name| !name.starts_with("sys_")),
+        names
+            .iter()
+            .all(|name| !name.starts_with("sys_") && !name.starts_with("sched_process_f")),
         "syscall programs loaded: {names:?}"
     );
 }

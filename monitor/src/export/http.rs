@@ -194,6 +194,13 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
              worker), tracked from then on.",
             kernel(counter::CONNECTIONS_RECEIVED),
         ),
+        single(
+            "monitor_http_connections_inherited_total",
+            "Server connections a forked child took over from its parent (a forking server \
+             accepts in the parent and serves in a child), found by the request line the \
+             child read on them.",
+            kernel(counter::CONNECTIONS_INHERITED),
+        ),
         families::counter(
             "monitor_http_requests_unanswered_total",
             "Server requests without an HTTP/1.x response, by reason: closed (the connection \

@@ -190,7 +190,8 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
 }
 
 /// One series per hook whose program the kernel refused: `sys_exit` (no HTTP metrics at
-/// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only).
+/// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only),
+/// `sched_process_fork` (forking servers' children not followed).
 fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
     hooks
         .iter()
@@ -199,7 +200,8 @@ fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
                 "monitor_hook_unavailable",
                 "Hooks whose BPF program this kernel refused (1): sys_exit leaves no HTTP \
                  metrics; sys_enter_close and sys_enter_sendmsg leave their syscalls seen at \
-                 the exit only. The agent's log says why.",
+                 the exit only; sched_process_fork leaves forking servers' children \
+                 unfollowed. The agent's log says why.",
             ),
             |family, hook| family.value(&[("hook", hook)], 1.0),
         )

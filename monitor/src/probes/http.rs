@@ -153,6 +153,39 @@ pub fn attach_sendmsg(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
     )
 }
 
+/// Attaches the program at `sched:sched_process_fork`, which notes the children of processes
+/// with connections (see `fork` in the BPF crate): a forking server's child serves the
+/// connection its parent accepted.
+pub fn attach_fork(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    const HOOK: &str = "sched_process_fork";
+    let root = tracefs::ensure_mounted()?;
+    let offset = tracefs::fork_child_pid_offset(&root)?;
+    let name = if empty {
+        "sched_process_fork_empty"
+    } else {
+        HOOK
+    };
+    let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    program
+        .attach("sched", HOOK)
+        .with_context(|| format!("attaching {name}"))?;
+    if !empty {
+        let mut offsets: Array<_, u32> =
+            Array::try_from(ebpf.map_mut("FORK_CHILD_PID_OFFSET").ok_or_else(|| {
+                anyhow!("map FORK_CHILD_PID_OFFSET missing from the BPF object")
+            })?)?;
+        offsets
+            .set(0, offset, 0)
+            .context("writing FORK_CHILD_PID_OFFSET")?;
+    }
+    Ok(AttachedProgram {
+        hook: HOOK,
+        kind: HookKind::Tracepoint,
+        program: name,
+    })
+}
+
 /// Attaches `syscalls:<hook>` (program `<hook>`, or `<hook>_empty`) and, unless empty,
 /// writes the offset of the argument `field` in its records into `map`, which tells the
 /// `sys_exit` program that the entry handles the syscall now.

@@ -48,6 +48,14 @@ pub fn syscall_argument_offset(root: &Path, event: &str, field: &str) -> Result<
     field_of_size(&format, field, 8)
 }
 
+/// The offset of the 4-byte `child_pid` in a `sched:sched_process_fork` record under `root`.
+pub fn fork_child_pid_offset(root: &Path) -> Result<u32> {
+    let path = root.join("events/sched/sched_process_fork/format");
+    let format =
+        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    field_of_size(&format, "child_pid", 4)
+}
+
 /// Reads the layout of `sched:sched_switch` and `sched:sched_wakeup` under `root`.
 pub fn sched_layout(root: &Path) -> Result<SchedTracepointLayout> {
     let read = |event: &str| {

@@ -1,0 +1,90 @@
+//! Server connections a process inherits across `fork`. A forking server (Python's
+//! `socketserver.ForkingMixIn`, inetd-style daemons) accepts in the parent and forks a child
+//! that serves the connection: the parent's state for it is under the parent, and the parent
+//! usually closes its copy before the child reads. So a child of a process with connections is
+//! noted at the fork, and its reads on descriptors nobody tracks are looked at: one that
+//! starts with a request line is taken as a server connection between requests.
+//!
+//! The look happens only in those children, on reads that miss the connection table, for
+//! `ADOPT_WINDOW_NS` after the fork or until one connection is taken up (a forking server's
+//! child serves the one connection it was forked for; other children, such as a Node cluster's
+//! new worker reading its IPC channel, stop paying for the look). The parse runs as a global
+//! function, which the verifier checks once on its own.
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::bindings::BPF_ANY;
+use monitor_common::http::{Connection, counter, parse_request_start, role};
+
+use crate::{
+    http::{config, current_tgid, mark_measured, may_have_connections, now_ns},
+    maps::{CONNECTIONS, FORKED_CHILDREN, NEW_CONNECTION, count},
+};
+
+/// At `sched:sched_process_fork` in the parent: notes the child (`child_pid`; for a new
+/// thread, its thread id, which no process looks up) if the parent has had connections.
+#[inline(always)]
+pub fn on_fork(child_pid: u32) {
+    let parent = current_tgid();
+    if child_pid == 0 || child_pid == parent || !may_have_connections(parent) {
+        return;
+    }
+    // Marked first: the child's reads are looked at only in processes with connections.
+    mark_measured(child_pid);
+    let _ = FORKED_CHILDREN.insert(child_pid, now_ns(), BPF_ANY as u64);
+}
+
+/// How long after its fork a child's untracked reads are looked at.
+const ADOPT_WINDOW_NS: u64 = 5_000_000_000;
+
+/// Whether the current process was forked by one with connections in the last
+/// `ADOPT_WINDOW_NS` and has not taken up a connection yet.
+#[inline(always)]
+pub fn forked_from_server(tgid: u32) -> bool {
+    let Some(forked_at) = FORKED_CHILDREN.get_ptr(tgid) else {
+        return false;
+    };
+    // SAFETY: a map value, valid for this program run; a racing write stores a time as well.
+    let forked_at = unsafe { *forked_at };
+    if now_ns().saturating_sub(forked_at) < ADOPT_WINDOW_NS {
+        return true;
+    }
+    let _ = FORKED_CHILDREN.remove(tgid);
+    false
+}
+
+/// A read of `len` bytes (the first 16 in `head_low`, `head_high`, little-endian) on the
+/// untracked connection `key` of a forked child: tracked as a server connection between
+/// requests if the bytes start a request; 1 then.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn adopt_inherited(key: u64, head_low: u64, head_high: u64, len: u64) -> u64 {
+    if len < 16 {
+        return 0; // a request line is longer; a shorter read is not one
+    }
+    // With --http-ports, the parent's verdict on the listener is not known here.
+    if config().is_none_or(|config| config.port_filter != 0) {
+        return 0;
+    }
+    let mut head = [0u8; 16];
+    head[..8].copy_from_slice(&head_low.to_le_bytes());
+    head[8..].copy_from_slice(&head_high.to_le_bytes());
+    if parse_request_start(&head).is_none() {
+        return 0;
+    }
+    let Some(slot) = NEW_CONNECTION.get_ptr_mut(0) else {
+        return 0;
+    };
+    // SAFETY: a per-CPU map value, this program's alone while it runs; `init` overwrites it.
+    let slot = unsafe { &mut *slot.cast::<MaybeUninit<Connection>>() };
+    if CONNECTIONS
+        .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
+        .is_err()
+    {
+        count(counter::CONNECTIONS_FULL);
+        return 0;
+    }
+    count(counter::CONNECTIONS_INHERITED);
+    let _ = FORKED_CHILDREN.remove(current_tgid());
+    1
+}
