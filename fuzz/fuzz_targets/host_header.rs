@@ -39,13 +39,19 @@ fuzz_target!(|data: &[u8]| {
 
     if hash != 0 {
         let mut registry = RouteRegistry::default();
-        registry.learn(&RouteAnnouncement {
-            tgid: 1,
-            route: hash,
-            kind: event_kind::HOST,
-            path: normalised.to_vec(),
-        });
-        let learnt = registry.text(hash).expect("the announced host is learnt");
+        let now = std::time::Instant::now();
+        registry.learn(
+            &RouteAnnouncement {
+                tgid: 1,
+                route: hash,
+                kind: event_kind::HOST,
+                path: normalised.to_vec(),
+            },
+            now,
+        );
+        let learnt = registry
+            .text(hash, now)
+            .expect("the announced host is learnt");
         assert_eq!(learnt, String::from_utf8_lossy(normalised));
     }
 });

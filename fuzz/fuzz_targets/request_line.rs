@@ -56,14 +56,18 @@ fuzz_target!(|data: &[u8]| {
         ),
     ] {
         let mut registry = RouteRegistry::default();
-        registry.learn(&RouteAnnouncement {
-            tgid: 1,
-            route: hash,
-            kind,
-            path: counted.announced.clone(),
-        });
+        let now = std::time::Instant::now();
+        registry.learn(
+            &RouteAnnouncement {
+                tgid: 1,
+                route: hash,
+                kind,
+                path: counted.announced.clone(),
+            },
+            now,
+        );
         assert_eq!(
-            registry.text(hash),
+            registry.text(hash, now),
             Some(text.as_str()),
             "announced {:?}",
             String::from_utf8_lossy(&counted.announced)

@@ -40,9 +40,10 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let mut registry = RouteRegistry::default();
-    registry.learn(&announcement);
+    let now = std::time::Instant::now();
+    registry.learn(&announcement, now);
     assert_eq!(registry.mismatches, u64::from(!matches));
-    match registry.text(announcement.route) {
+    match registry.text(announcement.route, now) {
         Some(text) if announcement.kind != event_kind::HOST => {
             assert_eq!(fnv_bytes(FNV_OFFSET, text.as_bytes()), announcement.route)
         }

@@ -31,6 +31,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "runc",          // podman's runtime in the tests (crun would be picked otherwise)
     "libcap2-bin",   // capsh: the agent under the DaemonSet's capabilities only (tests)
     "util-linux",    // setpriv: processes of another user (tests)
+    "g++",           // libFuzzer's C++ sources, built when lint checks the fuzz targets
 ];
 
 /// PyPI packages the tests use: (import name, package).
