@@ -115,6 +115,9 @@ impl ProcessFacts for Host {
             service: Service::named(format!("svc{}", tgid % PROCESS_SERVICES)),
         }
     }
+    fn exec_since_named(&self, _tgid: u32) -> bool {
+        false
+    }
 }
 
 fn route_path(route: u32) -> String {

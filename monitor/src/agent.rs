@@ -148,6 +148,9 @@ impl ProcessFacts for Naming<'_> {
             .take(tgid)
             .unwrap_or_else(|| self.identifier.identify(tgid, sample.meta.as_ref()))
     }
+    fn exec_since_named(&self, tgid: u32) -> bool {
+        self.early.peek(tgid).is_some()
+    }
 }
 
 /// Where the BTF switch program can read the kernel's per-task accounting, if it may.

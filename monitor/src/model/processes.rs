@@ -31,6 +31,9 @@ const RETIRED_NAMES: usize = 16_384;
 pub trait ProcessFacts {
     fn is_alive(&self, tgid: u32) -> bool;
     fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity;
+    /// Whether the process exec'd since `identify` last named it: a name read at an exec is
+    /// waiting for it.
+    fn exec_since_named(&self, tgid: u32) -> bool;
 }
 
 /// One `process_cpu_time_seconds_total` series.
@@ -166,10 +169,13 @@ impl ProcessLedger {
         now: Instant,
     ) {
         let kernel_comm = sample.meta.map(|meta| meta.comm);
-        let renamed = self
-            .live
-            .get(&tgid)
-            .is_some_and(|tracked| kernel_comm.is_some() && tracked.kernel_comm != kernel_comm);
+        // An exec shows as a new kernel name, or, when the new program has the same name (a
+        // `python3` shim script that execs the real `python3`, an entrypoint that execs its
+        // program), as a name read at that exec waiting for the process.
+        let renamed = self.live.get(&tgid).is_some_and(|tracked| {
+            (kernel_comm.is_some() && tracked.kernel_comm != kernel_comm)
+                || facts.exec_since_named(tgid)
+        });
         if renamed || !self.live.contains_key(&tgid) {
             // A process retired a moment ago can come back: a CPU still held its last slice
             // and flushed it after the entries were freed, maybe without a name. It keeps its

@@ -6,27 +6,35 @@ use super::*;
 
 struct Facts {
     alive: HashSet<u32>,
+    /// Processes with a name read at an exec waiting, and that name.
+    exec_names: std::collections::HashMap<u32, String>,
 }
 
 impl ProcessFacts for Facts {
     fn is_alive(&self, tgid: u32) -> bool {
         self.alive.contains(&tgid)
     }
-    fn identify(&self, _tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
-        let name = sample
-            .meta
-            .map(|meta| crate::collect::process::comm_str(&meta.comm))
-            .unwrap_or_else(|| "unknown".into());
+    fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
+        let name = self.exec_names.get(&tgid).cloned().unwrap_or_else(|| {
+            sample
+                .meta
+                .map(|meta| crate::collect::process::comm_str(&meta.comm))
+                .unwrap_or_else(|| "unknown".into())
+        });
         ProcessIdentity {
             executable: name.clone(),
             service: crate::collect::process::Service::named(name),
         }
+    }
+    fn exec_since_named(&self, tgid: u32) -> bool {
+        self.exec_names.contains_key(&tgid)
     }
 }
 
 fn alive(pids: &[u32]) -> Facts {
     Facts {
         alive: pids.iter().copied().collect(),
+        exec_names: Default::default(),
     }
 }
 
@@ -284,6 +292,41 @@ fn exec_starts_a_new_series_with_only_the_later_time() {
     );
     assert_eq!(cpu_of(&ledger, 3, "bash"), Some(100));
     assert_eq!(cpu_of(&ledger, 3, "python3"), Some(80));
+}
+
+/// A `python3` shim script (pyenv's, a bash script) execs the real `python3`: the kernel's
+/// name does not change, but the program does, and the name read at that exec says so.
+#[test]
+fn exec_of_a_program_with_the_same_kernel_name_renames_the_process() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let mut facts = alive(&[3]);
+    facts.exec_names.insert(3, "bash".into());
+    ledger.apply(
+        &snapshot(&[(3, sample("python3", 100, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 3, "bash"), Some(100));
+    facts.exec_names.insert(3, "app".into());
+    ledger.apply(
+        &snapshot(&[(3, sample("python3", 180, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 3, "bash"), Some(100));
+    assert_eq!(cpu_of(&ledger, 3, "app"), Some(80));
+    // No exec since: the name stays.
+    let facts = alive(&[3]);
+    ledger.apply(
+        &snapshot(&[(3, sample("python3", 200, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    assert_eq!(cpu_of(&ledger, 3, "app"), Some(100));
 }
 
 #[test]
