@@ -356,8 +356,8 @@ fn connects_with_no_local_port_left_are_connect_errors() {
     let name = unique_name("ports");
     let script = dir.path().join(format!("{name}.py"));
     std::fs::copy(fixture("port_exhaustion.py"), &script).unwrap();
-    let output = Command::new("unshare")
-        .args(["-n", "python3"])
+    // The interpreter itself: a `python3` on PATH may be a shim (pyenv's is a bash script).
+    let output = Command::new("/usr/bin/python3")
         .arg(&script)
         .output()
         .unwrap();

@@ -643,7 +643,7 @@ fn a_zombie_is_taken_for_the_exited_process_it_is() {
     };
     let before = poll_until("a first scrape", WAIT, || in_flight(&agent.scrape()));
     let mut parent = KillOnDrop(
-        Command::new("python3")
+        Command::new("/usr/bin/python3")
             .arg(monitor_tests::servers::fixture("zombie_server.py"))
             .stdout(Stdio::piped())
             .spawn()
