@@ -208,15 +208,22 @@ impl HeadLines {
 
     /// How the body is delimited, once the head has ended and the length value was read.
     pub fn framing(&self) -> u16 {
-        if self.head_len == 0 {
-            framing::UNKNOWN
-        } else if self.chunked != 0 {
-            framing::CHUNKED
-        } else if self.has_length != 0 {
-            framing::LENGTH
-        } else {
-            framing::CLOSE
-        }
+        framing_of(self.head_len, self.chunked, self.has_length)
+    }
+}
+
+/// How a body is delimited, from what its head said: nothing until the head has ended
+/// (`head_len` 0), then chunked over a length over the close.
+#[inline(always)]
+fn framing_of(head_len: u32, chunked: u32, has_length: u32) -> u16 {
+    if head_len == 0 {
+        framing::UNKNOWN
+    } else if chunked != 0 {
+        framing::CHUNKED
+    } else if has_length != 0 {
+        framing::LENGTH
+    } else {
+        framing::CLOSE
     }
 }
 
@@ -272,15 +279,7 @@ impl LongHead {
 
     /// As `HeadLines::framing`, for the whole head.
     pub fn framing(&self) -> u16 {
-        if self.head_len == 0 {
-            framing::UNKNOWN
-        } else if self.chunked != 0 {
-            framing::CHUNKED
-        } else if self.has_length != 0 {
-            framing::LENGTH
-        } else {
-            framing::CLOSE
-        }
+        framing_of(self.head_len, self.chunked, self.has_length)
     }
 }
 
