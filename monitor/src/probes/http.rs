@@ -138,17 +138,32 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
 /// Attaches the program at close(2)'s entry and hands close over to it (see
 /// `sys_enter_close` in the BPF crate): a classic tracepoint, run by close alone.
 pub fn attach_close(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
-    attach_syscall_entry(ebpf, "sys_enter_close", ("fd", "CLOSE_FD_OFFSET"), empty)
+    attach_fed_tracepoint(
+        ebpf,
+        &FedTracepoint {
+            category: "syscalls",
+            hook: "sys_enter_close",
+            programs: ("sys_enter_close", "sys_enter_close_empty"),
+            field: ("fd", 8),
+            map: "CLOSE_FD_OFFSET",
+        },
+        empty,
+    )
 }
 
 /// Attaches the program at sendmsg(2)'s entry, which notes the server connections a process
 /// passes to another (see `handoff` in the BPF crate) before the receiver can take them: at
 /// the exit, a worker on another CPU may already have received one.
 pub fn attach_sendmsg(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
-    attach_syscall_entry(
+    attach_fed_tracepoint(
         ebpf,
-        "sys_enter_sendmsg",
-        ("msg", "SENDMSG_MSG_OFFSET"),
+        &FedTracepoint {
+            category: "syscalls",
+            hook: "sys_enter_sendmsg",
+            programs: ("sys_enter_sendmsg", "sys_enter_sendmsg_empty"),
+            field: ("msg", 8),
+            map: "SENDMSG_MSG_OFFSET",
+        },
         empty,
     )
 }
@@ -157,56 +172,52 @@ pub fn attach_sendmsg(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
 /// with connections (see `fork` in the BPF crate): a forking server's child serves the
 /// connection its parent accepted.
 pub fn attach_fork(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
-    const HOOK: &str = "sched_process_fork";
-    let root = tracefs::ensure_mounted()?;
-    let offset = tracefs::fork_child_pid_offset(&root)?;
-    let name = if empty {
-        "sched_process_fork_empty"
-    } else {
-        HOOK
-    };
-    let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
-    program.load().with_context(|| format!("loading {name}"))?;
-    program
-        .attach("sched", HOOK)
-        .with_context(|| format!("attaching {name}"))?;
-    if !empty {
-        let mut offsets: Array<_, u32> =
-            Array::try_from(ebpf.map_mut("FORK_CHILD_PID_OFFSET").ok_or_else(|| {
-                anyhow!("map FORK_CHILD_PID_OFFSET missing from the BPF object")
-            })?)?;
-        offsets
-            .set(0, offset, 0)
-            .context("writing FORK_CHILD_PID_OFFSET")?;
-    }
-    Ok(AttachedProgram {
-        hook: HOOK,
-        kind: HookKind::Tracepoint,
-        program: name,
-    })
+    attach_fed_tracepoint(
+        ebpf,
+        &FedTracepoint {
+            category: "sched",
+            hook: "sched_process_fork",
+            programs: ("sched_process_fork", "sched_process_fork_empty"),
+            field: ("child_pid", 4),
+            map: "FORK_CHILD_PID_OFFSET",
+        },
+        empty,
+    )
 }
 
-/// Attaches `syscalls:<hook>` (program `<hook>`, or `<hook>_empty`) and, unless empty,
-/// writes the offset of the argument `field` in its records into `map`, which tells the
-/// `sys_exit` program that the entry handles the syscall now.
-fn attach_syscall_entry(
-    ebpf: &mut Ebpf,
+/// A classic tracepoint whose program reads one field of its records, at the offset the
+/// agent writes into a one-slot map once it is attached (0 until then).
+struct FedTracepoint {
+    category: &'static str,
     hook: &'static str,
-    (field, map): (&str, &str),
+    /// The program, and the empty one that stands in for it (`--empty-programs`).
+    programs: (&'static str, &'static str),
+    /// The field's name and size in bytes, as the tracepoint's format gives them.
+    field: (&'static str, u32),
+    map: &'static str,
+}
+
+/// Attaches `<category>:<hook>` and, unless `empty`, writes the offset of the field in its
+/// records into the map.
+fn attach_fed_tracepoint(
+    ebpf: &mut Ebpf,
+    tracepoint: &FedTracepoint,
     empty: bool,
 ) -> Result<AttachedProgram> {
+    let FedTracepoint {
+        category,
+        hook,
+        programs,
+        field: (field, size),
+        map,
+    } = *tracepoint;
     let root = tracefs::ensure_mounted()?;
-    let offset = tracefs::syscall_argument_offset(&root, hook, field)?;
-    let name: &'static str = match (hook, empty) {
-        ("sys_enter_close", false) => "sys_enter_close",
-        ("sys_enter_close", true) => "sys_enter_close_empty",
-        ("sys_enter_sendmsg", false) => "sys_enter_sendmsg",
-        (_, _) => "sys_enter_sendmsg_empty",
-    };
+    let offset = tracefs::field_offset(&root, (category, hook), field, size)?;
+    let name = if empty { programs.1 } else { programs.0 };
     let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
     program.load().with_context(|| format!("loading {name}"))?;
     program
-        .attach("syscalls", hook)
+        .attach(category, hook)
         .with_context(|| format!("attaching {name}"))?;
     if !empty {
         let mut offsets: Array<_, u32> = Array::try_from(

@@ -40,20 +40,21 @@ pub fn ensure_mounted() -> Result<PathBuf> {
     Ok(PathBuf::from(TRACEFS))
 }
 
-/// The offset of the 8-byte argument `field` in a `syscalls:<event>` record under `root`.
-pub fn syscall_argument_offset(root: &Path, event: &str, field: &str) -> Result<u32> {
-    let path = root.join("events/syscalls").join(event).join("format");
+/// The offset of the `size`-byte `field` in a `<category>:<event>` record under `root`.
+pub fn field_offset(
+    root: &Path,
+    (category, event): (&str, &str),
+    field: &str,
+    size: u32,
+) -> Result<u32> {
+    let path = root
+        .join("events")
+        .join(category)
+        .join(event)
+        .join("format");
     let format =
         fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    field_of_size(&format, field, 8)
-}
-
-/// The offset of the 4-byte `child_pid` in a `sched:sched_process_fork` record under `root`.
-pub fn fork_child_pid_offset(root: &Path) -> Result<u32> {
-    let path = root.join("events/sched/sched_process_fork/format");
-    let format =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    field_of_size(&format, "child_pid", 4)
+    field_of_size(&format, field, size)
 }
 
 /// Reads the layout of `sched:sched_switch` and `sched:sched_wakeup` under `root`.
@@ -174,9 +175,9 @@ mod tests {
         let event = dir.path().join("events/syscalls/sys_enter_sendmsg");
         std::fs::create_dir_all(&event).unwrap();
         std::fs::write(event.join("format"), format).unwrap();
-        let offset = syscall_argument_offset(dir.path(), "sys_enter_sendmsg", "msg").unwrap();
-        assert_eq!(offset, 24);
-        assert!(syscall_argument_offset(dir.path(), "sys_enter_close", "fd").is_err());
+        let offset = field_offset(dir.path(), ("syscalls", "sys_enter_sendmsg"), "msg", 8);
+        assert_eq!(offset.unwrap(), 24);
+        assert!(field_offset(dir.path(), ("syscalls", "sys_enter_close"), "fd", 8).is_err());
     }
 
     #[test]
