@@ -11,14 +11,14 @@
 //! new worker reading its IPC channel, stop paying for the look). The parse runs as a global
 //! function, which the verifier checks once on its own.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::bindings::BPF_ANY;
-use monitor_common::http::{Connection, counter, parse_request_start, role};
+use monitor_common::http::{counter, parse_request_start};
 
 use crate::{
-    http::{config, current_tgid, mark_measured, may_have_connections, now_ns},
-    maps::{CONNECTIONS, FORKED_CHILDREN, NEW_CONNECTION, count},
+    http::{
+        config, current_tgid, mark_measured, may_have_connections, now_ns, track_server_connection,
+    },
+    maps::FORKED_CHILDREN,
 };
 
 /// At `sched:sched_process_fork` in the parent: notes the child (`child_pid`; for a new
@@ -72,19 +72,9 @@ pub extern "C" fn adopt_inherited(key: u64, head_low: u64, head_high: u64, len: 
     if parse_request_start(&head).is_none() {
         return 0;
     }
-    let Some(slot) = NEW_CONNECTION.get_ptr_mut(0) else {
-        return 0;
-    };
-    // SAFETY: a per-CPU map value, this program's alone while it runs; `init` overwrites it.
-    let slot = unsafe { &mut *slot.cast::<MaybeUninit<Connection>>() };
-    if CONNECTIONS
-        .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
-        .is_err()
-    {
-        count(counter::CONNECTIONS_FULL);
+    if !track_server_connection(key, counter::CONNECTIONS_INHERITED) {
         return 0;
     }
-    count(counter::CONNECTIONS_INHERITED);
     let _ = FORKED_CHILDREN.remove(current_tgid());
     1
 }

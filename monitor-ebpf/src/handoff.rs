@@ -9,20 +9,19 @@
 //! side reads a `msghdr` only for a second after a hand-over, so that the `recvmsg` of other
 //! programs on the host costs one array load.
 
-use core::mem::MaybeUninit;
-
 use aya_ebpf::{
     Global,
     bindings::BPF_ANY,
     helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
 };
-use monitor_common::http::{Connection, FileTableOffsets, connection_key, counter, role};
+use monitor_common::http::{FileTableOffsets, connection_key, counter, role};
 
 use crate::{
     http::{
         config, current_tgid, mark_measured, may_have_connections, measured, now_ns, read_user,
+        track_server_connection,
     },
-    maps::{CONNECTIONS, HANDED_OVER, LAST_HAND_OVER, NEW_CONNECTION, count},
+    maps::{CONNECTIONS, HANDED_OVER, LAST_HAND_OVER},
 };
 
 /// Set by the agent before loading; `found` is 0 where the kernel's BTF did not give them.
@@ -131,21 +130,8 @@ pub extern "C" fn track_received_connections(msg: u64) -> u64 {
         {
             mark_measured(tgid);
             let key = connection_key(tgid, fds[i]);
-            let Some(slot) = NEW_CONNECTION.get_ptr_mut(0) else {
-                return tracked;
-            };
-            // SAFETY: a per-CPU map value, this program's alone while it runs; `init`
-            // overwrites all of it.
-            let slot = unsafe { &mut *slot.cast::<MaybeUninit<Connection>>() };
-            // BPF_ANY: a stale entry for a reused fd number is replaced.
-            if CONNECTIONS
-                .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
-                .is_ok()
-            {
-                count(counter::CONNECTIONS_RECEIVED);
+            if track_server_connection(key, counter::CONNECTIONS_RECEIVED) {
                 tracked += 1;
-            } else {
-                count(counter::CONNECTIONS_FULL);
             }
         }
         i += 1;

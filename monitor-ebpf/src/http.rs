@@ -10,10 +10,10 @@
 //! the body verified once per value); exact small values that later index memory are passed
 //! through `opaque`.
 
-use core::ffi::c_void;
+use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
@@ -31,8 +31,8 @@ use crate::{
     client, fork,
     maps::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, IDLE_CANDIDATES,
-        IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, PARTIAL_PATHS, ZERO_DURATION,
-        count,
+        IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS,
+        ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
@@ -208,6 +208,28 @@ pub fn mark_measured(tgid: u32) {
             fetch_or(bits, bit);
         }
     }
+}
+
+/// Tracks `key` as a server connection between requests, counting `counted`, or
+/// `CONNECTIONS_FULL` when the table refused it. The value is built in `NEW_CONNECTION`: the
+/// global functions that call this have too little stack for it. BPF_ANY: a stale entry for
+/// a reused fd number is replaced.
+#[inline(always)]
+pub fn track_server_connection(key: u64, counted: u32) -> bool {
+    let Some(slot) = NEW_CONNECTION.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: a per-CPU map value, this program's alone while it runs; `init` overwrites it.
+    let slot = unsafe { &mut *slot.cast::<MaybeUninit<Connection>>() };
+    let tracked = CONNECTIONS
+        .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
+        .is_ok();
+    count(if tracked {
+        counted
+    } else {
+        counter::CONNECTIONS_FULL
+    });
+    tracked
 }
 
 // --- Announcements ---
