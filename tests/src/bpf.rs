@@ -45,6 +45,23 @@ pub fn held_by(pid: u32) -> HeldObjects {
 
 /// Ids of every BPF object of `kind` (`prog`, `map`, `link`) on the host, from bpftool.
 pub fn listed(kind: &str) -> Vec<u64> {
+    shown(kind)
+        .iter()
+        .filter_map(|object| object["id"].as_u64())
+        .collect()
+}
+
+/// The names of the programs with these ids, from bpftool (the kernel keeps 15 bytes of each).
+pub fn program_names(ids: &[u64]) -> Vec<String> {
+    shown("prog")
+        .iter()
+        .filter(|program| program["id"].as_u64().is_some_and(|id| ids.contains(&id)))
+        .filter_map(|program| program["name"].as_str().map(str::to_owned))
+        .collect()
+}
+
+/// `bpftool --json <kind> show`: every BPF object of `kind` on the host.
+fn shown(kind: &str) -> Vec<Value> {
     let output = Command::new("bpftool")
         .args(["--json", kind, "show"])
         .output()
@@ -57,27 +74,4 @@ pub fn listed(kind: &str) -> Vec<u64> {
         .ok()
         .and_then(|value| value.as_array().cloned())
         .unwrap_or_default()
-        .iter()
-        .filter_map(|object| object["id"].as_u64())
-        .collect()
-}
-
-/// The names of the programs with these ids, from bpftool (the kernel keeps 15 bytes of each).
-pub fn program_names(ids: &[u64]) -> Vec<String> {
-    let output = Command::new("bpftool")
-        .args(["--json", "prog", "show"])
-        .output()
-        .expect("running bpftool (installed by `cargo xtask setup`)");
-    assert!(
-        output.status.success(),
-        "bpftool prog show failed: {output:?}"
-    );
-    serde_json::from_slice::<Value>(&output.stdout)
-        .ok()
-        .and_then(|value| value.as_array().cloned())
-        .unwrap_or_default()
-        .iter()
-        .filter(|program| program["id"].as_u64().is_some_and(|id| ids.contains(&id)))
-        .filter_map(|program| program["name"].as_str().map(str::to_owned))
-        .collect()
 }
