@@ -14,7 +14,8 @@ use monitor_common::{
     head::{HEAD_WINDOWS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
-        connection_key, counter, event_kind, method, parse_request_start, phase, role,
+        connection_key, counter, event_kind, method, parse_request_start, parse_status_line, phase,
+        role,
     },
 };
 
@@ -164,11 +165,19 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
                 return;
             };
-            let Some(status) = monitor_common::http::parse_status_line(&head(capture)) else {
+            let Some(mut status) = parse_status_line(&head(capture)) else {
                 return;
             };
+            // The final response's part of this read: after the interim ones it came with.
+            let (mut buffer, mut ret, mut len) = (buffer, ret, len);
             if status < 200 && status != 101 {
-                return; // interim: the final response follows
+                let Some(after) = final_response_after_interim(buffer, ret) else {
+                    return; // interim: the final response follows in a later read
+                };
+                status = after.status;
+                buffer = Buffer::Plain(after.source + after.start);
+                ret -= after.start as i64;
+                len = after.captured;
             }
             conn.status = status;
             conn.last_io_ns = now;
@@ -491,6 +500,90 @@ pub extern "C" fn read_long_head(source: u64, available: u64) -> u64 {
         // SAFETY: as above.
         next = unsafe { (*scratch).long_head.absorb(&(*scratch).lines, len) };
         window += 1;
+    }
+    0
+}
+
+/// Interim heads (100 Continue, 103 Early Hints) skipped before a final response that comes
+/// in the same read or write; more are not sent in practice.
+const MAX_INTERIM_HEADS: u32 = 2;
+
+/// A final response that came in the same read or write as the interim ones before it.
+pub struct AfterInterim {
+    pub status: u16,
+    /// Where the syscall's bytes are (all in its first buffer).
+    pub source: u64,
+    /// Where the final response starts in them.
+    pub start: u64,
+    /// How many of its bytes the per-CPU capture now holds.
+    pub captured: usize,
+}
+
+/// The final response after the interim one that starts these bytes, when the syscall moved
+/// it too: a server that writes `103 Early Hints` and its answer at once, or a client that
+/// reads both at once. Only when all the bytes are in the first buffer.
+#[inline(always)]
+pub fn final_response_after_interim(buffer: Buffer, ret: i64) -> Option<AfterInterim> {
+    let (source, available) = first_bytes(buffer, ret)?;
+    if ret <= 0 || (available as i64) < ret {
+        return None;
+    }
+    let found = final_after_interim(source, ret as u64);
+    (found != 0).then_some(AfterInterim {
+        status: found as u16,
+        source,
+        start: found >> 32,
+        captured: (found >> 16) as u16 as usize,
+    })
+}
+
+/// `final_response_after_interim` of `available` bytes at `source`, packed as
+/// `status | captured << 16 | start << 32`; 0 when no final response starts in them (it comes
+/// in a later read or write), or an interim head does not fit in one capture. Leaves the final
+/// response's first bytes in the capture. A global function, like `scan_host`: only interim
+/// responses pay for it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
+    let Some((_, mut len)) = capture(Buffer::Plain(source), available as i64, CAPTURE_LEN) else {
+        return 0;
+    };
+    let mut start = 0;
+    let mut heads = 0;
+    while heads < MAX_INTERIM_HEADS {
+        if walk_response_head(len as u64) != 0 {
+            return 0;
+        }
+        let Some(scratch) = CAPTURE.get_ptr(0) else {
+            return 0;
+        };
+        // SAFETY: a per-CPU map value, only used by this program run.
+        let head_len = unsafe { (*scratch).lines.head_len } as u64;
+        if head_len == 0 {
+            return 0;
+        }
+        start += head_len;
+        if start >= available {
+            return 0;
+        }
+        let Some((capture, captured)) = capture(
+            Buffer::Plain(source + start),
+            (available - start) as i64,
+            CAPTURE_LEN,
+        ) else {
+            return 0;
+        };
+        len = captured;
+        if len < 12 {
+            return 0; // the status line goes on in the next read: not told apart
+        }
+        match parse_status_line(&head(capture)) {
+            Some(status) if status >= 200 || status == 101 => {
+                return status as u64 | (len as u64) << 16 | start << 32;
+            }
+            Some(_) => heads += 1,
+            None => return 0,
+        }
     }
     0
 }

@@ -20,6 +20,7 @@ use monitor_common::{
 };
 
 use crate::{
+    client::final_response_after_interim,
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
         head, list_for_sweep, mark_measured, measured, now_ns, opaque, proxy_header_len,
@@ -189,7 +190,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             } else {
                 None
             };
-            let Some(status) = status else {
+            let Some(mut status) = status else {
                 if cannot_be_status_line(&head, len) {
                     // Answered without a status line (HTTP/0.9): nothing to record.
                     count(counter::NO_STATUS_LINE);
@@ -198,7 +199,12 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
                 return;
             };
             if status < 200 && status != 101 {
-                return; // interim (100 Continue, 103 Early Hints): the final one follows
+                // Interim (100 Continue, 103 Early Hints): the final one follows, in this
+                // write or a later one.
+                match final_response_after_interim(buffer, ret) {
+                    Some(after) => status = after.status,
+                    None => return,
+                }
             }
             conn.status = status;
             conn.last_io_ns = now;
