@@ -213,6 +213,12 @@ fn script_arg(executable: &str, args: &[String]) -> Option<String> {
                 }
                 Interpreter::Python if flag == "c" => return None,
                 Interpreter::Java if flag == "jar" => return args.next().map(|jar| stem(jar)),
+                // `--module shop/com.shop.Main`: the main class, else the module.
+                Interpreter::Java if flag == "m" || flag == "-module" => {
+                    return args
+                        .next()
+                        .map(|module| last_part(module.rsplit('/').next().unwrap_or(module), '.'));
+                }
                 _ if interpreter.option_takes_value(flag) => {
                     args.next();
                 }
@@ -221,6 +227,8 @@ fn script_arg(executable: &str, args: &[String]) -> Option<String> {
             continue;
         }
         return Some(match interpreter {
+            // A source file run as it is (`java Server.java`, Java 11+), else a class name.
+            Interpreter::Java if arg.ends_with(".java") => stem(arg),
             Interpreter::Java => last_part(arg, '.'),
             _ => stem(arg),
         });

@@ -155,6 +155,18 @@ fn interpreters_are_named_after_their_script() {
         Some("Main".into())
     );
     assert_eq!(
+        script_name("java", &args("java -Xss1m Server.java 8080")),
+        Some("Server".into())
+    );
+    assert_eq!(
+        script_name("java", &args("java -p mods -m shop/com.shop.Main")),
+        Some("Main".into())
+    );
+    assert_eq!(
+        script_name("java", &args("java --module-path mods --module shop")),
+        Some("shop".into())
+    );
+    assert_eq!(
         script_name("ruby", &args("ruby -I lib app.rb")),
         Some("app".into())
     );
