@@ -5,6 +5,7 @@
 use std::{
     fs,
     net::TcpStream,
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -49,6 +50,42 @@ impl Server {
         let mut command = Command::new(python);
         command.arg(fixture("http_server.py")).arg(port.to_string());
         Self::spawn(command, port, name, dir)
+    }
+
+    /// Python's http.server on the Unix socket `dir/app.sock` (its `port` is 0), as
+    /// gunicorn or uvicorn serve behind nginx.
+    pub fn python_unix() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("pyunix");
+        let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+        let socket = dir.path().join("app.sock");
+        let mut child = Command::new(python)
+            .arg(fixture("http_server.py"))
+            .arg(format!("unix:{}", socket.display()))
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the server");
+        poll_until("the server to listen", Duration::from_secs(15), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("{name} exited during start-up: {status}");
+            }
+            UnixStream::connect(&socket).ok()
+        });
+        // nginx's workers run as an unprivileged user.
+        for (path, mode) in [(dir.path(), 0o755), (socket.as_path(), 0o777)] {
+            fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+        }
+        Self {
+            child: Some(child),
+            port: 0,
+            service: name,
+            _dir: dir,
+        }
+    }
+
+    /// The Unix socket of a `python_unix` server.
+    pub fn unix_socket(&self) -> PathBuf {
+        self._dir.path().join("app.sock")
     }
 
     /// Python's forking server (`socketserver.ForkingMixIn`): each connection is accepted by

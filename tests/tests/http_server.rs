@@ -857,6 +857,37 @@ fn head_interim_100_continue_and_connection_close_are_handled() {
     );
 }
 
+/// The usual way to run a Python (or Ruby) application: nginx in front, proxying to the
+/// application server on a Unix socket. The application is measured as a server there, and
+/// nginx as its client, each request once.
+#[test]
+fn an_application_behind_nginx_on_a_unix_socket_is_measured_at_both_ends() {
+    let agent = MonitorAgent::start(&[]);
+    let app = Server::python_unix();
+    let nginx = Server::nginx(&format!(
+        "    location / {{ proxy_pass http://unix:{}:; }}",
+        app.unix_socket().display()
+    ));
+    let requests = 500;
+    assert_eq!(ab(&nginx.url("/unix-ok"), requests, 4), requests);
+    let requests = requests as u64;
+    let scrape = wait_for_count(&agent, &app.service, 200, "/unix-ok", requests);
+    assert_eq!(
+        server_count(&scrape, "nginx", 200, "/unix-ok"),
+        Some(requests)
+    );
+    let nginx_as_client = [
+        ("service_name", "nginx"),
+        ("http_response_status_code", "200"),
+    ];
+    assert_eq!(
+        scrape.histogram_count("http_client_request_duration_seconds", &nginx_as_client),
+        Some(requests),
+        "{}",
+        describe_http(&agent.metrics_text())
+    );
+}
+
 #[test]
 fn only_the_chosen_ports_are_measured() {
     let chosen = Server::python();
