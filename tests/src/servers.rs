@@ -175,6 +175,46 @@ impl Server {
         Self::nginx_listening(1, "", " proxy_protocol", locations)
     }
 
+    /// Apache httpd with the event MPM (a listener thread accepts, worker threads serve),
+    /// keep-alive and sendfile on, serving the files of its directory (`dir`).
+    pub fn apache() -> Self {
+        let dir = static_root();
+        let port = free_port();
+        let root = dir.path().display();
+        let modules = "/usr/lib/apache2/modules";
+        let config = format!(
+            "ServerRoot {root}\nDefaultRuntimeDir {root}\nPidFile {root}/apache2.pid\n\
+             Mutex file:{root} default\nListen 127.0.0.1:{port}\nServerName localhost\n\
+             LoadModule mpm_event_module {modules}/mod_mpm_event.so\n\
+             LoadModule authz_core_module {modules}/mod_authz_core.so\n\
+             User www-data\nGroup www-data\nErrorLog /dev/stderr\nLogLevel error\n\
+             DocumentRoot {root}\nKeepAlive On\nMaxKeepAliveRequests 0\nEnableSendfile On\n\
+             <Directory {root}>\n  Require all granted\n</Directory>\n"
+        );
+        let path = dir.path().join("apache2.conf");
+        fs::write(&path, config).unwrap();
+        let mut command = Command::new("apache2");
+        command.args(["-DFOREGROUND", "-f"]).arg(&path);
+        Self::spawn(command, port, "apache2".into(), dir)
+    }
+
+    /// lighttpd serving the files of its directory (`dir`).
+    pub fn lighttpd() -> Self {
+        let dir = static_root();
+        let port = free_port();
+        let root = dir.path().display();
+        let config = format!(
+            "server.document-root = \"{root}\"\nserver.bind = \"127.0.0.1\"\n\
+             server.port = {port}\nserver.pid-file = \"{root}/lighttpd.pid\"\n\
+             server.max-keep-alive-requests = 0\n"
+        );
+        let path = dir.path().join("lighttpd.conf");
+        fs::write(&path, config).unwrap();
+        let mut command = Command::new("lighttpd");
+        command.args(["-D", "-f"]).arg(&path);
+        Self::spawn(command, port, "lighttpd".into(), dir)
+    }
+
     /// nginx with `listen_options` after its `listen` address.
     fn nginx_listening(workers: usize, main: &str, listen_options: &str, locations: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
@@ -249,6 +289,20 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// Files for a static server, readable by the unprivileged user its workers run as:
+/// `index.html` (6 bytes) and `large.bin` (300 KiB, sent with sendfile where the server
+/// does).
+pub const STATIC_FILES: [(&str, usize); 2] = [("/index.html", 6), ("/large.bin", 300 << 10)];
+
+fn static_root() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, size) in STATIC_FILES {
+        fs::write(dir.path().join(&name[1..]), vec![b'x'; size]).unwrap();
+    }
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    dir
 }
 
 /// Runs ApacheBench with keep-alive; returns the requests it completed, asserting none failed.

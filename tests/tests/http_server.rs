@@ -17,7 +17,7 @@ use monitor_tests::{
     },
     poll::try_poll,
     poll_until,
-    servers::{Server, ab, ab_with, renamed_copy},
+    servers::{STATIC_FILES, Server, ab, ab_with, renamed_copy},
     workload::unique_name,
 };
 
@@ -79,6 +79,37 @@ fn counts_under_load_equal_the_load_generator_per_status() {
             Some(0.0)
         );
     }
+}
+
+/// A static server's small files, missing ones and large ones (sent with sendfile) under
+/// load: counted exactly, each under its own route and status, nothing else.
+fn static_server_counts_equal_the_load_generator(server: &Server) {
+    let agent = MonitorAgent::start(&[]);
+    let [(small, _), (large, _)] = STATIC_FILES;
+    let done = (
+        ab(&server.url(small), 10_000, 16),
+        ab_with(&[], &server.url("/missing"), 1_000, 8),
+        ab(&server.url(large), 200, 4),
+    );
+    assert_eq!(done, (10_000, 1_000, 200));
+    wait_for_count(&agent, &server.service, 200, small, 10_000);
+    wait_for_count(&agent, &server.service, 404, "/missing", 1_000);
+    let scrape = wait_for_count(&agent, &server.service, 200, large, 200);
+    assert_eq!(
+        service_total(&scrape, &server.service),
+        11_200,
+        "nothing else, nothing twice"
+    );
+}
+
+#[test]
+fn apache_event_mpm_counts_equal_the_load_generator() {
+    static_server_counts_equal_the_load_generator(&Server::apache());
+}
+
+#[test]
+fn lighttpd_counts_equal_the_load_generator() {
+    static_server_counts_equal_the_load_generator(&Server::lighttpd());
 }
 
 /// 200×7, 201×3, 204×2, 301×4, 404×5, 500×6, 503×1 on one keep-alive connection.

@@ -7,6 +7,7 @@
 
 use std::{
     fs,
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -22,6 +23,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",       // examples in the README; the TLS client of the web config tests
     "ca-certificates",
     "nginx",         // a real HTTP server under test
+    "apache2",       // a real HTTP server under test (event MPM)
+    "lighttpd",      // a real HTTP server under test
     "apache2-utils", // ab: load with exact request counts; htpasswd: bcrypt hashes
     "python3",       // http.server under test (/usr/bin/python3)
     "python3-pip",   // installs kubernetes-validate
@@ -83,10 +86,46 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         command
     };
     run(apt().args(["update", "-qq"]))?;
+    let _held_back = ServiceStartsHeldBack::new()?;
     run(apt()
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
     .context("installing apt packages")
+}
+
+/// While it lives, Debian's maintainer scripts do not start the services they install
+/// (`policy-rc.d` answering 101, "action forbidden"): the tests run their own nginx and Apache
+/// on ports of their own, and one needs port 80 free. Left alone where a policy exists already
+/// (container images ship one).
+struct ServiceStartsHeldBack {
+    written: bool,
+}
+
+const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+
+impl ServiceStartsHeldBack {
+    fn new() -> Result<Self> {
+        let policy = Path::new(POLICY_RC_D);
+        if policy.exists() {
+            return Ok(Self { written: false });
+        }
+        fs::write(
+            policy,
+            "#!/bin/sh\n# written by `cargo xtask setup`, removed after it\nexit 101\n",
+        )
+        .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
+        Ok(Self { written: true })
+    }
+}
+
+impl Drop for ServiceStartsHeldBack {
+    fn drop(&mut self) {
+        if self.written {
+            let _ = fs::remove_file(POLICY_RC_D);
+        }
+    }
 }
 
 fn pip_packages() -> Result<()> {
