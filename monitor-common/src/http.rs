@@ -857,7 +857,25 @@ pub struct FileTableOffsets {
     pub fdtable_max_fds: u32,
     /// `fdtable.fd`: the array of `struct file *`.
     pub fdtable_fd: u32,
+    /// 1 when the way from a socket's file to its local port was found too (below): with
+    /// `--http-ports`, the programs read a listener's port themselves.
+    pub socket_found: u32,
+    /// `file.private_data`: a socket's `struct socket *`.
+    pub file_private_data: u32,
+    /// `socket.sk`: its `struct sock *`.
+    pub socket_sk: u32,
+    /// `sock.__sk_common.skc_num` (2 bytes): the local port, in host order.
+    pub sock_num: u32,
     pub _reserved: u32,
+}
+
+/// Words of `ALLOWED_PORTS`: a bit per TCP port.
+pub const ALLOWED_PORT_WORDS: u32 = 65536 / 64;
+
+/// The word and bit of `port` in `ALLOWED_PORTS`.
+#[inline(always)]
+pub fn allowed_port_bit(port: u16) -> (u32, u64) {
+    (u32::from(port) / 64, 1 << (port % 64))
 }
 
 /// Key of `ROUTES_SEEN`.

@@ -9,31 +9,17 @@
 //! side reads a `msghdr` only for a second after a hand-over, so that the `recvmsg` of other
 //! programs on the host costs one array load.
 
-use aya_ebpf::{
-    Global,
-    bindings::BPF_ANY,
-    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
-};
-use monitor_common::http::{FileTableOffsets, connection_key, counter, role};
+use aya_ebpf::bindings::BPF_ANY;
+use monitor_common::http::{connection_key, counter, role};
 
 use crate::{
+    files::{offsets, open_file},
     http::{
         config, current_tgid, mark_measured, may_have_connections, measured, now_ns, read_user,
         track_server_connection,
     },
     maps::{CONNECTIONS, HANDED_OVER, LAST_HAND_OVER},
 };
-
-/// Set by the agent before loading; `found` is 0 where the kernel's BTF did not give them.
-#[unsafe(no_mangle)]
-static FILE_TABLE: Global<FileTableOffsets> = Global::new(FileTableOffsets {
-    found: 0,
-    task_files: 0,
-    files_fdt: 0,
-    fdtable_max_fds: 0,
-    fdtable_fd: 0,
-    _reserved: 0,
-});
 
 /// How long after a hand-over receivers look at their control messages: a worker receives
 /// its connection within milliseconds.
@@ -47,12 +33,6 @@ const SOL_SOCKET: u64 = 1;
 const SCM_RIGHTS: u64 = 1;
 /// Descriptors looked at per message: Node passes one.
 const MAX_PASSED: u64 = 4;
-
-#[inline(always)]
-fn offsets() -> Option<FileTableOffsets> {
-    let offsets = FILE_TABLE.load();
-    (offsets.found != 0).then_some(offsets)
-}
 
 /// After a `sendmsg` of the current process (`msg` its `struct msghdr`): notes the open file of
 /// each tracked server connection the message passed.
@@ -163,27 +143,4 @@ fn passed_descriptors(msg: u64) -> Option<([u32; MAX_PASSED as usize], usize)> {
         i += 1;
     }
     Some((fds, count as usize))
-}
-
-/// The address of the open file behind `fd` in the current process: what a passed descriptor
-/// is recognised by in both processes.
-#[inline(always)]
-fn open_file(fd: u32, offsets: &FileTableOffsets) -> Option<u64> {
-    // SAFETY: no preconditions; the result is only read through the helper, which checks it.
-    let task = unsafe { bpf_get_current_task() };
-    let files = read_kernel::<u64>(task + u64::from(offsets.task_files))?;
-    let table = read_kernel::<u64>(files + u64::from(offsets.files_fdt))?;
-    let max_fds = read_kernel::<u32>(table + u64::from(offsets.fdtable_max_fds))?;
-    if fd >= max_fds {
-        return None;
-    }
-    let array = read_kernel::<u64>(table + u64::from(offsets.fdtable_fd))?;
-    let file = read_kernel::<u64>(array + 8 * u64::from(fd))?;
-    (file != 0).then_some(file)
-}
-
-#[inline(always)]
-fn read_kernel<T: Copy>(address: u64) -> Option<T> {
-    // SAFETY: the helper checks the kernel address; failure is an error value.
-    unsafe { bpf_probe_read_kernel(address as *const T).ok() }
 }

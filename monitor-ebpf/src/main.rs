@@ -8,6 +8,7 @@
 #![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 mod client;
+mod files;
 mod fork;
 mod handoff;
 mod http;

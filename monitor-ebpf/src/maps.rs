@@ -12,9 +12,9 @@ use monitor_common::sched::{
 use monitor_common::{
     head::{HeadLines, HostValue, LongHead},
     http::{
-        CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpConfig,
-        IDLE_CANDIDATE_SLOTS, MEASURED_PROCESS_WORDS, NotRequestScanner, ProcessRoute,
-        RouteTemplater, counter, idle_ring,
+        ALLOWED_PORT_WORDS, CAPTURE_LEN, ClientErrorKey, Connection, DurationHistogram,
+        DurationKey, HttpConfig, IDLE_CANDIDATE_SLOTS, MEASURED_PROCESS_WORDS, NotRequestScanner,
+        ProcessRoute, RouteTemplater, counter, idle_ring,
     },
 };
 
@@ -102,6 +102,11 @@ pub static CONNECTIONS: LruHashMap<u64, Connection> = LruHashMap::with_max_entri
 #[map]
 pub static MEASURED_PROCESSES: Array<u64> =
     Array::with_max_entries(MEASURED_PROCESS_WORDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
+/// The ports `--http-ports` names, a bit each (`allowed_port_bit`), written by the agent
+/// before the programs are attached.
+#[map]
+pub static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(ALLOWED_PORT_WORDS, 0);
 
 /// Request durations per (process, method, status, route), per CPU.
 #[map]

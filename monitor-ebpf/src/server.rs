@@ -21,6 +21,7 @@ use monitor_common::{
 
 use crate::{
     client::final_response_after_interim,
+    files::{port_allowed, socket_local_port},
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
         head, list_for_sweep, mark_measured, measured, now_ns, opaque, proxy_header_len,
@@ -66,10 +67,19 @@ pub fn on_accept(listening_fd: u32, ret: i64) {
     }
 }
 
-/// With `--http-ports`: whether connections from this listener are measured. A listener
-/// the agent has not checked yet is announced once and its connections skipped until then.
+/// With `--http-ports`: whether connections from this listener are measured. Its port is read
+/// here where the kernel's BTF gave the way to it; otherwise a listener the agent has not
+/// checked yet is announced once and its connections skipped until then.
 #[inline(always)]
 fn listener_allowed(tgid: u32, listening_fd: u32) -> bool {
+    let port = socket_local_port(listening_fd as u64);
+    if port != 0 {
+        if port_allowed(port as u16) {
+            return true;
+        }
+        count(counter::PORT_FILTERED);
+        return false;
+    }
     let key = connection_key(tgid, listening_fd);
     match LISTENERS.get_ptr(key) {
         // SAFETY: a map value, valid for this program run.

@@ -52,6 +52,8 @@ pub struct Settings {
     pub sched_accounting: SchedAccounting,
     /// Offsets to use instead of the kernel's BTF (tests of a refused switch program).
     pub task_offsets: Option<Vec<u32>>,
+    /// Listeners' ports checked by the agent even where the kernel could read them (tests).
+    pub ports_checked_by_agent: bool,
     pub http: HttpSettings,
     /// The kubelet's pod log directory (`/var/log/pods`).
     pub pod_logs: std::path::PathBuf,
@@ -260,7 +262,20 @@ impl Agent {
         let config = http_config(&settings.http, own_tgid)?;
         let mut step = Step::new();
         let mut task_accounting = task_accounting(settings);
-        let file_table = file_table();
+        let file_table = file_table().map(|mut table| {
+            if settings.ports_checked_by_agent {
+                table.socket_found = 0;
+            }
+            table
+        });
+        if !settings.http.ports.is_empty() && file_table.is_none_or(|table| table.socket_found == 0)
+        {
+            log::info!(
+                "--http-ports: a listener's port is checked by the agent, not in the kernel (its \
+                 BTF does not show the way from a file to a socket's port): a server started \
+                 after the agent has its first connections skipped until then"
+            );
+        }
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {
@@ -270,6 +285,7 @@ impl Agent {
                 file_table.filter(|_| !settings.empty_programs),
             )?;
             probes::http::write_config(&mut ebpf, config)?;
+            probes::http::write_allowed_ports(&mut ebpf, &settings.http.ports)?;
             Ok(ebpf)
         };
         let mut ebpf = load(task_accounting)?;

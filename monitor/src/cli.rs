@@ -116,8 +116,9 @@ pub struct Cli {
     pub pod_logs: std::path::PathBuf,
 
     /// Measure HTTP servers only on these local TCP ports (comma-separated); all ports when
-    /// not given. A server that starts listening after the agent has its first connection
-    /// skipped while the agent checks its port.
+    /// not given. The kernel reads each listener's port where its BTF shows the way; elsewhere
+    /// a server that starts listening after the agent has its first connections skipped while
+    /// the agent checks its port.
     #[arg(long, env = "MONITOR_HTTP_PORTS", value_delimiter = ',')]
     pub http_ports: Vec<u16>,
 
@@ -135,6 +136,11 @@ pub struct Cli {
     /// what the hooks alone cost.
     #[arg(long, hide = true)]
     pub empty_programs: bool,
+
+    /// Tests only: with `--http-ports`, listeners' ports are checked by the agent, as on
+    /// kernels whose BTF does not show the way from a file to its socket's port.
+    #[arg(long, hide = true)]
+    pub ports_checked_by_agent: bool,
 
     /// Tests only: the byte offsets in `task_struct` of `se.sum_exec_runtime`,
     /// `sched_info.run_delay`, `sched_info.pcount`, `pid` and `tgid` (comma-separated), used

@@ -46,6 +46,7 @@ pub fn run(cli: Cli) -> Result<()> {
         no_http: cli.no_http,
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
+        ports_checked_by_agent: cli.ports_checked_by_agent,
         http: HttpSettings {
             duration_buckets: cli.duration_buckets.clone(),
             route_budget: cli.route_budget,

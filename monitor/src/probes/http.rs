@@ -1,13 +1,15 @@
 //! The syscall hook of the HTTP programs: `sys_exit` as a BTF tracepoint, else as a raw
 //! tracepoint (no BTF needed); and the settings those programs read.
 
+use std::collections::BTreeMap;
+
 use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     maps::Array,
     programs::{BtfTracePoint, RawTracePoint, TracePoint},
 };
-use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS};
+use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, allowed_port_bit};
 
 use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
 
@@ -92,6 +94,29 @@ pub fn write_config(ebpf: &mut Ebpf, config: HttpConfig) -> Result<()> {
     let mut array: Array<_, HttpConfig> = Array::try_from(map)?;
     array.set(0, config, 0)?;
     Ok(())
+}
+
+/// Sets the bits of `ports` (`--http-ports`) in `ALLOWED_PORTS`, which the programs check
+/// where they can read a listener's port themselves.
+pub fn write_allowed_ports(ebpf: &mut Ebpf, ports: &[u16]) -> Result<()> {
+    let map = ebpf
+        .map_mut("ALLOWED_PORTS")
+        .ok_or_else(|| anyhow!("map ALLOWED_PORTS missing from the BPF object"))?;
+    let mut array: Array<_, u64> = Array::try_from(map)?;
+    for (word, bits) in allowed_port_words(ports) {
+        array.set(word, bits, 0)?;
+    }
+    Ok(())
+}
+
+/// The non-zero words of the `ALLOWED_PORTS` bitmap for `ports`.
+fn allowed_port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for &port in ports {
+        let (word, bit) = allowed_port_bit(port);
+        *words.entry(word).or_default() |= bit;
+    }
+    words
 }
 
 /// Attaches the `sys_exit` program: BTF tracepoint, else raw tracepoint. With `empty`, a
@@ -254,6 +279,18 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::progra
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allowed_ports_are_bits_of_their_words() {
+        let words = allowed_port_words(&[0, 63, 64, 8080, 65535]);
+        let expected = BTreeMap::from([
+            (0, 1 | 1 << 63),
+            (1, 1),
+            (8080 / 64, 1 << (8080 % 64)),
+            (1023, 1 << 63),
+        ]);
+        assert_eq!(words, expected);
+    }
 
     fn settings(buckets: &[f64]) -> HttpSettings {
         HttpSettings {

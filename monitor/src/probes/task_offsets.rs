@@ -27,14 +27,33 @@ pub fn file_table_offsets(btf_path: &Path) -> Result<FileTableOffsets> {
 }
 
 fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
+    let socket = socket_offsets_in(btf);
+    if let Err(error) = &socket {
+        log::debug!("a socket's local port is not read in the kernel: {error:#}");
+    }
+    let (file_private_data, socket_sk, sock_num) = socket.as_ref().copied().unwrap_or_default();
     Ok(FileTableOffsets {
         found: 1,
         task_files: pointer_field(btf, "task_struct", "files")?,
         files_fdt: pointer_field(btf, "files_struct", "fdt")?,
         fdtable_max_fds: int_field(btf, "fdtable", &["max_fds"], 4)?,
         fdtable_fd: pointer_field(btf, "fdtable", "fd")?,
+        socket_found: u32::from(socket.is_ok()),
+        file_private_data,
+        socket_sk,
+        sock_num,
         _reserved: 0,
     })
+}
+
+/// `file.private_data` (a socket's `struct socket *`), `socket.sk` and the local port in
+/// `struct sock`.
+fn socket_offsets_in(btf: &Btf) -> Result<(u32, u32, u32)> {
+    Ok((
+        pointer_field(btf, "file", "private_data")?,
+        pointer_field(btf, "socket", "sk")?,
+        int_field(btf, "sock", &["__sk_common", "skc_num"], 2)?,
+    ))
 }
 
 /// The byte offset of the pointer `name` in the struct called `outer`.
@@ -410,9 +429,53 @@ mod tests {
     /// `task->files->fdt->fd`, with the pointers the kernel's BTF has (a pointer to pointers
     /// for `fd`).
     fn file_table(fd_is_pointer: bool) -> Btf {
+        file_table_with(fd_is_pointer, true)
+    }
+
+    /// `file_table`, and with `sockets` the way from a file to its socket's local port:
+    /// `file.private_data` -> `socket.sk` -> `sock.__sk_common.skc_num`, inside the anonymous
+    /// members the kernel has around it.
+    fn file_table_with(fd_is_pointer: bool, sockets: bool) -> Btf {
         let mut btf = BtfBuilder::new();
         let int = btf.int("unsigned int", 4);
-        let file = btf.aggregate(KIND_STRUCT, "file", 8, &[("f_mode", int, 0)]);
+        let file = if sockets {
+            let short = btf.int("unsigned short", 2);
+            let ports = btf.aggregate(
+                KIND_STRUCT,
+                "",
+                4,
+                &[("skc_dport", short, 0), ("skc_num", short, 16)],
+            );
+            let port_pair = btf.aggregate(
+                KIND_UNION,
+                "",
+                4,
+                &[("skc_portpair", int, 0), ("", ports, 0)],
+            );
+            let common = btf.aggregate(
+                KIND_STRUCT,
+                "sock_common",
+                16,
+                &[("skc_hash", int, 0), ("", port_pair, 96)],
+            );
+            let sock = btf.aggregate(KIND_STRUCT, "sock", 16, &[("__sk_common", common, 0)]);
+            let sock_pointer = btf.pointer(sock);
+            btf.aggregate(
+                KIND_STRUCT,
+                "socket",
+                16,
+                &[("state", int, 0), ("sk", sock_pointer, 64)],
+            );
+            let void_pointer = btf.pointer(0);
+            btf.aggregate(
+                KIND_STRUCT,
+                "file",
+                16,
+                &[("f_mode", int, 0), ("private_data", void_pointer, 64)],
+            )
+        } else {
+            btf.aggregate(KIND_STRUCT, "file", 8, &[("f_mode", int, 0)])
+        };
         let file_pointer = btf.pointer(file);
         let files_array = btf.pointer(file_pointer);
         let fd_type = if fd_is_pointer { files_array } else { int };
@@ -454,9 +517,20 @@ mod tests {
                 files_fdt: 8,
                 fdtable_max_fds: 0,
                 fdtable_fd: 8,
+                socket_found: 1,
+                file_private_data: 8,
+                socket_sk: 8,
+                sock_num: 14,
                 _reserved: 0,
             }
         );
+    }
+
+    #[test]
+    fn a_file_table_without_the_way_to_a_socket_s_port_is_still_found() {
+        let offsets = file_offsets_in(&file_table_with(true, false)).unwrap();
+        assert_eq!((offsets.found, offsets.socket_found), (1, 0));
+        assert_eq!(offsets.fdtable_fd, 8);
     }
 
     #[test]

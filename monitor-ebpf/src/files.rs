@@ -1,0 +1,85 @@
+//! A process's open files, found in the kernel through the offsets the agent read from its
+//! BTF (`FileTableOffsets`): the open file behind a descriptor (what a connection passed
+//! between processes is recognised by, `handoff`), and a socket's local port (what
+//! `--http-ports` filters on).
+
+use aya_ebpf::{
+    Global,
+    helpers::{bpf_probe_read_kernel, generated::bpf_get_current_task},
+};
+use monitor_common::http::{ALLOWED_PORT_WORDS, FileTableOffsets, allowed_port_bit};
+
+use crate::maps::ALLOWED_PORTS;
+
+/// Set by the agent before loading; `found` is 0 where the kernel's BTF did not give them.
+#[unsafe(no_mangle)]
+static FILE_TABLE: Global<FileTableOffsets> = Global::new(FileTableOffsets {
+    found: 0,
+    task_files: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    socket_found: 0,
+    file_private_data: 0,
+    socket_sk: 0,
+    sock_num: 0,
+    _reserved: 0,
+});
+
+#[inline(always)]
+pub fn offsets() -> Option<FileTableOffsets> {
+    let offsets = FILE_TABLE.load();
+    (offsets.found != 0).then_some(offsets)
+}
+
+/// The address of the open file behind `fd` in the current process: what a passed descriptor
+/// is recognised by in both processes.
+#[inline(always)]
+pub fn open_file(fd: u32, offsets: &FileTableOffsets) -> Option<u64> {
+    // SAFETY: no preconditions; the result is only read through the helper, which checks it.
+    let task = unsafe { bpf_get_current_task() };
+    let files = read_kernel::<u64>(task + u64::from(offsets.task_files))?;
+    let table = read_kernel::<u64>(files + u64::from(offsets.files_fdt))?;
+    let max_fds = read_kernel::<u32>(table + u64::from(offsets.fdtable_max_fds))?;
+    if fd >= max_fds {
+        return None;
+    }
+    let array = read_kernel::<u64>(table + u64::from(offsets.fdtable_fd))?;
+    let file = read_kernel::<u64>(array + 8 * u64::from(fd))?;
+    (file != 0).then_some(file)
+}
+
+/// The local port of the socket behind `fd` in the current process, which must be a socket
+/// (one that `accept` just took a connection from); 0 where the kernel's BTF did not give the
+/// way, or for a socket without one (a Unix socket). A global function: the verifier checks it
+/// once, and only `accept` with `--http-ports` calls it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn socket_local_port(fd: u64) -> u64 {
+    let Some(offsets) = offsets().filter(|offsets| offsets.socket_found != 0) else {
+        return 0;
+    };
+    let Some(file) = open_file(fd as u32, &offsets) else {
+        return 0;
+    };
+    let Some(socket) = read_kernel::<u64>(file + u64::from(offsets.file_private_data)) else {
+        return 0;
+    };
+    let Some(sock) = read_kernel::<u64>(socket + u64::from(offsets.socket_sk)) else {
+        return 0;
+    };
+    read_kernel::<u16>(sock + u64::from(offsets.sock_num)).map_or(0, u64::from)
+}
+
+/// Whether `--http-ports` named `port` (`ALLOWED_PORTS`, written by the agent).
+#[inline(always)]
+pub fn port_allowed(port: u16) -> bool {
+    let (word, bit) = allowed_port_bit(port);
+    word < ALLOWED_PORT_WORDS && ALLOWED_PORTS.get(word).is_some_and(|bits| bits & bit != 0)
+}
+
+#[inline(always)]
+fn read_kernel<T: Copy>(address: u64) -> Option<T> {
+    // SAFETY: the helper checks the kernel address; failure is an error value.
+    unsafe { bpf_probe_read_kernel(address as *const T).ok() }
+}
