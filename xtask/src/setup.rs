@@ -7,7 +7,8 @@
 
 use std::{
     fs,
-    os::unix::fs::PermissionsExt as _,
+    io::Write as _,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     process::Command,
 };
@@ -86,37 +87,64 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         command
     };
     run(apt().args(["update", "-qq"]))?;
-    let _held_back = ServiceStartsHeldBack::new()?;
-    run(apt()
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing))
-    .context("installing apt packages")
+    {
+        let _held_back = ServiceStartsHeldBack::new()?;
+        run(apt()
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing))
+        .context("installing apt packages")?;
+    }
+    disable_services(&missing);
+    Ok(())
+}
+
+/// Packages whose service would listen on port 80: the tests run their own instances, and
+/// one test needs port 80 free.
+const SERVER_PACKAGES: [&str; 3] = ["nginx", "apache2", "lighttpd"];
+
+/// Keeps the servers this run installed from starting at boot (their packages enable them).
+/// A server that was there before is left as it was.
+fn disable_services(installed: &[&str]) {
+    if !Path::new("/usr/bin/systemctl").exists() && !Path::new("/bin/systemctl").exists() {
+        return;
+    }
+    for unit in installed.iter().filter(|p| SERVER_PACKAGES.contains(p)) {
+        // Works without a running systemd too (it removes the unit's links).
+        if run(Command::new("systemctl").args(["disable", "--quiet", unit])).is_err() {
+            eprintln!("xtask: could not disable {unit}.service; it may start at boot");
+        }
+    }
 }
 
 /// While it lives, Debian's maintainer scripts do not start the services they install
-/// (`policy-rc.d` answering 101, "action forbidden"): the tests run their own nginx and Apache
-/// on ports of their own, and one needs port 80 free. Left alone where a policy exists already
-/// (container images ship one).
+/// (`policy-rc.d` answering 101, "action forbidden"). Left alone where another policy exists
+/// (container images ship one); one of ours that an interrupted run left behind is taken back.
 struct ServiceStartsHeldBack {
     written: bool,
 }
 
 const POLICY_RC_D: &str = "/usr/sbin/policy-rc.d";
+const OUR_POLICY: &str =
+    "#!/bin/sh\n# written by `cargo xtask setup`, removed after it\nexit 101\n";
 
 impl ServiceStartsHeldBack {
     fn new() -> Result<Self> {
         let policy = Path::new(POLICY_RC_D);
         if policy.exists() {
-            return Ok(Self { written: false });
+            let ours = fs::read_to_string(policy).is_ok_and(|text| text == OUR_POLICY);
+            return Ok(Self { written: ours });
         }
-        fs::write(
-            policy,
-            "#!/bin/sh\n# written by `cargo xtask setup`, removed after it\nexit 101\n",
-        )
-        .with_context(|| format!("writing {POLICY_RC_D}"))?;
-        fs::set_permissions(policy, fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("making {POLICY_RC_D} executable"))?;
-        Ok(Self { written: true })
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(policy)
+            .with_context(|| format!("creating {POLICY_RC_D}"))?;
+        // Ours from here: whatever fails after, the guard removes it.
+        let guard = Self { written: true };
+        file.write_all(OUR_POLICY.as_bytes())
+            .with_context(|| format!("writing {POLICY_RC_D}"))?;
+        Ok(guard)
     }
 }
 
