@@ -150,7 +150,13 @@ pub struct TaskAccountingOffsets {
     pub pid: u32,
     /// `tgid` (4 bytes): the process the outgoing task's time is charged to.
     pub tgid: u32,
-    pub _reserved: u32,
+    /// `se.prev_sum_exec_runtime`: `sum_exec_runtime` when the fair class last picked the task
+    /// to run, so the run now ending for a task whose arrival the slot did not note (some
+    /// kernels switch to a few tasks without reporting it). 0 when not found.
+    pub prev_sum_exec_runtime: u32,
+    /// `policy` (4 bytes): only a fair-class task (`SCHED_NORMAL`, `SCHED_BATCH`,
+    /// `SCHED_IDLE`) keeps `prev_sum_exec_runtime`. 0 when not found.
+    pub policy: u32,
 }
 
 impl TaskAccountingOffsets {
@@ -217,7 +223,7 @@ const _: () = assert!(core::mem::size_of::<RunnableSince>() == 24);
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 8 * (RUNQ_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<ProcessMeta>() == 32);
 const _: () = assert!(core::mem::size_of::<SchedTracepointLayout>() == 24);
-const _: () = assert!(core::mem::size_of::<TaskAccountingOffsets>() == 24);
+const _: () = assert!(core::mem::size_of::<TaskAccountingOffsets>() == 28);
 
 #[cfg(feature = "user")]
 mod pod {

@@ -39,7 +39,8 @@ static TASK_ACCOUNTING: Global<TaskAccountingOffsets> = Global::new(TaskAccounti
     pcount: 0,
     pid: 0,
     tgid: 0,
-    _reserved: 0,
+    prev_sum_exec_runtime: 0,
+    policy: 0,
 });
 
 /// The offsets of the kernel's per-task accounting, if the agent found them.
@@ -86,6 +87,20 @@ impl Task {
     pub fn runtime_ns(self, offsets: &TaskAccountingOffsets) -> u64 {
         self.u64_at(offsets.sum_exec_runtime)
     }
+
+    /// What the task has run (of `runtime`) since the fair class last picked it, where the
+    /// kernel keeps that; else 0. (A real-time task's `prev_sum_exec_runtime` is stale.)
+    #[inline(always)]
+    fn ran_since_picked(self, offsets: &TaskAccountingOffsets, runtime: u64) -> u64 {
+        if offsets.prev_sum_exec_runtime == 0 || offsets.policy == 0 {
+            return 0;
+        }
+        // SCHED_NORMAL, SCHED_BATCH, SCHED_IDLE.
+        if !matches!(self.u32_at(offsets.policy), 0 | 3 | 5) {
+            return 0;
+        }
+        runtime.saturating_sub(self.u64_at(offsets.prev_sum_exec_runtime))
+    }
 }
 
 /// A context switch where the kernel's accounting is read. The incoming task's wait is only
@@ -96,7 +111,7 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
         return;
     };
     let prev_key = prev.key(offsets);
-    let ran = ran_since_noted(slot, prev_key, prev.runtime_ns(offsets));
+    let ran = ran_since_noted(slot, prev, offsets);
     let tgid = prev.u32_at(offsets.tgid);
     let delay = if tgid == 0 {
         0 // an idle task: its "waits" mean nothing, and all CPUs' idle tasks share thread id 0
@@ -112,14 +127,17 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
     charge(slot, tgid, ran, delay, false);
 }
 
-/// What `task` (a `Task::key`) ran since the slot noted its `runtime`; 0 when the slot
-/// noted another task, as at the first switch or tick on a CPU since the agent started.
+/// What `task` ran since the slot noted its runtime. When the slot noted another task (the
+/// first switch or tick on a CPU since the agent started, or an arrival the kernel did not
+/// report: this VM's kernel switches to some threads of its init without a `sched_switch`),
+/// what it ran since the kernel last picked it, so that its run is not lost.
 #[inline(always)]
-fn ran_since_noted(slot: &CpuSlot, task: u64, runtime: u64) -> u64 {
-    if slot.running_task == task {
+fn ran_since_noted(slot: &CpuSlot, task: Task, offsets: &TaskAccountingOffsets) -> u64 {
+    let runtime = task.runtime_ns(offsets);
+    if slot.running_task == task.key(offsets) {
         runtime.saturating_sub(slot.since_ns)
     } else {
-        0
+        task.ran_since_picked(offsets, runtime)
     }
 }
 
@@ -159,11 +177,9 @@ pub fn on_accounted_tick(current: Task, offsets: &TaskAccountingOffsets) {
     let Some(slot) = cpu_slot() else {
         return;
     };
-    let key = current.key(offsets);
-    let runtime = current.runtime_ns(offsets);
-    let ran = ran_since_noted(slot, key, runtime);
-    slot.running_task = key;
-    slot.since_ns = runtime;
+    let ran = ran_since_noted(slot, current, offsets);
+    slot.running_task = current.key(offsets);
+    slot.since_ns = current.runtime_ns(offsets);
     charge(slot, current.u32_at(offsets.tgid), ran, 0, true);
 }
 

@@ -171,7 +171,8 @@ fn task_accounting(settings: &Settings) -> Option<TaskAccountingOffsets> {
             pcount,
             pid,
             tgid,
-            _reserved: 0,
+            prev_sum_exec_runtime: 0,
+            policy: 0,
         });
     }
     let found = std::fs::read_to_string("/proc/thread-self/schedstat")

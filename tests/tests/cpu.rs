@@ -5,7 +5,9 @@ use std::{
     time::Duration,
 };
 
-use monitor_tests::{MonitorAgent, agent::signal, burner, poll_until, workload::proc_cpu_seconds};
+use monitor_tests::{
+    MonitorAgent, agent::signal, burner, poll::try_poll, poll_until, workload::proc_cpu_seconds,
+};
 
 const CPU: &str = "process_cpu_time_seconds_total";
 const RUNQ: &str = "process_run_queue_latency_seconds";
@@ -151,8 +153,23 @@ fn busy_process_cpu_time_matches_proc_stat(hooks: &Hooks) {
     let _ = child.wait();
 }
 
+/// Processes that burn 300 ms and exit are counted to within 1%, while another thread keeps
+/// the other CPU busy: what wakes up meanwhile preempts them. On this VM's kernel some
+/// switches are not reported to `sched_switch` (the VM's init threads are switched to and
+/// from silently); the run of a process switched back to silently was lost before, up to the
+/// next clock tick (a quarter of a second).
 fn short_lived_process_is_counted_after_it_exits(hooks: &Hooks) {
     let agent = agent_with_hooks(hooks);
+    let competitor = burner!("compete");
+    let mut competing = competitor.spawn(&["spin", "1"]);
+    for _ in 0..3 {
+        short_lived_process_is_counted(&agent);
+    }
+    signal(&competing, libc::SIGKILL);
+    let _ = competing.wait();
+}
+
+fn short_lived_process_is_counted(agent: &MonitorAgent) {
     let burner = burner!("short");
     let mut child = burner.spawn(&["burn", "300"]);
     let pid = child.id();
@@ -172,16 +189,29 @@ fn short_lived_process_is_counted_after_it_exits(hooks: &Hooks) {
         ("process_pid", pid_label.as_str()),
         ("process_executable_name", burner.name.as_str()),
     ];
-    let measured = poll_until(
-        "the exited child's CPU series",
-        Duration::from_secs(5),
-        || {
-            agent
-                .scrape()
-                .value(CPU, &labels)
-                .filter(|&v| v >= 0.95 * used)
-        },
-    );
+    let measured = try_poll(Duration::from_secs(5), || {
+        agent
+            .scrape()
+            .value(CPU, &labels)
+            .filter(|&v| v >= 0.99 * used)
+    })
+    .unwrap_or_else(|| {
+        // What the agent has for the child (by pid or by name), and its own health.
+        let text = agent.metrics_text();
+        let related: Vec<&str> = text
+            .lines()
+            .filter(|line| {
+                line.contains(&format!("\"{pid_label}\""))
+                    || line.contains(burner.name.as_str())
+                    || line.starts_with("monitor_bpf_events_dropped")
+            })
+            .collect();
+        panic!(
+            "timed out waiting for the exited child's CPU series ({used:.3} s used); the \
+             agent has:\n{}",
+            related.join("\n")
+        )
+    });
     println!("child used {used:.3} s, agent counted {measured:.3} s");
     // The kernel also counts the exec and exit work that precede and follow the child's clock.
     assert!(

@@ -106,7 +106,10 @@ fn offsets_in(btf: &Btf) -> Result<TaskAccountingOffsets> {
         pcount: field(&["sched_info", "pcount"], 8)?,
         pid: field(&["pid"], 4)?,
         tgid: field(&["tgid"], 4)?,
-        _reserved: 0,
+        // Optional: without them, a run whose arrival the switch program did not see goes
+        // uncounted.
+        prev_sum_exec_runtime: field(&["se", "prev_sum_exec_runtime"], 8).unwrap_or(0),
+        policy: field(&["policy"], 4).unwrap_or(0),
     };
     if !offsets.is_complete() {
         bail!("a field of task_struct sits at offset 0: {offsets:?}");
@@ -293,8 +296,12 @@ mod tests {
         let sched_entity = btf.aggregate(
             KIND_STRUCT,
             "sched_entity",
-            16,
-            &[("load", u64_type, 0), ("sum_exec_runtime", u64_typedef, 64)],
+            24,
+            &[
+                ("load", u64_type, 0),
+                ("sum_exec_runtime", u64_typedef, 64),
+                ("prev_sum_exec_runtime", u64_type, 128),
+            ],
         );
         let sched_info = btf.aggregate(
             KIND_STRUCT,
@@ -307,12 +314,13 @@ mod tests {
         let mut members = vec![
             ("flags", int, 0),
             ("se", sched_entity, 64),
-            ("", wrapper, 192),
+            ("", wrapper, 256),
+            ("policy", int, 320),
         ];
         if with_sched_info {
-            members.push(("sched_info", sched_info, 256));
+            members.push(("sched_info", sched_info, 384));
         }
-        btf.aggregate(KIND_STRUCT, "task_struct", 48, &members);
+        btf.aggregate(KIND_STRUCT, "task_struct", 64, &members);
         Btf::from_bytes(&btf.build()).expect("the fixture is valid BTF")
     }
 
@@ -323,11 +331,12 @@ mod tests {
             offsets,
             TaskAccountingOffsets {
                 sum_exec_runtime: 8 + 8,
-                run_delay: 32 + 8,
-                pcount: 32,
-                pid: 24,
-                tgid: 28,
-                _reserved: 0,
+                run_delay: 48 + 8,
+                pcount: 48,
+                pid: 32,
+                tgid: 36,
+                prev_sum_exec_runtime: 8 + 16,
+                policy: 40,
             }
         );
     }
@@ -421,7 +430,8 @@ mod tests {
                 pcount: 24,
                 pid: 4,
                 tgid: 8,
-                _reserved: 0,
+                prev_sum_exec_runtime: 0,
+                policy: 0,
             }
         );
     }
