@@ -132,6 +132,10 @@ pub struct ProcessMeta {
     pub _reserved: u32,
 }
 
+/// How often the running task's time is flushed into the maps on each CPU (the clock-tick
+/// program's period).
+pub const TICK_PERIOD_NS: u64 = 250_000_000;
+
 /// Where the kernel keeps its own accounting of each task in `task_struct`, found in the
 /// kernel's BTF at start-up and handed to the programs as a read-only global. With these, the
 /// switch program reads how long a task ran and waited instead of timing it: no clock read per

@@ -17,8 +17,8 @@ use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, generated as raw},
 };
 use monitor_common::sched::{
-    COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, TaskAccountingOffsets,
-    errors, runnable_slot, runq_bucket,
+    COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, TICK_PERIOD_NS,
+    TaskAccountingOffsets, errors, runnable_slot, runq_bucket,
 };
 
 use monitor_common::words::zero_words;
@@ -89,7 +89,10 @@ impl Task {
     }
 
     /// What the task has run (of `runtime`) since the fair class last picked it, where the
-    /// kernel keeps that; else 0. (A real-time task's `prev_sum_exec_runtime` is stale.)
+    /// kernel keeps that; else 0. A real-time task's `prev_sum_exec_runtime` is stale, and so
+    /// is that of a fair task the kernel runs otherwise for a while (priority inheritance,
+    /// sched_ext): at most two clock-tick periods are taken, as a run the slot did not note
+    /// began after the CPU's last tick (which notes the running task).
     #[inline(always)]
     fn ran_since_picked(self, offsets: &TaskAccountingOffsets, runtime: u64) -> u64 {
         if offsets.prev_sum_exec_runtime == 0 || offsets.policy == 0 {
@@ -99,7 +102,9 @@ impl Task {
         if !matches!(self.u32_at(offsets.policy), 0 | 3 | 5) {
             return 0;
         }
-        runtime.saturating_sub(self.u64_at(offsets.prev_sum_exec_runtime))
+        runtime
+            .saturating_sub(self.u64_at(offsets.prev_sum_exec_runtime))
+            .min(2 * TICK_PERIOD_NS)
     }
 }
 
@@ -111,7 +116,7 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
         return;
     };
     let prev_key = prev.key(offsets);
-    let ran = ran_since_noted(slot, prev, offsets);
+    let ran = ran_since_noted(slot, prev, prev.runtime_ns(offsets), offsets);
     let tgid = prev.u32_at(offsets.tgid);
     let delay = if tgid == 0 {
         0 // an idle task: its "waits" mean nothing, and all CPUs' idle tasks share thread id 0
@@ -131,11 +136,19 @@ pub fn on_accounted_switch(prev: Task, next: Task, offsets: &TaskAccountingOffse
 /// first switch or tick on a CPU since the agent started, or an arrival the kernel did not
 /// report: this VM's kernel switches to some threads of its init without a `sched_switch`),
 /// what it ran since the kernel last picked it, so that its run is not lost.
+/// (Before the slot has noted any task, the first event on a CPU since the agent started,
+/// nothing is charged: the run began before the agent.)
 #[inline(always)]
-fn ran_since_noted(slot: &CpuSlot, task: Task, offsets: &TaskAccountingOffsets) -> u64 {
-    let runtime = task.runtime_ns(offsets);
+fn ran_since_noted(
+    slot: &CpuSlot,
+    task: Task,
+    runtime: u64,
+    offsets: &TaskAccountingOffsets,
+) -> u64 {
     if slot.running_task == task.key(offsets) {
         runtime.saturating_sub(slot.since_ns)
+    } else if slot.running_task == 0 {
+        0
     } else {
         task.ran_since_picked(offsets, runtime)
     }
@@ -177,9 +190,11 @@ pub fn on_accounted_tick(current: Task, offsets: &TaskAccountingOffsets) {
     let Some(slot) = cpu_slot() else {
         return;
     };
-    let ran = ran_since_noted(slot, current, offsets);
+    // Read once: another CPU may bring the total up to date meanwhile.
+    let runtime = current.runtime_ns(offsets);
+    let ran = ran_since_noted(slot, current, runtime, offsets);
     slot.running_task = current.key(offsets);
-    slot.since_ns = current.runtime_ns(offsets);
+    slot.since_ns = runtime;
     charge(slot, current.u32_at(offsets.tgid), ran, 0, true);
 }
 

@@ -44,6 +44,17 @@ impl Burner {
     }
 }
 
+/// A child killed (SIGKILL) and reaped when dropped, also when the test fails while it runs:
+/// for children that never end on their own (`cpu-burner spin`).
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `<prefix><5 hex digits>`, unique enough between tests, shorter than a kernel comm.
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()

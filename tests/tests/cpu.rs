@@ -6,7 +6,12 @@ use std::{
 };
 
 use monitor_tests::{
-    MonitorAgent, agent::signal, burner, poll::try_poll, poll_until, workload::proc_cpu_seconds,
+    MonitorAgent,
+    agent::signal,
+    burner,
+    poll::try_poll,
+    poll_until,
+    workload::{KillOnDrop, proc_cpu_seconds},
 };
 
 const CPU: &str = "process_cpu_time_seconds_total";
@@ -161,12 +166,10 @@ fn busy_process_cpu_time_matches_proc_stat(hooks: &Hooks) {
 fn short_lived_process_is_counted_after_it_exits(hooks: &Hooks) {
     let agent = agent_with_hooks(hooks);
     let competitor = burner!("compete");
-    let mut competing = competitor.spawn(&["spin", "1"]);
+    let _competing = KillOnDrop(competitor.spawn(&["spin", "1"]));
     for _ in 0..3 {
         short_lived_process_is_counted(&agent);
     }
-    signal(&competing, libc::SIGKILL);
-    let _ = competing.wait();
 }
 
 fn short_lived_process_is_counted(agent: &MonitorAgent) {

@@ -87,15 +87,21 @@ pub fn apt_install(packages: &[&str]) -> Result<()> {
         command
     };
     run(apt().args(["update", "-qq"]))?;
-    {
+    let installed = {
         let _held_back = ServiceStartsHeldBack::new()?;
         run(apt()
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing))
-        .context("installing apt packages")?;
-    }
-    disable_services(&missing);
-    Ok(())
+        .context("installing apt packages")
+    };
+    // Also after a failed install: some of the servers may be in.
+    let now_present: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|package| apt_installed(package))
+        .collect();
+    disable_services(&now_present);
+    installed
 }
 
 /// Packages whose service would listen on port 80: the tests run their own instances, and

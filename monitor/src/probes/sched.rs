@@ -14,7 +14,7 @@ use aya::{
     },
     util::online_cpus,
 };
-use monitor_common::sched::SchedTracepointLayout;
+use monitor_common::sched::{SchedTracepointLayout, TICK_PERIOD_NS};
 
 use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
 use crate::cli::HookChoice;
@@ -53,9 +53,6 @@ const SCHED_HOOKS: [SchedHook; 5] = [
     sched_hook!("sched_process_exec"),
     sched_hook!("sched_process_exit"),
 ];
-
-/// How often the running task's time is flushed into the maps on each CPU.
-const TICK_PERIOD_NS: u64 = 250_000_000;
 
 /// Attaches empty programs at the scheduler hooks instead of the real ones: what merely being
 /// called there costs, for `cargo xtask bench` to compare with. `accounted` as for
