@@ -15,18 +15,18 @@ use aya_ebpf::bindings::BPF_ANY;
 use monitor_common::http::{counter, parse_request_start};
 
 use crate::{
-    http::{
-        config, current_tgid, mark_measured, may_have_connections, now_ns, track_server_connection,
-    },
+    http::{config, current_tgid, mark_measured, now_ns, serves, track_server_connection},
     maps::FORKED_CHILDREN,
 };
 
 /// At `sched:sched_process_fork` in the parent: notes the child (`child_pid`; for a new
-/// thread, its thread id, which no process looks up) if the parent has had connections.
+/// thread, its thread id, which no process looks up) if the parent has served connections.
+/// (Not for one that was only a client: its children's reads and writes would all pay for
+/// the connection look-up.)
 #[inline(always)]
 pub fn on_fork(child_pid: u32) {
     let parent = current_tgid();
-    if child_pid == 0 || child_pid == parent || !may_have_connections(parent) {
+    if child_pid == 0 || child_pid == parent || !serves(parent) {
         return;
     }
     // Marked first: the child's reads are looked at only in processes with connections.

@@ -32,7 +32,7 @@ use crate::{
     maps::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, IDLE_CANDIDATES,
         IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS,
-        ZERO_DURATION, count,
+        SERVING_PROCESSES, ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
@@ -210,6 +210,27 @@ pub fn mark_measured(tgid: u32) {
     }
 }
 
+/// Marks `tgid` as a process that serves connections (`SERVING_PROCESSES`).
+#[inline(always)]
+pub fn mark_serving(tgid: u32) {
+    let (word, bit) = measured_process_bit(tgid);
+    if let Some(bits) = SERVING_PROCESSES.get_ptr_mut(word) {
+        // SAFETY: a map value, valid for this program run.
+        if unsafe { *bits } & bit == 0 {
+            fetch_or(bits, bit);
+        }
+    }
+}
+
+/// Whether `tgid` has served a connection.
+#[inline(always)]
+pub fn serves(tgid: u32) -> bool {
+    let (word, bit) = measured_process_bit(tgid);
+    SERVING_PROCESSES
+        .get(word)
+        .is_some_and(|bits| bits & bit != 0)
+}
+
 /// Tracks `key` as a server connection between requests, counting `counted`, or
 /// `CONNECTIONS_FULL` when the table refused it. The value is built in `NEW_CONNECTION`: the
 /// global functions that call this have too little stack for it. BPF_ANY: a stale entry for
@@ -224,6 +245,9 @@ pub fn track_server_connection(key: u64, counted: u32) -> bool {
     let tracked = CONNECTIONS
         .insert(key, Connection::init(slot, role::SERVER), BPF_ANY as u64)
         .is_ok();
+    if tracked {
+        mark_serving((key >> 32) as u32);
+    }
     count(if tracked {
         counted
     } else {

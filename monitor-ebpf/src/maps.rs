@@ -108,6 +108,15 @@ pub static MEASURED_PROCESSES: Array<u64> =
 #[map]
 pub static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(ALLOWED_PORT_WORDS, 0);
 
+/// One bit per process that has served a connection (accepted, received or inherited one),
+/// as in `MEASURED_PROCESSES`: only such a process's forked children are looked at for
+/// connections they inherited (`fork`); the children of a process that was only a client
+/// (a shell, a supervisor, a load generator) do not pay for it on every read and write.
+/// Cleared by the agent for processes that have gone.
+#[map]
+pub static SERVING_PROCESSES: Array<u64> =
+    Array::with_max_entries(MEASURED_PROCESS_WORDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
+
 /// Request durations per (process, method, status, route), per CPU.
 #[map]
 pub static HTTP_DURATION: PerCpuHashMap<DurationKey, DurationHistogram> =

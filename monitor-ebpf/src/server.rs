@@ -24,8 +24,8 @@ use crate::{
     files::{port_allowed, socket_local_port},
     http::{
         EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
-        head, list_for_sweep, mark_measured, measured, now_ns, opaque, proxy_header_len,
-        read_value, recapture_after, status_of, target_print,
+        head, list_for_sweep, mark_measured, mark_serving, measured, now_ns, opaque,
+        proxy_header_len, read_value, recapture_after, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -62,6 +62,7 @@ pub fn on_accept(listening_fd: u32, ret: i64) {
         .is_ok()
     {
         count(counter::CONNECTIONS_ACCEPTED);
+        mark_serving(tgid);
     } else {
         count(counter::CONNECTIONS_FULL);
     }

@@ -193,6 +193,7 @@ pub struct HttpMaps {
     client_errors: PerCpuHashMap<MapData, ClientErrorKey, u64>,
     connect_errors: PerCpuHashMap<MapData, u32, u64>,
     measured: MeasuredProcesses,
+    serving: MeasuredProcesses,
 }
 
 impl HttpMaps {
@@ -209,7 +210,11 @@ impl HttpMaps {
             host_count: take(ebpf, "HOST_COUNT")?.try_into()?,
             client_errors: take(ebpf, "CLIENT_ERRORS")?.try_into()?,
             connect_errors: take(ebpf, "CONNECT_ERRORS")?.try_into()?,
-            measured: MeasuredProcesses::new(take(ebpf, "MEASURED_PROCESSES")?)?,
+            measured: MeasuredProcesses::new(
+                take(ebpf, "MEASURED_PROCESSES")?,
+                "MEASURED_PROCESSES",
+            )?,
+            serving: MeasuredProcesses::new(take(ebpf, "SERVING_PROCESSES")?, "SERVING_PROCESSES")?,
         })
     }
 
@@ -377,8 +382,10 @@ impl HttpMaps {
             dead_host_counts += 1;
         }
         let measured = self.measured.clear_gone(&alive);
+        let serving = self.serving.clear_gone(&alive);
         let usage = vec![
             usage("MEASURED_PROCESSES", measured, MEASURED_PROCESS_WORDS * 64),
+            usage("SERVING_PROCESSES", serving, MEASURED_PROCESS_WORDS * 64),
             usage(
                 "CONNECTIONS",
                 connections.len() - freed,
@@ -423,6 +430,7 @@ impl HttpMaps {
         let mut adopted = 0;
         for (tgid, fd) in sockets {
             self.measured.mark(tgid);
+            self.serving.mark(tgid);
             let connection = Connection::new(role::SERVER);
             const BPF_NOEXIST: u64 = 1;
             if self

@@ -1,4 +1,5 @@
-//! `MEASURED_PROCESSES`: one bit per process that has had a tracked connection, which lets the
+//! `MEASURED_PROCESSES` (and `SERVING_PROCESSES`, the same shape: processes that have served a
+//! connection, whose forked children are followed): one bit per process that has had a tracked connection, which lets the
 //! kernel skip the connection look-up for every other process's reads and writes. The agent
 //! sets the bits of processes whose connections it adopts and clears those of processes that
 //! have gone. The map is mapped into the agent's memory and changed with atomic operations:
@@ -26,9 +27,10 @@ unsafe impl Send for MeasuredProcesses {}
 unsafe impl Sync for MeasuredProcesses {}
 
 impl MeasuredProcesses {
-    pub fn new(map: Map) -> Result<Self> {
+    /// Maps the bit array `map`, called `name` in errors.
+    pub fn new(map: Map, name: &str) -> Result<Self> {
         let Map::Array(map) = map else {
-            bail!("MEASURED_PROCESSES is not an array map");
+            bail!("{name} is not an array map");
         };
         let len = MEASURED_PROCESS_WORDS as usize;
         let bytes = len * std::mem::size_of::<u64>();
@@ -46,12 +48,12 @@ impl MeasuredProcesses {
         };
         if address == libc::MAP_FAILED {
             bail!(
-                "cannot map MEASURED_PROCESSES into memory: {}",
+                "cannot map {name} into memory: {}",
                 std::io::Error::last_os_error()
             );
         }
         let Some(words) = NonNull::new(address.cast::<AtomicU64>()) else {
-            bail!("mmap gave MEASURED_PROCESSES a null address");
+            bail!("mmap gave {name} a null address");
         };
         Ok(Self {
             words,
