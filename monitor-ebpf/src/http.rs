@@ -18,6 +18,7 @@ use aya_ebpf::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
     },
+    maps::Array,
 };
 use monitor_common::fingerprint;
 use monitor_common::head::{CAPTURE_WORDS, framing};
@@ -200,21 +201,21 @@ pub fn may_have_connections(tgid: u32) -> bool {
 /// Marks `tgid` as a process with connections, before the first is tracked.
 #[inline(always)]
 pub fn mark_measured(tgid: u32) {
-    let (word, bit) = measured_process_bit(tgid);
-    if let Some(bits) = MEASURED_PROCESSES.get_ptr_mut(word) {
-        // Most calls find the bit set already: a read is cheaper than a locked write.
-        // SAFETY: a map value, valid for this program run.
-        if unsafe { *bits } & bit == 0 {
-            fetch_or(bits, bit);
-        }
-    }
+    set_process_bit(&MEASURED_PROCESSES, tgid);
 }
 
 /// Marks `tgid` as a process that serves connections (`SERVING_PROCESSES`).
 #[inline(always)]
 pub fn mark_serving(tgid: u32) {
+    set_process_bit(&SERVING_PROCESSES, tgid);
+}
+
+/// Sets the bit of `tgid` in a bitmap of processes (`measured_process_bit`).
+#[inline(always)]
+fn set_process_bit(bitmap: &Array<u64>, tgid: u32) {
     let (word, bit) = measured_process_bit(tgid);
-    if let Some(bits) = SERVING_PROCESSES.get_ptr_mut(word) {
+    if let Some(bits) = bitmap.get_ptr_mut(word) {
+        // Most calls find the bit set already: a read is cheaper than a locked write.
         // SAFETY: a map value, valid for this program run.
         if unsafe { *bits } & bit == 0 {
             fetch_or(bits, bit);
