@@ -1,7 +1,8 @@
 //! A server's request line, read by the kernel and named by the agent.
 //!
 //! Input: a seed byte (how the bytes are cut into reads), then the bytes a server reads.
-//! Checks: the method parser agrees with the plain rule; the route is the same however the
+//! Checks: the method parser agrees with the plain rule, and so does the check of a read too
+//! short to tell (held for the next); the route is the same however the
 //! line is cut into reads (the templater's state is kept in the connection between them);
 //! the agent, from the path bytes the kernel announces, learns exactly the route and the
 //! collapsed route the kernel counted; the route text keeps every template invariant; the
@@ -13,7 +14,10 @@ use libfuzzer_sys::fuzz_target;
 use monitor::{collect::http::RouteAnnouncement, model::routes::RouteRegistry};
 use monitor_common::{
     fingerprint::{self, TARGET_WORDS},
-    http::{CAPTURE_LEN, Fed, RouteTemplater, event_kind, parse_request_start, template_route},
+    http::{
+        CAPTURE_LEN, Fed, RouteTemplater, event_kind, is_request_prefix, parse_request_start,
+        template_route,
+    },
 };
 use monitor_fuzz::{
     reads::{head16, split},
@@ -32,6 +36,12 @@ fuzz_target!(|data: &[u8]| {
     let start = parse_request_start(&head);
     assert_eq!(start, reference::request_start(&head), "{head:?}");
     let Some((_, target)) = start else {
+        // Held for the next read only when it can still become a request line.
+        assert_eq!(
+            is_request_prefix(&head, first.len()),
+            reference::request_prefix(first),
+            "{head:?}"
+        );
         return;
     };
     assert!(target < first.len(), "the target starts past the read");

@@ -46,6 +46,16 @@ pub fn request_start(head: &[u8; 16]) -> Option<(u8, usize)> {
     (known != method::CONNECT as usize).then_some((known as u8, n + 1))
 }
 
+/// Too few bytes to tell, yet a beginning of a known method and its space (CONNECT, never
+/// measured, aside), at most seven of them.
+pub fn request_prefix(bytes: &[u8]) -> bool {
+    (1..=7).contains(&bytes.len())
+        && method::NAMES
+            .iter()
+            .filter(|name| !matches!(**name, "_OTHER" | "CONNECT"))
+            .any(|name| format!("{name} ").as_bytes().starts_with(bytes))
+}
+
 /// `HTTP/1.x NNN` with NNN a status code (100 to 599).
 pub fn status_line(head: &[u8; 16]) -> Option<u16> {
     if !head.starts_with(b"HTTP/1.") || head[8] != b' ' {

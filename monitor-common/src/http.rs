@@ -114,6 +114,71 @@ fn known_method(head: &[u8; 16]) -> (u8, usize) {
     }
 }
 
+/// The first bytes of a request read before the rest of its line, held on the connection
+/// (`Connection::request_prefix`) until the next read completes them. Go's net/http reads one
+/// byte ahead while a handler runs (to notice a client that goes away), so the next request's
+/// first byte often arrives alone; a slow client sends a few bytes at a time.
+pub mod request_prefix {
+    /// The longest prefix held: a method of seven letters (`OPTIONS`) without its space.
+    pub const MAX_LEN: usize = 7;
+    const BYTES: u64 = (1 << 56) - 1;
+
+    /// The bytes (little-endian, `len` of them) and their count in one word; 0 for none.
+    pub const fn pack(bytes: u64, len: usize) -> u64 {
+        (bytes & BYTES) | ((len as u64) << 56)
+    }
+    pub const fn len(packed: u64) -> usize {
+        (packed >> 56) as usize & 7
+    }
+    pub const fn bytes(packed: u64) -> u64 {
+        packed & BYTES
+    }
+}
+
+/// Whether the first `len` bytes of `head`, too few to parse, can still become a request
+/// line: a proper beginning of a known method and its space (`G`, `POS`, `GET `). Methods
+/// other than the known ones are not waited for.
+#[inline(always)]
+pub fn is_request_prefix(head: &[u8; 16], len: usize) -> bool {
+    if len == 0 || len > request_prefix::MAX_LEN {
+        return false;
+    }
+    let word = u64::from_le_bytes([
+        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
+    ]);
+    let mask = u64::MAX >> (64 - 8 * len as u32);
+    const STARTS: [(u64, usize); 8] = [
+        (le_word(b"GET "), 4),
+        (le_word(b"POST "), 5),
+        (le_word(b"PUT "), 4),
+        (le_word(b"HEAD "), 5),
+        (le_word(b"DELETE "), 7),
+        (le_word(b"PATCH "), 6),
+        (le_word(b"OPTIONS "), 8),
+        (le_word(b"TRACE "), 6),
+    ];
+    let mut i = 0;
+    while i < STARTS.len() {
+        let (start, start_len) = STARTS[i];
+        if len <= start_len && (word ^ start) & mask == 0 {
+            return true;
+        }
+        i += 1;
+    }
+    false
+}
+
+/// Up to eight bytes as a little-endian word.
+const fn le_word(bytes: &[u8]) -> u64 {
+    let mut value = 0u64;
+    let mut i = bytes.len();
+    while i > 0 {
+        i -= 1;
+        value = (value << 8) | bytes[i] as u64;
+    }
+    value
+}
+
 /// Reads the status code of a response that starts `HTTP/1.x NNN`.
 #[inline(always)]
 pub fn parse_status_line(head: &[u8; 16]) -> Option<u16> {
@@ -746,6 +811,9 @@ pub struct Connection {
     /// The end of the idle-timeout epoch in which the connection was last listed for the
     /// idle sweep (`IDLE_CANDIDATES`), 0 for never.
     pub listed_until_ns: u64,
+    /// Server: the first bytes of the next request when a read brought too few of them to
+    /// tell (`request_prefix::pack`), 0 for none; `request_start_ns` is then that read's.
+    pub request_prefix: u64,
     pub response_head_len: u32,
     pub response_framing: u16,
     pub _reserved: u16,
@@ -782,6 +850,7 @@ impl Connection {
             response_print: 0,
             response_length: 0,
             listed_until_ns: 0,
+            request_prefix: 0,
             response_head_len: 0,
             response_framing: 0,
             _reserved: 0,
@@ -974,7 +1043,7 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 40 + 8);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 40 + 16);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(

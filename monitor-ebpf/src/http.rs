@@ -25,7 +25,8 @@ use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key,
-    counter, duration_bucket, idle_ring, measured_process_bit, parse_status_line, phase, role,
+    counter, duration_bucket, idle_ring, measured_process_bit, parse_status_line, phase,
+    request_prefix, role,
 };
 
 use crate::{
@@ -879,6 +880,34 @@ pub fn recapture_after(buffer: Buffer, ret: i64, skip: u64) -> Option<usize> {
         .checked_sub(skip)
         .filter(|&rest| rest > 0)?;
     capture(Buffer::Plain(source + skip), rest as i64, CAPTURE_LEN).map(|(_, len)| len)
+}
+
+/// Fills the per-CPU capture with a held request prefix (`request_prefix::pack`) followed by
+/// this syscall's first bytes, as if they had come in one read; returns the bytes captured.
+#[inline(always)]
+pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: u64) -> Option<usize> {
+    let held = request_prefix::len(prefix) as u64;
+    // Capped so that prefix and bytes fill the capture at most, as a full read would.
+    let (source, len) = first_bytes_up_to(buffer, ret, CAPTURE_LEN as u64 - held)?;
+    let len = len & (2 * CAPTURE_LEN as u64 - 1);
+    let len = if len > CAPTURE_LEN as u64 {
+        CAPTURE_LEN as u64
+    } else {
+        len
+    };
+    // SAFETY: a per-CPU map value, only used by this program run on this CPU.
+    let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
+    let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
+    // SAFETY: `bytes` starts the 8-aligned map value. The prefix's bytes first; the read
+    // then overwrites the zeroes after them.
+    unsafe { *first_words = [request_prefix::bytes(prefix), 0] };
+    // `held` + `len` is at most CAPTURE_LEN (the cap above); the verifier, which cannot
+    // relate the two, sees a write within the map value, whose other fields follow `bytes`.
+    let dest = capture.bytes.as_mut_ptr().wrapping_add((held & 7) as usize);
+    if !read_user_bytes(dest, len, source) {
+        return None;
+    }
+    Some((held + len) as usize)
 }
 
 #[inline(always)]

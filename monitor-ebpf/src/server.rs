@@ -13,8 +13,8 @@ use monitor_common::{
     http::{
         CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
         ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
-        event_kind, listener, not_http, parse_request_start, parse_status_line, phase, role,
-        template_allowance,
+        event_kind, is_request_prefix, listener, not_http, parse_request_start, parse_status_line,
+        phase, request_prefix, role, template_allowance,
     },
     proxy,
 };
@@ -23,9 +23,9 @@ use crate::{
     client::final_response_after_interim,
     files::{port_allowed, socket_local_port},
     http::{
-        EventBytes, announce, capture, config, current_tgid, feed_value, finish_response, first_16,
-        head, list_for_sweep, mark_measured, mark_serving, measured, now_ns, opaque,
-        proxy_header_len, read_value, recapture_after, status_of, target_print,
+        EventBytes, announce, capture, capture_after_prefix, config, current_tgid, feed_value,
+        finish_response, first_16, head, list_for_sweep, mark_measured, mark_serving, measured,
+        now_ns, opaque, proxy_header_len, read_value, recapture_after, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -123,7 +123,15 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
         phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
         phase::IDLE | phase::RESPONSE => {
             let mut len = len;
-            if conn.phase == phase::IDLE && proxy::starts_header(&head(capture)) {
+            let prefix = conn.request_prefix;
+            if prefix != 0 {
+                // The rest of a request whose first bytes came alone (`hold_request_prefix`).
+                conn.request_prefix = 0;
+                let Some(joined) = capture_after_prefix(buffer, ret, prefix) else {
+                    return;
+                };
+                len = joined;
+            } else if conn.phase == phase::IDLE && proxy::starts_header(&head(capture)) {
                 // A load balancer's PROXY header before the first request: skipped unread.
                 // The bytes after it replace it in the same per-CPU capture.
                 let skip = proxy_header_len(len as u64);
@@ -136,7 +144,11 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             }
             let head = head(capture);
             let Some((method, target)) = parse_request_start(&head) else {
-                not_a_request(conn, key, &head, len);
+                if is_request_prefix(&head, len) {
+                    hold_request_prefix(conn, tgid, &head, len, now, prefix == 0);
+                } else {
+                    not_a_request(conn, key, &head, len);
+                }
                 return;
             };
             if conn.phase == phase::RESPONSE {
@@ -145,7 +157,10 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             count(counter::REQUESTS);
             conn.flags = 0;
             conn.method = method;
-            conn.request_start_ns = now;
+            if prefix == 0 {
+                // Else the request started with the read that brought its prefix.
+                conn.request_start_ns = now;
+            }
             conn.status = 0;
             let target = (opaque(target as u64) & 15) as usize;
             let print = target_print(target as u64, len as u64);
@@ -164,6 +179,28 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
         // Request body, or a pipelined request that is paired when its response starts.
         _ => {}
     }
+}
+
+/// A read too short to tell a request, whose bytes may begin one: held for the next read to
+/// complete (`request_prefix`). The request starts here, so the response before it ends.
+#[inline(always)]
+fn hold_request_prefix(
+    conn: &mut Connection,
+    tgid: u32,
+    head: &[u8; 16],
+    len: usize,
+    now: u64,
+    first: bool,
+) {
+    if conn.phase == phase::RESPONSE {
+        let _ = finish_response(conn, tgid, conn.last_io_ns);
+    }
+    if first {
+        conn.request_start_ns = now;
+    }
+    let mut low = [0u8; 8];
+    low.copy_from_slice(&head[..8]);
+    conn.request_prefix = request_prefix::pack(u64::from_le_bytes(low), len);
 }
 
 /// A read where a request should have started. Between requests it is counted by kind, and

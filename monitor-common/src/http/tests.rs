@@ -466,3 +466,55 @@ fn a_connection_built_in_place_is_a_new_one() {
         assert_eq!(*Connection::init(&mut slot, role), Connection::new(role));
     }
 }
+
+#[test]
+fn beginnings_of_known_methods_are_request_prefixes() {
+    for text in [
+        &b"G"[..],
+        b"GE",
+        b"GET",
+        b"GET ",
+        b"P",
+        b"PO",
+        b"PU",
+        b"PAT",
+        b"OPTIONS",
+    ] {
+        assert!(is_request_prefix(&head(text), text.len()), "{text:?}");
+    }
+}
+
+#[test]
+fn other_short_reads_are_not_request_prefixes() {
+    // Not a method's beginning, a method without its space, too long, or nothing.
+    for text in [
+        &b"X"[..],
+        b"GX",
+        b"get",
+        b"GETX",
+        b"POST/",
+        b"\x16\x03",
+        b"CONNECT",
+    ] {
+        assert!(!is_request_prefix(&head(text), text.len()), "{text:?}");
+    }
+    assert!(
+        !is_request_prefix(&head(b"OPTIONS "), 8),
+        "longer than held"
+    );
+    assert!(!is_request_prefix(&head(b""), 0));
+    // Only the first `len` bytes count: what follows them in the buffer is not looked at.
+    assert!(is_request_prefix(&head(b"GXXX"), 1));
+}
+
+#[test]
+fn a_packed_prefix_keeps_its_bytes_and_length() {
+    let packed = request_prefix::pack(u64::from_le_bytes(*b"OPTIONSX"), 7);
+    assert_eq!(request_prefix::len(packed), 7);
+    assert_eq!(request_prefix::bytes(packed).to_le_bytes(), *b"OPTIONS\0");
+    assert_ne!(
+        request_prefix::pack(u64::from(b'G'), 1),
+        0,
+        "one byte is not none"
+    );
+}
