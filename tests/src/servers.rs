@@ -139,6 +139,20 @@ impl Server {
         Self::started(child, port, name, dir)
     }
 
+    /// Go's net/http server (tests/fixtures/http_go.go, built by [`go_program`]).
+    pub fn go() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let name = unique_name("gosrv");
+        let program = go_program(dir.path(), &name);
+        let port = free_port();
+        let child = Command::new(program)
+            .args(["serve", &port.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("starting the Go server");
+        Self::started(child, port, name, dir)
+    }
+
     /// Node's cluster module (tests/fixtures/cluster_server.js): a primary that accepts
     /// connections and passes them to `workers` workers running http_server.js.
     pub fn node_cluster(workers: usize) -> Self {
@@ -289,6 +303,31 @@ impl Drop for Server {
             let _ = child.wait();
         }
     }
+}
+
+/// tests/fixtures/http_go.go built as `dir/name` (its comm and service name): a static Go
+/// binary that makes its syscalls itself, without libc.
+pub fn go_program(dir: &Path, name: &str) -> PathBuf {
+    let program = dir.join(name);
+    let output = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&program)
+        .arg(fixture("http_go.go"))
+        // Go needs a build cache; CI's environment may have no HOME to put it in.
+        .env(
+            "GOCACHE",
+            std::env::temp_dir().join("monitor-tests-go-cache"),
+        )
+        .env("GO111MODULE", "off")
+        .output()
+        .expect("running go (golang-go, installed by `cargo xtask setup`)");
+    assert!(
+        output.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    program
 }
 
 /// Files for a static server, readable by the unprivileged user its workers run as:

@@ -14,7 +14,7 @@ use monitor_tests::{
     agent::free_port,
     http::{describe_http, server_count},
     poll::try_poll,
-    servers::{Server, fixture, renamed_copy},
+    servers::{Server, fixture, go_program, renamed_copy},
     workload::unique_name,
 };
 
@@ -189,6 +189,38 @@ fn requests_on_one_connection_each_get_their_own_server_address_and_framing() {
         "{}",
         describe_http(&agent.metrics_text())
     );
+}
+
+/// Go's client connects without blocking and asks the socket for the outcome
+/// (`getsockopt(SO_ERROR)`), from whichever thread runs the goroutine; its server, measured at
+/// the other end, counts the same.
+#[test]
+fn a_go_client_is_counted_per_server_address_and_status() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::go();
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("gocli");
+    let program = go_program(dir.path(), &name);
+    let sent = [200u16, 404, 200, 503, 301, 200];
+    let output = Command::new(program)
+        .arg("get")
+        .args(sent.map(|s| server.url(&format!("/status/{s}"))))
+        .output()
+        .expect("running the Go client");
+    assert!(output.status.success(), "{output:?}");
+    let statuses: Vec<u16> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| line.trim().parse().unwrap())
+        .collect();
+    assert_eq!(statuses, sent);
+    let address = format!("127.0.0.1:{}", server.port);
+    let expected = [(200, 3), (404, 1), (503, 1), (301, 1)];
+    wait_until(&agent, "every Go request counted at both ends", |scrape| {
+        expected.iter().all(|&(status, n)| {
+            client_count(scrape, &name, &address, status) == Some(n)
+                && server_count(scrape, &server.service, status, "/status/{id}") == Some(n)
+        })
+    });
 }
 
 #[test]

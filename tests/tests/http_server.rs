@@ -237,6 +237,27 @@ fn status_codes_are_counted_exactly_node() {
     status_mix(&Server::node(), &agent);
 }
 
+/// Go's net/http makes its syscalls itself (no libc) from whichever thread runs the
+/// goroutine, and accepts and reads through its own poller.
+#[test]
+fn status_codes_are_counted_exactly_go() {
+    let agent = MonitorAgent::start(&[]);
+    status_mix(&Server::go(), &agent);
+}
+
+#[test]
+fn go_server_counts_under_load_equal_the_load_generator() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::go();
+    assert_eq!(ab(&server.url("/status/200"), 20_000, 16), 20_000);
+    let scrape = wait_for_count(&agent, &server.service, 200, "/status/{id}", 20_000);
+    assert_eq!(
+        service_total(&scrape, &server.service),
+        20_000,
+        "nothing else, nothing twice"
+    );
+}
+
 /// Node's cluster module accepts every connection in the primary and passes it to a worker
 /// over a Unix socket: the workers never accept, yet their requests are theirs to count.
 /// Without following the hand-over, none was (the connections were tracked in the primary,

@@ -30,6 +30,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3",       // http.server under test (/usr/bin/python3)
     "python3-pip",   // installs kubernetes-validate
     "nodejs",        // Node's http module under test
+    "golang-go",     // Go's net/http server and client under test
     "systemd",       // systemd-analyze verifies the unit
     "podman",        // builds and runs the container image (tests)
     "runc",          // podman's runtime in the tests (crun would be picked otherwise)
