@@ -193,7 +193,8 @@ pub fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
 
 /// The script or main module an interpreter runs, from its command line: `python3 app.py` ->
 /// `app`, `python -m my.module` -> `module`, `node server.js` -> `server`, `java -jar
-/// billing.jar` -> `billing`, `java com.shop.Main` -> `Main`, `ruby app.rb`, `php index.php`.
+/// billing.jar` -> `billing`, `java com.shop.Main` -> `Main`, `ruby app.rb`, `php index.php`;
+/// none for inline code (`python -c`, `node -e`) or `php -S addr` without a router script.
 pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
     // `python -m pkg.` or `node dist/` name nothing.
     script_arg(executable, args).filter(|name| !name.is_empty())
@@ -211,7 +212,9 @@ fn script_arg(executable: &str, args: &[String]) -> Option<String> {
                 Interpreter::Python if flag == "m" => {
                     return args.next().map(|m| last_part(m, '.'));
                 }
-                Interpreter::Python if flag == "c" => return None,
+                _ if interpreter.option_is_inline_code(flag) => return None,
+                // `php -f index.php`: the script is the option's value.
+                Interpreter::Php if flag == "f" => return args.next().map(|file| stem(file)),
                 Interpreter::Java if flag == "jar" => return args.next().map(|jar| stem(jar)),
                 // `--module shop/com.shop.Main`: the main class, else the module.
                 Interpreter::Java if flag == "m" || flag == "-module" => {
@@ -270,8 +273,21 @@ impl Interpreter {
                 flag,
                 "cp" | "classpath" | "-class-path" | "p" | "-module-path"
             ),
-            Self::Ruby => matches!(flag, "I" | "r" | "e"),
-            Self::Php => matches!(flag, "c" | "d" | "f"),
+            Self::Ruby => matches!(flag, "I" | "r"),
+            // `-S addr` (the built-in web server), `-t docroot`.
+            Self::Php => matches!(flag, "c" | "d" | "S" | "t" | "z"),
+        }
+    }
+
+    /// Options that give the program itself on the command line: the arguments after them
+    /// are its arguments, not a script.
+    fn option_is_inline_code(self, flag: &str) -> bool {
+        match self {
+            Self::Python => flag == "c",
+            Self::Node => matches!(flag, "e" | "-eval" | "p" | "-print"),
+            Self::Java => false,
+            Self::Ruby => flag == "e",
+            Self::Php => matches!(flag, "r" | "B" | "R" | "F" | "E"),
         }
     }
 }

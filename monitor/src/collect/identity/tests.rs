@@ -178,6 +178,34 @@ fn interpreters_are_named_after_their_script() {
 }
 
 #[test]
+fn options_with_values_and_inline_code_name_no_script() {
+    // Found by running `php -S`: its address became the service name (`127.0.0`).
+    assert_eq!(
+        script_name("php", &args("php -S 127.0.0.1:8080 -t /srv/www")),
+        None
+    );
+    assert_eq!(
+        script_name("php", &args("php -S 0.0.0.0:8080 router.php")),
+        Some("router".into())
+    );
+    assert_eq!(
+        script_name("php", &args("php -d memory_limit=1G -f /srv/cron.php x")),
+        Some("cron".into())
+    );
+    // The program is on the command line: what follows are its arguments.
+    for line in [
+        "php -r echo(1); worker.php",
+        "node -e require('./server') server.js",
+        "node --eval x app.js",
+        "ruby -e puts(1) app.rb",
+        "python3 -c import x script.py",
+    ] {
+        let executable = line.split(' ').next().unwrap();
+        assert_eq!(script_name(executable, &args(line)), None, "{line}");
+    }
+}
+
+#[test]
 fn command_lines_split_at_nuls() {
     assert_eq!(
         cmdline_args(b"python3\0-m\0\0shop.worker\0"),
