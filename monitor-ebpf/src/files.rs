@@ -1,7 +1,7 @@
 //! A process's open files, found in the kernel through the offsets the agent read from its
 //! BTF (`FileTableOffsets`): the open file behind a descriptor (what a connection passed
-//! between processes is recognised by, `handoff`), and a socket's local port (what
-//! `--http-ports` filters on).
+//! between processes is recognised by, `handoff`), a socket's local port (what
+//! `--http-ports` filters on), and whether a descriptor is a socket at all (`fork`).
 
 use aya_ebpf::{
     Global,
@@ -23,7 +23,8 @@ static FILE_TABLE: Global<FileTableOffsets> = Global::new(FileTableOffsets {
     file_private_data: 0,
     socket_sk: 0,
     sock_num: 0,
-    _reserved: 0,
+    file_inode: 0,
+    inode_mode: 0,
 });
 
 #[inline(always)]
@@ -69,6 +70,27 @@ pub extern "C" fn socket_local_port(fd: u64) -> u64 {
         return 0;
     };
     read_kernel::<u16>(sock + u64::from(offsets.sock_num)).map_or(0, u64::from)
+}
+
+/// `S_IFMT` and `S_IFSOCK` of `inode.i_mode`.
+const FILE_KIND: u16 = 0o170000;
+const SOCKET_KIND: u16 = 0o140000;
+
+/// Whether `fd` in the current process is known to be something other than a socket (a file,
+/// a pipe); false where the kernel's BTF did not give the way to its kind.
+#[inline(always)]
+pub fn known_not_socket(fd: u32) -> bool {
+    let Some(offsets) = offsets().filter(|offsets| offsets.file_inode != 0) else {
+        return false;
+    };
+    let Some(file) = open_file(fd, &offsets) else {
+        return false;
+    };
+    let Some(inode) = read_kernel::<u64>(file + u64::from(offsets.file_inode)) else {
+        return false;
+    };
+    read_kernel::<u16>(inode + u64::from(offsets.inode_mode))
+        .is_some_and(|mode| mode & FILE_KIND != SOCKET_KIND)
 }
 
 /// Whether `--http-ports` named `port` (`ALLOWED_PORTS`, written by the agent).

@@ -2,8 +2,8 @@
 //! `socketserver.ForkingMixIn`, inetd-style daemons) accepts in the parent and forks a child
 //! that serves the connection: the parent's state for it is under the parent, and the parent
 //! usually closes its copy before the child reads. So a child of a process with connections is
-//! noted at the fork, and its reads on descriptors nobody tracks are looked at: one that
-//! starts with a request line is taken as a server connection between requests.
+//! noted at the fork, and its reads on descriptors nobody tracks are looked at: a socket's
+//! that starts with a request line is taken as a server connection between requests.
 //!
 //! The look happens only in those children, on reads that miss the connection table, for
 //! `ADOPT_WINDOW_NS` after the fork or until one connection is taken up (a forking server's
@@ -15,6 +15,7 @@ use aya_ebpf::bindings::BPF_ANY;
 use monitor_common::http::{counter, parse_request_start};
 
 use crate::{
+    files::known_not_socket,
     http::{config, current_tgid, mark_measured, now_ns, serves, track_server_connection},
     maps::FORKED_CHILDREN,
 };
@@ -64,6 +65,11 @@ pub extern "C" fn adopt_inherited(key: u64, head_low: u64, head_high: u64, len: 
     }
     // With --http-ports, the parent's verdict on the listener is not known here.
     if config().is_none_or(|config| config.port_filter != 0) {
+        return 0;
+    }
+    // A file or pipe that happens to hold a request line (a saved request, a log) is not
+    // the connection the child was forked for.
+    if known_not_socket(key as u32) {
         return 0;
     }
     let mut head = [0u8; 16];

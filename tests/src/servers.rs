@@ -91,6 +91,11 @@ impl Server {
     /// Python's forking server (`socketserver.ForkingMixIn`): each connection is accepted by
     /// the parent and served by a child forked for it.
     pub fn python_forking() -> Self {
+        Self::python_forking_reading(None)
+    }
+
+    /// The forking server, whose children read `file` before their connection.
+    pub fn python_forking_reading(file: Option<&Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let name = unique_name("pyfork");
         let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
@@ -98,7 +103,8 @@ impl Server {
         let mut command = Command::new(python);
         command
             .arg(fixture("forking_server.py"))
-            .arg(port.to_string());
+            .arg(port.to_string())
+            .args(file);
         Self::spawn(command, port, name, dir)
     }
 

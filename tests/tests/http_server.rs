@@ -183,6 +183,33 @@ fn a_forking_server_whose_children_serve_the_connections_is_measured() {
     );
 }
 
+/// A forked child that reads a file holding a request line before its connection: only a
+/// socket is taken up. Before, the file was, and the connection (one per child) was not.
+#[test]
+fn a_forked_child_reading_a_file_that_holds_a_request_still_has_its_connection_measured() {
+    const REQUESTS: usize = 20;
+    let agent = MonitorAgent::start(&[]);
+    let saved = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        saved.path(),
+        b"GET /saved/request HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    .unwrap();
+    let server = Server::python_forking_reading(Some(saved.path()));
+    assert_eq!(
+        ab_with(&[], &server.url("/forked/7"), REQUESTS, 2),
+        REQUESTS
+    );
+    let scrape = wait_for_count(
+        &agent,
+        &server.service,
+        200,
+        "/forked/{id}",
+        REQUESTS as u64,
+    );
+    assert_eq!(service_total(&scrape, &server.service), REQUESTS as u64);
+}
+
 /// Only a process that has served connections has its forked children looked at for the ones
 /// they inherit. The children of a process that was only a client (a shell or supervisor that
 /// made an HTTP call) are not: before, all their reads and writes paid for the connection

@@ -32,6 +32,11 @@ fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
         log::debug!("a socket's local port is not read in the kernel: {error:#}");
     }
     let (file_private_data, socket_sk, sock_num) = socket.as_ref().copied().unwrap_or_default();
+    let inode = inode_offsets_in(btf);
+    if let Err(error) = &inode {
+        log::debug!("a file's kind is not read in the kernel: {error:#}");
+    }
+    let (file_inode, inode_mode) = inode.unwrap_or_default();
     Ok(FileTableOffsets {
         found: 1,
         task_files: pointer_field(btf, "task_struct", "files")?,
@@ -42,8 +47,17 @@ fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
         file_private_data,
         socket_sk,
         sock_num,
-        _reserved: 0,
+        file_inode,
+        inode_mode,
     })
+}
+
+/// `file.f_inode` and `inode.i_mode`: whether a descriptor is a socket.
+fn inode_offsets_in(btf: &Btf) -> Result<(u32, u32)> {
+    Ok((
+        pointer_field(btf, "file", "f_inode")?,
+        int_field(btf, "inode", &["i_mode"], 2)?,
+    ))
 }
 
 /// `file.private_data` (a socket's `struct socket *`), `socket.sk` and the local port in
@@ -477,11 +491,17 @@ mod tests {
                 &[("state", int, 0), ("sk", sock_pointer, 64)],
             );
             let void_pointer = btf.pointer(0);
+            let inode = btf.aggregate(KIND_STRUCT, "inode", 8, &[("i_mode", short, 0)]);
+            let inode_pointer = btf.pointer(inode);
             btf.aggregate(
                 KIND_STRUCT,
                 "file",
-                16,
-                &[("f_mode", int, 0), ("private_data", void_pointer, 64)],
+                24,
+                &[
+                    ("f_mode", int, 0),
+                    ("private_data", void_pointer, 64),
+                    ("f_inode", inode_pointer, 128),
+                ],
             )
         } else {
             btf.aggregate(KIND_STRUCT, "file", 8, &[("f_mode", int, 0)])
@@ -531,7 +551,8 @@ mod tests {
                 file_private_data: 8,
                 socket_sk: 8,
                 sock_num: 14,
-                _reserved: 0,
+                file_inode: 16,
+                inode_mode: 0,
             }
         );
     }
@@ -540,6 +561,7 @@ mod tests {
     fn a_file_table_without_the_way_to_a_socket_s_port_is_still_found() {
         let offsets = file_offsets_in(&file_table_with(true, false)).unwrap();
         assert_eq!((offsets.found, offsets.socket_found), (1, 0));
+        assert_eq!(offsets.file_inode, 0, "no way to a file's kind either");
         assert_eq!(offsets.fdtable_fd, 8);
     }
 
