@@ -179,6 +179,13 @@ const fn le_word(bytes: &[u8]) -> u64 {
     value
 }
 
+/// An interim response (`100 Continue`, `103 Early Hints`): the final one follows it.
+/// `101 Switching Protocols` is final: what follows is another protocol.
+#[inline(always)]
+pub const fn is_interim(status: u16) -> bool {
+    status < 200 && status != 101
+}
+
 /// Reads the status code of a response that starts `HTTP/1.x NNN`.
 #[inline(always)]
 pub fn parse_status_line(head: &[u8; 16]) -> Option<u16> {

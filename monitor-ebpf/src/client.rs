@@ -14,8 +14,8 @@ use monitor_common::{
     head::{HEAD_WINDOWS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
-        connection_key, counter, event_kind, method, parse_request_start, parse_status_line, phase,
-        role,
+        connection_key, counter, event_kind, is_interim, method, parse_request_start,
+        parse_status_line, phase, role,
     },
 };
 
@@ -170,7 +170,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             };
             // The final response's part of this read: after the interim ones it came with.
             let (mut buffer, mut ret, mut len) = (buffer, ret, len);
-            if status < 200 && status != 101 {
+            if is_interim(status) {
                 let Some(after) = final_response_after_interim(buffer, ret) else {
                     return; // interim: the final response follows in a later read
                 };
@@ -578,7 +578,7 @@ pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
             return 0; // the status line goes on in the next read: not told apart
         }
         match parse_status_line(&head(capture)) {
-            Some(status) if status >= 200 || status == 101 => {
+            Some(status) if !is_interim(status) => {
                 return status as u64 | (len as u64) << 16 | start << 32;
             }
             Some(_) => heads += 1,

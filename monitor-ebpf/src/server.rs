@@ -13,8 +13,8 @@ use monitor_common::{
     http::{
         CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
         ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
-        event_kind, is_request_prefix, listener, not_http, parse_request_start, parse_status_line,
-        phase, request_prefix, role, template_allowance,
+        event_kind, is_interim, is_request_prefix, listener, not_http, parse_request_start,
+        parse_status_line, phase, request_prefix, role, template_allowance,
     },
     proxy,
 };
@@ -246,7 +246,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
                 }
                 return;
             };
-            if status < 200 && status != 101 {
+            if is_interim(status) {
                 // Interim (100 Continue, 103 Early Hints): the final one follows, in this
                 // write or a later one.
                 match final_response_after_interim(buffer, ret) {

@@ -518,3 +518,9 @@ fn a_packed_prefix_keeps_its_bytes_and_length() {
         "one byte is not none"
     );
 }
+
+#[test]
+fn interim_responses_are_the_1xx_but_switching_protocols() {
+    assert!(is_interim(100) && is_interim(103));
+    assert!(!is_interim(101) && !is_interim(200) && !is_interim(404));
+}
