@@ -1,7 +1,9 @@
 //! A µs-scale HTTP server (nginx answering a small body over keep-alive) under load, with no
 //! agent, with the agent, and with empty programs on the agent's hooks, interleaved:
 //!
-//! - at saturation (wrk): throughput, the agent's CPU and memory, requests it did not record;
+//! - at saturation (wrk): throughput, nginx's CPU time per request (what the programs in its
+//!   syscalls cost it, apart from what the agent takes from the load generator's CPU), the
+//!   agent's CPU and memory, requests it did not record;
 //! - at a fixed rate (oha, an exact number of requests): latency, BPF time per request, and
 //!   the agent's counts and percentiles against the load generator's.
 //!
@@ -110,6 +112,8 @@ pub struct SaturationRound {
     pub wrk: WrkReport,
     /// Requests nginx served in the run (its own stub_status count).
     pub served: u64,
+    /// On-CPU time of nginx's worker in the run (its threads' `schedstat`), seconds.
+    pub server_cpu_seconds: Option<f64>,
     pub cost: Option<AgentCost>,
     pub counts: Option<Counts>,
 }
@@ -118,6 +122,8 @@ pub struct FixedRound {
     pub round: usize,
     pub variant: Variant,
     pub oha: OhaReport,
+    /// As in `SaturationRound`; with BPF statistics on, which add to the programs' time.
+    pub server_cpu_seconds: Option<f64>,
     pub cost: Option<AgentCost>,
     pub counts: Option<Counts>,
     /// BPF run time and runs of each program in the run (`--bpf-stats`).
@@ -368,6 +374,14 @@ impl Bench<'_> {
         Ok(geometric_bounds((low / 1.5).max(1e-6), high * 1.5, BOUNDS))
     }
 
+    /// On-CPU time of nginx's workers so far, ns (none if it cannot be read).
+    fn server_cpu_ns(&self) -> Option<u64> {
+        nginx_workers(self.server.pid())
+            .into_iter()
+            .map(process_cpu_ns)
+            .sum()
+    }
+
     fn before(agent: Option<&MonitorAgent>) -> Option<Before> {
         agent.map(|agent| Before {
             scrape: agent.scrape(),
@@ -390,7 +404,9 @@ impl Bench<'_> {
         }
         let before = Self::before(agent);
         let served_before = self.nginx_requests()?;
+        let server_cpu_before = self.server_cpu_ns();
         let report = wrk(&self.url, plan.connections, plan.saturation, plan.load_cpus)?;
+        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_ns());
         let cpu_after = agent.map(cpu_seconds);
         // The second status request counts itself.
         let served = self.nginx_requests()? - served_before - 1;
@@ -408,6 +424,7 @@ impl Bench<'_> {
             variant,
             wrk: report,
             served,
+            server_cpu_seconds,
             cost,
             counts,
         })
@@ -421,7 +438,9 @@ impl Bench<'_> {
         requests: u64,
     ) -> Result<FixedRound> {
         let before = Self::before(agent);
+        let server_cpu_before = self.server_cpu_ns();
         let report = self.oha().run(requests)?;
+        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_ns());
         let cpu_after = agent.map(cpu_seconds);
         let client = oha_client_service(&self.oha);
         let (cost, counts, programs) = match (agent, before) {
@@ -448,6 +467,7 @@ impl Bench<'_> {
             round,
             variant,
             oha: report,
+            server_cpu_seconds,
             cost,
             counts,
             programs,
@@ -607,6 +627,27 @@ fn nginx_workers(master: u32) -> Vec<u32> {
         .collect()
 }
 
+/// On-CPU time of every thread of `pid`, ns: the first field of each thread's `schedstat`
+/// (the kernel's `sum_exec_runtime`, which leaves out time stolen by the hypervisor where the
+/// kernel accounts steal).
+fn process_cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    tasks
+        .map(|task| {
+            let path = task.ok()?.path().join("schedstat");
+            parse_schedstat_run_ns(&std::fs::read_to_string(path).ok()?)
+        })
+        .sum()
+}
+
+fn parse_schedstat_run_ns(text: &str) -> Option<u64> {
+    text.split_whitespace().next()?.parse().ok()
+}
+
+fn cpu_delta(before: Option<u64>, after: Option<u64>) -> Option<f64> {
+    Some(after?.checked_sub(before?)? as f64 / 1e9)
+}
+
 /// The `requests` figure of nginx's stub_status page:
 /// `Active connections: 1\nserver accepts handled requests\n 5 5 42\n...`.
 fn parse_stub_status(body: &str) -> Option<u64> {
@@ -618,6 +659,17 @@ fn parse_stub_status(body: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedstat_gives_the_run_time() {
+        assert_eq!(
+            parse_schedstat_run_ns("2761253466 151034527 7016\n"),
+            Some(2_761_253_466)
+        );
+        assert_eq!(parse_schedstat_run_ns(""), None);
+        assert_eq!(cpu_delta(Some(5), Some(2_000_000_005)), Some(2.0));
+        assert_eq!(cpu_delta(Some(5), None), None);
+    }
 
     #[test]
     fn stub_status_gives_the_request_count() {

@@ -134,6 +134,14 @@ pub struct Summary {
     pub throughput: PerVariant,
     /// Per round, against no agent in the same round.
     pub throughput_ratio: [Paired; 4],
+    /// nginx's requests per second of its own CPU time at saturation, per round, against no
+    /// agent in the same round: the capacity the agent leaves it, apart from what the agent
+    /// takes from the load generator on the same host.
+    pub capacity_ratio: [Paired; 4],
+    /// nginx's CPU time per request, µs: at saturation, and at the fixed rate (with BPF
+    /// statistics on there, which add to the programs' time).
+    pub server_cpu_us_saturation: PerVariant,
+    pub server_cpu_us_fixed: PerVariant,
     pub p50_ratio: [Paired; 4],
     pub p99_ratio: [Paired; 4],
     pub p50: PerVariant,
@@ -336,9 +344,39 @@ impl Summary {
         let fixed_paired = |v: Variant, f: fn(&FixedRound) -> f64| {
             paired(&http.fixed_rounds, v, |r| (r.round, r.variant), f)
         };
+        let capacity_paired = |v: Variant| {
+            paired(
+                &http.saturation_rounds,
+                v,
+                |r| (r.round, r.variant),
+                |r| {
+                    r.server_cpu_seconds
+                        .map_or(f64::NAN, |cpu| ratio(r.served as f64, cpu))
+                },
+            )
+        };
+        let server_cpu_us_saturation = per_variant(|v| {
+            median(
+                saturation_of(http, v)
+                    .filter_map(|r| Some(ratio(r.server_cpu_seconds? * 1e6, r.served as f64)))
+                    .collect(),
+            )
+        });
+        let server_cpu_us_fixed = per_variant(|v| {
+            median(
+                fixed_of(http, v)
+                    .filter_map(|r| {
+                        Some(ratio(r.server_cpu_seconds? * 1e6, r.oha.responses as f64))
+                    })
+                    .collect(),
+            )
+        });
         let mut summary = Self {
             throughput,
             throughput_ratio: Variant::ALL.map(saturation_paired),
+            capacity_ratio: Variant::ALL.map(capacity_paired),
+            server_cpu_us_saturation,
+            server_cpu_us_fixed,
             p50_ratio: Variant::ALL.map(|v| fixed_paired(v, |r| r.oha.p50)),
             p99_ratio: Variant::ALL.map(|v| fixed_paired(v, |r| r.oha.p99)),
             p50: per_variant(|v| oha(v, |r| r.oha.p50)),
@@ -365,6 +403,7 @@ impl Summary {
     fn goals(&self, variant: Variant) -> Vec<Goal> {
         let v = variant.index();
         let kept = self.throughput_ratio[v];
+        let capacity = self.capacity_ratio[v];
         let floor = self.throughput_ratio[Variant::EmptyPrograms.index()];
         let (loss, floor_loss) = (1.0 - kept.median, 1.0 - floor.median);
         let bpf = self.bpf_ns_per_request[v];
@@ -387,6 +426,14 @@ impl Summary {
                 measured: format!("{} (rounds {})", percent(kept.median), range(&kept)),
                 verdict: kept.at_least(0.97),
                 miss: format!("{:.1} points short", (0.97 - kept.median) * 100.0),
+            },
+            Goal {
+                name: "nginx's requests per CPU second at saturation (the capacity the agent \
+                       leaves it), of no agent's in the same round",
+                target: ">= 97 %",
+                measured: format!("{} (rounds {})", percent(capacity.median), range(&capacity)),
+                verdict: capacity.at_least(0.97),
+                miss: format!("{:.1} points short", (0.97 - capacity.median) * 100.0),
             },
             Goal {
                 name: "throughput lost, against the empty programs' loss",
@@ -535,6 +582,10 @@ impl Summary {
             },
             "throughput_requests_per_second": by_variant(&self.throughput),
             "throughput_vs_no_agent_same_round": paired_json(&self.throughput_ratio),
+            "nginx_requests_per_cpu_second_vs_no_agent_same_round":
+                paired_json(&self.capacity_ratio),
+            "nginx_cpu_us_per_request_saturation": by_variant(&self.server_cpu_us_saturation),
+            "nginx_cpu_us_per_request_fixed_rate": by_variant(&self.server_cpu_us_fixed),
             "fixed_rate_p50_vs_no_agent_same_round": paired_json(&self.p50_ratio),
             "fixed_rate_p99_vs_no_agent_same_round": paired_json(&self.p99_ratio),
             "rounds": rounds_json(http),
@@ -649,6 +700,7 @@ fn rounds_json(http: &Http) -> Value {
                 "wrk_requests": r.wrk.requests,
                 "wrk_errors": r.wrk.errors,
                 "nginx_served": r.served,
+                "nginx_cpu_s": r.server_cpu_seconds,
                 "agent_recorded": r.counts.as_ref().map(|c| c.server),
                 "agent_cpu_s": r.cost.as_ref().map(|c| c.cpu_seconds),
             })
@@ -668,6 +720,7 @@ fn rounds_json(http: &Http) -> Value {
                 "p50_s": r.oha.p50,
                 "p99_s": r.oha.p99,
                 "bpf_ns": bpf_ns,
+                "nginx_cpu_s": r.server_cpu_seconds,
                 "agent_cpu_s": r.cost.as_ref().map(|c| c.cpu_seconds),
             })
         })
@@ -785,7 +838,11 @@ pub fn markdown(http: &Http, summary: &Summary, machine: &str) -> String {
          host, `monitor` measures both ends of every request: nginx as a server, the load \
          generator as a client. Medians over the rounds.\n\n\
          - Saturation: wrk, 1 thread, {conns} connections, {sat} s per round after a 1 s \
-         warm-up. No BPF statistics (they cost time per program run).\n\
+         warm-up. No BPF statistics (they cost time per program run). nginx's CPU time is \
+         its worker's on-CPU time in the run (`/proc/<pid>/task/*/schedstat`), which includes \
+         the programs that run in its syscalls; its requests per CPU second are the capacity \
+         the agent leaves it, where the throughput also moves with what the agent and the \
+         load generator's measured end take from the load generator's CPU.\n\
          - Fixed rate: oha, exactly {requests} requests at {rate} req/s{lowered} over {rconns} \
          connections, latency from each request's start (no coordinated-omission correction). \
          `--bpf-stats` on for every agent: BPF time per request is the run time of all the \
@@ -820,6 +877,15 @@ pub fn markdown(http: &Http, summary: &Summary, machine: &str) -> String {
         ">= 97 %",
         |v| agent_only(v, paired_text(&s.throughput_ratio[i(v)])),
     ));
+    text.push_str(&row("nginx CPU per request at saturation, µs", "", |v| {
+        number(s.server_cpu_us_saturation[i(v)], 2)
+    }));
+    text.push_str(&row(
+        "**nginx's requests per CPU second, of no agent's in the same round** (the capacity \
+         left to it)",
+        ">= 97 %",
+        |v| agent_only(v, paired_text(&s.capacity_ratio[i(v)])),
+    ));
     text.push_str(&row(
         &format!("p50 latency at {} req/s, µs", http.rate),
         "",
@@ -836,6 +902,14 @@ pub fn markdown(http: &Http, summary: &Summary, machine: &str) -> String {
     text.push_str(&row("p99 against no agent's in the same round", "", |v| {
         agent_only(v, change_text(&s.p99_ratio[i(v)]))
     }));
+    text.push_str(&row(
+        &format!(
+            "nginx CPU per request at {} req/s (BPF statistics on), µs",
+            http.rate
+        ),
+        "",
+        |v| number(s.server_cpu_us_fixed[i(v)], 2),
+    ));
     text.push_str(&row(
         "**BPF ns per request, all programs**",
         "<= 200",
