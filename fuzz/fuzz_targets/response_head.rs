@@ -1,8 +1,8 @@
 //! A response's first read, as the kernel scans it (client side: status and framing).
 //!
 //! Input: a seed byte (unused, kept so the corpus stays valid), then the response's first
-//! read. Checks: the status line and the head scanner agree with the plain rules over the
-//! captured bytes; a head length is within the capture; a head read on in windows past the
+//! read. Checks: the status line, the check of a read too short for one, and the head
+//! scanner agree with the plain rules over the captured bytes; a head length is within the capture; a head read on in windows past the
 //! capture (`scan_long_head`), when it found the head's end, agrees with the plain rules over
 //! the whole read.
 #![no_main]
@@ -10,7 +10,7 @@
 use libfuzzer_sys::fuzz_target;
 use monitor_common::{
     head::{framing, head_kind, scan_head, scan_long_head},
-    http::{CAPTURE_LEN, parse_status_line},
+    http::{CAPTURE_LEN, is_status_prefix, parse_status_line},
 };
 use monitor_fuzz::{reads::head16, reference};
 
@@ -23,6 +23,12 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(
         parse_status_line(&head),
         reference::status_line(&head),
+        "{head:?}"
+    );
+    // A read too short for a status line is held for the next only when it begins one.
+    assert_eq!(
+        is_status_prefix(&head, capture.len()),
+        reference::status_prefix(capture),
         "{head:?}"
     );
 

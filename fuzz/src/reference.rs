@@ -56,6 +56,16 @@ pub fn request_prefix(bytes: &[u8]) -> bool {
             .any(|name| format!("{name} ").as_bytes().starts_with(bytes))
 }
 
+/// Fewer than 12 bytes, all of which fit the start of `HTTP/1.x NNN` (any digits).
+pub fn status_prefix(bytes: &[u8]) -> bool {
+    (1..=11).contains(&bytes.len())
+        && bytes.iter().enumerate().all(|(i, &b)| match i {
+            0..=6 => b == b"HTTP/1."[i],
+            8 => b == b' ',
+            _ => b.is_ascii_digit(),
+        })
+}
+
 /// `HTTP/1.x NNN` with NNN a status code (100 to 599).
 pub fn status_line(head: &[u8; 16]) -> Option<u16> {
     if !head.starts_with(b"HTTP/1.") || head[8] != b' ' {

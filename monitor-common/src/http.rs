@@ -114,24 +114,36 @@ fn known_method(head: &[u8; 16]) -> (u8, usize) {
     }
 }
 
-/// The first bytes of a request read before the rest of its line, held on the connection
-/// (`Connection::request_prefix`) until the next read completes them. Go's net/http reads one
-/// byte ahead while a handler runs (to notice a client that goes away), so the next request's
-/// first byte often arrives alone; a slow client sends a few bytes at a time.
-pub mod request_prefix {
-    /// The longest prefix held: a method of seven letters (`OPTIONS`) without its space.
-    pub const MAX_LEN: usize = 7;
+/// The first bytes of a request (server) or a response (client) read before the rest of its
+/// first line, held on the connection (`Connection::head_prefix`) until the next read
+/// completes them. Go's net/http server reads one byte ahead while a handler runs (to notice
+/// a client that goes away), so the next request's first byte often arrives alone; Java's
+/// HttpClient at times reads a response's first byte alone; a slow client sends a few bytes
+/// at a time.
+pub mod head_prefix {
+    /// The longest prefix held: a status line but its last digit (`HTTP/1.1 20`).
+    pub const MAX_LEN: usize = 11;
     const BYTES: u64 = (1 << 56) - 1;
 
-    /// The bytes (little-endian, `len` of them) and their count in one word; 0 for none.
-    pub const fn pack(bytes: u64, len: usize) -> u64 {
-        (bytes & BYTES) | ((len as u64) << 56)
+    /// The first `len` bytes of `head` (little-endian words; the second's top byte holds
+    /// `len`), `[0, 0]` for none. `len` is at most `MAX_LEN`; the bytes after them in
+    /// `head` must be zero, as in a capture.
+    pub fn of(head: &[u8; 16], len: usize) -> [u64; 2] {
+        let mut low = [0u8; 8];
+        let mut high = [0u8; 8];
+        low.copy_from_slice(&head[..8]);
+        high.copy_from_slice(&head[8..]);
+        [
+            u64::from_le_bytes(low),
+            (u64::from_le_bytes(high) & BYTES) | ((len as u64 & 15) << 56),
+        ]
     }
-    pub const fn len(packed: u64) -> usize {
-        (packed >> 56) as usize & 7
+    pub const fn len(packed: &[u64; 2]) -> usize {
+        (packed[1] >> 56) as usize & 15
     }
-    pub const fn bytes(packed: u64) -> u64 {
-        packed & BYTES
+    /// The bytes alone, as the first two words of a capture.
+    pub const fn bytes(packed: &[u64; 2]) -> [u64; 2] {
+        [packed[0], packed[1] & BYTES]
     }
 }
 
@@ -140,7 +152,8 @@ pub mod request_prefix {
 /// other than the known ones are not waited for.
 #[inline(always)]
 pub fn is_request_prefix(head: &[u8; 16], len: usize) -> bool {
-    if len == 0 || len > request_prefix::MAX_LEN {
+    // A method of seven letters (`OPTIONS`) without its space.
+    if len == 0 || len > 7 {
         return false;
     }
     let word = u64::from_le_bytes([
@@ -166,6 +179,29 @@ pub fn is_request_prefix(head: &[u8; 16], len: usize) -> bool {
         i += 1;
     }
     false
+}
+
+/// Whether the first `len` bytes of `head`, too few for a status line, begin one: `H` to
+/// `HTTP/1.1 20`.
+#[inline(always)]
+pub fn is_status_prefix(head: &[u8; 16], len: usize) -> bool {
+    if len == 0 || len > head_prefix::MAX_LEN {
+        return false;
+    }
+    let mut i = 0;
+    while i < len {
+        let b = head[i];
+        let fits = match i {
+            0..=6 => b == b"HTTP/1."[i],
+            8 => b == b' ',
+            _ => b.is_ascii_digit(),
+        };
+        if !fits {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 /// Up to eight bytes as a little-endian word.
@@ -818,9 +854,10 @@ pub struct Connection {
     /// The end of the idle-timeout epoch in which the connection was last listed for the
     /// idle sweep (`IDLE_CANDIDATES`), 0 for never.
     pub listed_until_ns: u64,
-    /// Server: the first bytes of the next request when a read brought too few of them to
-    /// tell (`request_prefix::pack`), 0 for none; `request_start_ns` is then that read's.
-    pub request_prefix: u64,
+    /// The first bytes of the next request (server) or response (client) when a read brought
+    /// too few of them to tell (`head_prefix::of`), zeroes for none. Server: `request_start_ns`
+    /// is then that read's.
+    pub head_prefix: [u64; 2],
     pub response_head_len: u32,
     pub response_framing: u16,
     pub _reserved: u16,
@@ -857,7 +894,7 @@ impl Connection {
             response_print: 0,
             response_length: 0,
             listed_until_ns: 0,
-            request_prefix: 0,
+            head_prefix: [0; 2],
             response_head_len: 0,
             response_framing: 0,
             _reserved: 0,
@@ -1053,7 +1090,7 @@ const _: () = assert!(core::mem::size_of::<RouteTemplater>() == 56);
 const _: () = assert!(core::mem::size_of::<HttpEvent>() == 16 + MAX_PATH_LEN);
 const _: () = assert!(core::mem::size_of::<DurationKey>() == 16);
 const _: () = assert!(core::mem::size_of::<DurationHistogram>() == 8 * (MAX_DURATION_BOUNDS + 2));
-const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 40 + 16);
+const _: () = assert!(core::mem::size_of::<Connection>() == 56 + 56 + 40 + 24);
 const _: () = assert!(core::mem::size_of::<ProcessRoute>() == 16);
 const _: () = assert!(core::mem::size_of::<ClientErrorKey>() == 16);
 const _: () = assert!(

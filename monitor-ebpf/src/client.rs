@@ -14,16 +14,16 @@ use monitor_common::{
     head::{HEAD_WINDOWS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
-        connection_key, counter, event_kind, is_interim, method, parse_request_start,
-        parse_status_line, phase, role,
+        connection_key, counter, event_kind, head_prefix, is_interim, is_status_prefix, method,
+        parse_request_start, parse_status_line, phase, role,
     },
 };
 
 use crate::{
     http::{
-        ECONNRESET, EventBytes, announce, bytes_print, capture, capture_words, claim_response,
-        config, current_tgid, feed_value, finish_response, first_bytes, head, list_for_sweep,
-        mark_measured, measured, now_ns, read_user, read_value,
+        ECONNRESET, EventBytes, announce, bytes_print, capture, capture_after_prefix,
+        capture_words, claim_response, config, current_tgid, feed_value, finish_response,
+        first_bytes, head, list_for_sweep, mark_measured, measured, now_ns, read_user, read_value,
     },
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
@@ -162,14 +162,31 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     let now = now_ns();
     match conn.phase {
         phase::REQUEST => {
-            let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+            let Some((capture, mut len)) = capture(buffer, ret, CAPTURE_LEN) else {
                 return;
             };
-            let Some(mut status) = parse_status_line(&head(capture)) else {
+            // Bytes of the status line an earlier read brought alone, before this read's.
+            let mut held = 0;
+            let prefix = conn.head_prefix;
+            if head_prefix::len(&prefix) != 0 {
+                conn.head_prefix = [0; 2];
+                let Some(joined) = capture_after_prefix(buffer, ret, &prefix) else {
+                    return;
+                };
+                len = joined;
+                held = head_prefix::len(&prefix) as u64;
+            }
+            let head = head(capture);
+            let Some(mut status) = parse_status_line(&head) else {
+                if is_status_prefix(&head, len) {
+                    // Java's HttpClient reads into what is left of its buffer, at times a
+                    // byte or a few.
+                    conn.head_prefix = head_prefix::of(&head, len);
+                }
                 return;
             };
             // The final response's part of this read: after the interim ones it came with.
-            let (mut buffer, mut ret, mut len) = (buffer, ret, len);
+            let (mut buffer, mut ret) = (buffer, ret);
             if is_interim(status) {
                 let Some(after) = final_response_after_interim(buffer, ret) else {
                     return; // interim: the final response follows in a later read
@@ -178,6 +195,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
                 buffer = Buffer::Plain(after.source + after.start);
                 ret -= after.start as i64;
                 len = after.captured;
+                held = 0;
             }
             conn.status = status;
             conn.last_io_ns = now;
@@ -187,11 +205,11 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
                 let _ = finish_response(conn, tgid, now);
                 return;
             }
-            let (framing, head_len, length) = response_framing(conn, buffer, ret, len);
+            let (framing, head_len, length) = response_framing(conn, buffer, ret, len, held);
             conn.framing = framing;
             match framing {
                 framing::LENGTH => {
-                    let body_here = (ret as u64).saturating_sub(head_len);
+                    let body_here = (ret as u64 + held).saturating_sub(head_len);
                     if body_here >= length {
                         let _ = finish_response(conn, tgid, now);
                     } else {
@@ -589,13 +607,15 @@ pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
 }
 
 /// (framing, head length, content length) of the response whose first read is in the
-/// capture: what the last response of the connection had if its first read was the same.
+/// capture, after `held` bytes of it that an earlier read brought (the head length counts
+/// them): what the last response of the connection had if its first read was the same.
 #[inline(always)]
 fn response_framing(
     conn: &mut Connection,
     buffer: Buffer,
     ret: i64,
     len: usize,
+    held: u64,
 ) -> (u16, u64, u64) {
     let print = bytes_print(len as u64);
     if print == conn.response_print {
@@ -606,6 +626,8 @@ fn response_framing(
         );
     }
     let (framing, head_len, length, long) = scan_response_head(buffer, ret, len);
+    // A long head is read on from this read's own bytes, which do not hold the prefix.
+    let head_len = if long { head_len + held } else { head_len };
     // A long head's framing may lie past the bytes printed: not kept for the next response.
     conn.response_print = if long { 0 } else { print };
     conn.response_framing = framing;

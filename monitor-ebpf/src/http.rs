@@ -25,8 +25,8 @@ use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key,
-    counter, duration_bucket, idle_ring, measured_process_bit, parse_status_line, phase,
-    request_prefix, role,
+    counter, duration_bucket, head_prefix, idle_ring, measured_process_bit, parse_status_line,
+    phase, role,
 };
 
 use crate::{
@@ -882,11 +882,15 @@ pub fn recapture_after(buffer: Buffer, ret: i64, skip: u64) -> Option<usize> {
     capture(Buffer::Plain(source + skip), rest as i64, CAPTURE_LEN).map(|(_, len)| len)
 }
 
-/// Fills the per-CPU capture with a held request prefix (`request_prefix::pack`) followed by
-/// this syscall's first bytes, as if they had come in one read; returns the bytes captured.
+/// Fills the per-CPU capture with the bytes a connection holds (`head_prefix::of`) followed
+/// by this syscall's first bytes, as if they had come in one read; returns the bytes
+/// captured. `None` when nothing is held, or the bytes cannot be read.
 #[inline(always)]
-pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: u64) -> Option<usize> {
-    let held = request_prefix::len(prefix) as u64;
+pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: &[u64; 2]) -> Option<usize> {
+    let held = head_prefix::len(prefix) as u64;
+    if held == 0 {
+        return None;
+    }
     // Capped so that prefix and bytes fill the capture at most, as a full read would.
     let (source, len) = first_bytes_up_to(buffer, ret, CAPTURE_LEN as u64 - held)?;
     let len = len & (2 * CAPTURE_LEN as u64 - 1);
@@ -900,10 +904,13 @@ pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: u64) -> Option<usi
     let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
     // SAFETY: `bytes` starts the 8-aligned map value. The prefix's bytes first; the read
     // then overwrites the zeroes after them.
-    unsafe { *first_words = [request_prefix::bytes(prefix), 0] };
+    unsafe { *first_words = head_prefix::bytes(prefix) };
     // `held` + `len` is at most CAPTURE_LEN (the cap above); the verifier, which cannot
     // relate the two, sees a write within the map value, whose other fields follow `bytes`.
-    let dest = capture.bytes.as_mut_ptr().wrapping_add((held & 7) as usize);
+    let dest = capture
+        .bytes
+        .as_mut_ptr()
+        .wrapping_add((held & 15) as usize);
     if !read_user_bytes(dest, len, source) {
         return None;
     }

@@ -13,8 +13,8 @@ use monitor_common::{
     http::{
         CAPTURE_LEN, Connection, Fed, MAX_PATH_LEN, NotRequestScanner, OVERFLOW_ROUTE_HASH,
         ProcessRoute, RouteTemplater, cannot_be_status_line, conn_flags, connection_key, counter,
-        event_kind, is_interim, is_request_prefix, listener, not_http, parse_request_start,
-        parse_status_line, phase, request_prefix, role, template_allowance,
+        event_kind, head_prefix, is_interim, is_request_prefix, listener, not_http,
+        parse_request_start, parse_status_line, phase, role, template_allowance,
     },
     proxy,
 };
@@ -123,11 +123,12 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
         phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
         phase::IDLE | phase::RESPONSE => {
             let mut len = len;
-            let prefix = conn.request_prefix;
-            if prefix != 0 {
+            let prefix = conn.head_prefix;
+            let continued = head_prefix::len(&prefix) != 0;
+            if continued {
                 // The rest of a request whose first bytes came alone (`hold_request_prefix`).
-                conn.request_prefix = 0;
-                let Some(joined) = capture_after_prefix(buffer, ret, prefix) else {
+                conn.head_prefix = [0; 2];
+                let Some(joined) = capture_after_prefix(buffer, ret, &prefix) else {
                     return;
                 };
                 len = joined;
@@ -145,7 +146,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             let head = head(capture);
             let Some((method, target)) = parse_request_start(&head) else {
                 if is_request_prefix(&head, len) {
-                    hold_request_prefix(conn, tgid, &head, len, now, prefix == 0);
+                    hold_request_prefix(conn, tgid, &head, len, now, !continued);
                 } else {
                     not_a_request(conn, key, &head, len);
                 }
@@ -157,7 +158,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             count(counter::REQUESTS);
             conn.flags = 0;
             conn.method = method;
-            if prefix == 0 {
+            if !continued {
                 // Else the request started with the read that brought its prefix.
                 conn.request_start_ns = now;
             }
@@ -182,7 +183,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
 }
 
 /// A read too short to tell a request, whose bytes may begin one: held for the next read to
-/// complete (`request_prefix`). The request starts here, so the response before it ends.
+/// complete (`head_prefix`). The request starts here, so the response before it ends.
 #[inline(always)]
 fn hold_request_prefix(
     conn: &mut Connection,
@@ -198,9 +199,7 @@ fn hold_request_prefix(
     if first {
         conn.request_start_ns = now;
     }
-    let mut low = [0u8; 8];
-    low.copy_from_slice(&head[..8]);
-    conn.request_prefix = request_prefix::pack(u64::from_le_bytes(low), len);
+    conn.head_prefix = head_prefix::of(head, len);
 }
 
 /// A read where a request should have started. Between requests it is counted by kind, and

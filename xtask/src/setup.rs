@@ -23,20 +23,21 @@ pub const APT_PACKAGES: &[&str] = &[
     "prometheus", // promtool checks scrapes and rules
     "curl",       // examples in the README; the TLS client of the web config tests
     "ca-certificates",
-    "nginx",         // a real HTTP server under test
-    "apache2",       // a real HTTP server under test (event MPM)
-    "lighttpd",      // a real HTTP server under test
-    "apache2-utils", // ab: load with exact request counts; htpasswd: bcrypt hashes
-    "python3",       // http.server under test (/usr/bin/python3)
-    "python3-pip",   // installs kubernetes-validate
-    "nodejs",        // Node's http module under test
-    "golang-go",     // Go's net/http server and client under test
-    "systemd",       // systemd-analyze verifies the unit
-    "podman",        // builds and runs the container image (tests)
-    "runc",          // podman's runtime in the tests (crun would be picked otherwise)
-    "libcap2-bin",   // capsh: the agent under the DaemonSet's capabilities only (tests)
-    "util-linux",    // setpriv: processes of another user (tests)
-    "g++",           // libFuzzer's C++ sources, built when lint checks the fuzz targets
+    "nginx",                // a real HTTP server under test
+    "apache2",              // a real HTTP server under test (event MPM)
+    "lighttpd",             // a real HTTP server under test
+    "apache2-utils",        // ab: load with exact request counts; htpasswd: bcrypt hashes
+    "python3",              // http.server under test (/usr/bin/python3)
+    "python3-pip",          // installs kubernetes-validate
+    "nodejs",               // Node's http module under test
+    "golang-go",            // Go's net/http server and client under test
+    "default-jdk-headless", // Java's HttpClient under test (`java File.java` compiles it)
+    "systemd",              // systemd-analyze verifies the unit
+    "podman",               // builds and runs the container image (tests)
+    "runc",                 // podman's runtime in the tests (crun would be picked otherwise)
+    "libcap2-bin",          // capsh: the agent under the DaemonSet's capabilities only (tests)
+    "util-linux",           // setpriv: processes of another user (tests)
+    "g++",                  // libFuzzer's C++ sources, built when lint checks the fuzz targets
 ];
 
 /// PyPI packages the tests use: (import name, package).

@@ -509,12 +509,14 @@ fn other_short_reads_are_not_request_prefixes() {
 
 #[test]
 fn a_packed_prefix_keeps_its_bytes_and_length() {
-    let packed = request_prefix::pack(u64::from_le_bytes(*b"OPTIONSX"), 7);
-    assert_eq!(request_prefix::len(packed), 7);
-    assert_eq!(request_prefix::bytes(packed).to_le_bytes(), *b"OPTIONS\0");
+    let packed = head_prefix::of(&head(b"HTTP/1.1 20"), 11);
+    assert_eq!(head_prefix::len(&packed), 11);
+    let [low, high] = head_prefix::bytes(&packed);
+    assert_eq!(low.to_le_bytes(), *b"HTTP/1.1");
+    assert_eq!(high.to_le_bytes(), *b" 20\0\0\0\0\0");
     assert_ne!(
-        request_prefix::pack(u64::from(b'G'), 1),
-        0,
+        head_prefix::of(&head(b"G"), 1),
+        [0, 0],
         "one byte is not none"
     );
 }
@@ -523,4 +525,35 @@ fn a_packed_prefix_keeps_its_bytes_and_length() {
 fn interim_responses_are_the_1xx_but_switching_protocols() {
     assert!(is_interim(100) && is_interim(103));
     assert!(!is_interim(101) && !is_interim(200) && !is_interim(404));
+}
+
+#[test]
+fn beginnings_of_a_status_line_are_status_prefixes() {
+    for text in [
+        &b"H"[..],
+        b"HT",
+        b"HTTP",
+        b"HTTP/1.",
+        b"HTTP/1.1",
+        b"HTTP/1.0 ",
+        b"HTTP/1.1 20",
+    ] {
+        assert!(is_status_prefix(&head(text), text.len()), "{text:?}");
+    }
+    for text in [
+        &b"X"[..],
+        b"HTTPS",
+        b"http",
+        b"HTTP/2",
+        b"HTTP/1.x",
+        b"HTTP/1.1-",
+        b"HTTP/1.1 2x",
+    ] {
+        assert!(!is_status_prefix(&head(text), text.len()), "{text:?}");
+    }
+    assert!(
+        !is_status_prefix(&head(b"HTTP/1.1 200"), 12),
+        "a whole status line"
+    );
+    assert!(!is_status_prefix(&head(b""), 0));
 }
