@@ -53,6 +53,13 @@ fn run_time_set() -> u64 {
 /// gets at exec (as in a container that drops ALL and adds these), nothing inheritable or
 /// ambient.
 fn capsh_keeping(keep: &[u32]) -> Command {
+    let mut capsh = Command::new("capsh");
+    capsh.args(capsh_args(keep));
+    capsh
+}
+
+/// capsh's arguments for `capsh_keeping`, up to the agent's own.
+fn capsh_args(keep: &[u32]) -> Vec<String> {
     let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .unwrap()
         .trim()
@@ -62,13 +69,13 @@ fn capsh_keeping(keep: &[u32]) -> Command {
         .filter(|cap| !keep.contains(cap))
         .map(|cap| cap.to_string())
         .collect();
-    let mut capsh = Command::new("capsh");
-    capsh
-        .arg(format!("--drop={}", drop.join(",")))
-        .args(["--inh=", "--noamb"])
-        .arg(format!("--shell={}", monitor_bin().display()))
-        .arg("--");
-    capsh
+    vec![
+        format!("--drop={}", drop.join(",")),
+        "--inh=".to_owned(),
+        "--noamb".to_owned(),
+        format!("--shell={}", monitor_bin().display()),
+        "--".to_owned(),
+    ]
 }
 
 /// The capability sets of every thread of `pid`: (thread, name of the set, mask).
@@ -233,6 +240,61 @@ fn started_as_root_it_keeps_only_its_run_time_capabilities() {
     assert_holds_only_the_run_time_set(&agent);
     assert_measures_processes_of_another_user(&agent);
     assert_holds_only_the_run_time_set(&agent);
+}
+
+/// Where tracefs is not mounted and the agent may not mount it (the DaemonSet's capabilities
+/// hold no CAP_SYS_ADMIN; a node without `/sys/kernel/tracing` in the pod), the classic
+/// tracepoints at close's and sendmsg's entries and at fork cannot be attached: the agent
+/// says so in `monitor_hook_unavailable`, falls back to close's exit, and still counts
+/// connections that come and go exactly.
+#[test]
+fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
+    const REQUESTS: usize = 2000;
+    // A mount namespace of the agent's own, without tracefs: the host's stays as it is.
+    let script = format!(
+        "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
+         exec capsh {} \"$@\"",
+        capsh_args(&DAEMONSET)
+            .iter()
+            .map(|arg| format!("'{arg}'"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let mut launcher = Command::new("unshare");
+    launcher.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+    ]);
+    let agent = MonitorAgent::start_with(launcher, &[]);
+    let hooks = ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"];
+    let scrape = wait_until(&agent, "the unavailable hooks listed", |scrape| {
+        hooks
+            .iter()
+            .all(|hook| scrape.value("monitor_hook_unavailable", &[("hook", hook)]) == Some(1.0))
+    });
+    assert!(
+        scrape
+            .value(
+                "monitor_bpf_program_info",
+                &[("hook", "sys_exit"), ("hook_kind", "tp_btf")]
+            )
+            .is_some(),
+        "sys_exit needs no tracefs"
+    );
+    // A new connection per request: every close is seen at its exit instead.
+    let nginx = Server::nginx(r#"location = /ok { return 200 "ok\n"; }"#);
+    assert_eq!(
+        monitor_tests::servers::ab_with(&[], &nginx.url("/ok"), REQUESTS, 8),
+        REQUESTS
+    );
+    wait_until(&agent, "every request counted once", |scrape| {
+        server_count(scrape, "nginx", 200, "/ok") == Some(REQUESTS as u64)
+    });
 }
 
 /// Runs the agent under capsh keeping `keep`, on a port that is already taken so that it

@@ -24,7 +24,7 @@ pub struct Exposition<'a> {
     /// Requests whose process exited before the kernel could see their end.
     pub in_flight_at_exit: InFlightAtExit,
     pub attached: &'a [AttachedProgram],
-    /// Hooks whose programs this kernel refused (see `hook_unavailable`).
+    /// Hooks whose programs could not be attached (see `hook_unavailable`).
     pub unavailable: &'a [&'static str],
     pub program_stats: &'a [ProgramStats],
     pub refresh_errors_total: u64,
@@ -189,7 +189,8 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
         .build()
 }
 
-/// One series per hook whose program the kernel refused: `sys_exit` (no HTTP metrics at
+/// One series per hook whose program could not be attached (refused by the kernel, or a
+/// classic tracepoint without tracefs): `sys_exit` (no HTTP metrics at
 /// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only),
 /// `sched_process_fork` (forking servers' children not followed).
 fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
@@ -198,7 +199,7 @@ fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
         .fold(
             families::gauge(
                 "monitor_hook_unavailable",
-                "Hooks whose BPF program this kernel refused (1): sys_exit leaves no HTTP \
+                "Hooks whose BPF program could not be attached (1): sys_exit leaves no HTTP \
                  metrics; sys_enter_close and sys_enter_sendmsg leave their syscalls seen at \
                  the exit only; sched_process_fork leaves forking servers' children \
                  unfollowed. The agent's log says why.",
