@@ -82,15 +82,7 @@ fn known_method(head: &[u8; 16]) -> (u8, usize) {
         head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
     ]);
     let prefix = |n: u32| word & (u64::MAX >> (64 - 8 * n));
-    const fn le(bytes: &[u8]) -> u64 {
-        let mut value = 0u64;
-        let mut i = bytes.len();
-        while i > 0 {
-            i -= 1;
-            value = (value << 8) | bytes[i] as u64;
-        }
-        value
-    }
+    let le = le_word;
     if prefix(3) == le(b"GET") {
         (method::GET, 3)
     } else if prefix(4) == le(b"POST") {

@@ -893,12 +893,7 @@ pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: &[u64; 2]) -> Opti
     }
     // Capped so that prefix and bytes fill the capture at most, as a full read would.
     let (source, len) = first_bytes_up_to(buffer, ret, CAPTURE_LEN as u64 - held)?;
-    let len = len & (2 * CAPTURE_LEN as u64 - 1);
-    let len = if len > CAPTURE_LEN as u64 {
-        CAPTURE_LEN as u64
-    } else {
-        len
-    };
+    let len = within_capture(len);
     // SAFETY: a per-CPU map value, only used by this program run on this CPU.
     let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
     let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
@@ -929,17 +924,23 @@ pub fn head(capture: &Capture) -> [u8; 16] {
     head
 }
 
+/// `len`, at most CAPTURE_LEN, in a form the verifier can bound (a mask, then a cap).
+#[inline(always)]
+fn within_capture(len: u64) -> u64 {
+    let len = len & (2 * CAPTURE_LEN as u64 - 1);
+    if len > CAPTURE_LEN as u64 {
+        CAPTURE_LEN as u64
+    } else {
+        len
+    }
+}
+
 /// Copies up to `max` of the first bytes the syscall moved into the per-CPU capture; the rest
 /// of the capture is zeroed up to 16 bytes so short reads parse as what they are.
 #[inline(always)]
 pub fn capture(buffer: Buffer, ret: i64, max: usize) -> Option<(&'static Capture, usize)> {
     let (source, len) = first_bytes_up_to(buffer, ret, max as u64)?;
-    let len = len & (2 * CAPTURE_LEN as u64 - 1);
-    let len = if len > CAPTURE_LEN as u64 {
-        CAPTURE_LEN as u64
-    } else {
-        len
-    };
+    let len = within_capture(len);
     // SAFETY: a per-CPU map value, only used by this program run on this CPU.
     let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
     let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();

@@ -161,19 +161,8 @@ fn status_codes_are_counted_exactly_python() {
 fn a_forking_server_whose_children_serve_the_connections_is_measured() {
     const REQUESTS: usize = 100;
     let agent = MonitorAgent::start(&[]);
-    let server = Server::python_forking();
     // A new connection, and so a new child, per request.
-    assert_eq!(
-        ab_with(&[], &server.url("/forked/7"), REQUESTS, 4),
-        REQUESTS
-    );
-    let scrape = wait_for_count(
-        &agent,
-        &server.service,
-        200,
-        "/forked/{id}",
-        REQUESTS as u64,
-    );
+    let scrape = forked_requests_counted(&agent, &Server::python_forking(), REQUESTS);
     let inherited = scrape
         .value("monitor_http_connections_inherited_total", &[])
         .unwrap();
@@ -196,18 +185,17 @@ fn a_forked_child_reading_a_file_that_holds_a_request_still_has_its_connection_m
     )
     .unwrap();
     let server = Server::python_forking_reading(Some(saved.path()));
-    assert_eq!(
-        ab_with(&[], &server.url("/forked/7"), REQUESTS, 2),
-        REQUESTS
-    );
-    let scrape = wait_for_count(
-        &agent,
-        &server.service,
-        200,
-        "/forked/{id}",
-        REQUESTS as u64,
-    );
+    let scrape = forked_requests_counted(&agent, &server, REQUESTS);
     assert_eq!(service_total(&scrape, &server.service), REQUESTS as u64);
+}
+
+/// `requests` to the forking server, a new connection (and so a new child) each, all counted.
+fn forked_requests_counted(agent: &MonitorAgent, server: &Server, requests: usize) -> Scrape {
+    assert_eq!(
+        ab_with(&[], &server.url("/forked/7"), requests, 4),
+        requests
+    );
+    wait_for_count(agent, &server.service, 200, "/forked/{id}", requests as u64)
 }
 
 /// Only a process that has served connections has its forked children looked at for the ones
