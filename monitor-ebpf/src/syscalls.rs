@@ -54,6 +54,9 @@ pub fn is_watched(id: u64) -> bool {
     }
 }
 
+/// `MSG_PEEK` in recvfrom's and recvmsg's flags: the bytes stay queued and are read again.
+const MSG_PEEK: u64 = 2;
+
 /// A finished syscall: its number, result and first four arguments.
 pub struct SyscallExit {
     pub id: u64,
@@ -93,6 +96,10 @@ pub fn on_exit(exit: &SyscallExit) {
     let fd = exit.args[0] as u32;
     let [_, a1, a2, a3] = exit.args;
     match exit.id {
+        // A peek (a server telling TLS from clear text by the first byte) is no read: the
+        // same bytes come again.
+        nr::RECVFROM if a3 & MSG_PEEK != 0 => {}
+        nr::RECVMSG if a2 & MSG_PEEK != 0 => {}
         nr::READ | nr::RECVFROM => http::on_data_in(fd, Buffer::Plain(a1), exit.ret),
         nr::READV => http::on_data_in(fd, Buffer::Iovec(a1), exit.ret),
         nr::RECVMSG => {

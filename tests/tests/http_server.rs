@@ -598,6 +598,41 @@ fn a_request_whose_method_comes_in_pieces_is_measured_from_its_first_byte() {
     );
 }
 
+/// A server that peeks at each connection's first byte (`recv` with MSG_PEEK, as servers that
+/// tell TLS from clear text on one port do) reads the same bytes again: the peek is not a read.
+/// Before, the peeked `G` was held as a request's beginning and joined with the real read:
+/// `GGET /...`, a request of an unknown method (`_OTHER`).
+#[test]
+fn a_peek_at_the_first_byte_is_not_taken_for_a_read() {
+    const REQUESTS: usize = 200;
+    let agent = MonitorAgent::start(&[]);
+    let name = unique_name("pypeek");
+    let dir = tempfile::tempdir().unwrap();
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(monitor_tests::servers::fixture("http_server.py"))
+        .env("PEEK_FIRST_BYTE", "1");
+    let server = Server::python_with(command, monitor_tests::agent::free_port(), &name);
+    // A new connection, and so a peek, per request.
+    assert_eq!(ab_with(&[], &server.url("/peeked"), REQUESTS, 4), REQUESTS);
+    let scrape = wait_for_count(&agent, &name, 200, "/peeked", REQUESTS as u64);
+    assert_eq!(service_total(&scrape, &name), REQUESTS as u64);
+    let gets = scrape.histogram_count(
+        SERVER_DURATION,
+        &[
+            ("service_name", name.as_str()),
+            ("http_request_method", "GET"),
+        ],
+    );
+    assert_eq!(
+        gets,
+        Some(REQUESTS as u64),
+        "{}",
+        describe_http(&agent.metrics_text())
+    );
+}
+
 #[test]
 fn a_path_longer_than_the_kernel_keeps_is_counted_under_its_cut_route() {
     // 255 path bytes; the kernel templates 192 (`/docs`, 37 × `/page`, `/p`), sees that the
