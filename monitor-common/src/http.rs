@@ -78,9 +78,7 @@ fn target_start(head: &[u8; 16], method_len: usize) -> bool {
 
 #[inline(always)]
 fn known_method(head: &[u8; 16]) -> (u8, usize) {
-    let word = u64::from_le_bytes([
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-    ]);
+    let [word, _] = head_words(head);
     let prefix = |n: u32| word & (u64::MAX >> (64 - 8 * n));
     let le = le_word;
     if prefix(3) == le(b"GET") {
@@ -121,14 +119,8 @@ pub mod head_prefix {
     /// `len`), `[0, 0]` for none. `len` is at most `MAX_LEN`; the bytes after them in
     /// `head` must be zero, as in a capture.
     pub fn of(head: &[u8; 16], len: usize) -> [u64; 2] {
-        let mut low = [0u8; 8];
-        let mut high = [0u8; 8];
-        low.copy_from_slice(&head[..8]);
-        high.copy_from_slice(&head[8..]);
-        [
-            u64::from_le_bytes(low),
-            (u64::from_le_bytes(high) & BYTES) | ((len as u64 & 15) << 56),
-        ]
+        let [low, high] = super::head_words(head);
+        [low, (high & BYTES) | ((len as u64 & 15) << 56)]
     }
     pub const fn len(packed: &[u64; 2]) -> usize {
         (packed[1] >> 56) as usize & 15
@@ -148,9 +140,7 @@ pub fn is_request_prefix(head: &[u8; 16], len: usize) -> bool {
     if len == 0 || len > 7 {
         return false;
     }
-    let word = u64::from_le_bytes([
-        head[0], head[1], head[2], head[3], head[4], head[5], head[6], head[7],
-    ]);
+    let [word, _] = head_words(head);
     let mask = u64::MAX >> (64 - 8 * len as u32);
     const STARTS: [(u64, usize); 8] = [
         (le_word(b"GET "), 4),
@@ -194,6 +184,16 @@ pub fn is_status_prefix(head: &[u8; 16], len: usize) -> bool {
         i += 1;
     }
     true
+}
+
+/// The 16 bytes of `head` as two little-endian words.
+#[inline(always)]
+pub fn head_words(head: &[u8; 16]) -> [u64; 2] {
+    let mut low = [0u8; 8];
+    let mut high = [0u8; 8];
+    low.copy_from_slice(&head[..8]);
+    high.copy_from_slice(&head[8..]);
+    [u64::from_le_bytes(low), u64::from_le_bytes(high)]
 }
 
 /// Up to eight bytes as a little-endian word.

@@ -21,9 +21,9 @@ use monitor_common::{
 
 use crate::{
     http::{
-        ECONNRESET, EventBytes, announce, bytes_print, capture, capture_after_prefix,
-        capture_words, claim_response, config, current_tgid, feed_value, finish_response,
-        first_bytes, head, list_for_sweep, mark_measured, measured, now_ns, read_user, read_value,
+        ECONNRESET, EventBytes, announce, bytes_print, capture, capture_after, capture_words,
+        claim_response, config, current_tgid, feed_value, finish_response, first_bytes, head,
+        list_for_sweep, mark_measured, measured, now_ns, read_user, read_value,
     },
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
@@ -109,7 +109,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
         return; // a request body
     }
     let now = now_ns();
-    let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+    let Some((capture, len)) = capture(buffer, ret) else {
         return;
     };
     let Some((method, _)) = parse_request_start(&head(capture)) else {
@@ -162,20 +162,15 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     let now = now_ns();
     match conn.phase {
         phase::REQUEST => {
-            let Some((capture, mut len)) = capture(buffer, ret, CAPTURE_LEN) else {
+            // Bytes of the status line an earlier read brought alone, before this read's.
+            let prefix = conn.head_prefix;
+            let mut held = head_prefix::len(&prefix) as u64;
+            if held != 0 {
+                conn.head_prefix = [0; 2];
+            }
+            let Some((capture, mut len)) = capture_after(&prefix, buffer, ret) else {
                 return;
             };
-            // Bytes of the status line an earlier read brought alone, before this read's.
-            let mut held = 0;
-            let prefix = conn.head_prefix;
-            if head_prefix::len(&prefix) != 0 {
-                conn.head_prefix = [0; 2];
-                let Some(joined) = capture_after_prefix(buffer, ret, &prefix) else {
-                    return;
-                };
-                len = joined;
-                held = head_prefix::len(&prefix) as u64;
-            }
             let head = head(capture);
             let Some(mut status) = parse_status_line(&head) else {
                 if is_status_prefix(&head, len) {
@@ -505,11 +500,7 @@ pub extern "C" fn read_long_head(source: u64, available: u64) -> u64 {
         let Some(at) = next.map(u64::from).filter(|&at| at < available) else {
             break;
         };
-        let Some((_, len)) = capture(
-            Buffer::Plain(source + at),
-            (available - at) as i64,
-            CAPTURE_LEN,
-        ) else {
+        let Some((_, len)) = capture(Buffer::Plain(source + at), (available - at) as i64) else {
             break;
         };
         if walk_response_head(len as u64) != 0 {
@@ -563,7 +554,7 @@ pub fn final_response_after_interim(buffer: Buffer, ret: i64) -> Option<AfterInt
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
-    let Some((_, mut len)) = capture(Buffer::Plain(source), available as i64, CAPTURE_LEN) else {
+    let Some((_, mut len)) = capture(Buffer::Plain(source), available as i64) else {
         return 0;
     };
     let mut start = 0;
@@ -584,11 +575,9 @@ pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
         if start >= available {
             return 0;
         }
-        let Some((capture, captured)) = capture(
-            Buffer::Plain(source + start),
-            (available - start) as i64,
-            CAPTURE_LEN,
-        ) else {
+        let Some((capture, captured)) =
+            capture(Buffer::Plain(source + start), (available - start) as i64)
+        else {
             return 0;
         };
         len = captured;

@@ -25,8 +25,8 @@ use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key,
-    counter, duration_bucket, head_prefix, idle_ring, measured_process_bit, parse_status_line,
-    phase, role,
+    counter, duration_bucket, head_prefix, head_words, idle_ring, measured_process_bit,
+    parse_status_line, phase, role,
 };
 
 use crate::{
@@ -40,7 +40,6 @@ use crate::{
     server,
     syscalls::Buffer,
 };
-use monitor_common::words::zero_words;
 
 /// `-ECONNRESET`: a read or write on a connection the peer reset.
 pub const ECONNRESET: i64 = -104;
@@ -123,17 +122,8 @@ fn adopt_inherited(key: u64, buffer: Buffer, ret: i64) -> bool {
     let Some((head, len)) = first_16(buffer, ret) else {
         return false;
     };
-    let [low, high] = words_of(&head);
+    let [low, high] = head_words(&head);
     fork::adopt_inherited(key, low, high, len as u64) != 0
-}
-
-#[inline(always)]
-fn words_of(head: &[u8; 16]) -> [u64; 2] {
-    let mut low = [0u8; 8];
-    let mut high = [0u8; 8];
-    low.copy_from_slice(&head[..8]);
-    high.copy_from_slice(&head[8..]);
-    [u64::from_le_bytes(low), u64::from_le_bytes(high)]
 }
 
 #[inline(always)]
@@ -193,10 +183,7 @@ pub fn on_close(fd: u32) {
 /// False when `tgid` has never had a tracked connection (`MEASURED_PROCESSES`).
 #[inline(always)]
 pub fn may_have_connections(tgid: u32) -> bool {
-    let (word, bit) = measured_process_bit(tgid);
-    MEASURED_PROCESSES
-        .get(word)
-        .is_none_or(|bits| bits & bit != 0)
+    process_bit(&MEASURED_PROCESSES, tgid) != Some(false)
 }
 
 /// Marks `tgid` as a process with connections, before the first is tracked.
@@ -227,10 +214,14 @@ fn set_process_bit(bitmap: &Array<u64>, tgid: u32) {
 /// Whether `tgid` has served a connection.
 #[inline(always)]
 pub fn serves(tgid: u32) -> bool {
+    process_bit(&SERVING_PROCESSES, tgid) == Some(true)
+}
+
+/// The bit of `tgid` in a bitmap of processes; none if the word cannot be read.
+#[inline(always)]
+fn process_bit(bitmap: &Array<u64>, tgid: u32) -> Option<bool> {
     let (word, bit) = measured_process_bit(tgid);
-    SERVING_PROCESSES
-        .get(word)
-        .is_some_and(|bits| bits & bit != 0)
+    bitmap.get(word).map(|bits| bits & bit != 0)
 }
 
 /// Tracks `key` as a server connection between requests, counting `counted`, or
@@ -879,37 +870,7 @@ pub fn recapture_after(buffer: Buffer, ret: i64, skip: u64) -> Option<usize> {
         .min(available)
         .checked_sub(skip)
         .filter(|&rest| rest > 0)?;
-    capture(Buffer::Plain(source + skip), rest as i64, CAPTURE_LEN).map(|(_, len)| len)
-}
-
-/// Fills the per-CPU capture with the bytes a connection holds (`head_prefix::of`) followed
-/// by this syscall's first bytes, as if they had come in one read; returns the bytes
-/// captured. `None` when nothing is held, or the bytes cannot be read.
-#[inline(always)]
-pub fn capture_after_prefix(buffer: Buffer, ret: i64, prefix: &[u64; 2]) -> Option<usize> {
-    let held = head_prefix::len(prefix) as u64;
-    if held == 0 {
-        return None;
-    }
-    // Capped so that prefix and bytes fill the capture at most, as a full read would.
-    let (source, len) = first_bytes_up_to(buffer, ret, CAPTURE_LEN as u64 - held)?;
-    let len = within_capture(len);
-    // SAFETY: a per-CPU map value, only used by this program run on this CPU.
-    let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
-    let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
-    // SAFETY: `bytes` starts the 8-aligned map value. The prefix's bytes first; the read
-    // then overwrites the zeroes after them.
-    unsafe { *first_words = head_prefix::bytes(prefix) };
-    // `held` + `len` is at most CAPTURE_LEN (the cap above); the verifier, which cannot
-    // relate the two, sees a write within the map value, whose other fields follow `bytes`.
-    let dest = capture
-        .bytes
-        .as_mut_ptr()
-        .wrapping_add((held & 15) as usize);
-    if !read_user_bytes(dest, len, source) {
-        return None;
-    }
-    Some((held + len) as usize)
+    capture(Buffer::Plain(source + skip), rest as i64).map(|(_, len)| len)
 }
 
 #[inline(always)]
@@ -935,22 +896,41 @@ fn within_capture(len: u64) -> u64 {
     }
 }
 
-/// Copies up to `max` of the first bytes the syscall moved into the per-CPU capture; the rest
-/// of the capture is zeroed up to 16 bytes so short reads parse as what they are.
+/// Copies the first bytes the syscall moved, up to CAPTURE_LEN, into the per-CPU capture; the
+/// rest of the capture is zeroed up to 16 bytes so short reads parse as what they are.
 #[inline(always)]
-pub fn capture(buffer: Buffer, ret: i64, max: usize) -> Option<(&'static Capture, usize)> {
-    let (source, len) = first_bytes_up_to(buffer, ret, max as u64)?;
+pub fn capture(buffer: Buffer, ret: i64) -> Option<(&'static Capture, usize)> {
+    capture_after(&[0; 2], buffer, ret)
+}
+
+/// `capture`, after the bytes a connection holds (`head_prefix::of`; none for `[0, 0]`), as
+/// if they had come in one read with this syscall's: prefix and bytes fill the capture at
+/// most, as a full read would.
+#[inline(always)]
+pub fn capture_after(
+    prefix: &[u64; 2],
+    buffer: Buffer,
+    ret: i64,
+) -> Option<(&'static Capture, usize)> {
+    let held = head_prefix::len(prefix) as u64;
+    let (source, len) = first_bytes_up_to(buffer, ret, CAPTURE_LEN as u64 - held)?;
     let len = within_capture(len);
     // SAFETY: a per-CPU map value, only used by this program run on this CPU.
     let capture = unsafe { &mut *CAPTURE.get_ptr_mut(0)? };
     let first_words = capture.bytes.as_mut_ptr().cast::<[u64; 2]>();
-    // SAFETY: `bytes` starts the 8-aligned map value.
-    zero_words(unsafe { &mut *first_words });
-    // The destination holds CAPTURE_LEN bytes and `len` is at most that.
-    if !read_user_bytes(capture.bytes.as_mut_ptr(), len, source) {
+    // SAFETY: `bytes` starts the 8-aligned map value. The prefix's bytes (or zeroes) first;
+    // the read then overwrites the zeroes after them.
+    unsafe { *first_words = head_prefix::bytes(prefix) };
+    // `held` + `len` is at most CAPTURE_LEN (the cap above); the verifier, which cannot
+    // relate the two, sees a write within the map value, whose other fields follow `bytes`.
+    let dest = capture
+        .bytes
+        .as_mut_ptr()
+        .wrapping_add((held & 15) as usize);
+    if !read_user_bytes(dest, len, source) {
         return None;
     }
-    Some((capture, len as usize))
+    Some((capture, (held + len) as usize))
 }
 
 /// The address of the syscall's first bytes in user memory, and how many are there.

@@ -23,9 +23,9 @@ use crate::{
     client::final_response_after_interim,
     files::{port_allowed, socket_local_port},
     http::{
-        EventBytes, announce, capture, capture_after_prefix, config, current_tgid, feed_value,
-        finish_response, first_16, head, list_for_sweep, mark_measured, mark_serving, measured,
-        now_ns, opaque, proxy_header_len, read_value, recapture_after, status_of, target_print,
+        EventBytes, announce, capture_after, config, current_tgid, feed_value, finish_response,
+        first_16, head, list_for_sweep, mark_measured, mark_serving, measured, now_ns, opaque,
+        proxy_header_len, read_value, recapture_after, status_of, target_print,
     },
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
@@ -116,23 +116,20 @@ fn listener_allowed(tgid: u32, listening_fd: u32) -> bool {
 #[inline(always)]
 pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
     let now = now_ns();
-    let Some((capture, len)) = capture(buffer, ret, CAPTURE_LEN) else {
+    // The rest of a request whose first bytes came alone (`hold_request_prefix`), if any.
+    let prefix = conn.head_prefix;
+    let continued = head_prefix::len(&prefix) != 0;
+    if continued {
+        conn.head_prefix = [0; 2];
+    }
+    let Some((capture, len)) = capture_after(&prefix, buffer, ret) else {
         return;
     };
     match conn.phase {
         phase::REQUEST_LINE => continue_request_line(conn, key, tgid, capture, 0, len, true),
         phase::IDLE | phase::RESPONSE => {
             let mut len = len;
-            let prefix = conn.head_prefix;
-            let continued = head_prefix::len(&prefix) != 0;
-            if continued {
-                // The rest of a request whose first bytes came alone (`hold_request_prefix`).
-                conn.head_prefix = [0; 2];
-                let Some(joined) = capture_after_prefix(buffer, ret, &prefix) else {
-                    return;
-                };
-                len = joined;
-            } else if conn.phase == phase::IDLE && proxy::starts_header(&head(capture)) {
+            if !continued && conn.phase == phase::IDLE && proxy::starts_header(&head(capture)) {
                 // A load balancer's PROXY header before the first request: skipped unread.
                 // The bytes after it replace it in the same per-CPU capture.
                 let skip = proxy_header_len(len as u64);
