@@ -95,7 +95,12 @@ pub fn order<const N: usize>(round: usize, mut variants: [Variant; N]) -> [Varia
 /// included), to the nanosecond: the process's CPU-time clock. /proc's clock ticks (10 ms)
 /// are too coarse for an agent that works a millisecond a second; they are the fallback.
 pub fn cpu_seconds(agent: &MonitorAgent) -> f64 {
-    let pid = agent.pid() as libc::pid_t;
+    process_cpu_seconds(agent.pid())
+}
+
+/// `cpu_seconds` of any process: its CPU-time clock, else /proc's clock ticks.
+pub fn process_cpu_seconds(pid: u32) -> f64 {
+    let id = pid as libc::pid_t;
     let mut clock: libc::clockid_t = 0;
     let mut now = libc::timespec {
         tv_sec: 0,
@@ -103,12 +108,12 @@ pub fn cpu_seconds(agent: &MonitorAgent) -> f64 {
     };
     // SAFETY: valid out-pointers; a pid that is gone makes the calls fail, nothing else.
     let ok = unsafe {
-        libc::clock_getcpuclockid(pid, &mut clock) == 0 && libc::clock_gettime(clock, &mut now) == 0
+        libc::clock_getcpuclockid(id, &mut clock) == 0 && libc::clock_gettime(clock, &mut now) == 0
     };
     if ok {
         now.tv_sec as f64 + now.tv_nsec as f64 / 1e9
     } else {
-        proc_cpu_seconds(agent.pid())
+        proc_cpu_seconds(pid)
     }
 }
 

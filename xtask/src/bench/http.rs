@@ -22,7 +22,7 @@ use monitor_tests::{MonitorAgent, Scrape, poll::try_poll, servers::Server};
 use super::{
     agent::{
         ProgramTotal, Variant, counter_sum, cpu_seconds, hooks, order, peak_rss_bytes,
-        program_deltas, program_totals, start_as_deployed,
+        process_cpu_seconds, program_deltas, program_totals, start_as_deployed,
     },
     loadgen::{Oha, OhaReport, WrkReport, wrk},
     profile::{self, Profile},
@@ -112,7 +112,7 @@ pub struct SaturationRound {
     pub wrk: WrkReport,
     /// Requests nginx served in the run (its own stub_status count).
     pub served: u64,
-    /// On-CPU time of nginx's worker in the run (its threads' `schedstat`), seconds.
+    /// CPU time of nginx's worker in the run (its process CPU-time clock), seconds.
     pub server_cpu_seconds: Option<f64>,
     pub cost: Option<AgentCost>,
     pub counts: Option<Counts>,
@@ -374,12 +374,10 @@ impl Bench<'_> {
         Ok(geometric_bounds((low / 1.5).max(1e-6), high * 1.5, BOUNDS))
     }
 
-    /// On-CPU time of nginx's workers so far, ns (none if it cannot be read).
-    fn server_cpu_ns(&self) -> Option<u64> {
-        nginx_workers(self.server.pid())
-            .into_iter()
-            .map(process_cpu_ns)
-            .sum()
+    /// CPU time of nginx's workers so far, seconds (none without workers).
+    fn server_cpu_seconds(&self) -> Option<f64> {
+        let workers = nginx_workers(self.server.pid());
+        (!workers.is_empty()).then(|| workers.into_iter().map(process_cpu_seconds).sum())
     }
 
     fn before(agent: Option<&MonitorAgent>) -> Option<Before> {
@@ -404,9 +402,9 @@ impl Bench<'_> {
         }
         let before = Self::before(agent);
         let served_before = self.nginx_requests()?;
-        let server_cpu_before = self.server_cpu_ns();
+        let server_cpu_before = self.server_cpu_seconds();
         let report = wrk(&self.url, plan.connections, plan.saturation, plan.load_cpus)?;
-        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_ns());
+        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_seconds());
         let cpu_after = agent.map(cpu_seconds);
         // The second status request counts itself.
         let served = self.nginx_requests()? - served_before - 1;
@@ -438,9 +436,9 @@ impl Bench<'_> {
         requests: u64,
     ) -> Result<FixedRound> {
         let before = Self::before(agent);
-        let server_cpu_before = self.server_cpu_ns();
+        let server_cpu_before = self.server_cpu_seconds();
         let report = self.oha().run(requests)?;
-        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_ns());
+        let server_cpu_seconds = cpu_delta(server_cpu_before, self.server_cpu_seconds());
         let cpu_after = agent.map(cpu_seconds);
         let client = oha_client_service(&self.oha);
         let (cost, counts, programs) = match (agent, before) {
@@ -627,25 +625,8 @@ fn nginx_workers(master: u32) -> Vec<u32> {
         .collect()
 }
 
-/// On-CPU time of every thread of `pid`, ns: the first field of each thread's `schedstat`
-/// (the kernel's `sum_exec_runtime`, which leaves out time stolen by the hypervisor where the
-/// kernel accounts steal).
-fn process_cpu_ns(pid: u32) -> Option<u64> {
-    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    tasks
-        .map(|task| {
-            let path = task.ok()?.path().join("schedstat");
-            parse_schedstat_run_ns(&std::fs::read_to_string(path).ok()?)
-        })
-        .sum()
-}
-
-fn parse_schedstat_run_ns(text: &str) -> Option<u64> {
-    text.split_whitespace().next()?.parse().ok()
-}
-
-fn cpu_delta(before: Option<u64>, after: Option<u64>) -> Option<f64> {
-    Some(after?.checked_sub(before?)? as f64 / 1e9)
+fn cpu_delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
 }
 
 /// The `requests` figure of nginx's stub_status page:
@@ -659,17 +640,6 @@ fn parse_stub_status(body: &str) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn schedstat_gives_the_run_time() {
-        assert_eq!(
-            parse_schedstat_run_ns("2761253466 151034527 7016\n"),
-            Some(2_761_253_466)
-        );
-        assert_eq!(parse_schedstat_run_ns(""), None);
-        assert_eq!(cpu_delta(Some(5), Some(2_000_000_005)), Some(2.0));
-        assert_eq!(cpu_delta(Some(5), None), None);
-    }
 
     #[test]
     fn stub_status_gives_the_request_count() {

@@ -839,7 +839,7 @@ pub fn markdown(http: &Http, summary: &Summary, machine: &str) -> String {
          generator as a client. Medians over the rounds.\n\n\
          - Saturation: wrk, 1 thread, {conns} connections, {sat} s per round after a 1 s \
          warm-up. No BPF statistics (they cost time per program run). nginx's CPU time is \
-         its worker's on-CPU time in the run (`/proc/<pid>/task/*/schedstat`), which includes \
+         its worker's CPU time in the run (its process CPU-time clock), which includes \
          the programs that run in its syscalls; its requests per CPU second are the capacity \
          the agent leaves it, where the throughput also moves with what the agent and the \
          load generator's measured end take from the load generator's CPU.\n\
