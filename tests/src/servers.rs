@@ -151,12 +151,9 @@ impl Server {
         let name = unique_name("gosrv");
         let program = go_program(dir.path(), &name);
         let port = free_port();
-        let child = Command::new(program)
-            .args(["serve", &port.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("starting the Go server");
-        Self::started(child, port, name, dir)
+        let mut command = Command::new(program);
+        command.args(["serve", &port.to_string()]);
+        Self::spawn(command, port, name, dir)
     }
 
     /// Node's cluster module (tests/fixtures/cluster_server.js): a primary that accepts

@@ -53,17 +53,18 @@ fn run_client(interpreter: &str, fixture_name: &str, urls: &[String]) -> (String
     let name = unique_name("cli");
     let script = dir.path().join(format!("{name}.{extension}"));
     std::fs::copy(fixture(fixture_name), &script).unwrap();
-    let output = Command::new(interpreter)
-        .arg(&script)
-        .args(urls)
-        .output()
-        .expect("running the client");
+    let statuses = printed_statuses(Command::new(interpreter).arg(&script).args(urls));
+    (name, statuses)
+}
+
+/// Runs a client that prints the status of each response, one per line; returns them.
+fn printed_statuses(client: &mut Command) -> Vec<u16> {
+    let output = client.output().expect("running the client");
     assert!(output.status.success(), "{output:?}");
-    let statuses = String::from_utf8_lossy(&output.stdout)
+    String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| line.trim().parse().unwrap())
-        .collect();
-    (name, statuses)
+        .collect()
 }
 
 #[test]
@@ -202,16 +203,11 @@ fn a_go_client_is_counted_per_server_address_and_status() {
     let name = unique_name("gocli");
     let program = go_program(dir.path(), &name);
     let sent = [200u16, 404, 200, 503, 301, 200];
-    let output = Command::new(program)
-        .arg("get")
-        .args(sent.map(|s| server.url(&format!("/status/{s}"))))
-        .output()
-        .expect("running the Go client");
-    assert!(output.status.success(), "{output:?}");
-    let statuses: Vec<u16> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(|line| line.trim().parse().unwrap())
-        .collect();
+    let statuses = printed_statuses(
+        Command::new(program)
+            .arg("get")
+            .args(sent.map(|s| server.url(&format!("/status/{s}")))),
+    );
     assert_eq!(statuses, sent);
     let address = format!("127.0.0.1:{}", server.port);
     let expected = [(200, 3), (404, 1), (503, 1), (301, 1)];
@@ -242,9 +238,9 @@ fn a_100ms_server_gives_client_observations_between_100_and_250ms() {
 
 /// A client that reads a response's first byte alone, then a few more, then the rest (Java's
 /// HttpClient reads into what is left of its buffer): the bytes are held until a read
-/// completes the status line. Before, both
-/// reads were taken for something else; the next request, written while the first still
-/// waited for its answer, was taken for its body and went uncounted.
+/// completes the status line. Before, those reads were taken for something else; the next
+/// request, written while the first still waited for its answer, was taken for its body and
+/// went uncounted.
 #[test]
 fn a_response_whose_first_byte_is_read_alone_is_counted() {
     let agent = MonitorAgent::start(&[]);

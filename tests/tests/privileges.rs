@@ -13,7 +13,7 @@ use monitor_tests::{
     agent::{free_port, monitor_bin},
     http::{client, describe_http, get, server_count},
     poll::try_poll,
-    servers::{Server, fixture},
+    servers::{Server, ab_with, fixture},
     workload::unique_name,
 };
 
@@ -288,10 +288,7 @@ fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
     );
     // A new connection per request: every close is seen at its exit instead.
     let nginx = Server::nginx(r#"location = /ok { return 200 "ok\n"; }"#);
-    assert_eq!(
-        monitor_tests::servers::ab_with(&[], &nginx.url("/ok"), REQUESTS, 8),
-        REQUESTS
-    );
+    assert_eq!(ab_with(&[], &nginx.url("/ok"), REQUESTS, 8), REQUESTS);
     wait_until(&agent, "every request counted once", |scrape| {
         server_count(scrape, "nginx", 200, "/ok") == Some(REQUESTS as u64)
     });

@@ -36,7 +36,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "podman",               // builds and runs the container image (tests)
     "runc",                 // podman's runtime in the tests (crun would be picked otherwise)
     "libcap2-bin",          // capsh: the agent under the DaemonSet's capabilities only (tests)
-    "util-linux",           // setpriv: processes of another user (tests)
+    "util-linux",           // setpriv, unshare: another user, a mount namespace (tests)
     "g++",                  // libFuzzer's C++ sources, built when lint checks the fuzz targets
 ];
 

@@ -1,6 +1,7 @@
-//! `MEASURED_PROCESSES` (and `SERVING_PROCESSES`, the same shape: processes that have served a
-//! connection, whose forked children are followed): one bit per process that has had a tracked connection, which lets the
-//! kernel skip the connection look-up for every other process's reads and writes. The agent
+//! `MEASURED_PROCESSES`: one bit per process that has had a tracked connection, which lets the
+//! kernel skip the connection look-up for every other process's reads and writes; and
+//! `SERVING_PROCESSES`, the same shape: processes that have served a connection, whose forked
+//! children are followed. The agent
 //! sets the bits of processes whose connections it adopts and clears those of processes that
 //! have gone. The map is mapped into the agent's memory and changed with atomic operations:
 //! a read-modify-write through the map syscalls could undo a bit the kernel set meanwhile.
