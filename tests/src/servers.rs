@@ -128,6 +128,31 @@ impl Server {
         Self::started(child, port, service, dir)
     }
 
+    /// A Python application server (`gunicorn`, `uvicorn`: Debian's, installed by `cargo xtask
+    /// setup`) running an application in tests/fixtures/python_app.py, copied to a module of a
+    /// name of its own: the `service_name` its metrics carry. `attribute` is the application
+    /// in that module (`app`, WSGI; `asgi`); `args`, where `{port}` is the port, come before
+    /// the application.
+    pub fn python_app(launcher: &str, args: &[&str], attribute: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let module = unique_name("pyapp");
+        fs::copy(
+            fixture("python_app.py"),
+            dir.path().join(format!("{module}.py")),
+        )
+        .unwrap();
+        let port = free_port();
+        let mut command = Command::new(launcher);
+        command
+            .args(
+                args.iter()
+                    .map(|arg| arg.replace("{port}", &port.to_string())),
+            )
+            .arg(format!("{module}:{attribute}"))
+            .current_dir(dir.path());
+        Self::spawn(command, port, module, dir)
+    }
+
     /// Node's http module running tests/fixtures/http_server.js.
     pub fn node() -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -236,3 +236,61 @@ fn a_pod_container_gets_its_kubernetes_labels_from_the_pod_log_directory() {
         scrape.histogram_count("http_server_request_duration_seconds", &labels) == Some(1)
     });
 }
+
+/// `gunicorn shop:app` and `uvicorn shop:asgi` (Debian's, run by their `#!/usr/bin/python3`
+/// scripts): every service under one of them would otherwise be called after it.
+#[test]
+fn python_application_servers_are_named_after_their_application() {
+    let agent = MonitorAgent::start(&[]);
+    let servers = [
+        Server::python_app(
+            "/usr/bin/gunicorn",
+            &[
+                "--workers",
+                "2",
+                "--bind",
+                "127.0.0.1:{port}",
+                "--log-level",
+                "warning",
+            ],
+            "app",
+        ),
+        Server::python_app(
+            "/usr/bin/uvicorn",
+            &[
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "{port}",
+                "--log-level",
+                "warning",
+            ],
+            "asgi",
+        ),
+    ];
+    let http = client();
+    for server in &servers {
+        for _ in 0..3 {
+            assert_eq!(get(&http, &server.url("/orders")), 200);
+        }
+    }
+    let scrape = wait_until(&agent, "both servers named after their module", |scrape| {
+        servers
+            .iter()
+            .all(|server| server_count(scrape, &server.service, 200, "/orders") == Some(3))
+    });
+    for server in &servers {
+        let pid = server.pid().to_string();
+        let labels = [
+            ("process_pid", pid.as_str()),
+            ("service_name", server.service.as_str()),
+        ];
+        assert!(
+            scrape
+                .value("process_cpu_time_seconds_total", &labels)
+                .is_some(),
+            "no CPU series named {} for {pid}",
+            server.service
+        );
+    }
+}

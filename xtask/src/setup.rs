@@ -31,6 +31,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "python3-pip",          // installs kubernetes-validate
     "nodejs",               // Node's http module under test
     "golang-go",            // Go's net/http server and client under test
+    "gunicorn",             // a Python WSGI server, named after its application (tests)
+    "uvicorn",              // a Python ASGI server, likewise
     "default-jdk-headless", // Java's HttpClient under test (`java File.java` compiles it)
     "systemd",              // systemd-analyze verifies the unit
     "podman",               // builds and runs the container image (tests)

@@ -4,6 +4,8 @@
 //!
 //! Pure parsers here (tested from fixtures); `process` reads the files.
 
+mod launchers;
+
 use std::{collections::HashMap, fs, path::Path};
 
 /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, from a process's
@@ -194,47 +196,70 @@ pub fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
 /// The script or main module an interpreter runs, from its command line: `python3 app.py` ->
 /// `app`, `python -m my.module` -> `module`, `node server.js` -> `server`, `java -jar
 /// billing.jar` -> `billing`, `java com.shop.Main` -> `Main`, `ruby app.rb`, `php index.php`;
-/// none for inline code (`python -c`, `node -e`) or `php -S addr` without a router script.
+/// for a Python launcher, the application it runs (`gunicorn shop.wsgi:application` ->
+/// `shop`, `launchers`); none for inline code (`python -c`, `node -e`) or `php -S addr`
+/// without a router script.
 pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
+    let name = match script_arg(executable, args) {
+        Some((script, rest)) => launchers::launched_app(&script, rest).unwrap_or(script),
+        None => launchers::retitled_app(args)?,
+    };
     // `python -m pkg.` or `node dist/` name nothing.
-    script_arg(executable, args).filter(|name| !name.is_empty())
+    Some(name).filter(|name| !name.is_empty())
 }
 
-fn script_arg(executable: &str, args: &[String]) -> Option<String> {
-    let interpreter = Interpreter::of(executable)?;
-    let mut args = args.iter().skip(1);
-    while let Some(arg) = args.next() {
+/// The script's or main module's name, and the arguments after it.
+fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<(String, &'a [String])> {
+    // A script run by its `#!` line has the script's name for its executable
+    // (`/usr/bin/gunicorn`: `gunicorn`); the interpreter is the command line's first word.
+    let interpreter = Interpreter::of(executable).or_else(|| {
+        let program = args.first()?;
+        Interpreter::of(program.rsplit('/').next().unwrap_or(program))
+    })?;
+    let mut i = 1;
+    // The argument at `i`, and those after it.
+    let at = |i: usize| {
+        args.get(i)
+            .map(|arg| (arg, &args[(i + 1).min(args.len())..]))
+    };
+    while let Some((arg, rest)) = at(i) {
+        i += 1;
         if arg == "--" {
             continue;
         }
         if let Some(flag) = arg.strip_prefix('-') {
+            let value = at(i);
             match interpreter {
                 Interpreter::Python if flag == "m" => {
-                    return args.next().map(|m| last_part(m, '.'));
+                    return value.map(|(m, rest)| (last_part(m, '.'), rest));
                 }
                 _ if interpreter.option_is_inline_code(flag) => return None,
                 // `php -f index.php`: the script is the option's value.
-                Interpreter::Php if flag == "f" => return args.next().map(|file| stem(file)),
-                Interpreter::Java if flag == "jar" => return args.next().map(|jar| stem(jar)),
+                Interpreter::Php if flag == "f" => {
+                    return value.map(|(file, rest)| (stem(file), rest));
+                }
+                Interpreter::Java if flag == "jar" => {
+                    return value.map(|(jar, rest)| (stem(jar), rest));
+                }
                 // `--module shop/com.shop.Main`: the main class, else the module.
                 Interpreter::Java if flag == "m" || flag == "-module" => {
-                    return args
-                        .next()
-                        .map(|module| last_part(module.rsplit('/').next().unwrap_or(module), '.'));
+                    return value.map(|(module, rest)| {
+                        let class = module.rsplit('/').next().unwrap_or(module);
+                        (last_part(class, '.'), rest)
+                    });
                 }
-                _ if interpreter.option_takes_value(flag) => {
-                    args.next();
-                }
+                _ if interpreter.option_takes_value(flag) => i += 1,
                 _ => {}
             }
             continue;
         }
-        return Some(match interpreter {
+        let name = match interpreter {
             // A source file run as it is (`java Server.java`, Java 11+), else a class name.
             Interpreter::Java if arg.ends_with(".java") => stem(arg),
             Interpreter::Java => last_part(arg, '.'),
             _ => stem(arg),
-        });
+        };
+        return Some((name, rest));
     }
     None
 }

@@ -206,6 +206,113 @@ fn options_with_values_and_inline_code_name_no_script() {
 }
 
 #[test]
+fn python_launchers_are_named_after_the_application_they_run() {
+    let pyenv = "/root/.pyenv/versions/3.11.7/bin";
+    for (line, name) in [
+        (
+            "python3 /usr/bin/gunicorn -w 4 -b 127.0.0.1:8000 app:app",
+            "app",
+        ),
+        // Django's conventional module: the project.
+        (
+            "python3 /usr/bin/gunicorn --bind=:8000 shop.wsgi:application",
+            "shop",
+        ),
+        (
+            "python3 /usr/bin/daphne -b localhost -p 80 shop.asgi:application",
+            "shop",
+        ),
+        (
+            "python3 -m gunicorn -k uvicorn.workers.UvicornWorker api.main:app",
+            "main",
+        ),
+        (
+            "python3 -m uvicorn --host 0.0.0.0 --port 80 main:app",
+            "main",
+        ),
+        (
+            "python3 /usr/local/bin/uvicorn --factory billing:create_app()",
+            "billing",
+        ),
+        (
+            "python3 /usr/local/bin/hypercorn -b localhost:8000 orders:app",
+            "orders",
+        ),
+        (
+            "python3 /usr/local/bin/flask --app hello run --port 80",
+            "hello",
+        ),
+        (
+            "python3 /usr/local/bin/flask --app=hello:create_app run",
+            "hello",
+        ),
+        (
+            "python3 /usr/local/bin/celery -A tasks worker -l INFO",
+            "tasks",
+        ),
+        ("python3 /usr/local/bin/fastapi run app/main.py", "main"),
+        (
+            "python3 /usr/local/bin/waitress-serve --listen=*:8080 shop:app",
+            "shop",
+        ),
+    ] {
+        assert_eq!(
+            script_name("python3", &args(line)),
+            Some(name.into()),
+            "{line}"
+        );
+    }
+    // Run by their `#!` line, launchers have their own name for the executable's.
+    let pyenv_line = format!("{pyenv}/python3.11 {pyenv}/gunicorn -w 2 app:app");
+    assert_eq!(
+        script_name("gunicorn", &args(&pyenv_line)),
+        Some("app".into())
+    );
+    assert_eq!(
+        script_name(
+            "uvicorn",
+            &args("/usr/bin/python3 /usr/bin/uvicorn main:app")
+        ),
+        Some("main".into())
+    );
+    // What names no application keeps the launcher's name.
+    for (line, name) in [
+        (
+            "python3 /usr/bin/gunicorn -b localhost:8000 unix:/run/x",
+            "gunicorn",
+        ),
+        (
+            "python3 /usr/bin/gunicorn --config gunicorn.conf",
+            "gunicorn",
+        ),
+        ("python3 /usr/local/bin/flask run", "flask"),
+        ("python3 /srv/app.py shop:app", "app"),
+    ] {
+        assert_eq!(
+            script_name("python3", &args(line)),
+            Some(name.into()),
+            "{line}"
+        );
+    }
+}
+
+#[test]
+fn a_gunicorn_that_retitled_itself_is_named_after_its_application() {
+    // With `setproctitle` installed, the title replaces the command line, padded with blanks.
+    let cmdline = b"gunicorn: worker [shop.wsgi:application]                \0";
+    let args = cmdline_args(cmdline);
+    assert_eq!(script_name("python3", &args), Some("shop".into()));
+    assert_eq!(
+        script_name("python3", &cmdline_args(b"gunicorn: master [app:app]\0")),
+        Some("app".into())
+    );
+    assert_eq!(
+        script_name("python3", &cmdline_args(b"gunicorn: master\0")),
+        None
+    );
+}
+
+#[test]
 fn command_lines_split_at_nuls() {
     assert_eq!(
         cmdline_args(b"python3\0-m\0\0shop.worker\0"),
