@@ -121,6 +121,13 @@ CMDLINES = {
     "ruby": b"ruby\0ruby\0-I\0lib\0app.rb\0",
     "php": b"php-fpm\0php-fpm: pool www\0",
     "nginx": b"nginx\0nginx: worker process\0",
+    "gunicorn": b"gunicorn\0/usr/bin/python3\0/usr/bin/gunicorn\0-b\0localhost:8000\0shop.wsgi:application\0",
+    "gunicorn_retitled": b"python3.11\0gunicorn: worker [app:create_app()]     \0",
+    "celery": b"python3\0python3\0-m\0celery\0-A\0tasks\0worker\0",
+    "flask": b"flask\0/usr/bin/python3\0/usr/bin/flask\0--app=hello:make\0run\0",
+    "puma": b"puma\0puma 5.6.5 (tcp://127.0.0.1:18201) [shopfront]\0\0",
+    "sidekiq": b"sidekiq\0sidekiq 6.4.1 shopfront [0 of 5 busy]\0",
+    "uwsgi": b"uwsgi\0uwsgi\0--http-socket\0:8000\0--module=shop.wsgi:application\0",
 }
 for name, data in CMDLINES.items():
     write("cmdline", name, data)

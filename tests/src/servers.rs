@@ -153,6 +153,25 @@ impl Server {
         Self::spawn(command, port, module, dir)
     }
 
+    /// Debian's puma (installed by `cargo xtask setup`) serving tests/fixtures/config.ru from
+    /// a directory of a name of its own, its working directory: the `service_name` its
+    /// metrics carry. `workers` > 0 is cluster mode (a master and forked workers).
+    pub fn puma(workers: usize) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let app = unique_name("rbapp");
+        let app_dir = dir.path().join(&app);
+        fs::create_dir(&app_dir).unwrap();
+        fs::copy(fixture("config.ru"), app_dir.join("config.ru")).unwrap();
+        let port = free_port();
+        let mut command = Command::new("/usr/bin/puma");
+        command
+            .args(["--bind", &format!("tcp://127.0.0.1:{port}")])
+            .args(["--workers", &workers.to_string()])
+            .stdout(Stdio::null())
+            .current_dir(&app_dir);
+        Self::spawn(command, port, app, dir)
+    }
+
     /// Node's http module running tests/fixtures/http_server.js.
     pub fn node() -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -294,3 +294,36 @@ fn python_application_servers_are_named_after_their_application() {
         );
     }
 }
+
+/// puma (Debian's, a Ruby script) serving from `<dir>/config.ru`, alone and as a cluster of
+/// forked workers: named after its directory, as puma's own title `[dir]` names it, not `puma`.
+#[test]
+fn puma_is_named_after_its_application_directory() {
+    let agent = MonitorAgent::start(&[]);
+    let servers = [Server::puma(0), Server::puma(2)];
+    let http = client();
+    for server in &servers {
+        for _ in 0..4 {
+            assert_eq!(get(&http, &server.url("/cart")), 200);
+        }
+    }
+    let scrape = wait_until(&agent, "both pumas named after their directory", |scrape| {
+        servers
+            .iter()
+            .all(|server| server_count(scrape, &server.service, 200, "/cart") == Some(4))
+    });
+    for server in &servers {
+        let pid = server.pid().to_string();
+        let labels = [
+            ("process_pid", pid.as_str()),
+            ("service_name", server.service.as_str()),
+        ];
+        assert!(
+            scrape
+                .value("process_cpu_time_seconds_total", &labels)
+                .is_some(),
+            "no CPU series named {} for {pid}",
+            server.service
+        );
+    }
+}

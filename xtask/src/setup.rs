@@ -33,6 +33,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "golang-go",            // Go's net/http server and client under test
     "gunicorn",             // a Python WSGI server, named after its application (tests)
     "uvicorn",              // a Python ASGI server, likewise
+    "puma",                 // a Ruby (Rack) server, named after its application directory
     "default-jdk-headless", // Java's HttpClient under test (`java File.java` compiles it)
     "systemd",              // systemd-analyze verifies the unit
     "podman",               // builds and runs the container image (tests)

@@ -6,6 +6,8 @@
 
 mod launchers;
 
+pub use launchers::{app_directory, named_after_directory};
+
 use std::{collections::HashMap, fs, path::Path};
 
 /// `OTEL_SERVICE_NAME`, else `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, from a process's
@@ -197,12 +199,13 @@ pub fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
 /// `app`, `python -m my.module` -> `module`, `node server.js` -> `server`, `java -jar
 /// billing.jar` -> `billing`, `java com.shop.Main` -> `Main`, `ruby app.rb`, `php index.php`;
 /// for a Python launcher, the application it runs (`gunicorn shop.wsgi:application` ->
-/// `shop`, `launchers`); none for inline code (`python -c`, `node -e`) or `php -S addr`
-/// without a router script.
+/// `shop`), and for a server that retitled itself or embeds the interpreter, the application
+/// it names (`puma ... [shop]`, `uwsgi --module shop:app`; see `launchers`); none for inline
+/// code (`python -c`, `node -e`) or `php -S addr` without a router script.
 pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
     let name = match script_arg(executable, args) {
         Some((script, rest)) => launchers::launched_app(&script, rest).unwrap_or(script),
-        None => launchers::retitled_app(args)?,
+        None => launchers::retitled_app(args).or_else(|| launchers::uwsgi_app(executable, args))?,
     };
     // `python -m pkg.` or `node dist/` name nothing.
     Some(name).filter(|name| !name.is_empty())

@@ -1,7 +1,8 @@
-//! Python programs that run an application named on their command line: WSGI and ASGI
-//! servers (`gunicorn shop.wsgi:application`, `uvicorn main:app`), `flask --app`, `celery -A`,
-//! `fastapi run main.py`. Every service a host runs under gunicorn would otherwise be called
-//! `gunicorn`; the application module is the name its owners use.
+//! Servers and workers that run an application named on their command line or in the title
+//! they give themselves: Python's WSGI and ASGI servers (`gunicorn shop.wsgi:application`,
+//! `uvicorn main:app`, uWSGI), `flask --app`, `celery -A`, `fastapi run main.py`, Ruby's puma
+//! and sidekiq. Every service a host runs under gunicorn would otherwise be called
+//! `gunicorn`; the application is the name its owners use.
 
 /// Launchers whose command line names the application they run.
 const LAUNCHERS: &[&str] = &[
@@ -52,13 +53,77 @@ pub fn launched_app(launcher: &str, args: &[String]) -> Option<String> {
     None
 }
 
-/// The application in a title that gunicorn gives its processes when `setproctitle` is
-/// installed, which replaces the whole command line: `gunicorn: worker [shop.wsgi:application]`.
+/// The application named in the title a server gave itself, which replaces its whole
+/// command line: gunicorn's with `setproctitle` installed, `gunicorn: worker
+/// [shop.wsgi:application]`; puma's, `puma 6.4.2 (tcp://0.0.0.0:3000) [shop]` and `puma:
+/// cluster worker 0: 1085 [shop]`, whose tag is the application's directory; sidekiq's,
+/// `sidekiq 7.2.0 shop [0 of 5 busy]`, whose tag is the Rails application's directory.
 pub fn retitled_app(args: &[String]) -> Option<String> {
-    let title = args.first()?.strip_prefix("gunicorn: ")?;
-    let (_, spec) = title.split_once('[')?;
-    let (spec, _) = spec.split_once(']')?;
-    module_name(spec, false)
+    let title = args.first()?.trim_end();
+    if let Some(rest) = title.strip_prefix("gunicorn: ") {
+        return module_name(bracketed(rest)?, false);
+    }
+    if title.starts_with("puma ") || title.starts_with("puma: ") {
+        return bracketed(title)
+            .filter(|tag| !tag.is_empty())
+            .map(str::to_owned);
+    }
+    if let Some(rest) = title.strip_prefix("sidekiq ") {
+        // The version, then the tag (empty when none was set) and the busy count.
+        let tag = rest.split(' ').nth(1)?;
+        return (!tag.is_empty() && !tag.starts_with('[')).then(|| tag.to_owned());
+    }
+    None
+}
+
+/// Servers that tag themselves with the directory they run in (puma's title `[shop]`, sidekiq's
+/// tag, the Rails convention): named `launcher`, they are named after that directory instead
+/// (`app_directory`), as their titles name them once they have retitled themselves.
+pub fn named_after_directory(launcher: &str) -> bool {
+    matches!(launcher, "puma" | "sidekiq")
+}
+
+/// The name of the application in `directory` (a process's working directory): its last
+/// component, or for a Capistrano release (`/srv/shop/releases/20261206083000`) the
+/// application's, as sidekiq's tag has it.
+pub fn app_directory(directory: &str) -> Option<String> {
+    let mut parts = directory.trim_end_matches('/').rsplit('/');
+    let last = parts.next().filter(|last| !last.is_empty())?;
+    if last.bytes().all(|b| b.is_ascii_digit())
+        && parts.next() == Some("releases")
+        && let Some(app) = parts.next().filter(|app| !app.is_empty())
+    {
+        return Some(app.to_owned());
+    }
+    Some(last.to_owned())
+}
+
+/// uWSGI, which embeds the interpreter in its own executable: `uwsgi --module shop:app`, `-w
+/// shop`, `--wsgi-file /srv/shop.py`, `--ini /etc/uwsgi/apps-enabled/shop.ini`.
+pub fn uwsgi_app(executable: &str, args: &[String]) -> Option<String> {
+    if executable != "uwsgi" && executable != "uwsgi-core" {
+        return None;
+    }
+    let mut args = args.iter().skip(1);
+    while let Some(arg) = args.next() {
+        let (option, inline) = match arg.split_once('=') {
+            Some((option, value)) => (option, Some(value)),
+            None => (arg.as_str(), None),
+        };
+        let mut value = || inline.or_else(|| args.next().map(String::as_str));
+        match option {
+            "--module" | "-w" | "--wsgi" => return value().and_then(|m| module_name(m, false)),
+            "--wsgi-file" | "--file" | "--ini" => return value().map(super::stem),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// What the last `[...]` of a title holds.
+fn bracketed(title: &str) -> Option<&str> {
+    let (_, inside) = title.rsplit_once('[')?;
+    inside.strip_suffix(']')
 }
 
 /// The name of the module in an application spec `module[:attribute]`: its last part, unless

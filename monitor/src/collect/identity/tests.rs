@@ -313,6 +313,76 @@ fn a_gunicorn_that_retitled_itself_is_named_after_its_application() {
 }
 
 #[test]
+fn servers_that_retitle_themselves_are_named_after_their_application() {
+    // Read from Debian's puma 5.6.5 serving a `config.ru` in `shopfront/`, alone and with two
+    // workers: the tag is the application's directory.
+    let puma: [&[u8]; 2] = [
+        b"puma 5.6.5 (tcp://127.0.0.1:18201) [shopfront]\0\0",
+        b"puma: cluster worker 0: 1085 [shopfront]\0\0\0\0\0\0\0\0",
+    ];
+    for cmdline in puma {
+        assert_eq!(
+            script_name("puma", &cmdline_args(cmdline)),
+            Some("shopfront".into())
+        );
+    }
+    // sidekiq's title (`Sidekiq::Launcher::PROCTITLES`), with and without a tag.
+    let tagged = cmdline_args(b"sidekiq 6.4.1 shopfront [0 of 5 busy]\0");
+    assert_eq!(script_name("sidekiq", &tagged), Some("shopfront".into()));
+    let untagged = cmdline_args(b"sidekiq 6.4.1  [3 of 5 busy] stopping\0");
+    assert_eq!(script_name("sidekiq", &untagged), None);
+    assert_eq!(
+        script_name("puma", &cmdline_args(b"puma: cluster worker 0: 12\0")),
+        None
+    );
+}
+
+#[test]
+fn servers_tagged_with_their_directory_are_named_after_it() {
+    assert!(named_after_directory("puma"));
+    assert!(named_after_directory("sidekiq"));
+    assert!(!named_after_directory("gunicorn"));
+    for (directory, name) in [
+        ("/srv/shopfront", Some("shopfront")),
+        ("/srv/shopfront/", Some("shopfront")),
+        ("/srv/shop/releases/20261206083000", Some("shop")),
+        ("/srv/releases/v2", Some("v2")),
+        ("/20261206083000", Some("20261206083000")),
+        ("/", None),
+    ] {
+        assert_eq!(app_directory(directory).as_deref(), name, "{directory}");
+    }
+}
+
+#[test]
+fn uwsgi_is_named_after_the_application_it_loads() {
+    // Read from Debian's uwsgi 2.0.21 with its python3 plugin.
+    for (line, name) in [
+        (
+            "uwsgi --http-socket 127.0.0.1:18203 --plugin python3 --wsgi-file /tmp/gu/app.py --callable app --master --processes 2",
+            "app",
+        ),
+        (
+            "uwsgi --http-socket 127.0.0.1:18204 --plugin python3 --chdir /tmp/gu --module app:app",
+            "app",
+        ),
+        ("uwsgi --ini /etc/uwsgi/apps-enabled/billing.ini", "billing"),
+        ("uwsgi --http=:8000 --module=shop.wsgi:application", "shop"),
+        ("uwsgi -w orders", "orders"),
+    ] {
+        assert_eq!(
+            script_name("uwsgi", &args(line)),
+            Some(name.into()),
+            "{line}"
+        );
+    }
+    assert_eq!(
+        script_name("uwsgi", &args("uwsgi --emperor /etc/uwsgi/vassals")),
+        None
+    );
+}
+
+#[test]
 fn command_lines_split_at_nuls() {
     assert_eq!(
         cmdline_args(b"python3\0-m\0\0shop.worker\0"),
