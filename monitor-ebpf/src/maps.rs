@@ -26,7 +26,8 @@ const NO_PREALLOC: u32 = aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 #[map]
 pub static CPU_TIME: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(16384, NO_PREALLOC);
 
-/// Run-queue latency histogram per process (tgid), per CPU.
+/// Run-queue latency histogram per process (tgid), per CPU; sized by the agent
+/// (`--max-processes`), like CPU_TIME.
 #[map]
 pub static RUNQ_LATENCY: PerCpuHashMap<u32, RunqHistogram> =
     PerCpuHashMap::with_max_entries(4096, NO_PREALLOC);

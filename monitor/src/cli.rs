@@ -53,7 +53,8 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_REFRESH_INTERVAL", default_value = "1s", value_parser = nonzero_duration)]
     pub refresh_interval: Duration,
 
-    /// Most processes tracked at once in the kernel (sizes the CPU-time and name maps).
+    /// Most processes tracked at once in the kernel (sizes the CPU-time, run-queue and name
+    /// maps).
     #[arg(long, env = "MONITOR_MAX_PROCESSES", default_value_t = 16384)]
     pub max_processes: u32,
 
@@ -69,7 +70,7 @@ pub struct Cli {
     pub sched_hooks: HookChoice,
 
     /// Where on-CPU time and run-queue waits come from. `kernel`: the switch program reads the
-    /// run time and wait the kernel keeps for every task (found in its BTF), about half the
+    /// run time and wait the kernel keeps for every task (found in its BTF), about a third of the
     /// cost per context switch and no program at wake-ups; waits are then those of the
     /// kernel's scheduler statistics (`/proc/<pid>/schedstat`), which count a task that
     /// preempts at once as not waiting. `programs`: the programs read the clock at every

@@ -113,6 +113,11 @@ impl Scrape {
     }
 
     /// Metric names, histograms under their base name.
+    /// Every sample's own name (a histogram's `_bucket`, `_sum` and `_count` as they are).
+    pub fn sample_names(&self) -> impl Iterator<Item = &str> {
+        self.samples.iter().map(|sample| sample.name.as_str())
+    }
+
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.samples.iter().map(|sample| {
             let name = sample.name.as_str();
@@ -179,6 +184,55 @@ fn parse_line(line: &str) -> Option<Sample> {
         labels,
         value,
     })
+}
+
+/// The metrics README.md's "Metrics" table documents (its first column), by base name, with
+/// whether each is a histogram: the contract that the agent's scrapes, the Prometheus rules
+/// and the dashboard are held to.
+pub fn documented_metrics() -> BTreeMap<String, bool> {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
+        .expect("reading README.md");
+    let table = readme
+        .split_once("\n## Metrics\n")
+        .expect("README.md has a Metrics section")
+        .1
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'));
+    let mut metrics = BTreeMap::new();
+    for row in table {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let (Some(names), Some(kind)) = (cells.get(1), cells.get(2)) else {
+            continue;
+        };
+        for name in names
+            .split(", ")
+            .filter_map(|name| name.strip_prefix('`')?.strip_suffix('`'))
+        {
+            metrics.insert(name.to_owned(), kind.starts_with("histogram"));
+        }
+    }
+    assert!(
+        metrics.len() > 20,
+        "README's Metrics table not found: {metrics:?}"
+    );
+    metrics
+}
+
+/// Every sample name the documented metrics give (`_bucket`, `_sum` and `_count` for
+/// histograms).
+pub fn documented_sample_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (name, histogram) in documented_metrics() {
+        if histogram {
+            for suffix in ["_bucket", "_sum", "_count"] {
+                names.insert(format!("{name}{suffix}"));
+            }
+        } else {
+            names.insert(name);
+        }
+    }
+    names
 }
 
 #[cfg(test)]

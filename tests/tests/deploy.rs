@@ -12,44 +12,9 @@ use std::{
     process::{Command, Output},
 };
 
+use monitor_tests::metrics::{documented_metrics, documented_sample_names};
 use serde_yaml::Value;
 
-/// What the agent exports (README "Metrics"; the HTTP client histogram is announced).
-const AGENT_METRICS: &[&str] = &[
-    "process_cpu_time_seconds_total",
-    "monitor_bpf_program_info",
-    "monitor_hook_unavailable",
-    "monitor_bpf_program_run_time_seconds_total",
-    "monitor_bpf_program_runs_total",
-    "monitor_bpf_map_entries",
-    "monitor_bpf_map_capacity_entries",
-    "monitor_bpf_events_dropped_total",
-    "monitor_processes_exited_total",
-    "monitor_refresh_errors_total",
-    "monitor_build_info",
-    "monitor_http_requests_seen_total",
-    "monitor_http_requests_recorded_total",
-    "monitor_http_requests_unanswered_total",
-    "monitor_http_requests_in_flight_at_exit_total",
-    "monitor_http_responses_unmatched_total",
-    "monitor_http_reads_not_http_total",
-    "monitor_http_responses_aborted_total",
-    "monitor_http_connections_tracked_total",
-    "monitor_http_connections_received_total",
-    "monitor_http_connections_inherited_total",
-    "monitor_http_route_events_total",
-    "monitor_http_events_dropped_total",
-    "monitor_http_routes_limited_total",
-    "monitor_http_route_mismatches_total",
-    "monitor_web_config_reloads_total",
-    "monitor_web_config_last_reload_successful",
-];
-const AGENT_HISTOGRAMS: &[&str] = &[
-    "http_server_request_duration_seconds",
-    "http_client_request_duration_seconds",
-    "process_run_queue_latency_seconds",
-    "monitor_refresh_duration_seconds",
-];
 /// Series the rules read but nobody records there: optional inputs from other exporters, and
 /// the per-service or per-host overrides users record (each documented in deploy/README.md).
 const RULE_INPUTS: &[&str] = &[
@@ -232,14 +197,10 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
     names
 }
 
+/// What the agent exports: README's Metrics table, which `every_exported_metric_is_documented`
+/// (tests/tests/lifecycle.rs) holds the agent's scrapes to.
 fn agent_metric_names() -> BTreeSet<String> {
-    let mut names: BTreeSet<String> = AGENT_METRICS.iter().map(|n| n.to_string()).collect();
-    for histogram in AGENT_HISTOGRAMS {
-        for suffix in ["_bucket", "_sum", "_count"] {
-            names.insert(format!("{histogram}{suffix}"));
-        }
-    }
-    names
+    documented_sample_names()
 }
 
 #[test]
@@ -537,6 +498,7 @@ fn daemonset_runs_the_agent_with_capabilities_not_privileged() {
         "/sys/kernel/debug",
         "/sys/fs/cgroup",
         "/var/log/pods",
+        "/var/log/containers",
     ];
     assert_eq!(host_paths, expected.into_iter().collect());
     // The Service selects these pods on that port, headless.
@@ -848,8 +810,15 @@ fn dashboard_queries_name_only_exported_or_recorded_metrics() {
         }
     }
     // The agent's health section shows every self metric.
-    for name in AGENT_METRICS.iter().filter(|n| n.starts_with("monitor_")) {
-        assert!(used.contains(*name), "the dashboard does not show {name}");
+    for name in documented_metrics()
+        .keys()
+        .filter(|n| n.starts_with("monitor_"))
+    {
+        let shown = used.contains(name)
+            || ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| used.contains(&format!("{name}{suffix}")));
+        assert!(shown, "the dashboard does not show {name}");
     }
 }
 

@@ -30,7 +30,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check and clippy -D warnings, the BPF crate linted on its own.
+    /// cargo fmt --check, clippy -D warnings (the BPF crate linted on its own), cargo check of the fuzz targets.
     Lint,
     /// Set up, lint, run the unit tests, build, and run the integration tests (as root).
     Test {

@@ -77,6 +77,7 @@ pub fn load(
     let mut loader = EbpfLoader::new();
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
+        .map_max_entries("RUNQ_LATENCY", sizes.max_processes)
         .map_max_entries("PROCESS_META", sizes.max_processes);
     if let Some(offsets) = &task_accounting {
         loader.override_global("TASK_ACCOUNTING", offsets, true);
