@@ -16,8 +16,8 @@ use crate::{metrics::Scrape, poll_until};
 pub struct MonitorAgent {
     child: Option<Child>,
     pub port: u16,
-    /// Where its stderr goes, when the test reads its log.
-    log: Option<NamedTempFile>,
+    /// Where its stderr goes: read by tests, checked for panics when it stops.
+    log: NamedTempFile,
 }
 
 /// The binary under test: `MONITOR_BIN` (relative to the workspace root), else the workspace's
@@ -53,35 +53,26 @@ pub fn free_port() -> u16 {
 }
 
 impl MonitorAgent {
-    /// Starts the agent with `args` on a free local port and waits until it serves.
+    /// Starts the agent with `args` on a free local port and waits until it serves. Its log
+    /// (stderr) is kept for [`log`](Self::log); a panic in it fails the test when the agent
+    /// is stopped (`Drop`).
     pub fn start(args: &[&str]) -> Self {
         Self::start_until(args, serves_health)
-    }
-
-    /// Like [`start`](Self::start), with its log (stderr) kept for [`log`](Self::log).
-    pub fn start_logged(args: &[&str]) -> Self {
-        let log = NamedTempFile::new().expect("a temp file for the log");
-        Self::launch(Command::new(monitor_bin()), args, Some(log), serves_health)
     }
 
     /// Starts the agent with `args` on a free local port and waits until `ready` says it
     /// serves (for agents that `get` cannot reach, such as one serving TLS).
     pub fn start_until(args: &[&str], ready: impl FnMut(&Self) -> bool) -> Self {
-        Self::launch(Command::new(monitor_bin()), args, None, ready)
+        Self::launch(Command::new(monitor_bin()), args, ready)
     }
 
     /// Starts the agent through `launcher`, a command that execs the agent with the arguments
     /// appended to it (e.g. `capsh --shell=<monitor> --`), so its pid is the agent's.
     pub fn start_with(launcher: Command, args: &[&str]) -> Self {
-        Self::launch(launcher, args, None, serves_health)
+        Self::launch(launcher, args, serves_health)
     }
 
-    fn launch(
-        mut launcher: Command,
-        args: &[&str],
-        log: Option<NamedTempFile>,
-        mut ready: impl FnMut(&Self) -> bool,
-    ) -> Self {
+    fn launch(mut launcher: Command, args: &[&str], mut ready: impl FnMut(&Self) -> bool) -> Self {
         require_root();
         let port = free_port();
         launcher
@@ -90,9 +81,8 @@ impl MonitorAgent {
             .args(["--refresh-interval", "200ms", "--log-level", "warn"])
             .args(args)
             .stdin(Stdio::null());
-        if let Some(log) = &log {
-            launcher.stderr(log.reopen().expect("opening the log"));
-        }
+        let log = NamedTempFile::new().expect("a temp file for the log");
+        launcher.stderr(log.reopen().expect("opening the log"));
         let child = launcher.spawn().expect("starting monitor");
         let mut agent = Self {
             child: Some(child),
@@ -104,7 +94,7 @@ impl MonitorAgent {
             Duration::from_secs(30),
             || {
                 if let Some(status) = agent.child_mut().try_wait().expect("waiting on monitor") {
-                    panic!("monitor exited during start-up: {status}");
+                    panic!("monitor exited during start-up: {status}\n{}", agent.log());
                 }
                 ready(&agent).then_some(())
             },
@@ -112,26 +102,26 @@ impl MonitorAgent {
         agent
     }
 
-    /// What the agent logged so far (started with [`start_logged`](Self::start_logged)).
+    /// What the agent logged so far.
     pub fn log(&self) -> String {
-        let log = self
-            .log
-            .as_ref()
-            .expect("the agent was not started with start_logged");
-        fs::read_to_string(log.path()).expect("reading the agent's log")
+        fs::read_to_string(self.log.path()).expect("reading the agent's log")
     }
 
-    /// The agent still runs, answers /healthz, and (when its log is kept) never panicked.
+    /// The agent still runs, answers /healthz, and never panicked.
     pub fn assert_healthy(&mut self) {
         if let Some(status) = self.child_mut().try_wait().expect("waiting on monitor") {
             panic!("monitor exited: {status}");
         }
         let health = self.get("/healthz").expect("asking /healthz");
         assert_eq!((health.0, health.1.trim()), (200, "ok"), "/healthz");
-        if self.log.is_some() {
-            let log = self.log();
-            assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
-        }
+        self.assert_no_panic();
+    }
+
+    /// The agent's log shows no panic: one in a thread of its would not stop it, and could
+    /// leave it answering while part of it is gone.
+    fn assert_no_panic(&self) {
+        let log = self.log();
+        assert!(!log.contains("panicked"), "the agent panicked:\n{log}");
     }
 
     /// Entries of the agent's `CONNECTIONS` map that belong to process `tgid`, with their
@@ -299,6 +289,12 @@ impl Drop for MonitorAgent {
         if let Some(mut child) = self.child.take() {
             signal(&child, libc::SIGTERM);
             let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            // The test failed: what the agent said may tell why.
+            eprintln!("the agent's log:\n{}", self.log());
+        } else {
+            self.assert_no_panic();
         }
     }
 }

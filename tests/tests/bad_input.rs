@@ -89,7 +89,7 @@ struct Scene {
 impl Scene {
     fn new(servers: Vec<Server>) -> Self {
         let ports: Vec<String> = servers.iter().map(|s| s.port.to_string()).collect();
-        let agent = MonitorAgent::start_logged(&["--http-ports", &ports.join(",")]);
+        let agent = MonitorAgent::start(&["--http-ports", &ports.join(",")]);
         Self {
             agent,
             servers,

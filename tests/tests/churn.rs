@@ -168,11 +168,20 @@ fn short_connections_and_ever_new_paths_stay_exact_and_bounded() {
     // Bounded in the kernel too: each nginx process holds at most `budget` routes, and no
     // connection entry once the clients are gone.
     let workers = nginx_processes(nginx.pid());
+    assert_eq!(
+        workers.len(),
+        3,
+        "nginx's master and its 2 workers: {workers:?}"
+    );
     let routes_seen = agent.map_key_tgids("ROUTES_SEEN", 8);
     for worker in &workers {
         let held = routes_seen.iter().filter(|tgid| *tgid == worker).count();
         assert!(held <= budget, "nginx {worker} holds {held} routes");
     }
+    assert!(
+        routes_seen.iter().any(|tgid| workers.contains(tgid)),
+        "the routes nginx served are held by its processes"
+    );
     poll_until("nginx's connection entries freed", WAIT, || {
         let owners = agent.map_key_tgids("CONNECTIONS", 4);
         (!owners.iter().any(|tgid| workers.contains(tgid))).then_some(())
@@ -207,7 +216,7 @@ fn a_threaded_server_closing_and_accepting_at_once_stays_exact() {
 /// nginx's master and its workers (the master's children).
 fn nginx_processes(master: u32) -> HashSet<u32> {
     let children = std::fs::read_to_string(format!("/proc/{master}/task/{master}/children"))
-        .unwrap_or_default();
+        .expect("reading nginx's children");
     children
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())

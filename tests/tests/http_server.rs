@@ -2,6 +2,7 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
     io::{BufRead as _, BufReader, Read as _},
     process::{Command, Stdio},
     thread,
@@ -244,6 +245,20 @@ fn the_children_of_a_process_that_was_only_a_client_are_not_followed() {
         noted.is_empty(),
         "children of a client noted at fork: {noted:?}"
     );
+    // While a server's children are: a forking server's child, held by an open connection.
+    let forking = Server::python_forking();
+    let _held = std::net::TcpStream::connect(("127.0.0.1", forking.port)).unwrap();
+    try_poll(WAIT, || {
+        let children =
+            fs::read_to_string(format!("/proc/{0}/task/{0}/children", forking.pid())).ok()?;
+        let followed = agent.map_key_tgids("FORKED_CHILDREN", 0);
+        children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse::<u32>().ok())
+            .any(|child| followed.contains(&child))
+            .then_some(())
+    })
+    .expect("a forking server's child noted at fork");
 }
 
 #[test]
@@ -845,6 +860,9 @@ fn a_zombie_is_taken_for_the_exited_process_it_is() {
     poll_until("the zombie's unanswered request counted", WAIT, || {
         (in_flight(&agent.scrape())? >= before + 1.0).then_some(())
     });
+    poll_until("the zombie's connection freed", WAIT, || {
+        (!agent.map_key_tgids("CONNECTIONS", 4).contains(&child)).then_some(())
+    });
 }
 
 /// Kills and reaps the child when dropped.
@@ -901,9 +919,14 @@ fn listening_sockets_of_exited_servers_are_forgotten() {
         let held = agent.map_key_tgids("LISTENERS", 4);
         (!held.iter().any(|tgid| servers.contains(tgid))).then_some(())
     });
-    let scrape = agent.scrape();
-    let reported = scrape.value("monitor_bpf_map_entries", &[("map", "LISTENERS")]);
-    assert!(reported.is_some(), "the table's use is reported");
+    // The table's use is reported as it is.
+    poll_until("LISTENERS' entries reported", WAIT, || {
+        let held = agent.map_keys("LISTENERS").len() as f64;
+        let reported = agent
+            .scrape()
+            .value("monitor_bpf_map_entries", &[("map", "LISTENERS")])?;
+        (reported == held).then_some(())
+    });
 }
 
 #[test]

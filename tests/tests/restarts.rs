@@ -229,8 +229,12 @@ fn two_agents_count_the_same_requests_and_one_stopping_leaves_the_other_exact() 
             &[("process_pid", pid.as_str())],
         )
     };
-    assert!(
-        cpu(&other.scrape()).is_some(),
-        "no CPU series for the server"
-    );
+    // And its CPU time still grows with the server's work.
+    let before = cpu(&other.scrape()).expect("a CPU series for the server");
+    for _ in 0..100 {
+        assert_eq!(get(&http, &server.url("/cpu")), 200);
+    }
+    poll_until("the server's CPU time to grow", WAIT, || {
+        (cpu(&other.scrape())? > before).then_some(())
+    });
 }

@@ -228,16 +228,25 @@ fn query_strings_and_raw_ids_appear_in_no_label() {
     let nginx = Server::nginx(NGINX_LOCATIONS);
     let agent = MonitorAgent::start(&["--http-ports", &nginx.port.to_string()]);
     let client = client();
-    get(
-        &client,
-        &nginx.url("/users/98765?token=S3cr3tQueryValue&email=jane@example.com"),
-    );
-    get(&client, &nginx.url("/users/jane.doe@example.com/ok"));
-    try_poll(WAIT, || {
+    let urls = [
+        "/users/98765?token=S3cr3tQueryValue&email=jane@example.com",
+        "/users/jane.doe@example.com/ok",
+    ];
+    for url in urls {
+        assert_eq!(get(&client, &nginx.url(url)), 200, "{url}");
+    }
+    // Both recorded (the last one's response ends with the idle sweep) before the text is read.
+    let scrape = try_poll(WAIT, || {
         let scrape = agent.scrape();
-        (server_count(&scrape, "nginx", 200, "/users/{id}") == Some(1)).then_some(())
+        (service_total(&scrape, "nginx") == urls.len() as u64).then_some(scrape)
     })
-    .expect("the request with the query string counted");
+    .unwrap_or_else(|| {
+        panic!(
+            "both requests counted; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    });
+    assert_eq!(server_count(&scrape, "nginx", 200, "/users/{id}"), Some(1));
     let text = agent.metrics_text();
     for secret in ["98765", "S3cr3t", "token", "jane", "example.com", "?"] {
         assert!(!text.contains(secret), "`{secret}` leaked into /metrics");

@@ -142,8 +142,9 @@ mod tests {
         }
     }
 
+    /// That a TLS 1.2 client is then refused is shown with curl (tests/tests/web_config.rs).
     #[test]
-    fn tls13_only_is_honoured() {
+    fn a_tls13_only_config_builds() {
         let mut only13 = settings("server.pem", "server.key", ClientAuth::None);
         only13.min_version = TlsVersion::Tls13;
         assert!(server_config(&only13, true).is_ok());
