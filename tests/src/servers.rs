@@ -189,6 +189,24 @@ impl Server {
         Self::started(child, port, name, dir)
     }
 
+    /// Node running a package's program, as `npm start` runs a framework's launcher: the
+    /// fixture as `<app>/node_modules/.bin/serve`, in the working directory `<app>`, a name of
+    /// its own (the `service_name` its metrics carry).
+    pub fn node_package_program() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let app = unique_name("nodeapp");
+        let bin = dir.path().join(&app).join("node_modules/.bin");
+        fs::create_dir_all(&bin).unwrap();
+        fs::copy(fixture("http_server.js"), bin.join("serve")).unwrap();
+        let port = free_port();
+        let mut command = Command::new("/usr/bin/node");
+        command
+            .arg(bin.join("serve"))
+            .arg(port.to_string())
+            .current_dir(dir.path().join(&app));
+        Self::spawn(command, port, app, dir)
+    }
+
     /// Go's net/http server (tests/fixtures/http_go.go, built by [`go_program`]).
     pub fn go() -> Self {
         let dir = tempfile::tempdir().unwrap();

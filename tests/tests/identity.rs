@@ -327,3 +327,29 @@ fn puma_is_named_after_its_application_directory() {
         );
     }
 }
+
+/// A framework's launcher run by Node from `node_modules` (`next start`, `nest start`) names
+/// every application that uses it alike: the application is the directory it runs in.
+#[test]
+fn a_node_package_program_is_named_after_its_application_directory() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::node_package_program();
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(get(&http, &server.url("/shop")), 200);
+    }
+    let scrape = wait_until(&agent, "the server named after its directory", |scrape| {
+        server_count(scrape, &server.service, 200, "/shop") == Some(3)
+    });
+    let pid = server.pid().to_string();
+    let labels = [
+        ("process_pid", pid.as_str()),
+        ("process_executable_name", "node"),
+        ("service_name", server.service.as_str()),
+    ];
+    assert!(
+        scrape
+            .value("process_cpu_time_seconds_total", &labels)
+            .is_some()
+    );
+}

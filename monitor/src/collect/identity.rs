@@ -204,21 +204,48 @@ pub fn cmdline_args(cmdline: &[u8]) -> Vec<String> {
 /// code (`python -c`, `node -e`) or `php -S addr` without a router script.
 pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
     let name = match script_arg(executable, args) {
-        Some((script, rest)) => launchers::launched_app(&script, rest).unwrap_or(script),
+        Some(Script { name, rest, .. }) => launchers::launched_app(&name, rest).unwrap_or(name),
         None => launchers::retitled_app(args).or_else(|| launchers::uwsgi_app(executable, args))?,
     };
     // `python -m pkg.` or `node dist/` name nothing.
     Some(name).filter(|name| !name.is_empty())
 }
 
-/// The script's or main module's name, and the arguments after it.
-fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<(String, &'a [String])> {
-    // A script run by its `#!` line has the script's name for its executable
-    // (`/usr/bin/gunicorn`: `gunicorn`); the interpreter is the command line's first word.
-    let interpreter = Interpreter::of(executable).or_else(|| {
+/// Whether Node runs a package's program (`node /srv/shop/node_modules/.bin/next start`): a
+/// framework's launcher, whose name (`next`) every application that uses it shares. The
+/// application is the directory it runs in (`launchers::app_directory`).
+pub fn runs_package_program(executable: &str, args: &[String]) -> bool {
+    interpreter(executable, args) == Some(Interpreter::Node)
+        && script_arg(executable, args).is_some_and(|script| script.path.contains("node_modules/"))
+}
+
+/// What an interpreter runs, from its command line.
+struct Script<'a> {
+    /// The script's or main module's name.
+    name: String,
+    /// The argument it was named from.
+    path: &'a str,
+    /// The arguments after it: the script's own.
+    rest: &'a [String],
+}
+
+/// The interpreter a command line runs. A script run by its `#!` line has the script's name
+/// for its executable (`/usr/bin/gunicorn`: `gunicorn`); the interpreter is then the command
+/// line's first word.
+fn interpreter(executable: &str, args: &[String]) -> Option<Interpreter> {
+    Interpreter::of(executable).or_else(|| {
         let program = args.first()?;
         Interpreter::of(program.rsplit('/').next().unwrap_or(program))
-    })?;
+    })
+}
+
+fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<Script<'a>> {
+    let interpreter = interpreter(executable, args)?;
+    let script = |name: String, path: &'a String, rest: &'a [String]| Script {
+        name,
+        path: path.as_str(),
+        rest,
+    };
     let mut i = 1;
     // The argument at `i`, and those after it.
     let at = |i: usize| {
@@ -234,21 +261,21 @@ fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<(String, &'a [
             let value = at(i);
             match interpreter {
                 Interpreter::Python if flag == "m" => {
-                    return value.map(|(m, rest)| (last_part(m, '.'), rest));
+                    return value.map(|(m, rest)| script(last_part(m, '.'), m, rest));
                 }
                 _ if interpreter.option_is_inline_code(flag) => return None,
                 // `php -f index.php`: the script is the option's value.
                 Interpreter::Php if flag == "f" => {
-                    return value.map(|(file, rest)| (stem(file), rest));
+                    return value.map(|(file, rest)| script(stem(file), file, rest));
                 }
                 Interpreter::Java if flag == "jar" => {
-                    return value.map(|(jar, rest)| (stem(jar), rest));
+                    return value.map(|(jar, rest)| script(stem(jar), jar, rest));
                 }
                 // `--module shop/com.shop.Main`: the main class, else the module.
                 Interpreter::Java if flag == "m" || flag == "-module" => {
                     return value.map(|(module, rest)| {
                         let class = module.rsplit('/').next().unwrap_or(module);
-                        (last_part(class, '.'), rest)
+                        script(last_part(class, '.'), module, rest)
                     });
                 }
                 _ if interpreter.option_takes_value(flag) => i += 1,
@@ -262,7 +289,7 @@ fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<(String, &'a [
             Interpreter::Java => last_part(arg, '.'),
             _ => stem(arg),
         };
-        return Some((name, rest));
+        return Some(script(name, arg, rest));
     }
     None
 }

@@ -119,8 +119,10 @@ impl Identifier {
             .or_else(|| container.map(|c| c.id[..12].to_owned()));
         let from_script = || {
             let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
-            let name = identity::script_name(&base.executable, &identity::cmdline_args(&cmdline))?;
-            if identity::named_after_directory(&name)
+            let args = identity::cmdline_args(&cmdline);
+            let name = identity::script_name(&base.executable, &args)?;
+            if (identity::named_after_directory(&name)
+                || identity::runs_package_program(&base.executable, &args))
                 && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))
                 && let Some(app) = identity::app_directory(&directory.to_string_lossy())
             {

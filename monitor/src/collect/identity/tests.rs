@@ -355,6 +355,23 @@ fn servers_tagged_with_their_directory_are_named_after_it() {
 }
 
 #[test]
+fn node_running_a_package_program_is_told() {
+    for line in [
+        "node /srv/shop/node_modules/.bin/next start",
+        "/usr/bin/node --enable-source-maps node_modules/@nestjs/cli/bin/nest.js start",
+    ] {
+        assert!(runs_package_program("node", &args(line)), "{line}");
+    }
+    for (executable, line) in [
+        ("node", "node /srv/shop/server.js"),
+        ("node", "node -e require('node_modules/x')"),
+        ("python3", "python3 /srv/node_modules/x.py"),
+    ] {
+        assert!(!runs_package_program(executable, &args(line)), "{line}");
+    }
+}
+
+#[test]
 fn uwsgi_is_named_after_the_application_it_loads() {
     // Read from Debian's uwsgi 2.0.21 with its python3 plugin.
     for (line, name) in [
