@@ -48,23 +48,35 @@ impl Scrape {
             .filter(move |sample| sample.name == name && sample.has(labels))
     }
 
-    /// The value of the first sample of `name` with `labels`.
+    /// The value of the sample of `name` with `labels`: the labels must pick one series at
+    /// most, or the value read would be an arbitrary one of several.
     pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.matching(name, labels)
-            .next()
-            .map(|sample| sample.value)
+        let mut matches = self.matching(name, labels);
+        let first = matches.next()?;
+        let others: Vec<&Sample> = matches.collect();
+        assert!(
+            others.is_empty(),
+            "{name} {labels:?} picks several series: {first:?} and {others:?}"
+        );
+        Some(first.value)
     }
 
-    /// Observations of the first histogram series of `name` with `labels`.
+    /// Observations of the histogram series of `name` with `labels` (one at most).
     pub fn histogram_count(&self, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
         self.histogram(name, labels)
             .map(|buckets| buckets.last().map_or(0, |(_, count)| *count))
     }
 
-    /// Cumulative (upper bound, count) pairs of the first histogram series of `name` with
-    /// `labels`, +Inf last.
+    /// Cumulative (upper bound, count) pairs of the histogram series of `name` with `labels`,
+    /// +Inf last; the labels must pick one series at most.
     pub fn histogram(&self, name: &str, labels: &[(&str, &str)]) -> Option<Vec<(f64, u64)>> {
-        self.histograms(name, labels).next()
+        let mut series = self.histograms(name, labels);
+        let first = series.next()?;
+        assert!(
+            series.next().is_none(),
+            "{name} {labels:?} picks several histogram series"
+        );
+        Some(first)
     }
 
     /// Every histogram series of `name` whose labels include `labels`.

@@ -204,7 +204,12 @@ fn assert_measures_processes_of_another_user(agent: &MonitorAgent) {
                 && scrape
                     .value(
                         "process_cpu_time_seconds_total",
-                        &[("process_pid", &server_pid), ("service_name", &service)],
+                        // setpriv's series ends where it execs the server.
+                        &[
+                            ("process_pid", &server_pid),
+                            ("process_executable_name", "python3"),
+                            ("service_name", &service),
+                        ],
                     )
                     .is_some()
                 && scrape
