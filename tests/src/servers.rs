@@ -207,6 +207,36 @@ impl Server {
         Self::spawn(command, port, app, dir)
     }
 
+    /// Java's com.sun.net.httpserver (tests/fixtures/JavaServer.java), compiled and packed in
+    /// `<app>-1.4.2-SNAPSHOT.jar` as a Maven build names it, run with `java -jar`; `<app>`, a
+    /// name of its own, is the `service_name` its metrics carry.
+    pub fn java_jar() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let app = unique_name("javaapp");
+        let classes = dir.path().join("classes");
+        let compiled = Command::new("javac")
+            .arg("-d")
+            .arg(&classes)
+            .arg(fixture("JavaServer.java"))
+            .status()
+            .expect("running javac (default-jdk-headless, installed by `cargo xtask setup`)");
+        assert!(compiled.success(), "javac: {compiled}");
+        let jar = dir.path().join(format!("{app}-1.4.2-SNAPSHOT.jar"));
+        let packed = Command::new("jar")
+            .args(["--create", "--main-class", "JavaServer", "--file"])
+            .arg(&jar)
+            .arg("-C")
+            .arg(&classes)
+            .arg(".")
+            .status()
+            .expect("running jar");
+        assert!(packed.success(), "jar: {packed}");
+        let port = free_port();
+        let mut command = Command::new("java");
+        command.arg("-jar").arg(&jar).arg(port.to_string());
+        Self::spawn(command, port, app, dir)
+    }
+
     /// Go's net/http server (tests/fixtures/http_go.go, built by [`go_program`]).
     pub fn go() -> Self {
         let dir = tempfile::tempdir().unwrap();

@@ -353,3 +353,31 @@ fn a_node_package_program_is_named_after_its_application_directory() {
             .is_some()
     );
 }
+
+/// `java -jar <app>-1.4.2-SNAPSHOT.jar`: named after the artifact, not the release, so the
+/// service keeps its name from one version to the next.
+#[test]
+fn a_jar_is_named_without_its_version() {
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::java_jar();
+    let http = client();
+    for _ in 0..3 {
+        assert_eq!(get(&http, &server.url("/invoices")), 200);
+    }
+    let scrape = wait_until(
+        &agent,
+        "the Java server named after its artifact",
+        |scrape| server_count(scrape, &server.service, 200, "/invoices") == Some(3),
+    );
+    let pid = server.pid().to_string();
+    let labels = [
+        ("process_pid", pid.as_str()),
+        ("process_executable_name", "java"),
+        ("service_name", server.service.as_str()),
+    ];
+    assert!(
+        scrape
+            .value("process_cpu_time_seconds_total", &labels)
+            .is_some()
+    );
+}

@@ -269,7 +269,7 @@ fn script_arg<'a>(executable: &str, args: &'a [String]) -> Option<Script<'a>> {
                     return value.map(|(file, rest)| script(stem(file), file, rest));
                 }
                 Interpreter::Java if flag == "jar" => {
-                    return value.map(|(jar, rest)| script(stem(jar), jar, rest));
+                    return value.map(|(jar, rest)| script(unversioned(&stem(jar)), jar, rest));
                 }
                 // `--module shop/com.shop.Main`: the main class, else the module.
                 Interpreter::Java if flag == "m" || flag == "-module" => {
@@ -353,6 +353,24 @@ fn stem(path: &str) -> String {
     match file.rsplit_once('.') {
         Some((stem, _)) if !stem.is_empty() => stem.to_owned(),
         _ => file.to_owned(),
+    }
+}
+
+/// A jar's name without the version its build gave it (`billing-1.4.2-SNAPSHOT` ->
+/// `billing`, as Maven and Gradle name jars `<artifact>-<version>`): a service keeps its
+/// name from one release to the next. A version is a dash, then numbers joined by dots (two
+/// at least), then anything.
+fn unversioned(name: &str) -> String {
+    let version_at = name.match_indices('-').find_map(|(at, _)| {
+        let mut numbers = name[at + 1..].split(['.', '-']);
+        let is_number = |part: Option<&str>| {
+            part.is_some_and(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+        };
+        (at > 0 && is_number(numbers.next()) && is_number(numbers.next())).then_some(at)
+    });
+    match version_at {
+        Some(at) => name[..at].to_owned(),
+        None => name.to_owned(),
     }
 }
 

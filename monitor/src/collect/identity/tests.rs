@@ -372,6 +372,29 @@ fn node_running_a_package_program_is_told() {
 }
 
 #[test]
+fn a_jar_is_named_without_its_version() {
+    for (jar, name) in [
+        ("/opt/billing-1.4.2.jar", "billing"),
+        ("demo-0.0.1-SNAPSHOT.jar", "demo"),
+        ("order-service-2.10.0-RELEASE.jar", "order-service"),
+        ("app-1.0.jar", "app"),
+        // No version: kept whole.
+        ("billing.jar", "billing"),
+        ("service-v2.jar", "service-v2"),
+        ("service-2.jar", "service-2"),
+        ("java-17-tools.jar", "java-17-tools"),
+        ("-1.2.jar", "-1.2"),
+    ] {
+        let line = format!("java -Xmx1g -jar {jar} --port 80");
+        assert_eq!(
+            script_name("java", &args(&line)),
+            Some(name.into()),
+            "{jar}"
+        );
+    }
+}
+
+#[test]
 fn uwsgi_is_named_after_the_application_it_loads() {
     // Read from Debian's uwsgi 2.0.21 with its python3 plugin.
     for (line, name) in [
