@@ -13,7 +13,11 @@ use std::{
 
 use tempfile::TempDir;
 
-use crate::{agent::free_port, poll_until, workload::unique_name};
+use crate::{
+    agent::free_port,
+    poll_until,
+    workload::{unique_name, unique_word},
+};
 
 pub struct Server {
     child: Option<Child>,
@@ -158,7 +162,7 @@ impl Server {
     /// metrics carry. `workers` > 0 is cluster mode (a master and forked workers).
     pub fn puma(workers: usize) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let app = unique_name("rbapp");
+        let app = unique_word("rbapp");
         let app_dir = dir.path().join(&app);
         fs::create_dir(&app_dir).unwrap();
         fs::copy(fixture("config.ru"), app_dir.join("config.ru")).unwrap();
@@ -194,7 +198,7 @@ impl Server {
     /// its own (the `service_name` its metrics carry).
     pub fn node_package_program() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let app = unique_name("nodeapp");
+        let app = unique_word("nodeapp");
         let bin = dir.path().join(&app).join("node_modules/.bin");
         fs::create_dir_all(&bin).unwrap();
         fs::copy(fixture("http_server.js"), bin.join("serve")).unwrap();

@@ -56,6 +56,18 @@ impl Drop for KillOnDrop {
 }
 
 /// `<prefix><5 hex digits>`, unique enough between tests, shorter than a kernel comm.
+/// Like [`unique_name`], in letters only: a name that reads as a word, not an id (the agent
+/// names no service after a directory whose name looks like an id).
+pub fn unique_word(prefix: &str) -> String {
+    unique_name(prefix)
+        .char_indices()
+        .map(|(i, c)| match c.to_digit(16) {
+            Some(digit) if i >= prefix.len() => char::from(b'g' + digit as u8),
+            _ => c,
+        })
+        .collect()
+}
+
 pub fn unique_name(prefix: &str) -> String {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -267,6 +267,13 @@ fn python_application_servers_are_named_after_their_application() {
             ],
             "asgi",
         ),
+        // Its workers are `multiprocessing` children, `python3 -c 'from multiprocessing...'`:
+        // they serve, under their parent's name.
+        Server::python_app(
+            "/usr/bin/uvicorn",
+            &["--workers", "2", "--host", "127.0.0.1", "--port", "{port}"],
+            "asgi",
+        ),
     ];
     let http = client();
     for server in &servers {

@@ -6,7 +6,7 @@
 
 mod launchers;
 
-pub use launchers::{app_directory, named_after_directory};
+pub use launchers::app_directory;
 
 use std::{collections::HashMap, fs, path::Path};
 
@@ -211,12 +211,27 @@ pub fn script_name(executable: &str, args: &[String]) -> Option<String> {
     Some(name).filter(|name| !name.is_empty())
 }
 
-/// Whether Node runs a package's program (`node /srv/shop/node_modules/.bin/next start`): a
-/// framework's launcher, whose name (`next`) every application that uses it shares. The
-/// application is the directory it runs in (`launchers::app_directory`).
-pub fn runs_package_program(executable: &str, args: &[String]) -> bool {
-    interpreter(executable, args) == Some(Interpreter::Node)
-        && script_arg(executable, args).is_some_and(|script| script.path.contains("node_modules/"))
+/// For a program named after the directory it runs in (`launchers::directory_suffix`: puma,
+/// sidekiq, a framework's launcher that Node runs from `node_modules`, such as `node
+/// /srv/shop/node_modules/.bin/next start`), what is added to the directory's name.
+pub fn directory_suffix(executable: &str, args: &[String]) -> Option<&'static str> {
+    let script = script_arg(executable, args);
+    let package_program = interpreter(executable, args) == Some(Interpreter::Node)
+        && script
+            .as_ref()
+            .is_some_and(|script| script.path.contains("node_modules/"));
+    launchers::directory_suffix(script.map(|s| s.name).as_deref(), args, package_program)
+}
+
+/// Whether the process is a child that Python's `multiprocessing` started to work for its
+/// parent (`uvicorn --workers 4`, `hypercorn -w 4`): `python3 -c 'from multiprocessing.spawn
+/// import spawn_main; ...' --multiprocessing-fork`. It is its parent's service.
+pub fn is_multiprocessing_child(executable: &str, args: &[String]) -> bool {
+    interpreter(executable, args) == Some(Interpreter::Python)
+        && (args.iter().any(|arg| arg == "--multiprocessing-fork")
+            || args
+                .windows(2)
+                .any(|pair| pair[0] == "-c" && pair[1].starts_with("from multiprocessing.")))
 }
 
 /// What an interpreter runs, from its command line.

@@ -117,19 +117,7 @@ impl Identifier {
             .k8s_container_name
             .clone()
             .or_else(|| container.map(|c| c.id[..12].to_owned()));
-        let from_script = || {
-            let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
-            let args = identity::cmdline_args(&cmdline);
-            let name = identity::script_name(&base.executable, &args)?;
-            if (identity::named_after_directory(&name)
-                || identity::runs_package_program(&base.executable, &args))
-                && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))
-                && let Some(app) = identity::app_directory(&directory.to_string_lossy())
-            {
-                return Some(app);
-            }
-            Some(name)
-        };
+        let from_script = || command_line_name(tgid, &base.executable, true);
         service.name = from_env
             .or(from_container)
             .or_else(from_script)
@@ -176,6 +164,29 @@ fn status_says_alive(status: &str) -> bool {
     let exited = field("State:").is_some_and(|state| state.starts_with(['Z', 'X']));
     let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
     !exited || threads.is_some_and(|threads| threads > 1)
+}
+
+/// The name a process's command line gives it (`identity::script_name`), or the directory it
+/// runs in gives it (`identity::directory_suffix`); a `multiprocessing` child's is its
+/// parent's, looked up once (`parent`).
+fn command_line_name(tgid: u32, executable: &str, parent: bool) -> Option<String> {
+    let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
+    let args = identity::cmdline_args(&cmdline);
+    if parent && identity::is_multiprocessing_child(executable, &args) {
+        let ppid = procfs::process::Process::new(tgid as i32)
+            .and_then(|process| process.stat())
+            .ok()?
+            .ppid;
+        let comm = fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
+        return command_line_name(u32::try_from(ppid).ok()?, comm.trim_end(), false);
+    }
+    if let Some(suffix) = identity::directory_suffix(executable, &args)
+        && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))
+        && let Some(app) = identity::app_directory(&directory.to_string_lossy())
+    {
+        return Some(format!("{app}{suffix}"));
+    }
+    identity::script_name(executable, &args)
 }
 
 /// The executable's name of a process, from what the kernel recorded (`meta`) and what

@@ -1,20 +1,57 @@
-//! Servers and workers that run an application named on their command line or in the title
-//! they give themselves: Python's WSGI and ASGI servers (`gunicorn shop.wsgi:application`,
+//! Servers and workers that run an application named on their command line or by the
+//! directory they run in: Python's WSGI and ASGI servers (`gunicorn shop.wsgi:application`,
 //! `uvicorn main:app`, uWSGI), `flask --app`, `celery -A`, `fastapi run main.py`, Ruby's puma
-//! and sidekiq. Every service a host runs under gunicorn would otherwise be called
-//! `gunicorn`; the application is the name its owners use.
+//! and sidekiq, frameworks' launchers run by Node from `node_modules`. Every service a host
+//! runs under gunicorn would otherwise be called `gunicorn`; the application is the name its
+//! owners use.
+//!
+//! Where a command line is ambiguous, the launcher keeps its own name: a wrong application
+//! name is worse than none.
 
-/// Launchers whose command line names the application they run.
-const LAUNCHERS: &[&str] = &[
+use monitor_common::http::SegmentShape;
+
+/// WSGI and ASGI servers whose positional argument is the application, `module:attribute`.
+const APP_SERVERS: &[&str] = &[
     "gunicorn",
     "uvicorn",
     "hypercorn",
     "daphne",
     "granian",
     "waitress-serve",
-    "flask",
-    "celery",
-    "fastapi",
+];
+
+/// Options of those servers whose value is the next argument, so that a value shaped like an
+/// application (`--bind localhost:8000`, `-c python:shop.conf`) is not taken for one.
+#[rustfmt::skip]
+const VALUE_OPTIONS: &[&str] = &[
+    // gunicorn
+    "-b", "--bind", "-c", "--config", "-k", "--worker-class", "-w", "--workers", "-t", "--timeout",
+    "-u", "--user", "-g", "--group", "-m", "--umask", "-n", "--name", "-e", "--env", "-p", "--pid",
+    "--chdir", "--threads", "--worker-connections", "--max-requests", "--max-requests-jitter",
+    "--keep-alive", "--graceful-timeout", "--log-level", "--log-config", "--log-file",
+    "--access-logfile", "--error-logfile", "--access-logformat", "--forwarded-allow-ips",
+    "--statsd-host", "--statsd-prefix", "--backlog", "--limit-request-line",
+    "--limit-request-fields", "--limit-request-field_size", "--worker-tmp-dir", "--paste",
+    "--pythonpath", "--certfile", "--keyfile", "--ca-certs", "--ciphers", "--logger-class",
+    "--proxy-allow-from",
+    // uvicorn
+    "--host", "--port", "--uds", "--fd", "--loop", "--http", "--ws", "--ws-max-size",
+    "--ws-ping-interval", "--ws-ping-timeout", "--lifespan", "--interface", "--env-file",
+    "--root-path", "--limit-concurrency", "--limit-max-requests", "--timeout-keep-alive",
+    "--timeout-graceful-shutdown", "--ssl-keyfile", "--ssl-certfile", "--ssl-keyfile-password",
+    "--ssl-version", "--ssl-cert-reqs", "--ssl-ca-certs", "--ssl-ciphers", "--header", "--app-dir",
+    "--reload-dir", "--reload-include", "--reload-exclude", "--reload-delay",
+    // hypercorn, daphne, granian
+    "--insecure-bind", "--quic-bind", "--server-name", "-u", "--unix-socket", "--endpoint",
+    "--access-log", "--proxy-headers-host", "--proxy-headers-port", "--http-timeout",
+    "--ping-interval", "--ping-timeout", "--application-close-timeout", "--blocking-threads",
+    "--url-path-prefix", "--pid-file", "--process-name", "--ssl-certificate",
+];
+
+/// Words before a colon that make an option's value, not a module: `unix:/run/app.sock`,
+/// `tcp:port=80`, `python:shop.conf`, `egg:meinheld#worker`.
+const SCHEMES: &[&str] = &[
+    "unix", "tcp", "ssl", "fd", "http", "https", "python", "file", "egg", "config",
 ];
 
 /// Module leaves that name a convention, not the application: Django's `proj.wsgi` and
@@ -22,30 +59,46 @@ const LAUNCHERS: &[&str] = &[
 const CONVENTIONAL_LEAVES: &[&str] = &["wsgi", "asgi"];
 
 /// The application that `launcher` (a script's or module's name) runs, from the arguments
-/// that follow it; none when `launcher` is not one of them or names nothing.
+/// that follow it; none when `launcher` is not one of them or names nothing for sure.
 pub fn launched_app(launcher: &str, args: &[String]) -> Option<String> {
-    if !LAUNCHERS.contains(&launcher) {
-        return None;
+    match launcher {
+        // `flask --app hello run`, `--app=hello:create_app`, `--app src/hello.py`.
+        "flask" => option_value(args, &["--app", "-A"]).and_then(flask_app),
+        // `celery -A shop worker`, `-A shop.celery`: the project, and what it runs there,
+        // which the project's web server does not.
+        "celery" => option_value(args, &["--app", "-A"])
+            .and_then(|spec| spec.split([':', '.']).next().filter(|m| is_identifier(m)))
+            .map(|project| format!("{project}-celery")),
+        // `fastapi run app/main.py`: the file after `run` or `dev`.
+        "fastapi" => {
+            let command = args.iter().position(|arg| arg == "run" || arg == "dev")?;
+            args[command + 1..]
+                .iter()
+                .find_map(|arg| arg.strip_suffix(".py").filter(|_| !arg.starts_with('-')))
+                .map(file_leaf)
+        }
+        _ if APP_SERVERS.contains(&launcher) => server_app(launcher, args),
+        _ => None,
+    }
+}
+
+/// A WSGI or ASGI server's application: gunicorn's `--name`, else the positional
+/// `module:attribute`.
+fn server_app(launcher: &str, args: &[String]) -> Option<String> {
+    if launcher == "gunicorn"
+        && let Some(name) = option_value(args, &["-n", "--name"]).filter(|n| is_plain_name(n))
+    {
+        return Some(name.to_owned());
     }
     let mut args = args.iter();
     while let Some(arg) = args.next() {
-        // `flask --app hello run`, `celery -A proj worker`: the module may come without an
-        // attribute.
-        if arg == "--app" || arg == "-A" {
-            return args.next().and_then(|spec| module_name(spec, false));
-        }
-        if let Some(spec) = arg.strip_prefix("--app=") {
-            return module_name(spec, false);
-        }
         if arg.starts_with('-') {
+            if !arg.contains('=') && VALUE_OPTIONS.contains(&arg.as_str()) {
+                args.next();
+            }
             continue;
         }
-        // `fastapi run app/main.py`.
-        if let Some(path) = arg.strip_suffix(".py") {
-            return Some(leaf(path.rsplit('/').next().unwrap_or(path)));
-        }
-        // Only `module:attribute` is taken for the application: option values (`-b
-        // localhost:8000`, `-k uvicorn.workers.UvicornWorker`) and subcommands (`run`) are not.
+        // Only `module:attribute` is taken: subcommands and bare words are not.
         if let Some(name) = module_name(arg, true) {
             return Some(name);
         }
@@ -53,57 +106,96 @@ pub fn launched_app(launcher: &str, args: &[String]) -> Option<String> {
     None
 }
 
-/// The application named in the title a server gave itself, which replaces its whole
-/// command line: gunicorn's with `setproctitle` installed, `gunicorn: worker
-/// [shop.wsgi:application]`; puma's, `puma 6.4.2 (tcp://0.0.0.0:3000) [shop]` and `puma:
-/// cluster worker 0: 1085 [shop]`, whose tag is the application's directory; sidekiq's,
-/// `sidekiq 7.2.0 shop [0 of 5 busy]`, whose tag is the Rails application's directory.
-pub fn retitled_app(args: &[String]) -> Option<String> {
-    let title = args.first()?.trim_end();
-    if let Some(rest) = title.strip_prefix("gunicorn: ") {
-        return module_name(bracketed(rest)?, false);
-    }
-    if title.starts_with("puma ") || title.starts_with("puma: ") {
-        return bracketed(title)
-            .filter(|tag| !tag.is_empty())
-            .map(str::to_owned);
-    }
-    if let Some(rest) = title.strip_prefix("sidekiq ") {
-        // The version, then the tag (empty when none was set) and the busy count.
-        let tag = rest.split(' ').nth(1)?;
-        return (!tag.is_empty() && !tag.starts_with('[')).then(|| tag.to_owned());
+/// The value of the first of `options` in `args` (`--app x` or `--app=x`).
+fn option_value<'a>(args: &'a [String], options: &[&str]) -> Option<&'a str> {
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if options.contains(&arg.as_str()) {
+            return args.next().map(String::as_str);
+        }
+        if let Some((option, value)) = arg.split_once('=')
+            && options.contains(&option)
+        {
+            return Some(value);
+        }
     }
     None
 }
 
-/// Servers that tag themselves with the directory they run in (puma's title `[shop]`, sidekiq's
-/// tag, the Rails convention): named `launcher`, they are named after that directory instead
-/// (`app_directory`), as their titles name them once they have retitled themselves.
-pub fn named_after_directory(launcher: &str) -> bool {
-    matches!(launcher, "puma" | "sidekiq")
-}
-
-/// The name of the application in `directory` (a process's working directory): its last
-/// component, or for a Capistrano release (`/srv/shop/releases/20261206083000`) the
-/// application's, as sidekiq's tag has it.
-pub fn app_directory(directory: &str) -> Option<String> {
-    let mut parts = directory.trim_end_matches('/').rsplit('/');
-    let last = parts.next().filter(|last| !last.is_empty())?;
-    if last.bytes().all(|b| b.is_ascii_digit())
-        && parts.next() == Some("releases")
-        && let Some(app) = parts.next().filter(|app| !app.is_empty())
-    {
-        return Some(app.to_owned());
+/// Flask's `--app`: a module, `module:attribute`, or a file or package directory.
+fn flask_app(spec: &str) -> Option<String> {
+    let module = spec.split_once(':').map_or(spec, |(module, _)| module);
+    if module.contains('/') || module.ends_with(".py") {
+        let path = module.trim_end_matches('/');
+        return Some(file_leaf(path.strip_suffix(".py").unwrap_or(path)))
+            .filter(|n| is_identifier(n));
     }
-    Some(last.to_owned())
+    module_name(spec, false)
 }
 
-/// uWSGI, which embeds the interpreter in its own executable: `uwsgi --module shop:app`, `-w
-/// shop`, `--wsgi-file /srv/shop.py`, `--ini /etc/uwsgi/apps-enabled/shop.ini`.
+/// The application named in the title a gunicorn with `setproctitle` installed gives its
+/// processes, which replaces the whole command line: `gunicorn: worker
+/// [shop.wsgi:application]`, or its `--name` (`gunicorn: master [shop-api]`).
+pub fn retitled_app(args: &[String]) -> Option<String> {
+    let title = args.first()?.trim_end();
+    let spec = bracketed(title.strip_prefix("gunicorn: ")?)?;
+    module_name(spec, false).or_else(|| is_plain_name(spec).then(|| spec.to_owned()))
+}
+
+/// Programs named after the directory they run in, and what is added to its name: puma
+/// (alone, with its title `puma 6.4.2 (tcp://0.0.0.0:3000) [shop]`, or a cluster worker's
+/// `puma: cluster worker 0: 1085 [shop]`) and a framework's launcher run by Node from
+/// `node_modules` are the application itself; sidekiq, the application's job worker, gets
+/// `-sidekiq` (its title: `sidekiq 7.2.0 shop [0 of 5 busy]`). `script` is the name the
+/// command line gave (`script_name`), `package_program` whether Node runs a program from
+/// `node_modules`.
+pub fn directory_suffix(
+    script: Option<&str>,
+    args: &[String],
+    package_program: bool,
+) -> Option<&'static str> {
+    let title = args.first().map_or("", |first| first.as_str());
+    if script == Some("puma")
+        || title.starts_with("puma ")
+        || title.starts_with("puma: ")
+        || package_program
+    {
+        return Some("");
+    }
+    if script == Some("sidekiq") || title.starts_with("sidekiq ") {
+        return Some("-sidekiq");
+    }
+    None
+}
+
+/// The application a working directory names: its last component, or for a release
+/// directory (`/srv/shop/releases/20261206083000`, Capistrano's and Ansistrano's) the
+/// application's. None where the directory names no application: the root, a home
+/// directory, or a last component that looks like an id (a build agent's hashed work
+/// directory, `mktemp`'s), which would make a label of a user's name or of one value per run.
+pub fn app_directory(directory: &str) -> Option<String> {
+    let directory = directory.strip_suffix(" (deleted)").unwrap_or(directory);
+    let parts: Vec<&str> = directory
+        .split('/')
+        .filter(|part| !part.is_empty())
+        .collect();
+    let name = match parts.as_slice() {
+        [] | ["root"] | ["home", _] => return None,
+        [.., app, "releases", release] if is_release(release) => app,
+        [.., last] => last,
+    };
+    (!looks_like_id(name)).then(|| (*name).to_owned())
+}
+
+/// uWSGI, which embeds the interpreter in its own executable: `--module shop:app`, `-w shop`,
+/// `--wsgi-file /srv/shop.py` (a Django project's `shop/wsgi.py`: `shop`), else the last
+/// `--ini` (Debian's init script passes its own defaults first: `--ini
+/// /usr/share/uwsgi/conf/default.ini --ini /etc/uwsgi/apps-enabled/shop.ini`).
 pub fn uwsgi_app(executable: &str, args: &[String]) -> Option<String> {
     if executable != "uwsgi" && executable != "uwsgi-core" {
         return None;
     }
+    let mut ini = None;
     let mut args = args.iter().skip(1);
     while let Some(arg) = args.next() {
         let (option, inline) = match arg.split_once('=') {
@@ -113,11 +205,19 @@ pub fn uwsgi_app(executable: &str, args: &[String]) -> Option<String> {
         let mut value = || inline.or_else(|| args.next().map(String::as_str));
         match option {
             "--module" | "-w" | "--wsgi" => return value().and_then(|m| module_name(m, false)),
-            "--wsgi-file" | "--file" | "--ini" => return value().map(super::stem),
+            "--wsgi-file" | "--file" => {
+                return value().map(|path| file_leaf(path.strip_suffix(".py").unwrap_or(path)));
+            }
+            "--ini" => {
+                ini = value()
+                    .filter(|path| !path.starts_with("/usr/share/uwsgi/"))
+                    .map(super::stem)
+                    .or(ini);
+            }
             _ => {}
         }
     }
-    None
+    ini
 }
 
 /// What the last `[...]` of a title holds.
@@ -142,7 +242,7 @@ fn module_name(spec: &str, attribute_required: bool) -> Option<String> {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_'),
         None => !attribute_required,
     };
-    if !attribute_ok || !module.split('.').all(is_identifier) {
+    if !attribute_ok || SCHEMES.contains(&module) || !module.split('.').all(is_identifier) {
         return None;
     }
     Some(leaf(module))
@@ -157,10 +257,47 @@ fn leaf(module: &str) -> String {
     }
 }
 
+/// A file's name without its directory (`app/main` -> `main`), or for a conventional one its
+/// directory's (`shop/wsgi` -> `shop`).
+fn file_leaf(path: &str) -> String {
+    let mut parts = path.rsplit('/');
+    let last = parts.next().unwrap_or(path);
+    match parts.next() {
+        Some(parent) if CONVENTIONAL_LEAVES.contains(&last) && !parent.is_empty() => {
+            parent.to_owned()
+        }
+        _ => last.to_owned(),
+    }
+}
+
 fn is_identifier(part: &str) -> bool {
     let mut chars = part.chars();
     chars
         .next()
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// A name given as it is (gunicorn's `--name`): letters, digits, `-`, `_` and `.`, starting
+/// with a letter, and no id.
+fn is_plain_name(name: &str) -> bool {
+    name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !looks_like_id(name)
+}
+
+/// A release directory's name: a timestamp (`20261206083000`, `20261206083000Z`).
+fn is_release(name: &str) -> bool {
+    let digits = name.strip_suffix('Z').unwrap_or(name);
+    digits.len() >= 8 && digits.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` reads as an id rather than a name, by the rules that template route
+/// segments (`SegmentShape::is_identifier`): numbers, hex hashes, random tokens.
+fn looks_like_id(name: &str) -> bool {
+    let mut shape = SegmentShape::default();
+    name.bytes().for_each(|b| shape.add(b));
+    shape.is_identifier()
 }

@@ -207,7 +207,6 @@ fn options_with_values_and_inline_code_name_no_script() {
 
 #[test]
 fn python_launchers_are_named_after_the_application_they_run() {
-    let pyenv = "/root/.pyenv/versions/3.11.7/bin";
     for (line, name) in [
         (
             "python3 /usr/bin/gunicorn -w 4 -b 127.0.0.1:8000 app:app",
@@ -239,6 +238,49 @@ fn python_launchers_are_named_after_the_application_they_run() {
             "orders",
         ),
         (
+            "python3 /usr/local/bin/waitress-serve --listen=*:8080 shop:app",
+            "shop",
+        ),
+        // gunicorn's own name for it wins.
+        (
+            "python3 /usr/bin/gunicorn -n shop-api -b :80 app:app",
+            "shop-api",
+        ),
+        (
+            "python3 /usr/bin/gunicorn --name=shop-api app:app",
+            "shop-api",
+        ),
+        // Option values shaped like an application are not one.
+        (
+            "python3 /usr/bin/gunicorn --workers 3 --bind unix:shop.sock -m 007 wsgi:app",
+            "wsgi",
+        ),
+        (
+            "python3 /usr/bin/gunicorn -c python:shop.gunicorn_conf shop.wsgi:app",
+            "shop",
+        ),
+        (
+            "python3 /usr/bin/gunicorn -k uvicorn.workers.UvicornWorker -c /gunicorn_conf.py main:app",
+            "main",
+        ),
+        (
+            "python3 /usr/bin/gunicorn --worker-class=egg:meinheld#gunicorn_worker app:app",
+            "app",
+        ),
+        (
+            "python3 /usr/local/bin/hypercorn --config python:settings app:app",
+            "app",
+        ),
+        (
+            "python3 /usr/local/bin/daphne -e tcp:port=8000:interface=127.0.0.1 shop.asgi:application",
+            "shop",
+        ),
+        (
+            "python3 /usr/local/bin/uvicorn --reload-include *.py main:app",
+            "main",
+        ),
+        // flask: a module, module:factory, or a file.
+        (
             "python3 /usr/local/bin/flask --app hello run --port 80",
             "hello",
         ),
@@ -246,14 +288,23 @@ fn python_launchers_are_named_after_the_application_they_run() {
             "python3 /usr/local/bin/flask --app=hello:create_app run",
             "hello",
         ),
+        ("python3 /usr/local/bin/flask --app app.py run", "app"),
+        ("python3 /usr/local/bin/flask --app src/hello run", "hello"),
+        // celery: the project's job workers.
         (
             "python3 /usr/local/bin/celery -A tasks worker -l INFO",
-            "tasks",
+            "tasks-celery",
         ),
+        ("python3 -m celery --app=shop.celery beat", "shop-celery"),
+        (
+            "python3 /usr/local/bin/celery -A app.celery worker",
+            "app-celery",
+        ),
+        // fastapi: the file after `run` or `dev`, not `--app`, which names a variable.
         ("python3 /usr/local/bin/fastapi run app/main.py", "main"),
         (
-            "python3 /usr/local/bin/waitress-serve --listen=*:8080 shop:app",
-            "shop",
+            "python3 /usr/local/bin/fastapi run --app api src/orders.py",
+            "orders",
         ),
     ] {
         assert_eq!(
@@ -263,6 +314,7 @@ fn python_launchers_are_named_after_the_application_they_run() {
         );
     }
     // Run by their `#!` line, launchers have their own name for the executable's.
+    let pyenv = "/root/.pyenv/versions/3.11.7/bin";
     let pyenv_line = format!("{pyenv}/python3.11 {pyenv}/gunicorn -w 2 app:app");
     assert_eq!(
         script_name("gunicorn", &args(&pyenv_line)),
@@ -275,17 +327,19 @@ fn python_launchers_are_named_after_the_application_they_run() {
         ),
         Some("main".into())
     );
-    // What names no application keeps the launcher's name.
+    // What names no application for sure keeps the launcher's name.
     for (line, name) in [
         (
             "python3 /usr/bin/gunicorn -b localhost:8000 unix:/run/x",
             "gunicorn",
         ),
         (
-            "python3 /usr/bin/gunicorn --config gunicorn.conf",
+            "python3 /usr/bin/gunicorn --config gunicorn.conf.py",
             "gunicorn",
         ),
+        ("python3 /usr/bin/gunicorn -n 3f9a2c7e1b4d app:app", "app"),
         ("python3 /usr/local/bin/flask run", "flask"),
+        ("python3 /usr/local/bin/fastapi run", "fastapi"),
         ("python3 /srv/app.py shop:app", "app"),
     ] {
         assert_eq!(
@@ -300,11 +354,18 @@ fn python_launchers_are_named_after_the_application_they_run() {
 fn a_gunicorn_that_retitled_itself_is_named_after_its_application() {
     // With `setproctitle` installed, the title replaces the command line, padded with blanks.
     let cmdline = b"gunicorn: worker [shop.wsgi:application]                \0";
-    let args = cmdline_args(cmdline);
-    assert_eq!(script_name("python3", &args), Some("shop".into()));
+    assert_eq!(
+        script_name("python3", &cmdline_args(cmdline)),
+        Some("shop".into())
+    );
     assert_eq!(
         script_name("python3", &cmdline_args(b"gunicorn: master [app:app]\0")),
         Some("app".into())
+    );
+    // Its `--name`, as it is.
+    assert_eq!(
+        script_name("python3", &cmdline_args(b"gunicorn: master [shop-api]\0")),
+        Some("shop-api".into())
     );
     assert_eq!(
         script_name("python3", &cmdline_args(b"gunicorn: master\0")),
@@ -313,61 +374,74 @@ fn a_gunicorn_that_retitled_itself_is_named_after_its_application() {
 }
 
 #[test]
-fn servers_that_retitle_themselves_are_named_after_their_application() {
-    // Read from Debian's puma 5.6.5 serving a `config.ru` in `shopfront/`, alone and with two
-    // workers: the tag is the application's directory.
-    let puma: [&[u8]; 2] = [
+fn multiprocessing_children_are_told() {
+    // What Debian's uvicorn 0.17.6 --workers 2 starts.
+    let child = cmdline_args(
+        b"/usr/bin/python3\0-B\0-c\0from multiprocessing.spawn import spawn_main; spawn_main(tracker_fd=5, pipe_handle=7)\0--multiprocessing-fork\0",
+    );
+    assert!(is_multiprocessing_child("python3", &child));
+    let tracker = cmdline_args(
+        b"/usr/bin/python3\0-B\0-c\0from multiprocessing.resource_tracker import main;main(4)\0",
+    );
+    assert!(is_multiprocessing_child("python3", &tracker));
+    assert!(!is_multiprocessing_child(
+        "python3",
+        &args("python3 -c import os; print(1)")
+    ));
+    assert!(!is_multiprocessing_child("node", &child[1..]));
+}
+
+#[test]
+fn programs_named_after_their_directory_are_told() {
+    // Read from Debian's puma 5.6.5 serving a `config.ru`, alone and with two workers, and
+    // before it retitled itself.
+    let puma: [&[u8]; 3] = [
         b"puma 5.6.5 (tcp://127.0.0.1:18201) [shopfront]\0\0",
         b"puma: cluster worker 0: 1085 [shopfront]\0\0\0\0\0\0\0\0",
+        b"ruby3.1\0/usr/bin/puma\0-b\0tcp://127.0.0.1:18201\0",
     ];
     for cmdline in puma {
-        assert_eq!(
-            script_name("puma", &cmdline_args(cmdline)),
-            Some("shopfront".into())
-        );
+        assert_eq!(directory_suffix("puma", &cmdline_args(cmdline)), Some(""));
     }
-    // sidekiq's title (`Sidekiq::Launcher::PROCTITLES`), with and without a tag.
-    let tagged = cmdline_args(b"sidekiq 6.4.1 shopfront [0 of 5 busy]\0");
-    assert_eq!(script_name("sidekiq", &tagged), Some("shopfront".into()));
-    let untagged = cmdline_args(b"sidekiq 6.4.1  [3 of 5 busy] stopping\0");
-    assert_eq!(script_name("sidekiq", &untagged), None);
-    assert_eq!(
-        script_name("puma", &cmdline_args(b"puma: cluster worker 0: 12\0")),
-        None
-    );
-}
-
-#[test]
-fn servers_tagged_with_their_directory_are_named_after_it() {
-    assert!(named_after_directory("puma"));
-    assert!(named_after_directory("sidekiq"));
-    assert!(!named_after_directory("gunicorn"));
-    for (directory, name) in [
-        ("/srv/shopfront", Some("shopfront")),
-        ("/srv/shopfront/", Some("shopfront")),
-        ("/srv/shop/releases/20261206083000", Some("shop")),
-        ("/srv/releases/v2", Some("v2")),
-        ("/20261206083000", Some("20261206083000")),
-        ("/", None),
-    ] {
-        assert_eq!(app_directory(directory).as_deref(), name, "{directory}");
-    }
-}
-
-#[test]
-fn node_running_a_package_program_is_told() {
+    // sidekiq's title (`Sidekiq::Launcher::PROCTITLES`): the application's job worker.
+    let sidekiq = cmdline_args(b"sidekiq 6.4.1 shopfront [0 of 5 busy]\0");
+    assert_eq!(directory_suffix("sidekiq", &sidekiq), Some("-sidekiq"));
+    // A framework's launcher, run by Node from node_modules.
     for line in [
         "node /srv/shop/node_modules/.bin/next start",
         "/usr/bin/node --enable-source-maps node_modules/@nestjs/cli/bin/nest.js start",
     ] {
-        assert!(runs_package_program("node", &args(line)), "{line}");
+        assert_eq!(directory_suffix("node", &args(line)), Some(""), "{line}");
     }
     for (executable, line) in [
         ("node", "node /srv/shop/server.js"),
         ("node", "node -e require('node_modules/x')"),
         ("python3", "python3 /srv/node_modules/x.py"),
+        ("python3", "python3 /usr/bin/gunicorn app:app"),
     ] {
-        assert!(!runs_package_program(executable, &args(line)), "{line}");
+        assert_eq!(directory_suffix(executable, &args(line)), None, "{line}");
+    }
+}
+
+#[test]
+fn a_working_directory_names_its_application_unless_it_names_a_run_or_a_person() {
+    for (directory, name) in [
+        ("/srv/shopfront", Some("shopfront")),
+        ("/srv/shopfront/", Some("shopfront")),
+        ("/srv/shop (deleted)", Some("shop")),
+        ("/srv/shop/releases/20261206083000", Some("shop")),
+        ("/srv/shop/releases/20261206083000Z", Some("shop")),
+        ("/var/www/shop/current", Some("current")),
+        ("/srv/releases/v2", Some("v2")),
+        // A run's or a person's: no name.
+        ("/opt/buildAgent/work/9c4c9e7b3dbe7c21", None),
+        ("/srv/20261206083000", None),
+        ("/tmp/tmp.Xa9kQ2", None),
+        ("/home/alice", None),
+        ("/root", None),
+        ("/", None),
+    ] {
+        assert_eq!(app_directory(directory).as_deref(), name, "{directory}");
     }
 }
 
@@ -396,7 +470,7 @@ fn a_jar_is_named_without_its_version() {
 
 #[test]
 fn uwsgi_is_named_after_the_application_it_loads() {
-    // Read from Debian's uwsgi 2.0.21 with its python3 plugin.
+    // Read from Debian's uwsgi 2.0.21 with its python3 plugin, and its init script's shape.
     for (line, name) in [
         (
             "uwsgi --http-socket 127.0.0.1:18203 --plugin python3 --wsgi-file /tmp/gu/app.py --callable app --master --processes 2",
@@ -406,8 +480,19 @@ fn uwsgi_is_named_after_the_application_it_loads() {
             "uwsgi --http-socket 127.0.0.1:18204 --plugin python3 --chdir /tmp/gu --module app:app",
             "app",
         ),
-        ("uwsgi --ini /etc/uwsgi/apps-enabled/billing.ini", "billing"),
+        (
+            "uwsgi --ini /usr/share/uwsgi/conf/default.ini --ini /etc/uwsgi/apps-enabled/geonode.ini --daemonize /var/log/uwsgi/app/geonode.log",
+            "geonode",
+        ),
+        (
+            "uwsgi --ini /etc/uwsgi/shop.ini --module billing:app",
+            "billing",
+        ),
         ("uwsgi --http=:8000 --module=shop.wsgi:application", "shop"),
+        (
+            "uwsgi --chdir /home/foobar/myproject --wsgi-file myproject/wsgi.py",
+            "myproject",
+        ),
         ("uwsgi -w orders", "orders"),
     ] {
         assert_eq!(
