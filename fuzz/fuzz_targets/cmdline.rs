@@ -32,7 +32,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some(directory) = args.first()
         && let Some(name) = app_directory(directory)
     {
-        assert!(!name.is_empty() && !name.contains('/'), "{name:?} from {directory:?}");
+        assert!(
+            !name.is_empty() && !name.contains('/'),
+            "{name:?} from {directory:?}"
+        );
         assert!(directory.contains(&name), "{name:?} from {directory:?}");
     }
 });

@@ -54,7 +54,8 @@ pub struct Cli {
     pub refresh_interval: Duration,
 
     /// Most processes tracked at once in the kernel (sizes the CPU-time, run-queue and name
-    /// maps).
+    /// maps). Entries are made as processes run: a process whose threads waited for a CPU
+    /// takes about 200 bytes of kernel memory per CPU for its run-queue histogram.
     #[arg(long, env = "MONITOR_MAX_PROCESSES", default_value_t = 16384)]
     pub max_processes: u32,
 
