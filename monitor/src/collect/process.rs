@@ -177,8 +177,8 @@ fn command_line_name(tgid: u32, executable: &str, parent: bool) -> Option<String
             .and_then(|process| process.stat())
             .ok()?
             .ppid;
-        let comm = fs::read_to_string(format!("/proc/{ppid}/comm")).ok()?;
-        return command_line_name(u32::try_from(ppid).ok()?, comm.trim_end(), false);
+        let ppid = u32::try_from(ppid).ok()?;
+        return command_line_name(ppid, &identify(ppid, None).executable, false);
     }
     if let Some(suffix) = identity::directory_suffix(executable, &args)
         && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))

@@ -74,8 +74,8 @@ pub fn launched_app(launcher: &str, args: &[String]) -> Option<String> {
             let command = args.iter().position(|arg| arg == "run" || arg == "dev")?;
             args[command + 1..]
                 .iter()
-                .find_map(|arg| arg.strip_suffix(".py").filter(|_| !arg.starts_with('-')))
-                .map(file_leaf)
+                .find(|arg| arg.ends_with(".py") && !arg.starts_with('-'))
+                .map(|path| python_file_app(path))
         }
         _ if APP_SERVERS.contains(&launcher) => server_app(launcher, args),
         _ => None,
@@ -126,9 +126,7 @@ fn option_value<'a>(args: &'a [String], options: &[&str]) -> Option<&'a str> {
 fn flask_app(spec: &str) -> Option<String> {
     let module = spec.split_once(':').map_or(spec, |(module, _)| module);
     if module.contains('/') || module.ends_with(".py") {
-        let path = module.trim_end_matches('/');
-        return Some(file_leaf(path.strip_suffix(".py").unwrap_or(path)))
-            .filter(|n| is_identifier(n));
+        return Some(python_file_app(module.trim_end_matches('/'))).filter(|n| is_identifier(n));
     }
     module_name(spec, false)
 }
@@ -206,7 +204,7 @@ pub fn uwsgi_app(executable: &str, args: &[String]) -> Option<String> {
         match option {
             "--module" | "-w" | "--wsgi" => return value().and_then(|m| module_name(m, false)),
             "--wsgi-file" | "--file" => {
-                return value().map(|path| file_leaf(path.strip_suffix(".py").unwrap_or(path)));
+                return value().map(python_file_app);
             }
             "--ini" => {
                 ini = value()
@@ -245,23 +243,20 @@ fn module_name(spec: &str, attribute_required: bool) -> Option<String> {
     if !attribute_ok || SCHEMES.contains(&module) || !module.split('.').all(is_identifier) {
         return None;
     }
-    Some(leaf(module))
+    Some(leaf(module, '.'))
 }
 
-fn leaf(module: &str) -> String {
-    let mut parts = module.rsplit('.');
-    let last = parts.next().unwrap_or(module);
-    match parts.next() {
-        Some(parent) if CONVENTIONAL_LEAVES.contains(&last) => parent.to_owned(),
-        _ => last.to_owned(),
-    }
+/// The application a Python file names: its name (`app/main.py` -> `main`), or for a
+/// conventional one its directory's (`shop/wsgi.py` -> `shop`).
+fn python_file_app(path: &str) -> String {
+    leaf(path.strip_suffix(".py").unwrap_or(path), '/')
 }
 
-/// A file's name without its directory (`app/main` -> `main`), or for a conventional one its
-/// directory's (`shop/wsgi` -> `shop`).
-fn file_leaf(path: &str) -> String {
-    let mut parts = path.rsplit('/');
-    let last = parts.next().unwrap_or(path);
+/// The last part of a module (`.`) or path (`/`), or for a conventional one
+/// (`CONVENTIONAL_LEAVES`) the part before it.
+fn leaf(name: &str, separator: char) -> String {
+    let mut parts = name.rsplit(separator);
+    let last = parts.next().unwrap_or(name);
     match parts.next() {
         Some(parent) if CONVENTIONAL_LEAVES.contains(&last) && !parent.is_empty() => {
             parent.to_owned()
