@@ -26,6 +26,44 @@ fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool)
     })
 }
 
+/// Sends 3 requests to `route` of each server, then finds them counted under the server's
+/// own service name, and a CPU series of its process (with `executable`, when given) under
+/// that name too.
+fn assert_served_and_named(
+    agent: &MonitorAgent,
+    servers: &[Server],
+    route: &str,
+    executable: Option<&str>,
+) {
+    const REQUESTS: u64 = 3;
+    let http = client();
+    for server in servers {
+        for _ in 0..REQUESTS {
+            assert_eq!(get(&http, &server.url(route)), 200);
+        }
+    }
+    let scrape = wait_until(agent, "every server's requests under its name", |scrape| {
+        servers
+            .iter()
+            .all(|server| server_count(scrape, &server.service, 200, route) == Some(REQUESTS))
+    });
+    for server in servers {
+        let pid = server.pid().to_string();
+        let mut labels = vec![
+            ("process_pid", pid.as_str()),
+            ("service_name", server.service.as_str()),
+        ];
+        labels.extend(executable.map(|executable| ("process_executable_name", executable)));
+        assert!(
+            scrape
+                .value("process_cpu_time_seconds_total", &labels)
+                .is_some(),
+            "no CPU series named {} for {pid}",
+            server.service
+        );
+    }
+}
+
 #[test]
 fn otel_service_name_names_server_client_and_cpu_series() {
     let service = unique_name("svc");
@@ -275,31 +313,7 @@ fn python_application_servers_are_named_after_their_application() {
             "asgi",
         ),
     ];
-    let http = client();
-    for server in &servers {
-        for _ in 0..3 {
-            assert_eq!(get(&http, &server.url("/orders")), 200);
-        }
-    }
-    let scrape = wait_until(&agent, "both servers named after their module", |scrape| {
-        servers
-            .iter()
-            .all(|server| server_count(scrape, &server.service, 200, "/orders") == Some(3))
-    });
-    for server in &servers {
-        let pid = server.pid().to_string();
-        let labels = [
-            ("process_pid", pid.as_str()),
-            ("service_name", server.service.as_str()),
-        ];
-        assert!(
-            scrape
-                .value("process_cpu_time_seconds_total", &labels)
-                .is_some(),
-            "no CPU series named {} for {pid}",
-            server.service
-        );
-    }
+    assert_served_and_named(&agent, &servers, "/orders", None);
 }
 
 /// puma (Debian's, a Ruby script) serving from `<dir>/config.ru`, alone and as a cluster of
@@ -308,31 +322,7 @@ fn python_application_servers_are_named_after_their_application() {
 fn puma_is_named_after_its_application_directory() {
     let agent = MonitorAgent::start(&[]);
     let servers = [Server::puma(0), Server::puma(2)];
-    let http = client();
-    for server in &servers {
-        for _ in 0..4 {
-            assert_eq!(get(&http, &server.url("/cart")), 200);
-        }
-    }
-    let scrape = wait_until(&agent, "both pumas named after their directory", |scrape| {
-        servers
-            .iter()
-            .all(|server| server_count(scrape, &server.service, 200, "/cart") == Some(4))
-    });
-    for server in &servers {
-        let pid = server.pid().to_string();
-        let labels = [
-            ("process_pid", pid.as_str()),
-            ("service_name", server.service.as_str()),
-        ];
-        assert!(
-            scrape
-                .value("process_cpu_time_seconds_total", &labels)
-                .is_some(),
-            "no CPU series named {} for {pid}",
-            server.service
-        );
-    }
+    assert_served_and_named(&agent, &servers, "/cart", None);
 }
 
 /// A framework's launcher run by Node from `node_modules` (`next start`, `nest start`) names
@@ -341,24 +331,7 @@ fn puma_is_named_after_its_application_directory() {
 fn a_node_package_program_is_named_after_its_application_directory() {
     let agent = MonitorAgent::start(&[]);
     let server = Server::node_package_program();
-    let http = client();
-    for _ in 0..3 {
-        assert_eq!(get(&http, &server.url("/shop")), 200);
-    }
-    let scrape = wait_until(&agent, "the server named after its directory", |scrape| {
-        server_count(scrape, &server.service, 200, "/shop") == Some(3)
-    });
-    let pid = server.pid().to_string();
-    let labels = [
-        ("process_pid", pid.as_str()),
-        ("process_executable_name", "node"),
-        ("service_name", server.service.as_str()),
-    ];
-    assert!(
-        scrape
-            .value("process_cpu_time_seconds_total", &labels)
-            .is_some()
-    );
+    assert_served_and_named(&agent, &[server], "/shop", Some("node"));
 }
 
 /// `java -jar <app>-1.4.2-SNAPSHOT.jar`: named after the artifact, not the release, so the
@@ -367,24 +340,5 @@ fn a_node_package_program_is_named_after_its_application_directory() {
 fn a_jar_is_named_without_its_version() {
     let agent = MonitorAgent::start(&[]);
     let server = Server::java_jar();
-    let http = client();
-    for _ in 0..3 {
-        assert_eq!(get(&http, &server.url("/invoices")), 200);
-    }
-    let scrape = wait_until(
-        &agent,
-        "the Java server named after its artifact",
-        |scrape| server_count(scrape, &server.service, 200, "/invoices") == Some(3),
-    );
-    let pid = server.pid().to_string();
-    let labels = [
-        ("process_pid", pid.as_str()),
-        ("process_executable_name", "java"),
-        ("service_name", server.service.as_str()),
-    ];
-    assert!(
-        scrape
-            .value("process_cpu_time_seconds_total", &labels)
-            .is_some()
-    );
+    assert_served_and_named(&agent, &[server], "/invoices", Some("java"));
 }
