@@ -71,13 +71,17 @@ def event(kind, route, path=b"", tgid=4242):
     return struct.pack("<QIHBB", route, tgid, len(path), kind, 0) + path.ljust(192, b"\0")
 
 
-# kinds: 0 template, 1 collapsed, 2 listener, 3 host. Paths without identifiers are their own
+# kinds: 0 template, 1 collapsed, 2 listener, 3 host, 4 observation. Paths without identifiers are their own
 # template, so their hash is that of the path.
 write("ring_event", "template", event(0, fnv(b"/api/v2/products"), b"/api/v2/products"))
 write("ring_event", "collapsed", event(1, fnv(b"/docs/{*}"), b"/docs/intro HTTP/1.1\r\n"))
 write("ring_event", "listener", event(2, 7))
 write("ring_event", "host", event(3, fnv(b"shop.example.com:8080"), b"shop.example.com:8080"))
 write("ring_event", "mismatch", event(0, 1, b"/other"))
+# kind 4: a request carried past its histogram (route, tgid, status, kind, method, role,
+# bucket, reserved, duration_ns).
+write("ring_event", "observation",
+      struct.pack("<QIHBBBB6xQ", fnv(b"/api/v2/products"), 4242, 200, 4, 1, 1, 3, 1_500_000))
 
 write("route_budget", "routes", b"\x04" + b"\n".join([
     b"\x00/api/v2/products", b"\x00/users/{id}", b"\x00/docs/{*}", b"\x00/docs/intro",

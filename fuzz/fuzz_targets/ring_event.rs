@@ -1,14 +1,18 @@
 //! A ring-buffer record, decoded by the agent and learnt as a route or server address.
 //!
-//! Input: the record's bytes (an `HttpEvent` is 208 bytes; shorter ones are skipped).
-//! Checks: decoding never reads past the record or the path; a route is learnt exactly when
+//! Input: the record's bytes (an `HttpEvent` is 208 bytes, an `ObservationEvent` 32; shorter
+//! ones are skipped). Checks: decoding never reads past the record or the path; a carried
+//! observation adds one request to its key, whatever its bucket; a route is learnt exactly when
 //! its path (whole, or cut when it is as long as an announcement can be) gives the announced
 //! hash, and then under the text that hash is of.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use monitor::{
-    collect::http::{Event, decode_event},
+    collect::{
+        http::{Event, decode_event},
+        http_events::CarriedObservations,
+    },
     model::routes::RouteRegistry,
 };
 use monitor_common::http::{
@@ -21,6 +25,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(data.len() < size_of::<HttpEvent>());
         return;
     };
+    if let Event::Observation(observation) = &event {
+        let mut carried = CarriedObservations::default();
+        carried.add(observation);
+        let mut durations = Vec::new();
+        carried.add_to(&mut durations);
+        assert_eq!(durations.len(), 1);
+        assert_eq!(durations[0].0, observation.key());
+        assert_eq!(durations[0].1.count(), 1);
+        return;
+    }
     let Event::Route(announcement) = event else {
         return;
     };

@@ -666,6 +666,44 @@ pub mod event_kind {
     pub const LISTENER: u8 = 2;
     /// A server address a client process used for the first time; `path` holds its text.
     pub const HOST: u8 = 3;
+    /// Not an announcement: an [`ObservationEvent`](super::ObservationEvent).
+    pub const OBSERVATION: u8 = 4;
+}
+
+/// A request whose histogram the kernel could not allocate when it ended (a map without
+/// preallocation refills its free elements asynchronously, and a burst of new keys can find
+/// none ready): carried to the agent, which adds it to that key's counts. Shares the ring
+/// buffer with [`HttpEvent`], and `kind` sits where `HttpEvent::kind` does.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ObservationEvent {
+    pub route: u64,
+    pub tgid: u32,
+    pub status: u16,
+    /// `event_kind::OBSERVATION`.
+    pub kind: u8,
+    pub method: u8,
+    pub role: u8,
+    /// The histogram bucket the duration falls in (`duration_bucket`).
+    pub bucket: u8,
+    pub _reserved: [u8; 6],
+    pub duration_ns: u64,
+}
+
+/// Where every event on the HTTP ring buffer has its `kind`.
+pub const EVENT_KIND_OFFSET: usize = core::mem::offset_of!(HttpEvent, kind);
+const _: () = assert!(core::mem::offset_of!(ObservationEvent, kind) == EVENT_KIND_OFFSET);
+
+impl ObservationEvent {
+    pub fn key(&self) -> DurationKey {
+        DurationKey {
+            tgid: self.tgid,
+            status: self.status,
+            method: self.method,
+            role: self.role,
+            route: self.route,
+        }
+    }
 }
 
 /// What the agent must hear about, rarely: a route the kernel has not seen for this process
@@ -775,7 +813,8 @@ pub struct HttpConfig {
     pub port_filter: u32,
     /// Distinct server addresses per client process before `__overflow__`.
     pub host_budget: u32,
-    pub _reserved: u32,
+    /// Tests only: `test_fault::*` bits.
+    pub test_faults: u32,
     /// A response with no write for this long, on a connection left open, is finished.
     pub idle_timeout_ns: u64,
     /// Random, per agent start: the seed of every `fingerprint::*`.
@@ -785,6 +824,13 @@ pub struct HttpConfig {
 }
 
 pub const MAX_EXCLUDED_COMMS: usize = 8;
+
+/// Faults the tests make the programs act out (`HttpConfig::test_faults`).
+pub mod test_fault {
+    /// No histogram can be allocated: every request is carried to the agent
+    /// (`ObservationEvent`).
+    pub const NO_HISTOGRAM: u32 = 1;
+}
 
 /// Verdicts on listening sockets in `LISTENERS` (with `--http-ports`).
 pub mod listener {
@@ -1061,7 +1107,13 @@ pub mod counter {
     /// Server connections a forked child took over from its parent (`fork` in the kernel
     /// crate): found by a request line read on a descriptor nobody tracked.
     pub const CONNECTIONS_INHERITED: u32 = 28;
-    pub const COUNT: u32 = 29;
+    /// Observations whose histogram could not be allocated when their request ended, carried
+    /// to the agent on the ring buffer (`ObservationEvent`); counted as recorded too.
+    pub const OBSERVATIONS_CARRIED: u32 = 29;
+    /// Observations lost: their histogram could not be allocated and the ring buffer was
+    /// full.
+    pub const OBSERVATIONS_LOST: u32 = 30;
+    pub const COUNT: u32 = 31;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]

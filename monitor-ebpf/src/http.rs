@@ -13,7 +13,7 @@
 use core::{ffi::c_void, mem::MaybeUninit};
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
@@ -24,17 +24,17 @@ use monitor_common::fingerprint;
 use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
-    IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, connection_key,
-    counter, duration_bucket, head_prefix, head_words, idle_ring, measured_process_bit,
-    parse_status_line, phase, role,
+    IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, ObservationEvent,
+    connection_key, counter, duration_bucket, event_kind, head_prefix, head_words, idle_ring,
+    measured_process_bit, parse_status_line, phase, role, test_fault,
 };
 
 use crate::{
     client, fork,
     maps::{
-        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS, IDLE_CANDIDATES,
-        IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS, MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS,
-        SERVING_PROCESSES, ZERO_DURATION, count,
+        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
+        HTTP_EVENTS_WAKE_AT, IDLE_CANDIDATES, IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS,
+        MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS, SERVING_PROCESSES, ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
@@ -310,8 +310,20 @@ pub fn announce(tgid: u32, value: u64, kind: u8, bytes: &EventBytes) {
             bpf_probe_read_kernel((*event).path.as_mut_ptr().cast(), len as u32, source.cast());
         }
     }
-    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    entry.submit(ring_wakeup());
     count(counter::EVENTS_SUBMITTED);
+}
+
+/// No wake-up per event (the agent reads them at its refresh), unless the ring is filling
+/// faster than that: a burst of new routes would otherwise be lost.
+#[inline(always)]
+fn ring_wakeup() -> u64 {
+    let wake = if HTTP_EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= HTTP_EVENTS_WAKE_AT {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    wake as u64
 }
 
 // --- Ending a request ---
@@ -358,48 +370,82 @@ pub extern "C" fn record_response(
         role: conn.role,
         route: conn.route,
     };
-    // The histogram first: a response is claimed only once it can be recorded, or lost for
-    // good (a full map).
-    let mut histogram = HTTP_DURATION.get_ptr_mut(key);
+    // The histogram first: a response is claimed only once it can be recorded (or carried to
+    // the agent, `carry_observation`), or lost for good (a full map).
+    let Some(config) = config() else {
+        return 0;
+    };
+    // Tests only: as if no histogram could be allocated, to carry every request.
+    let no_histogram = config.test_faults & test_fault::NO_HISTOGRAM != 0;
+    let mut histogram = None;
     let mut full = false;
-    if histogram.is_none() {
-        if let Some(zero) = ZERO_DURATION.get(0) {
-            // NOEXIST: another CPU may have created it meanwhile; then it is just used.
-            full = HTTP_DURATION.insert(key, zero, BPF_NOEXIST as u64) == Err(E2BIG);
-        }
+    if !no_histogram {
         histogram = HTTP_DURATION.get_ptr_mut(key);
-    }
-    if histogram.is_none() && retry != 0 && !full {
-        return RECORD_LATER;
+        if histogram.is_none() {
+            if let Some(zero) = ZERO_DURATION.get(0) {
+                // NOEXIST: another CPU may have created it meanwhile; then it is just used.
+                full = HTTP_DURATION.insert(key, zero, BPF_NOEXIST as u64) == Err(E2BIG);
+            }
+            histogram = HTTP_DURATION.get_ptr_mut(key);
+        }
+        if histogram.is_none() && retry != 0 && !full {
+            return RECORD_LATER;
+        }
     }
     if !claim_response(conn) {
         return 0; // the sweep (or a syscall on another CPU) ended it already
     }
-    let Some(histogram) = histogram else {
-        count(counter::HISTOGRAM_FULL);
-        return 0;
-    };
-    let Some(config) = config() else {
-        return 0;
-    };
     let bucket = duration_bucket(
         &config.duration_bounds_ns,
         config.duration_bound_count as usize,
         duration,
     );
     let bucket = (opaque(bucket as u64) & (MAX_DURATION_BOUNDS as u64 * 2 - 1)) as usize;
+    let recorded = if key.role == role::CLIENT {
+        counter::CLIENT_RECORDED
+    } else {
+        counter::RESPONSES
+    };
+    let Some(histogram) = histogram else {
+        if full {
+            count(counter::HISTOGRAM_FULL);
+        } else if carry_observation(&key, bucket, duration) {
+            count(recorded);
+        }
+        return 0;
+    };
     // SAFETY: this CPU's copy of a per-CPU value.
     let histogram: &mut DurationHistogram = unsafe { &mut *histogram };
     if let Some(slot) = histogram.buckets.get_mut(bucket) {
         *slot += 1;
     }
     histogram.sum_ns += duration;
-    count(if key.role == role::CLIENT {
-        counter::CLIENT_RECORDED
-    } else {
-        counter::RESPONSES
-    });
+    count(recorded);
     1
+}
+
+/// Sends an observation whose histogram could not be allocated to the agent
+/// (`ObservationEvent`); false when the ring buffer is full too.
+#[inline(always)]
+fn carry_observation(key: &DurationKey, bucket: usize, duration: u64) -> bool {
+    let Some(mut entry) = HTTP_EVENTS.reserve::<ObservationEvent>(0) else {
+        count(counter::OBSERVATIONS_LOST);
+        return false;
+    };
+    entry.write(ObservationEvent {
+        route: key.route,
+        tgid: key.tgid,
+        status: key.status,
+        kind: event_kind::OBSERVATION,
+        method: key.method,
+        role: key.role,
+        bucket: bucket as u8,
+        _reserved: [0; 6],
+        duration_ns: duration,
+    });
+    entry.submit(ring_wakeup());
+    count(counter::OBSERVATIONS_CARRIED);
+    true
 }
 
 /// Moves the connection from RESPONSE to IDLE; true for the one caller that did it.

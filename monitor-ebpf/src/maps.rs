@@ -166,11 +166,16 @@ pub static LISTENERS: HashMap<u64, u8> = HashMap::with_max_entries(8192, 0);
 pub static PARTIAL_PATHS: LruHashMap<u64, PartialPath> = LruHashMap::with_max_entries(1024, 0);
 
 /// New routes, for the agent to learn their text. Rare by design: steady traffic on known
-/// routes writes nothing here. Read at each refresh (1 s by default): at about 216 bytes an
+/// routes writes nothing here. Read at each refresh (1 s by default), and sooner when an
+/// announcement finds it half full (`HTTP_EVENTS_WAKE_AT`): at about 216 bytes an
 /// announcement, 1 MiB holds some 4,800, a second of processes that each serve a first route
 /// as fast as a 2-CPU host starts them (256 KiB lost a few hundred at 1,600 a second).
 #[map]
-pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(1024 * 1024, 0);
+pub static HTTP_EVENTS: RingBuf = RingBuf::with_byte_size(HTTP_EVENTS_BYTES, 0);
+
+pub const HTTP_EVENTS_BYTES: u32 = 1024 * 1024;
+/// Unread bytes in `HTTP_EVENTS` from which an announcement wakes the agent's reader.
+pub const HTTP_EVENTS_WAKE_AT: u64 = HTTP_EVENTS_BYTES as u64 / 2;
 
 /// `monitor_common::http::counter`, per CPU.
 #[map]

@@ -446,7 +446,10 @@ impl Agent {
         // HTTP first: a process that served and exited between the two reads is then in the
         // scheduler's snapshot too, and named from it.
         let refreshed = self.http_maps.read().and_then(|http| {
-            self.refresh_sched()?;
+            if let Err(error) = self.refresh_sched() {
+                self.http_maps.keep_events(http);
+                return Err(error);
+            }
             self.refresh_http(http)
         });
         if let Err(error) = refreshed {

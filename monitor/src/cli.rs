@@ -10,7 +10,7 @@ use clap::Parser;
 ///
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN to mount tracefs where BTF is
 /// missing) and CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, and a Linux kernel with BPF tracepoints
-/// (5.8+; BTF tracepoints are used where the kernel has BTF, classic tracepoints otherwise).
+/// (5.17+; BTF tracepoints are used where the kernel has BTF, classic tracepoints otherwise).
 /// Once attached it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
 #[derive(Debug, Parser)]
 #[command(
@@ -61,7 +61,8 @@ pub struct Cli {
 
     /// Count the run time of the agent's BPF programs (turns on kernel.bpf_stats_enabled while
     /// the agent runs; costs some tens of nanoseconds per program run). Shown in
-    /// monitor_bpf_program_run_time_seconds_total.
+    /// monitor_bpf_program_run_time_seconds_total. Needs CAP_SYS_ADMIN: without it the agent
+    /// stops at start.
     #[arg(long, env = "MONITOR_BPF_STATS")]
     pub bpf_stats: bool,
 
@@ -104,7 +105,7 @@ pub struct Cli {
     /// (a keep-alive connection waiting for its next request); the next request, the next
     /// pipelined response or the close end it sooner. Responses that pause longer than this
     /// mid-body are measured up to the pause.
-    #[arg(long, env = "MONITOR_HTTP_IDLE_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "MONITOR_HTTP_IDLE_TIMEOUT", default_value = "1s", value_parser = at_most_a_day)]
     pub http_idle_timeout: Duration,
 
     /// Distinct server_address values per service (and per process in the kernel) before
@@ -124,8 +125,10 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_HTTP_PORTS", value_delimiter = ',')]
     pub http_ports: Vec<u16>,
 
-    /// Executables (by name, as in `ps -o comm`) whose HTTP traffic is never measured; the
-    /// agent's own is never measured anyway. Repeat or separate with commas (at most 8).
+    /// Thread names (`comm`, as in `ps -L -o comm`: an executable's name, unless a thread
+    /// renamed itself, as tokio's `tokio-rt-worker` do) whose HTTP connections are never
+    /// measured; the agent's own are never measured anyway. Repeat or separate with commas
+    /// (at most 8).
     #[arg(long, env = "MONITOR_EXCLUDE_COMM", value_delimiter = ',')]
     pub exclude_comm: Vec<String>,
 
@@ -143,6 +146,12 @@ pub struct Cli {
     /// kernels whose BTF does not show the way from a file to its socket's port.
     #[arg(long, hide = true)]
     pub ports_checked_by_agent: bool,
+
+    /// Tests only: the programs act as if no duration histogram could be allocated, so that
+    /// every request is carried to the agent on the ring buffer, as one is when the kernel's
+    /// allocator has no entry ready.
+    #[arg(long, hide = true)]
+    pub no_histogram_allocation: bool,
 
     /// Tests only: the byte offsets in `task_struct` of `se.sum_exec_runtime`,
     /// `sched_info.run_delay`, `sched_info.pcount`, `pid` and `tgid` (comma-separated), used
@@ -167,8 +176,18 @@ pub enum HookChoice {
 
 /// A duration such as `500ms` or `2s`, more than zero (a period of zero would never end).
 fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    match at_most_a_day(text)? {
+        duration if duration.is_zero() => Err("must be more than zero".to_owned()),
+        duration => Ok(duration),
+    }
+}
+
+/// A duration of a day at most: beyond, timers and nanosecond counts would overflow, and no
+/// refresh or idle timeout needs more.
+fn at_most_a_day(text: &str) -> Result<Duration, String> {
+    const DAY: Duration = Duration::from_secs(24 * 3600);
     match humantime::parse_duration(text) {
-        Ok(duration) if duration.is_zero() => Err("must be more than zero".to_owned()),
+        Ok(duration) if duration > DAY => Err("must be a day (24h) or less".to_owned()),
         Ok(duration) => Ok(duration),
         Err(error) => Err(error.to_string()),
     }
@@ -193,6 +212,16 @@ mod tests {
         assert!(error.to_string().contains("more than zero"), "{error}");
         let cli = Cli::try_parse_from(["monitor", "--refresh-interval", "250ms"]).unwrap();
         assert_eq!(cli.refresh_interval, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn timers_longer_than_a_day_are_refused_with_a_reason() {
+        for option in ["--refresh-interval", "--http-idle-timeout"] {
+            let error = Cli::try_parse_from(["monitor", option, "400000000000y"]).unwrap_err();
+            assert!(error.to_string().contains("a day (24h) or less"), "{error}");
+            let cli = Cli::try_parse_from(["monitor", option, "24h"]);
+            assert!(cli.is_ok(), "{option} 24h");
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
+use monitor_common::http::test_fault;
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
@@ -54,6 +55,11 @@ pub fn run(cli: Cli) -> Result<()> {
             idle_timeout: cli.http_idle_timeout,
             ports: cli.http_ports.clone(),
             host_budget: cli.server_address_budget,
+            test_faults: if cli.no_histogram_allocation {
+                test_fault::NO_HISTOGRAM
+            } else {
+                0
+            },
         },
         pod_logs: cli.pod_logs.clone(),
     })?;

@@ -11,7 +11,7 @@ use std::{
 
 use monitor_tests::{
     MonitorAgent, Scrape,
-    churn::word,
+    churn::{distinct_paths, word},
     http::{
         SERVER_DURATION, client, connect, describe_http, get, read_responses, send, server_count,
         service_total,
@@ -153,6 +153,50 @@ fn status_mix(server: &Server, agent: &MonitorAgent) {
 fn status_codes_are_counted_exactly_python() {
     let agent = MonitorAgent::start(&[]);
     status_mix(&Server::python(), &agent);
+}
+
+/// When the kernel cannot allocate a request's histogram at once (a burst of new keys can
+/// empty its free list before it is refilled), the request is carried to the agent on the
+/// ring buffer. Here every request is, as if no allocation ever succeeded: the counts per
+/// status stay exact, durations land in their bucket, and under load nothing is lost.
+#[test]
+fn requests_whose_histogram_cannot_be_allocated_are_carried_and_counted_exactly() {
+    let agent = MonitorAgent::start(&["--no-histogram-allocation", "--exclude-comm", "ab"]);
+    let server = Server::python();
+    status_mix(&server, &agent);
+    let client = client();
+    for _ in 0..3 {
+        assert_eq!(get(&client, &server.url("/sleep/100")), 200);
+    }
+    let scrape = wait_for_count(&agent, &server.service, 200, "/sleep/{id}", 3);
+    let labels = [
+        ("service_name", server.service.as_str()),
+        ("http_route", "/sleep/{id}"),
+    ];
+    let buckets = scrape.histogram(SERVER_DURATION, &labels).unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!((at(0.1), at(0.25)), (0, 3), "buckets: {buckets:?}");
+    let nginx = Server::nginx(NGINX_LOCATIONS);
+    assert_eq!(ab(&nginx.url("/ok"), 20_000, 16), 20_000);
+    let scrape = wait_for_count(&agent, "nginx", 200, "/ok", 20_000);
+    let python_requests = 28 + 3;
+    assert_eq!(service_total(&scrape, "nginx"), 20_000);
+    assert_eq!(service_total(&scrape, &server.service), python_requests);
+    // Every request recorded was carried, server side and client side (this test's own
+    // requests, its scrapes included).
+    let recorded = counter(&scrape, "monitor_http_requests_recorded_total");
+    assert_eq!(recorded, (20_000 + python_requests) as f64);
+    let client_recorded = counter(&scrape, "monitor_http_client_requests_recorded_total");
+    assert!(client_recorded >= python_requests as f64);
+    assert_eq!(
+        counter(&scrape, "monitor_http_observations_carried_total"),
+        recorded + client_recorded
+    );
+    let lost = [("reason", "observation_lost")];
+    assert_eq!(
+        scrape.value("monitor_http_events_dropped_total", &lost),
+        Some(0.0)
+    );
 }
 
 /// A forking server accepts each connection in the parent, forks, and serves it in the
@@ -718,6 +762,53 @@ fn a_thousand_word_paths_stay_within_the_route_budget() {
         &[("outcome", "collapsed")],
     );
     assert_eq!(limited, Some(collapsed as f64));
+}
+
+/// More new routes between two refreshes than the announcement ring holds (1 MiB, some 4,800):
+/// the kernel wakes the agent's reader when the ring is half full, so none is lost. The
+/// agent refreshes only when scraped here, once the burst is over.
+#[test]
+fn a_burst_of_new_routes_larger_than_the_ring_loses_no_announcement() {
+    let routes = 7_000;
+    let agent = MonitorAgent::start(&[
+        "--refresh-interval",
+        "1h",
+        // A quarter of a budget is kept for collapsed forms: all of these fit as templates.
+        "--route-budget",
+        &(routes * 2).to_string(),
+        // One bucket: the series stay few lines each.
+        "--duration-buckets",
+        "1",
+    ]);
+    // One worker: each route is announced once.
+    let nginx = Server::nginx_with_workers(1, NGINX_LOCATIONS);
+    assert_eq!(
+        distinct_paths(nginx.port, "docs", 0, routes, 4, 200),
+        routes
+    );
+    let lost = |scrape: &Scrape| {
+        scrape
+            .value(
+                "monitor_http_events_dropped_total",
+                &[("reason", "route_event_lost")],
+            )
+            .unwrap()
+    };
+    // A lost announcement would hold its route's counts back in the kernel for a while.
+    let scrape = poll_until(
+        "every request counted, or an announcement lost",
+        WAIT,
+        || {
+            let scrape = agent.scrape();
+            (service_total(&scrape, "nginx") == routes as u64 || lost(&scrape) > 0.0)
+                .then_some(scrape)
+        },
+    );
+    assert_eq!(lost(&scrape), 0.0);
+    let templates =
+        scrape.label_values(SERVER_DURATION, &[("service_name", "nginx")], "http_route");
+    assert_eq!(templates.len(), routes, "{:?}", &templates[..10]);
+    assert!(templates.contains(&format!("/docs/{}", word(routes - 1))));
 }
 
 #[test]

@@ -22,7 +22,10 @@ use anyhow::{Context as _, Result};
 use aya::maps::{MapData, RingBuf};
 use monitor_common::sched::{ExecEvent, ProcessMeta};
 
-use super::process::{Identifier, ProcessIdentity};
+use super::{
+    process::{Identifier, ProcessIdentity},
+    wait_readable,
+};
 
 /// Names kept at most; the oldest go first (a process the model never met, or a burst).
 const CAPACITY: usize = 16_384;
@@ -127,7 +130,7 @@ impl ExecNamer {
                 // Its own Identifier: the pod cache is not shared across threads.
                 let identifier = Identifier::new(&pod_logs);
                 while !stopped.load(Ordering::Relaxed) {
-                    wait_readable(&execs, POLL);
+                    wait_readable(execs.as_raw_fd(), POLL);
                     while let Some(item) = execs.next() {
                         let Some(event) = ExecEvent::from_bytes(&item) else {
                             continue;
@@ -163,17 +166,6 @@ impl Drop for ExecNamer {
             let _ = thread.join();
         }
     }
-}
-
-/// Blocks until the ring buffer has data or `timeout` passes.
-fn wait_readable(ring: &RingBuf<MapData>, timeout: Duration) {
-    let mut fd = libc::pollfd {
-        fd: ring.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just loops.
-    unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
 }
 
 #[cfg(test)]

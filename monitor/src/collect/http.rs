@@ -4,18 +4,23 @@
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{HashMap, IterableMap as _, MapData, PerCpuArray, PerCpuHashMap},
 };
 use monitor_common::{
     head::framing,
     http::{
-        ClientErrorKey, Connection, DurationHistogram, DurationKey, HttpEvent, MAX_DURATION_BOUNDS,
-        MEASURED_PROCESS_WORDS, ProcessRoute, connection_key, counter, event_kind, listener, phase,
-        role,
+        ClientErrorKey, Connection, DurationHistogram, DurationKey, EVENT_KIND_OFFSET, HttpEvent,
+        MAX_DURATION_BOUNDS, MEASURED_PROCESS_WORDS, ObservationEvent, ProcessRoute,
+        connection_key, counter, event_kind, listener, phase, role,
     },
 };
 
-use super::{MapUsage, capacity, measured_processes::MeasuredProcesses, take, usage};
+use super::{
+    MapUsage, capacity,
+    http_events::{CarriedObservations, HttpEvents},
+    measured_processes::MeasuredProcesses,
+    take, usage,
+};
 use crate::model::http::Cleanup;
 
 /// A histogram of one key summed over CPUs.
@@ -72,16 +77,16 @@ pub enum Event {
         fd: u32,
     },
     Route(RouteAnnouncement),
+    /// A request the kernel could not record in a histogram of its own (`ObservationEvent`).
+    Observation(ObservationEvent),
 }
 
-/// Decodes a ring-buffer record; `None` for one too short to be an [`HttpEvent`].
+/// Decodes a ring-buffer record; `None` for one too short for what its kind says.
 pub fn decode_event(item: &[u8]) -> Option<Event> {
-    if item.len() < size_of::<HttpEvent>() {
-        return None;
+    if *item.get(EVENT_KIND_OFFSET)? == event_kind::OBSERVATION {
+        return read_record::<ObservationEvent>(item).map(Event::Observation);
     }
-    // SAFETY: a whole HttpEvent's bytes (checked length), which any bytes are (plain integers);
-    // read unaligned.
-    let event: HttpEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    let event: HttpEvent = read_record(item)?;
     if event.kind == event_kind::LISTENER {
         return Some(Event::Listener {
             tgid: event.tgid,
@@ -95,6 +100,16 @@ pub fn decode_event(item: &[u8]) -> Option<Event> {
         kind: event.kind,
         path: event.path[..len].to_vec(),
     }))
+}
+
+/// A record's bytes as `T`, a struct of plain integers; `None` when they are too few.
+fn read_record<T: Copy>(item: &[u8]) -> Option<T> {
+    if item.len() < size_of::<T>() {
+        return None;
+    }
+    // SAFETY: a whole T's bytes (checked length), which any bytes are for the plain-integer
+    // structs read here; read unaligned.
+    Some(unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) })
 }
 
 #[derive(Clone, Debug, Default)]
@@ -180,10 +195,17 @@ pub fn dead_connection(
     }
 }
 
+/// Announcements kept at most while reads fail.
+const MAX_PENDING: usize = 50_000;
+
 pub struct HttpMaps {
     durations: PerCpuHashMap<MapData, DurationKey, DurationHistogram>,
     counters: PerCpuArray<MapData, u64>,
-    events: RingBuf<MapData>,
+    events: HttpEvents,
+    carried: CarriedObservations,
+    /// Drained from `events`, not yet handed over in a snapshot.
+    announcements: Vec<RouteAnnouncement>,
+    unchecked_listeners: Vec<(u32, u32)>,
     connections: HashMap<MapData, u64, Connection>,
     routes_seen: HashMap<MapData, ProcessRoute, u8>,
     route_count: HashMap<MapData, u32, u32>,
@@ -201,7 +223,10 @@ impl HttpMaps {
         Ok(Self {
             durations: take(ebpf, "HTTP_DURATION")?.try_into()?,
             counters: take(ebpf, "HTTP_COUNTERS")?.try_into()?,
-            events: take(ebpf, "HTTP_EVENTS")?.try_into()?,
+            events: HttpEvents::spawn(take(ebpf, "HTTP_EVENTS")?.try_into()?)?,
+            carried: CarriedObservations::default(),
+            announcements: Vec::new(),
+            unchecked_listeners: Vec::new(),
             connections: take(ebpf, "CONNECTIONS")?.try_into()?,
             routes_seen: take(ebpf, "ROUTES_SEEN")?.try_into()?,
             route_count: take(ebpf, "ROUTE_COUNT")?.try_into()?,
@@ -220,13 +245,11 @@ impl HttpMaps {
 
     /// Drains the announcements first, so that every route in the histograms read after has
     /// its text (the kernel announces a route before it counts a request under it).
+    /// Requests the kernel carried on the ring buffer (`carried`) are added to the counts of
+    /// their key.
     pub fn read(&mut self) -> Result<HttpSnapshot> {
-        let (announcements, unchecked_listeners) = self.drain_events();
-        let mut snapshot = HttpSnapshot {
-            announcements,
-            unchecked_listeners,
-            ..HttpSnapshot::default()
-        };
+        self.drain_events();
+        let mut snapshot = HttpSnapshot::default();
         for entry in self.durations.iter() {
             let (key, per_cpu) = entry.context("reading HTTP_DURATION")?;
             let mut counts = DurationCounts::default();
@@ -235,6 +258,7 @@ impl HttpMaps {
                 .for_each(|histogram| counts.add_histogram(histogram));
             snapshot.durations.push((key, counts));
         }
+        self.carried.add_to(&mut snapshot.durations);
         for entry in self.client_errors.iter() {
             let (key, per_cpu) = entry.context("reading CLIENT_ERRORS")?;
             snapshot.client_errors.push((key, per_cpu.iter().sum()));
@@ -250,20 +274,39 @@ impl HttpMaps {
                 .context("reading HTTP_COUNTERS")?;
             *total = per_cpu.iter().sum();
         }
+        snapshot.counters[counter::OBSERVATIONS_LOST as usize] += self.carried.lost();
+        // Handed over only now: a failed read keeps them for the next.
+        snapshot.announcements = std::mem::take(&mut self.announcements);
+        snapshot.unchecked_listeners = std::mem::take(&mut self.unchecked_listeners);
         Ok(snapshot)
     }
 
-    fn drain_events(&mut self) -> (Vec<RouteAnnouncement>, Vec<(u32, u32)>) {
-        let mut announcements = Vec::new();
-        let mut listeners = Vec::new();
-        while let Some(item) = self.events.next() {
-            match decode_event(&item) {
-                Some(Event::Listener { tgid, fd }) => listeners.push((tgid, fd)),
-                Some(Event::Route(announcement)) => announcements.push(announcement),
-                None => {}
+    /// Takes back the announcements of a snapshot that could not be applied, for the next
+    /// read: a route's text or a listener's check is announced once.
+    pub fn keep_events(&mut self, snapshot: HttpSnapshot) {
+        let mut announcements = snapshot.announcements;
+        announcements.append(&mut self.announcements);
+        self.announcements = announcements;
+        let mut listeners = snapshot.unchecked_listeners;
+        listeners.append(&mut self.unchecked_listeners);
+        self.unchecked_listeners = listeners;
+    }
+
+    /// Past `MAX_PENDING` (reads failing again and again), announcements are dropped: a
+    /// route's counts then wait until it is announced again (`Cleanup::reannounce`).
+    fn drain_events(&mut self) {
+        for event in self.events.take() {
+            match event {
+                Event::Listener { tgid, fd } if self.unchecked_listeners.len() < MAX_PENDING => {
+                    self.unchecked_listeners.push((tgid, fd))
+                }
+                Event::Route(announcement) if self.announcements.len() < MAX_PENDING => {
+                    self.announcements.push(announcement)
+                }
+                Event::Observation(observation) => self.carried.add(&observation),
+                _ => {}
             }
         }
-        (announcements, listeners)
     }
 
     /// Reads one counter: whether this process may read the maps it holds.
@@ -285,6 +328,7 @@ impl HttpMaps {
     pub fn forget(&mut self, cleanup: &Cleanup) {
         for key in &cleanup.forget {
             let _ = self.durations.remove(key);
+            self.carried.forget(key);
         }
         for key in &cleanup.forget_client_errors {
             let _ = self.client_errors.remove(key);
@@ -450,6 +494,7 @@ mod tests {
     use monitor_common::http::MAX_PATH_LEN;
 
     use super::*;
+    use crate::collect::http_events::{CarriedObservations, MAX_CARRIED_KEYS};
 
     fn record(kind: u8, route: u64, path: &[u8], path_len: u16) -> Vec<u8> {
         let mut event = HttpEvent {
@@ -483,6 +528,87 @@ mod tests {
             decode_event(&record(event_kind::LISTENER, 5, b"", 0)),
             Some(Event::Listener { tgid: 7, fd: 5 })
         );
+    }
+
+    fn observation(route: u64, bucket: u8, duration_ns: u64) -> ObservationEvent {
+        ObservationEvent {
+            route,
+            tgid: 7,
+            status: 200,
+            kind: event_kind::OBSERVATION,
+            method: 1,
+            role: role::SERVER,
+            bucket,
+            _reserved: [0; 6],
+            duration_ns,
+        }
+    }
+
+    #[test]
+    fn observation_records_decode_by_their_kind() {
+        let event = observation(42, 3, 1_500);
+        // SAFETY: ObservationEvent is plain integers without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&raw const event).cast::<u8>(),
+                size_of::<ObservationEvent>(),
+            )
+        };
+        assert_eq!(decode_event(bytes), Some(Event::Observation(event)));
+        assert_eq!(decode_event(&bytes[..bytes.len() - 1]), None);
+        assert_eq!(decode_event(&bytes[..EVENT_KIND_OFFSET]), None);
+    }
+
+    #[test]
+    fn carried_observations_add_to_the_kernels_counts_of_their_key() {
+        let mut carried = CarriedObservations::default();
+        carried.add(&observation(1, 0, 10));
+        carried.add(&observation(1, 2, 30));
+        carried.add(&observation(2, 1, 20));
+        // Out of range: the last (+Inf) bucket.
+        carried.add(&observation(2, u8::MAX, 40));
+        let key = |route| observation(route, 0, 0).key();
+        let mut in_kernel = DurationCounts::default();
+        in_kernel.buckets[0] = 5;
+        in_kernel.sum_ns = 100;
+        let mut durations = vec![(key(1), in_kernel)];
+        carried.add_to(&mut durations);
+        assert_eq!(durations.len(), 2);
+        let (first, counts) = durations[0];
+        assert_eq!(first, key(1));
+        assert_eq!(
+            (counts.buckets[0], counts.buckets[2], counts.sum_ns),
+            (6, 1, 140)
+        );
+        let (second, counts) = durations[1];
+        assert_eq!(second, key(2));
+        assert_eq!(counts.buckets[1], 1);
+        assert_eq!(counts.buckets[MAX_DURATION_BOUNDS], 1);
+        assert_eq!((counts.count(), counts.sum_ns), (2, 60));
+        // Running totals: read again, the same.
+        let mut again = vec![(key(1), in_kernel)];
+        carried.add_to(&mut again);
+        assert_eq!(again, durations);
+        carried.forget(&key(2));
+        let mut after = Vec::new();
+        carried.add_to(&mut after);
+        assert_eq!(after.len(), 1);
+        assert_eq!(carried.lost(), 0);
+    }
+
+    #[test]
+    fn carried_keys_are_bounded() {
+        let mut carried = CarriedObservations::default();
+        for route in 0..MAX_CARRIED_KEYS as u64 + 3 {
+            carried.add(&observation(route, 0, 1));
+        }
+        // A key already held still counts.
+        carried.add(&observation(0, 0, 1));
+        assert_eq!(carried.lost(), 3);
+        let mut durations = Vec::new();
+        carried.add_to(&mut durations);
+        assert_eq!(durations.len(), MAX_CARRIED_KEYS);
+        assert_eq!(durations[0].1.count(), 2);
     }
 
     #[test]

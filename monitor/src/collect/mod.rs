@@ -2,6 +2,7 @@
 
 pub mod execs;
 pub mod http;
+pub mod http_events;
 pub mod identity;
 pub mod measured_processes;
 pub mod process;
@@ -38,4 +39,15 @@ pub fn take(ebpf: &mut Ebpf, name: &str) -> Result<Map> {
 
 pub fn capacity(map: &MapData) -> u32 {
     map.info().map_or(0, |info| info.max_entries())
+}
+
+/// Blocks until the ring buffer behind `fd` has data or `timeout` passes.
+pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) {
+    let mut fd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just returns.
+    unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
 }

@@ -272,7 +272,18 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
             &[("reason", "route_event_lost")],
             kernel(counter::EVENTS_LOST),
         )
+        .value(
+            &[("reason", "observation_lost")],
+            kernel(counter::OBSERVATIONS_LOST),
+        )
         .build(),
+        single(
+            "monitor_http_observations_carried_total",
+            "Requests whose histogram the kernel could not allocate when they ended (a burst \
+             of new routes or statuses), carried to the agent on the ring buffer and counted \
+             all the same.",
+            kernel(counter::OBSERVATIONS_CARRIED),
+        ),
         families::counter(
             "monitor_http_connections_skipped_total",
             "Accepted connections not tracked with --http-ports: on another port, or on a \

@@ -23,6 +23,8 @@ pub struct HttpSettings {
     pub ports: Vec<u16>,
     /// Distinct server addresses per client process (and service).
     pub host_budget: u32,
+    /// Tests only: `monitor_common::http::test_fault` bits.
+    pub test_faults: u32,
 }
 
 /// Builds the programs' configuration; errors say which option is wrong and why.
@@ -69,7 +71,7 @@ pub fn http_config(settings: &HttpSettings, agent_tgid: u32) -> Result<HttpConfi
         agent_tgid,
         port_filter: u32::from(!settings.ports.is_empty()),
         host_budget: settings.host_budget,
-        _reserved: 0,
+        test_faults: settings.test_faults,
         idle_timeout_ns: settings.idle_timeout.as_nanos() as u64,
         fingerprint_seed: fingerprint_seed()?,
         excluded_comms,
@@ -300,6 +302,7 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(1),
             ports: vec![],
             host_budget: 100,
+            test_faults: 0,
         }
     }
 
