@@ -85,28 +85,38 @@ impl MeasuredProcesses {
 
     /// Clears the bits of processes that `alive` says are gone; returns how many stay set. A
     /// process that took a freed id in the meantime gets its bit back (it may have
-    /// connections), so at worst its reads and writes of a few microseconds go unseen.
+    /// connections), so at worst its reads and writes of a few microseconds go unseen: that
+    /// second look asks procfs again (`alive` may remember what it was told before).
     pub fn clear_gone(&self, alive: impl Fn(u32) -> bool) -> usize {
-        let mut marked = 0;
-        for (index, word) in self.words().iter().enumerate() {
-            let mut bits = word.load(Ordering::Relaxed);
-            while bits != 0 {
-                let bit = bits.trailing_zeros();
-                bits &= bits - 1;
-                let tgid = index as u32 * 64 + bit;
-                if alive(tgid) {
-                    marked += 1;
-                    continue;
-                }
-                word.fetch_and(!(1 << bit), Ordering::SeqCst);
-                if alive(tgid) {
-                    word.fetch_or(1 << bit, Ordering::SeqCst);
-                    marked += 1;
-                }
+        clear_gone(self.words(), alive, super::process::is_alive)
+    }
+}
+
+/// `MeasuredProcesses::clear_gone` on `words`, with `alive_now` for the second look.
+fn clear_gone(
+    words: &[AtomicU64],
+    alive: impl Fn(u32) -> bool,
+    alive_now: impl Fn(u32) -> bool,
+) -> usize {
+    let mut marked = 0;
+    for (index, word) in words.iter().enumerate() {
+        let mut bits = word.load(Ordering::Relaxed);
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            let tgid = index as u32 * 64 + bit;
+            if alive(tgid) {
+                marked += 1;
+                continue;
+            }
+            word.fetch_and(!(1 << bit), Ordering::SeqCst);
+            if alive_now(tgid) {
+                word.fetch_or(1 << bit, Ordering::SeqCst);
+                marked += 1;
             }
         }
-        marked
     }
+    marked
 }
 
 impl Drop for MeasuredProcesses {
@@ -118,5 +128,23 @@ impl Drop for MeasuredProcesses {
                 self.len * std::mem::size_of::<u64>(),
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gone_processes_lose_their_bit_unless_their_id_was_taken_meanwhile() {
+        let words: Vec<AtomicU64> = (0..2).map(|_| AtomicU64::new(0)).collect();
+        // 3 lives; 5 and 70 were found gone; 70's id was taken again since.
+        for tgid in [3u32, 5, 70] {
+            words[tgid as usize / 64].fetch_or(1 << (tgid % 64), Ordering::SeqCst);
+        }
+        let marked = clear_gone(&words, |tgid| tgid == 3, |tgid| tgid == 70);
+        assert_eq!(marked, 2);
+        assert_eq!(words[0].load(Ordering::SeqCst), 1 << 3);
+        assert_eq!(words[1].load(Ordering::SeqCst), 1 << 6);
     }
 }

@@ -159,7 +159,8 @@ impl HttpLedger {
                 // Not consumed: the counts wait in the kernel until the text is known.
                 let waited = self.waiting.entry(*key).or_insert(0);
                 *waited += 1;
-                if *waited == REANNOUNCE_AFTER {
+                // Again every so often: a re-announcement can be lost too.
+                if waited.is_multiple_of(REANNOUNCE_AFTER) {
                     cleanup.reannounce.push((key.tgid, key.route, key.role));
                 }
                 continue;
@@ -281,6 +282,11 @@ impl HttpLedger {
         let mut with_series: HashSet<(u8, &str)> = HashSet::new();
         for key in self.series.keys() {
             with_series.insert((key.role, key.service.name.as_str()));
+        }
+        // Client errors are labelled under the same server-address budget: a service whose
+        // requests all fail keeps its budget too.
+        for key in self.client_errors.keys() {
+            with_series.insert((role::CLIENT, key.service.name.as_str()));
         }
         self.routes
             .retain(|service| with_series.contains(&(role::SERVER, service)));

@@ -93,6 +93,10 @@ struct ServiceRunq {
     updated: Instant,
 }
 
+/// Folded series kept at least, whatever `--exited-process-budget`: a budget of zero folds
+/// every exited process.
+const MIN_FOLDED_BUDGET: usize = 100;
+
 pub struct ProcessLedger {
     grace: Duration,
     live: HashMap<u32, Tracked>,
@@ -101,7 +105,8 @@ pub struct ProcessLedger {
     /// Series of `ended` kept at most; the oldest beyond fold into `folded`.
     ended_budget: usize,
     /// One series per executable and service for the exited processes beyond the budget, so
-    /// that sums by service stay whole; kept for `grace` after the last fold.
+    /// that sums by service stay whole; kept for `grace` after the last fold, and at most
+    /// `ended_budget` of them, or `MIN_FOLDED_BUDGET` (the least recently folded go first).
     folded: HashMap<(String, Service), (ProcessSeries, Instant)>,
     folded_total: u64,
     /// Names of retired processes, for counts of theirs read after they were retired (an
@@ -288,6 +293,16 @@ impl ProcessLedger {
         }
         self.folded
             .retain(|_, (_, updated)| now.saturating_duration_since(*updated) < grace);
+        let folded_budget = self.ended_budget.max(MIN_FOLDED_BUDGET);
+        if self.folded.len() > folded_budget {
+            // One per executable and service, and a service is per container: many short-lived
+            // containers would make many. The least recently folded end first, as they would
+            // at the end of their grace period.
+            let mut times: Vec<Instant> = self.folded.values().map(|(_, t)| *t).collect();
+            times.sort_unstable();
+            let cut = times[times.len() - folded_budget];
+            self.folded.retain(|_, (_, updated)| *updated >= cut);
+        }
         self.retired_names
             .retain(|_, (_, retired)| now.saturating_duration_since(*retired) < grace);
         if self.retired_names.len() > RETIRED_NAMES {

@@ -32,6 +32,10 @@ struct KnownText {
 /// How long a text nobody asked for is kept.
 pub const FORGET_UNUSED_AFTER: Duration = Duration::from_secs(600);
 
+/// Texts kept at most: more than the kernel's tables of admitted routes and server addresses
+/// hold at once (`ROUTES_SEEN`, `HOSTS_SEEN`).
+const MAX_TEXTS: usize = 100_000;
+
 impl RouteRegistry {
     pub fn learn(&mut self, announcement: &RouteAnnouncement, now: Instant) {
         let route = |template: Template| match announcement.kind {
@@ -75,10 +79,19 @@ impl RouteRegistry {
         Some(&known.text)
     }
 
-    /// Forgets the texts not learnt or asked for in the last `FORGET_UNUSED_AFTER`.
+    /// Forgets the texts not learnt or asked for in the last `FORGET_UNUSED_AFTER`, and past
+    /// `MAX_TEXTS` the least recently used (budgets are per process in the kernel, and
+    /// processes that each announce routes of their own can come and go faster than that).
     pub fn forget_unused(&mut self, now: Instant) {
         self.texts
             .retain(|_, known| now.saturating_duration_since(known.used) <= FORGET_UNUSED_AFTER);
+        if self.texts.len() > MAX_TEXTS {
+            // Down to three quarters: a rare pass, not one per refresh.
+            let mut times: Vec<Instant> = self.texts.values().map(|known| known.used).collect();
+            times.sort_unstable();
+            let cut = times[times.len() - MAX_TEXTS * 3 / 4];
+            self.texts.retain(|_, known| known.used >= cut);
+        }
     }
 
     #[cfg(test)]
@@ -325,6 +338,26 @@ mod tests {
             registry.text(OVERFLOW_ROUTE_HASH, now),
             Some(OVERFLOW_ROUTE)
         );
+    }
+
+    #[test]
+    fn texts_are_bounded_the_least_recently_used_forgotten_first() {
+        let mut registry = RouteRegistry::default();
+        let start = Instant::now();
+        let total = MAX_TEXTS + 10;
+        for n in 0..total {
+            let used = start + Duration::from_millis(n as u64);
+            let text = KnownText {
+                text: format!("/r{n}"),
+                used,
+            };
+            registry.texts.insert(n as u64 + 1, text);
+        }
+        registry.forget_unused(start + Duration::from_secs(1));
+        assert_eq!(registry.len(), MAX_TEXTS * 3 / 4);
+        assert_eq!(registry.text(1, start), None, "the oldest went");
+        let newest = registry.text(total as u64, start).map(str::to_owned);
+        assert_eq!(newest.as_deref(), Some(format!("/r{}", total - 1).as_str()));
     }
 
     fn admit(budget: &mut ServiceRouteBudget, service: &str, route: &str) -> String {

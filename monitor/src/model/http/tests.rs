@@ -114,7 +114,18 @@ fn a_lost_announcement_is_asked_for_again() {
                 .reannounce,
         );
     }
-    assert_eq!(asked, vec![(1, key(1, "/lost", 200).route, role::SERVER)]);
+    let lost = (1, key(1, "/lost", 200).route, role::SERVER);
+    assert_eq!(asked, vec![lost]);
+    // The re-announcement may be lost as well: asked for again, as long as the text is
+    // missing.
+    for _ in 0..REANNOUNCE_AFTER {
+        asked.extend(
+            ledger
+                .apply(&snapshot, &alive(&[1]), Instant::now())
+                .reannounce,
+        );
+    }
+    assert_eq!(asked, vec![lost, lost]);
 }
 
 #[test]
@@ -291,6 +302,45 @@ fn client_errors_and_connect_errors_add_up_per_service() {
     assert_eq!(connects, vec![("nginx".to_owned(), 5)]);
     assert_eq!(cleanup.forget_client_errors, vec![error]);
     assert_eq!(cleanup.forget_connect_errors, vec![1]);
+}
+
+/// A service whose requests all fail has client error series only: its server-address
+/// budget holds across refreshes all the same.
+#[test]
+fn the_address_budget_of_a_service_with_only_errors_holds_across_refreshes() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 1);
+    let error = |host: &str| ClientErrorKey {
+        host: fnv_bytes(FNV_OFFSET, host.as_bytes()),
+        tgid: 3,
+        kind: monitor_common::http::client_error::NO_RESPONSE,
+        method: method::GET,
+        _reserved: 0,
+    };
+    let hosts = ["first.shop", "second.shop", "third.shop"];
+    let mut announcements: Vec<_> = hosts.iter().map(|h| announce_host(3, h)).collect();
+    for (refresh, host) in hosts.iter().enumerate() {
+        let snapshot = HttpSnapshot {
+            client_errors: hosts[..=refresh].iter().map(|h| (error(h), 1)).collect(),
+            announcements: if refresh == 0 {
+                std::mem::take(&mut announcements)
+            } else {
+                Vec::new()
+            },
+            ..HttpSnapshot::default()
+        };
+        ledger.apply(&snapshot, &alive(&[3]), Instant::now());
+        let addresses: HashSet<String> = ledger
+            .client_errors()
+            .map(|(k, _)| k.server_address.clone())
+            .collect();
+        // The first address keeps the budget of one; later ones overflow.
+        let expected: HashSet<String> = if refresh == 0 {
+            ["first.shop".to_owned()].into()
+        } else {
+            ["first.shop".to_owned(), OVERFLOW_ROUTE.to_owned()].into()
+        };
+        assert_eq!(addresses, expected, "after {host}");
+    }
 }
 
 #[test]

@@ -169,6 +169,35 @@ fn exited_series_beyond_the_budget_fold_into_one_overflow_series_per_service() {
     assert_eq!(ledger.processes().count(), 0);
 }
 
+/// Exited processes of as many services as there are short-lived containers: the folded
+/// series are bounded too, the least recently folded ending first.
+#[test]
+fn folded_series_are_bounded_by_the_budget() {
+    let budget = MIN_FOLDED_BUDGET;
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), budget);
+    let t0 = Instant::now();
+    let programs = budget as u32 + 8;
+    // More programs (services) than the budget, each with more processes than the budget,
+    // exiting one program after another.
+    for program in 0..programs {
+        let name = format!("job{program}");
+        let exited: Vec<(u32, ProcessSample)> = (0..budget as u32 + 1)
+            .map(|n| (10_000 + program * 1_000 + n, sample(&name, 100, SECOND)))
+            .collect();
+        let now = t0 + Duration::from_millis(program as u64);
+        ledger.apply(&snapshot(&exited), &alive(&[]), now, 2 * SECOND);
+    }
+    let folded: Vec<String> = ledger
+        .processes()
+        .filter(|s| s.pid.is_none())
+        .map(|s| s.executable.clone())
+        .collect();
+    assert_eq!(folded.len(), budget, "{folded:?}");
+    let newest = format!("job{}", programs - 1);
+    assert!(folded.contains(&newest), "{folded:?}");
+    assert!(!folded.contains(&"job0".to_owned()), "{folded:?}");
+}
+
 #[test]
 fn a_folded_series_adds_only_what_scrapes_did_not_see_rise() {
     let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1);
