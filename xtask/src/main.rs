@@ -20,17 +20,20 @@ struct Xtask {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Install what building and testing need (apt packages, nightly rust-src, bpf-linker).
-    /// Idempotent; takes seconds when everything is there.
+    /// Install what building and testing need (apt packages, kubernetes-validate from PyPI,
+    /// nightly rust-src, clippy and rustfmt, bpf-linker, a pinned kustomize, podman's
+    /// rlimit setting). Idempotent; takes seconds when everything is there.
     Setup,
-    /// Build the agent (release) with its BPF programs embedded: target/release/monitor.
+    /// Set up, then build the agent (release) with its BPF programs embedded:
+    /// target/release/monitor.
     Build,
     /// Set up, build and run the agent as root; arguments after `--` go to monitor.
     Run {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// cargo fmt --check, clippy -D warnings (the BPF crate linted on its own), cargo check of the fuzz targets.
+    /// Set up, then cargo fmt --check, clippy -D warnings (the BPF crate linted on its own),
+    /// cargo check of the fuzz targets.
     Lint,
     /// Set up, lint, run the unit tests, build, and run the integration tests (as root).
     Test {
