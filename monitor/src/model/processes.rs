@@ -192,8 +192,14 @@ impl ProcessLedger {
             };
             let previous = self.live.remove(&tgid);
             let (last_cpu_ns, last_runq) = match previous {
-                Some(previous) if previous.series.executable == identity.executable => {
-                    // Same name after all (e.g. re-exec of itself): keep the series.
+                Some(previous)
+                    if previous.series.executable == identity.executable
+                        && previous.series.service == identity.service =>
+                {
+                    // Same name after all (e.g. re-exec of itself): keep the series. The same
+                    // executable under another service is a rename: a process first named
+                    // while its exec was under way (its command line still empty) gets the
+                    // name read at that exec.
                     self.live.insert(
                         tgid,
                         Tracked {

@@ -8,6 +8,8 @@ struct Facts {
     alive: HashSet<u32>,
     /// Processes with a name read at an exec waiting, and that name.
     exec_names: std::collections::HashMap<u32, String>,
+    /// Service names of those names, where not the name itself.
+    exec_services: std::collections::HashMap<u32, String>,
 }
 
 impl ProcessFacts for Facts {
@@ -21,9 +23,14 @@ impl ProcessFacts for Facts {
                 .map(|meta| crate::collect::process::comm_str(&meta.comm))
                 .unwrap_or_else(|| "unknown".into())
         });
+        let service = self
+            .exec_services
+            .get(&tgid)
+            .cloned()
+            .unwrap_or(name.clone());
         ProcessIdentity {
-            executable: name.clone(),
-            service: crate::collect::process::Service::named(name),
+            executable: name,
+            service: crate::collect::process::Service::named(service),
         }
     }
     fn exec_since_named(&self, tgid: u32) -> bool {
@@ -35,6 +42,7 @@ fn alive(pids: &[u32]) -> Facts {
     Facts {
         alive: pids.iter().copied().collect(),
         exec_names: Default::default(),
+        exec_services: Default::default(),
     }
 }
 
@@ -356,6 +364,47 @@ fn exec_of_a_program_with_the_same_kernel_name_renames_the_process() {
         SECOND,
     );
     assert_eq!(cpu_of(&ledger, 3, "app"), Some(100));
+}
+
+/// A process first named from procfs while its exec was under way (no command line yet:
+/// `node`), then by the name read at that exec (`shop`, same executable): renamed.
+#[test]
+fn a_name_read_at_exec_renames_a_process_first_named_by_its_executable_alone() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let facts = alive(&[3]);
+    ledger.apply(
+        &snapshot(&[(3, sample("node", 100, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    assert_eq!(series_of(&ledger, 3), vec![("node".to_owned(), 100)]);
+    let mut facts = alive(&[3]);
+    facts.exec_names.insert(3, "node".into());
+    facts.exec_services.insert(3, "shop".into());
+    ledger.apply(
+        &snapshot(&[(3, sample("node", 150, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    // The series under the executable's name ends; the process goes on under its own.
+    let mut series = series_of(&ledger, 3);
+    series.sort();
+    assert_eq!(
+        series,
+        vec![("node".to_owned(), 100), ("shop".to_owned(), 50)]
+    );
+}
+
+/// (service, CPU ns) of every series of `tgid`.
+fn series_of(ledger: &ProcessLedger, tgid: u32) -> Vec<(String, u64)> {
+    ledger
+        .processes()
+        .filter(|series| series.pid == Some(tgid))
+        .map(|series| (series.service.name.clone(), series.cpu_ns))
+        .collect()
 }
 
 #[test]
