@@ -19,7 +19,7 @@ use crate::{
         self, MapUsage,
         execs::{EarlyNames, ExecNamer},
         http::{HttpMaps, HttpSnapshot, InFlightAtExit},
-        process::{self, Identifier, ProcessIdentity},
+        process::{self, Identifier, MemoryReads, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
         sockets,
     },
@@ -415,7 +415,7 @@ impl Agent {
             http_idle_timeout_ns: settings.http.idle_timeout.as_nanos() as u64,
             in_flight_at_exit: InFlightAtExit::default(),
             ports,
-            identifier: Identifier::new(&settings.pod_logs),
+            identifier: Identifier::new(&settings.pod_logs, MemoryReads::Bounded),
             _bpf_stats: bpf_stats,
         })
     }

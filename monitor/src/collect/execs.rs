@@ -23,7 +23,7 @@ use aya::maps::{MapData, RingBuf};
 use monitor_common::sched::{ExecEvent, ProcessMeta};
 
 use super::{
-    process::{Identifier, ProcessIdentity},
+    process::{Identifier, MemoryReads, ProcessIdentity},
     wait_readable,
 };
 
@@ -128,7 +128,7 @@ impl ExecNamer {
                     return;
                 }
                 // Its own Identifier: the pod cache is not shared across threads.
-                let identifier = Identifier::new(&pod_logs);
+                let identifier = Identifier::new(&pod_logs, MemoryReads::Blocking);
                 while !stopped.load(Ordering::Relaxed) {
                     wait_readable(execs.as_raw_fd(), POLL);
                     while let Some(item) = execs.next() {

@@ -6,6 +6,7 @@ pub mod http_events;
 pub mod identity;
 pub mod measured_processes;
 pub mod process;
+pub mod process_memory;
 pub mod sched;
 pub mod sockets;
 

@@ -10,7 +10,10 @@ use std::{
 
 use monitor_common::sched::{COMM_LEN, ProcessMeta};
 
-use super::identity::{self, Pod};
+use super::{
+    identity::{self, Pod},
+    process_memory,
+};
 
 /// `PF_KTHREAD` in `/proc/<pid>/stat` flags.
 const PF_KTHREAD: u32 = 0x0020_0000;
@@ -65,10 +68,31 @@ impl Service {
     }
 }
 
+/// How an [`Identifier`] reads a process's command line and environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryReads {
+    /// Waited for as long as they take: on a thread that nothing else waits for (the exec
+    /// namer), where a process that has just exec'd and is still loading from a cold disk can
+    /// hold its memory map for a second or more.
+    Blocking,
+    /// At most `process_memory`'s timeout: under the lock that scrapes wait for.
+    Bounded,
+}
+
+impl MemoryReads {
+    fn read(self, path: String) -> std::io::Result<Vec<u8>> {
+        match self {
+            Self::Blocking => fs::read(path),
+            Self::Bounded => process_memory::read(path),
+        }
+    }
+}
+
 /// Names processes, remembering the node's pods between calls.
 pub struct Identifier {
     pod_logs: PathBuf,
     containers: PathBuf,
+    memory_reads: MemoryReads,
     pods: RefCell<(HashMap<String, Pod>, Option<Instant>)>,
 }
 
@@ -78,7 +102,7 @@ const POD_RESCAN: Duration = Duration::from_secs(1);
 impl Identifier {
     /// `pod_logs` is the kubelet's `/var/log/pods`; its sibling `containers` holds the
     /// per-container symlinks.
-    pub fn new(pod_logs: &Path) -> Self {
+    pub fn new(pod_logs: &Path, memory_reads: MemoryReads) -> Self {
         let containers = pod_logs.parent().map_or_else(
             || PathBuf::from("/var/log/containers"),
             |p| p.join("containers"),
@@ -86,6 +110,7 @@ impl Identifier {
         Self {
             pod_logs: pod_logs.to_path_buf(),
             containers,
+            memory_reads,
             pods: RefCell::new((HashMap::new(), None)),
         }
     }
@@ -110,14 +135,15 @@ impl Identifier {
                 service.k8s_pod_name = Some(pod.name);
             }
         }
-        let from_env = fs::read(format!("/proc/{tgid}/environ"))
+        let from_env = (self.memory_reads)
+            .read(format!("/proc/{tgid}/environ"))
             .ok()
             .and_then(|environ| identity::otel_service_name(&environ));
         let from_container = service
             .k8s_container_name
             .clone()
             .or_else(|| container.map(|c| c.id[..12].to_owned()));
-        let from_script = || command_line_name(tgid, &base.executable, true);
+        let from_script = || command_line_name(self.memory_reads, tgid, &base.executable, true);
         service.name = from_env
             .or(from_container)
             .or_else(from_script)
@@ -169,8 +195,13 @@ fn status_says_alive(status: &str) -> bool {
 /// The name a process's command line gives it (`identity::script_name`), or the directory it
 /// runs in gives it (`identity::directory_suffix`); a `multiprocessing` child's is its
 /// parent's, looked up once (`parent`).
-fn command_line_name(tgid: u32, executable: &str, parent: bool) -> Option<String> {
-    let cmdline = fs::read(format!("/proc/{tgid}/cmdline")).ok()?;
+fn command_line_name(
+    reads: MemoryReads,
+    tgid: u32,
+    executable: &str,
+    parent: bool,
+) -> Option<String> {
+    let cmdline = reads.read(format!("/proc/{tgid}/cmdline")).ok()?;
     let args = identity::cmdline_args(&cmdline);
     if parent && identity::is_multiprocessing_child(executable, &args) {
         let ppid = procfs::process::Process::new(tgid as i32)
@@ -178,7 +209,7 @@ fn command_line_name(tgid: u32, executable: &str, parent: bool) -> Option<String
             .ok()?
             .ppid;
         let ppid = u32::try_from(ppid).ok()?;
-        return command_line_name(ppid, &identify(ppid, None).executable, false);
+        return command_line_name(reads, ppid, &identify(ppid, None).executable, false);
     }
     if let Some(suffix) = identity::directory_suffix(executable, &args)
         && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))

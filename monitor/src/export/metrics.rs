@@ -80,6 +80,17 @@ pub fn render(view: &Exposition<'_>) -> String {
         )
         .value(&[], view.processes_named_at_exec_total as f64)
         .build(),
+        families::counter(
+            "monitor_procfs_reads_timed_out_total",
+            "Reads of a process's command line or environment (/proc/<pid>/cmdline, environ) \
+             that did not answer within 2 s: the process is stuck in the kernel holding its \
+             memory map (a hung NFS or FUSE mount). It is named without them meanwhile.",
+        )
+        .value(
+            &[],
+            crate::collect::process_memory::timed_out_total() as f64,
+        )
+        .build(),
         refresh_duration(view.refresh_durations),
         families::gauge("monitor_build_info", "Version of the running agent.")
             .value(&[("version", env!("CARGO_PKG_VERSION"))], 1.0)
