@@ -298,7 +298,7 @@ impl Soak {
         }
         let _ = writeln!(
             out,
-            "\nLoss and overflow counters at the end: {}.\n",
+            "\nLoss, overflow and recovery counters at the end: {}.\n",
             nonzero_losses(&self.losses)
         );
         out
