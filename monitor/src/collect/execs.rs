@@ -12,17 +12,17 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
     },
-    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::sched::{ExecEvent, ProcessMeta};
 
 use super::{
+    ReaderThread,
     process::{Identifier, MemoryReads, ProcessIdentity},
     wait_readable,
 };
@@ -103,8 +103,7 @@ impl EarlyNames {
 
 /// The thread that names processes at exec; stopped and joined on drop.
 pub struct ExecNamer {
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ReaderThread,
 }
 
 impl ExecNamer {
@@ -113,58 +112,28 @@ impl ExecNamer {
         pod_logs: PathBuf,
         names: Arc<EarlyNames>,
     ) -> Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let stopped = stop.clone();
-        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("exec-namer".into())
-            .spawn(move || {
-                // Started while the agent still holds what it needs to load programs: this
-                // thread only reads procfs and a ring buffer, and gives the rest up first.
-                let dropped = crate::privileges::drop_in_this_thread();
-                let failed = dropped.is_err();
-                let _ = dropped_tx.send(dropped);
-                if failed {
-                    return;
-                }
-                // Its own Identifier: the pod cache is not shared across threads.
-                let identifier = Identifier::new(&pod_logs, MemoryReads::Blocking);
-                while !stopped.load(Ordering::Relaxed) {
-                    wait_readable(execs.as_raw_fd(), POLL);
-                    while let Some(item) = execs.next() {
-                        let Some(event) = ExecEvent::from_bytes(&item) else {
-                            continue;
-                        };
-                        // The kernel's name at exec, for when the process is already gone.
-                        let meta = ProcessMeta {
-                            comm: event.comm,
-                            exit_ns: 0,
-                            from_exec: 1,
-                            _reserved: 0,
-                        };
-                        let identity = identifier.identify(event.tgid, Some(&meta));
-                        names.insert(event.tgid, identity, Instant::now());
-                    }
-                }
-            })
-            .context("starting the exec naming thread")?;
-        dropped_rx
-            .recv()
-            .context("the exec naming thread stopped at once")?
-            .context("dropping the exec naming thread's capabilities")?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for ExecNamer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+        // Its own Identifier, made in the thread: the pod cache is not shared across threads.
+        let mut identifier = None;
+        let thread = ReaderThread::spawn("exec-namer", "exec naming", move || {
+            let identifier =
+                identifier.get_or_insert_with(|| Identifier::new(&pod_logs, MemoryReads::Blocking));
+            wait_readable(execs.as_raw_fd(), POLL);
+            while let Some(item) = execs.next() {
+                let Some(event) = ExecEvent::from_bytes(&item) else {
+                    continue;
+                };
+                // The kernel's name at exec, for when the process is already gone.
+                let meta = ProcessMeta {
+                    comm: event.comm,
+                    exit_ns: 0,
+                    from_exec: 1,
+                    _reserved: 0,
+                };
+                let identity = identifier.identify(event.tgid, Some(&meta));
+                names.insert(event.tgid, identity, Instant::now());
+            }
+        })?;
+        Ok(Self { _thread: thread })
     }
 }
 

@@ -5,19 +5,17 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicBool, Ordering},
-    },
-    thread::JoinHandle,
+    os::fd::AsRawFd as _,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use aya::maps::{MapData, RingBuf};
 use monitor_common::http::{DurationKey, MAX_DURATION_BOUNDS, ObservationEvent};
 
 use super::{
+    ReaderThread,
     http::{DurationCounts, Event, decode_event},
     wait_readable,
 };
@@ -52,50 +50,27 @@ impl Held {
 /// The reader thread and the events it holds; the thread stops and is joined on drop.
 pub struct HttpEvents {
     held: Arc<Mutex<Held>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    _thread: ReaderThread,
 }
 
 impl HttpEvents {
     pub fn spawn(ring: RingBuf<MapData>) -> Result<Self> {
+        let fd = ring.as_raw_fd();
         let held = Arc::new(Mutex::new(Held {
             ring,
             events: Vec::new(),
         }));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (shared, stopped) = (held.clone(), stop.clone());
-        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("http-events".into())
-            .spawn(move || {
-                // Reads shared memory only: gives up every capability first.
-                let dropped = crate::privileges::drop_in_this_thread();
-                let failed = dropped.is_err();
-                let _ = dropped_tx.send(dropped);
-                if failed {
-                    return;
-                }
-                let fd = {
-                    let held = shared.lock().unwrap_or_else(PoisonError::into_inner);
-                    std::os::fd::AsRawFd::as_raw_fd(&held.ring)
-                };
-                while !stopped.load(Ordering::Relaxed) {
-                    wait_readable(fd, POLL);
-                    shared
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .read_ring(MAX_HELD);
-                }
-            })
-            .context("starting the HTTP events thread")?;
-        dropped_rx
-            .recv()
-            .context("the HTTP events thread stopped at once")?
-            .context("dropping the HTTP events thread's capabilities")?;
+        let shared = held.clone();
+        let thread = ReaderThread::spawn("http-events", "HTTP events", move || {
+            wait_readable(fd, POLL);
+            shared
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .read_ring(MAX_HELD);
+        })?;
         Ok(Self {
             held,
-            stop,
-            thread: Some(thread),
+            _thread: thread,
         })
     }
 
@@ -105,15 +80,6 @@ impl HttpEvents {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         held.read_ring(usize::MAX);
         std::mem::take(&mut held.events)
-    }
-}
-
-impl Drop for HttpEvents {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 

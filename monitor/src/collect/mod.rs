@@ -52,3 +52,54 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) {
     // SAFETY: one valid pollfd for the duration of the call. An error (EINTR) just returns.
     unsafe { libc::poll(&mut fd, 1, timeout.as_millis() as libc::c_int) };
 }
+
+/// A thread of the agent that reads shared memory and procfs only. Started while the agent
+/// still holds what it needs to load programs, it gives the rest up first; then it runs
+/// `step` until asked to stop, and is stopped and joined on drop.
+pub struct ReaderThread {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ReaderThread {
+    /// `step` runs again and again; it should wait for work a short while at most (the stop
+    /// flag is looked at between two steps). `what` names the thread in errors.
+    pub fn spawn(name: &str, what: &str, mut step: impl FnMut() + Send + 'static) -> Result<Self> {
+        use anyhow::Context as _;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || {
+                let dropped = crate::privileges::drop_in_this_thread();
+                let failed = dropped.is_err();
+                let _ = dropped_tx.send(dropped);
+                if failed {
+                    return;
+                }
+                while !stopped.load(Ordering::Relaxed) {
+                    step();
+                }
+            })
+            .with_context(|| format!("starting the {what} thread"))?;
+        dropped_rx
+            .recv()
+            .with_context(|| format!("the {what} thread stopped at once"))?
+            .with_context(|| format!("dropping the {what} thread's capabilities"))?;
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ReaderThread {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
