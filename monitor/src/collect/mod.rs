@@ -10,7 +10,18 @@ pub mod process_memory;
 pub mod sched;
 pub mod sockets;
 
-use anyhow::{Result, anyhow};
+use std::{
+    os::fd::RawFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Ebpf,
     maps::{Map, MapData},
@@ -43,7 +54,7 @@ pub fn capacity(map: &MapData) -> u32 {
 }
 
 /// Blocks until the ring buffer behind `fd` has data or `timeout` passes.
-pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) {
+pub fn wait_readable(fd: RawFd, timeout: Duration) {
     let mut fd = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -57,19 +68,17 @@ pub fn wait_readable(fd: std::os::fd::RawFd, timeout: std::time::Duration) {
 /// still holds what it needs to load programs, it gives the rest up first; then it runs
 /// `step` until asked to stop, and is stopped and joined on drop.
 pub struct ReaderThread {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
 }
 
 impl ReaderThread {
     /// `step` runs again and again; it should wait for work a short while at most (the stop
     /// flag is looked at between two steps). `what` names the thread in errors.
     pub fn spawn(name: &str, what: &str, mut step: impl FnMut() + Send + 'static) -> Result<Self> {
-        use anyhow::Context as _;
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
-        let (dropped_tx, dropped_rx) = std::sync::mpsc::channel();
+        let (dropped_tx, dropped_rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name(name.into())
             .spawn(move || {
@@ -97,7 +106,7 @@ impl ReaderThread {
 
 impl Drop for ReaderThread {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -135,7 +135,8 @@ impl Identifier {
                 service.k8s_pod_name = Some(pod.name);
             }
         }
-        let from_env = (self.memory_reads)
+        let from_env = self
+            .memory_reads
             .read(format!("/proc/{tgid}/environ"))
             .ok()
             .and_then(|environ| identity::otel_service_name(&environ));

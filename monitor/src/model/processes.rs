@@ -304,19 +304,17 @@ impl ProcessLedger {
             // One per executable and service, and a service is per container: many short-lived
             // containers would make many. The least recently folded end first, as they would
             // at the end of their grace period.
-            let mut times: Vec<Instant> = self.folded.values().map(|(_, t)| *t).collect();
-            times.sort_unstable();
-            let cut = times[times.len() - folded_budget];
-            self.folded.retain(|_, (_, updated)| *updated >= cut);
+            super::keep_latest(&mut self.folded, folded_budget, |(_, updated)| *updated);
         }
         self.retired_names
             .retain(|_, (_, retired)| now.saturating_duration_since(*retired) < grace);
         if self.retired_names.len() > RETIRED_NAMES {
             // Keep the newest half: a rare pass, not one per exit.
-            let mut times: Vec<Instant> = self.retired_names.values().map(|(_, t)| *t).collect();
-            times.sort_unstable();
-            let cut = times[times.len() - RETIRED_NAMES / 2];
-            self.retired_names.retain(|_, (_, retired)| *retired >= cut);
+            super::keep_latest(
+                &mut self.retired_names,
+                RETIRED_NAMES / 2,
+                |(_, retired)| *retired,
+            );
         }
         // At most: with a grace of zero, histograms updated by this refresh stay.
         self.runq

@@ -87,10 +87,7 @@ impl RouteRegistry {
             .retain(|_, known| now.saturating_duration_since(known.used) <= FORGET_UNUSED_AFTER);
         if self.texts.len() > MAX_TEXTS {
             // Down to three quarters: a rare pass, not one per refresh.
-            let mut times: Vec<Instant> = self.texts.values().map(|known| known.used).collect();
-            times.sort_unstable();
-            let cut = times[times.len() - MAX_TEXTS * 3 / 4];
-            self.texts.retain(|_, known| known.used >= cut);
+            super::keep_latest(&mut self.texts, MAX_TEXTS * 3 / 4, |known| known.used);
         }
     }
 
