@@ -18,7 +18,7 @@ use crate::{
     collect::{
         self, MapUsage,
         execs::{EarlyNames, ExecNamer},
-        http::{HttpMaps, HttpSnapshot, InFlightAtExit},
+        http::{HttpMaps, HttpSnapshot, InFlightAtExit, idle_sweep_deadline_ns},
         process::{self, Identifier, MemoryReads, ProcessIdentity},
         sched::{ProcessSample, SchedMaps, SchedSnapshot},
         sockets,
@@ -404,7 +404,10 @@ impl Agent {
                 settings.exited_process_grace,
                 settings.http.route_budget as usize,
                 settings.http.host_budget as usize,
-            ),
+            )
+            .with_final_read_after(Duration::from_nanos(idle_sweep_deadline_ns(
+                settings.http.idle_timeout.as_nanos() as u64,
+            ))),
             duration_bounds: settings.http.duration_buckets.clone(),
             snapshot: SchedSnapshot::default(),
             http_map_usage: Vec::new(),

@@ -170,7 +170,7 @@ pub enum DeadConnection {
 
 /// How long after a response's last write or read the kernel's idle sweep has surely
 /// ended it: the timeout, the epoch it is listed in, and a margin for the tick.
-fn idle_sweep_deadline_ns(idle_timeout_ns: u64) -> u64 {
+pub fn idle_sweep_deadline_ns(idle_timeout_ns: u64) -> u64 {
     const MARGIN_NS: u64 = 2_000_000_000;
     idle_timeout_ns.saturating_mul(2).saturating_add(MARGIN_NS)
 }

@@ -79,9 +79,11 @@ pub struct HttpLedger {
     last_connect_errors: HashMap<u32, u64>,
     /// Refreshes each key has been waiting for its target's text.
     waiting: HashMap<DurationKey, u32>,
-    /// Processes found gone at the last refresh: their entries are read once more before
-    /// they are freed (see `apply`).
-    gone: HashSet<u32>,
+    /// Processes found gone, and when they were first: their entries are read again until
+    /// `final_read_after` has passed, then freed (see `apply`).
+    gone: HashMap<u32, Instant>,
+    /// How long after a process is found gone the kernel may still record for it.
+    final_read_after: Duration,
     series: BTreeMap<SeriesKey, Series<DurationCounts>>,
     client_errors: BTreeMap<ClientErrorSeries, Series<u64>>,
     connect_errors: BTreeMap<Service, Series<u64>>,
@@ -106,7 +108,8 @@ impl HttpLedger {
             last_errors: HashMap::new(),
             last_connect_errors: HashMap::new(),
             waiting: HashMap::new(),
-            gone: HashSet::new(),
+            gone: HashMap::new(),
+            final_read_after: Duration::ZERO,
             series: BTreeMap::new(),
             client_errors: BTreeMap::new(),
             connect_errors: BTreeMap::new(),
@@ -114,6 +117,15 @@ impl HttpLedger {
             overflowed: 0,
             collapsed: 0,
         }
+    }
+
+    /// Keeps reading the entries of a process found gone for `after` before freeing them:
+    /// the kernel's idle sweep ends the response an exited process left waiting (its
+    /// sockets close without a syscall) up to about twice the idle timeout later, and an
+    /// entry freed between that recording and its read would lose it.
+    pub fn with_final_read_after(mut self, after: Duration) -> Self {
+        self.final_read_after = after;
+        self
     }
 
     pub fn apply(
@@ -128,22 +140,28 @@ impl HttpLedger {
         self.kernel_counters = snapshot.counters;
         let mut cleanup = Cleanup::default();
         // A process is found gone after its entries were read: it may have recorded more
-        // between the read and its exit. Its entries are freed only at the next refresh,
-        // once read again, so that nothing it recorded is freed unread. `alive` below is
-        // whether the entries may still grow; a process gone has its text shown as
-        // `__unknown__` when it never learnt it.
-        let mut gone_now = HashSet::new();
+        // between the read and its exit, and the kernel's idle sweep may still end a
+        // response it left (`with_final_read_after`). Its entries are freed only at a later
+        // refresh, once read again after that time, so that nothing recorded for it is
+        // freed unread. `alive` below is whether the entries may still grow; a process gone
+        // has its text shown as `__unknown__` when it never learnt it.
+        let mut gone_now = HashMap::new();
         let mut processes: HashMap<u32, (ProcessIdentity, bool, bool)> = HashMap::new();
         let gone_before = std::mem::take(&mut self.gone);
+        let final_read_after = self.final_read_after;
         let mut process = |tgid: u32| {
             processes
                 .entry(tgid)
                 .or_insert_with(|| {
                     let running = facts.is_alive(tgid);
+                    let mut final_read = false;
                     if !running {
-                        gone_now.insert(tgid);
+                        let since = gone_before.get(&tgid).copied();
+                        gone_now.insert(tgid, since.unwrap_or(now));
+                        final_read = since.is_some_and(|since| {
+                            now.saturating_duration_since(since) >= final_read_after
+                        });
                     }
-                    let final_read = !running && gone_before.contains(&tgid);
                     (facts.identity(tgid), !final_read, running)
                 })
                 .clone()

@@ -152,6 +152,49 @@ fn exited_process_entries_are_read_once_more_then_freed() {
     assert_eq!(count_of(&ledger, "other", "/x", 500), Some(8));
 }
 
+/// The kernel's idle sweep ends the response an exited process left waiting up to about
+/// twice the idle timeout after the exit: its entries are read until then, not freed at the
+/// first read after the exit was seen, where that late recording could fall between the read
+/// and the free and be lost.
+#[test]
+fn exited_process_entries_are_read_until_the_kernel_can_record_no_more() {
+    let after = Duration::from_secs(4);
+    let mut ledger =
+        HttpLedger::new(Duration::from_secs(300), 200, 100).with_final_read_after(after);
+    let t0 = Instant::now();
+    let k = key(3, "/x", 500);
+    let with = |n| HttpSnapshot {
+        durations: vec![(k, counts(n))],
+        announcements: vec![announce(3, "/x")],
+        ..HttpSnapshot::default()
+    };
+    ledger.apply(&with(2), &alive(&[3]), t0);
+    let mut freed_at = None;
+    // Refreshes once a second; the sweep records one more request 3 s after the exit.
+    for second in 1..=6u64 {
+        let n = if second >= 4 { 6 } else { 5 };
+        let cleanup = ledger.apply(&with(n), &alive(&[]), t0 + Duration::from_secs(second));
+        if !cleanup.forget.is_empty() {
+            assert_eq!(cleanup.forget, vec![k]);
+            freed_at = Some(second);
+            break;
+        }
+    }
+    // First found gone at second 1: freed at the first read at least 4 s after that.
+    assert_eq!(freed_at, Some(5));
+    assert_eq!(count_of(&ledger, "other", "/x", 500), Some(6));
+    // A process that comes back (a pid reused) is alive again: nothing is freed.
+    let mut ledger =
+        HttpLedger::new(Duration::from_secs(300), 200, 100).with_final_read_after(after);
+    ledger.apply(&with(2), &alive(&[]), t0);
+    ledger.apply(&with(2), &alive(&[3]), t0 + Duration::from_secs(3));
+    let cleanup = ledger.apply(&with(2), &alive(&[]), t0 + Duration::from_secs(5));
+    assert!(
+        cleanup.forget.is_empty(),
+        "gone again since 5 s, not since 0 s"
+    );
+}
+
 #[test]
 fn routes_beyond_the_service_budget_overflow_the_busiest_kept_first() {
     let mut ledger = HttpLedger::new(Duration::from_secs(300), 1, 100);
