@@ -1,6 +1,10 @@
 //! Service identity: the names processes get in every metric.
 
-use std::{process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
@@ -138,6 +142,75 @@ fn an_interpreter_is_named_after_its_script() {
             .value("process_cpu_time_seconds_total", &labels)
             .is_some()
     );
+}
+
+/// A host service run by systemd: `python3 app.py` in `<unit>.service` is named after its
+/// unit, the name its operators gave it, not after its script. Here the process is put in a
+/// cgroup of the path systemd gives a service (`/system.slice/<unit>.service`) before it
+/// execs Python, as systemd does.
+#[test]
+fn a_host_process_is_named_after_its_systemd_service() {
+    let agent = MonitorAgent::start(&[]);
+    let unit = unique_name("shopfront");
+    let cgroup = ServiceCgroup::create(&unit);
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("app.py");
+    std::fs::copy(fixture("http_server.py"), &script).unwrap();
+    let mut command = Command::new("/bin/sh");
+    command
+        .arg("-c")
+        .arg(r#"echo $$ > "$1" && shift && exec /usr/bin/python3 "$@""#)
+        .arg("sh")
+        .arg(cgroup.procs())
+        .arg(&script);
+    let server = Server::python_with(command, free_port(), &unit);
+    assert_served_and_named(&agent, &[server], "/orders", Some("python3"));
+}
+
+/// A cgroup at the path systemd gives a service, in the unified hierarchy; removed on drop
+/// (after the processes in it are gone).
+struct ServiceCgroup {
+    dir: PathBuf,
+}
+
+impl ServiceCgroup {
+    fn create(unit: &str) -> Self {
+        let root = cgroup2_mount().expect("no cgroup2 hierarchy mounted");
+        let dir = root.join("system.slice").join(format!("{unit}.service"));
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|error| panic!("creating {}: {error}", dir.display()));
+        Self { dir }
+    }
+
+    fn procs(&self) -> PathBuf {
+        self.dir.join("cgroup.procs")
+    }
+}
+
+impl Drop for ServiceCgroup {
+    fn drop(&mut self) {
+        // The server is killed before; its exit may take a moment to empty the cgroup.
+        let removed = try_poll(Duration::from_secs(5), || {
+            std::fs::remove_dir(&self.dir).ok()
+        });
+        if removed.is_none() {
+            eprintln!("could not remove {}", self.dir.display());
+        }
+        // Only if this test made it and nothing else is in it.
+        if let Some(slice) = self.dir.parent() {
+            let _ = std::fs::remove_dir(slice);
+        }
+    }
+}
+
+/// Where the cgroup2 (unified) hierarchy is mounted: `/sys/fs/cgroup` on cgroup v2 hosts,
+/// `/sys/fs/cgroup/unified` on hybrid ones.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    mounts.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.get(2) == Some(&"cgroup2")).then(|| Path::new(fields[1]).to_path_buf())
+    })
 }
 
 /// A script that lives for a few dozen milliseconds is gone long before the agent's next

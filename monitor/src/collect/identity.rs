@@ -1,12 +1,15 @@
 //! How processes are named the way their owners name them: OpenTelemetry's service name
 //! from the environment, the container and Kubernetes pod from the cgroup and the kubelet's
-//! pod log directories, and the script an interpreter runs.
+//! pod log directories, the systemd service of a host process, and the script an interpreter
+//! runs.
 //!
 //! Pure parsers here (tested from fixtures); `process` reads the files.
 
 mod launchers;
+mod systemd;
 
 pub use launchers::app_directory;
+pub use systemd::service_unit;
 
 use std::{collections::HashMap, fs, path::Path};
 

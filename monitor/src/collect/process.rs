@@ -34,7 +34,8 @@ pub struct ProcessIdentity {
 pub struct Service {
     /// `service_name`, first match wins: `OTEL_SERVICE_NAME` (or `service.name` in
     /// `OTEL_RESOURCE_ATTRIBUTES`); the Kubernetes container's name; the container id; the
-    /// script an interpreter runs; the executable's name. `kernel` for kernel threads.
+    /// systemd service it runs in (`identity::service_unit`); the script an interpreter runs;
+    /// the executable's name. `kernel` for kernel threads.
     pub name: String,
     pub container_id: Option<String>,
     pub k8s_namespace_name: Option<String>,
@@ -122,9 +123,8 @@ impl Identifier {
         if base.service.name == KERNEL_SERVICE {
             return base;
         }
-        let container = fs::read_to_string(format!("/proc/{tgid}/cgroup"))
-            .ok()
-            .and_then(|cgroup| identity::container_of(&cgroup));
+        let cgroup = fs::read_to_string(format!("/proc/{tgid}/cgroup")).unwrap_or_default();
+        let container = identity::container_of(&cgroup);
         let mut service = Service::named(base.service.name.clone());
         if let Some(container) = &container {
             service.container_id = Some(container.id.clone());
@@ -143,10 +143,18 @@ impl Identifier {
         let from_container = service
             .k8s_container_name
             .clone()
-            .or_else(|| container.map(|c| c.id[..12].to_owned()));
+            .or_else(|| container.as_ref().map(|c| c.id[..12].to_owned()));
+        // A container's processes are in its unit too (`docker-<id>.scope` and the like).
+        let from_unit = || {
+            container
+                .is_none()
+                .then(|| identity::service_unit(&cgroup))
+                .flatten()
+        };
         let from_script = || command_line_name(self.memory_reads, tgid, &base.executable, true);
         service.name = from_env
             .or(from_container)
+            .or_else(from_unit)
             .or_else(from_script)
             .unwrap_or(base.service.name);
         ProcessIdentity {

@@ -526,3 +526,80 @@ fn blank_names_are_no_names() {
     assert_eq!(script_name("python3", &args("python3 -m shop.")), None);
     assert_eq!(script_name("node", &args("node dist/")), None);
 }
+
+#[test]
+fn a_host_process_is_named_after_its_systemd_service() {
+    for (cgroup, name) in [
+        // cgroup v2, as systemd sets it up.
+        ("0::/system.slice/shopfront.service\n", Some("shopfront")),
+        // Hybrid: the v1 lines come first, the unified one last.
+        (
+            "12:pids:/system.slice/billing.service\n1:name=systemd:/system.slice/billing.service\n0::/system.slice/billing.service\n",
+            Some("billing"),
+        ),
+        // Legacy v1: systemd's named hierarchy alone.
+        (
+            "3:cpu,cpuacct:/system.slice/orders.service\n1:name=systemd:/system.slice/orders.service\n",
+            Some("orders"),
+        ),
+        // Hybrid with the unified hierarchy unused: the named one tells.
+        (
+            "1:name=systemd:/system.slice/orders.service\n0::/\n",
+            Some("orders"),
+        ),
+        // A template's instances are one service; escapes are undone.
+        (
+            "0::/system.slice/system-worker.slice/worker@2.service\n",
+            Some("worker"),
+        ),
+        ("0::/system.slice/shop\\x2dapi.service\n", Some("shop-api")),
+        // A user's own service.
+        (
+            "0::/user.slice/user-1000.slice/user@1000.service/app.slice/notes.service\n",
+            Some("notes"),
+        ),
+        // A sub-cgroup a delegated service made for its workers.
+        ("0::/system.slice/ingest.service/workers\n", Some("ingest")),
+        // Digits in a chosen name stay.
+        (
+            "0::/system.slice/shop2026api.service\n",
+            Some("shop2026api"),
+        ),
+        // No service: the root, a login session, a scope inside a service.
+        ("0::/\n", None),
+        ("", None),
+        ("0::/user.slice/user-1000.slice/session-3.scope\n", None),
+        (
+            "0::/user.slice/user-1000.slice/user@1000.service/init.scope\n",
+            None,
+        ),
+        (
+            "0::/user.slice/user-1000.slice/user@1000.service/tmux-spawn-1.scope\n",
+            None,
+        ),
+        // Units that run what others ask, or host applications: the command line names them.
+        ("0::/system.slice/cron.service\n", None),
+        ("0::/system.slice/ssh.service\n", None),
+        (
+            "0::/system.slice/system-getty.slice/getty@tty1.service\n",
+            None,
+        ),
+        ("0::/system.slice/supervisor.service\n", None),
+        ("0::/system.slice/pm2-root.service\n", None),
+        ("0::/system.slice/gunicorn.service\n", None),
+        ("0::/system.slice/php8.2-fpm.service\n", None),
+        ("0::/system.slice/tomcat10.service\n", None),
+        ("0::/system.slice/systemd-journald.service\n", None),
+        ("0::/system.slice/run-u42.service\n", None),
+        (
+            "0::/system.slice/run-r3f2a9c0e4b7d41c5a8e2f6b9d0c3a7e1.service\n",
+            None,
+        ),
+        (
+            "0::/system.slice/3f2a9c0e-4b7d-41c5-a8e2-f6b9d0c3a7e1.service\n",
+            None,
+        ),
+    ] {
+        assert_eq!(service_unit(cgroup).as_deref(), name, "{cgroup}");
+    }
+}
