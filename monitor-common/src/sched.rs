@@ -57,6 +57,12 @@ pub struct CpuSlot {
     /// Scratch word: a `task_struct` pointer written here and read back is a plain number to
     /// the verifier, which forbids arithmetic on the pointer itself (hashing it to a slot).
     pub task_scratch: u64,
+    /// On-CPU time of process `deferred_tgid` whose `CPU_TIME` entry could not be allocated
+    /// when it was flushed (the kernel's BPF memory cache was empty, as happens in bursts of
+    /// process creation): added at this CPU's next flush, when the cache has been refilled.
+    pub deferred_ns: u64,
+    pub deferred_tgid: u32,
+    pub _reserved: u32,
 }
 
 /// Number of slots in the table of runnable-since times (a power of two).
@@ -188,6 +194,13 @@ pub struct SchedTracepointLayout {
 }
 
 /// Indexes into the per-CPU `SCHED_ERRORS` counter array.
+/// Faults the scheduler programs act out for tests (`SCHED_TEST_FAULTS`, a read-only global).
+pub mod test_fault {
+    /// A process's first `CPU_TIME` insert fails as an allocation failure does, so that its
+    /// first slice is deferred (`CpuSlot::deferred_ns`).
+    pub const FIRST_CPU_TIME_ALLOCATION: u32 = 1;
+}
+
 pub mod errors {
     /// `CPU_TIME` was full: a process's on-CPU time was not recorded.
     pub const CPU_TIME_FULL: u32 = 0;
@@ -202,8 +215,9 @@ pub mod errors {
     /// falls back to what the kernel recorded (the interpreter's name, not its script's).
     pub const EXEC_EVENTS_LOST: u32 = 4;
     /// The kernel could not allocate a `CPU_TIME` entry for a new process at that moment
-    /// (its BPF memory cache was empty, or the bucket was busy): one slice of its on-CPU
-    /// time was not recorded. Seen under bursts of process creation.
+    /// (its BPF memory cache was empty, or the bucket was busy) and the CPU's one deferred
+    /// slice (`CpuSlot::deferred_ns`) held another process's: one slice of its on-CPU time
+    /// was not recorded.
     pub const CPU_TIME_ALLOC_FAILED: u32 = 5;
     /// The same for a `RUNQ_LATENCY` entry: some run-queue delays of a new process were not
     /// recorded.
@@ -222,7 +236,7 @@ pub mod errors {
 }
 
 const _: () =
-    assert!(core::mem::size_of::<CpuSlot>() == 64 + core::mem::size_of::<RunqHistogram>());
+    assert!(core::mem::size_of::<CpuSlot>() == 80 + core::mem::size_of::<RunqHistogram>());
 const _: () = assert!(core::mem::size_of::<RunnableSince>() == 24);
 const _: () = assert!(core::mem::size_of::<RunqHistogram>() == 8 * (RUNQ_BUCKETS + 1));
 const _: () = assert!(core::mem::size_of::<ProcessMeta>() == 32);

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use monitor_common::sched::{
     COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, TICK_PERIOD_NS,
-    TaskAccountingOffsets, errors, runnable_slot, runq_bucket,
+    TaskAccountingOffsets, errors, runnable_slot, runq_bucket, test_fault,
 };
 
 use monitor_common::words::zero_words;
@@ -29,6 +29,8 @@ use crate::maps::{
 
 /// What a hash map's update returns when the map is full (a missing entry could not be added).
 const E2BIG: i32 = 7;
+/// What an allocation failure returns.
+const ENOMEM: i32 = 12;
 
 /// Set by the agent before loading (a read-only global, so the verifier sees constants and
 /// accepts loads at these offsets of a BTF `task_struct` pointer); all zero where not found.
@@ -42,6 +44,10 @@ static TASK_ACCOUNTING: Global<TaskAccountingOffsets> = Global::new(TaskAccounti
     prev_sum_exec_runtime: 0,
     policy: 0,
 });
+
+/// `test_fault::*` bits, set by the agent for tests only (constant to the verifier).
+#[unsafe(no_mangle)]
+static SCHED_TEST_FAULTS: Global<u32> = Global::new(0);
 
 /// The offsets of the kernel's per-task accounting, if the agent found them.
 #[inline(always)]
@@ -348,18 +354,19 @@ fn flush_slot(slot: &mut CpuSlot) {
     }
     let ns = slot.unflushed_ns;
     slot.unflushed_ns = 0;
-    if let Some(total) = CPU_TIME.get_ptr_mut(tgid) {
-        // SAFETY: this CPU's copy of a per-CPU value.
-        unsafe { *total += ns };
+    if slot.deferred_ns != 0 && add_cpu_time(slot.deferred_tgid, slot.deferred_ns, false) {
+        slot.deferred_ns = 0;
+    }
+    if CPU_TIME.get_ptr(tgid).is_some() {
+        add_cpu_time(tgid, ns, false);
     } else {
-        if let Err(error) = CPU_TIME.insert(tgid, ns, BPF_NOEXIST as u64) {
-            // Another CPU may have created the entry in the meantime (two threads of a new
-            // process switched out at once): add to it.
-            match CPU_TIME.get_ptr_mut(tgid) {
-                // SAFETY: this CPU's copy of a per-CPU value.
-                Some(total) => unsafe { *total += ns },
-                None if error == -E2BIG => count_error(errors::CPU_TIME_FULL),
-                None => count_error(errors::CPU_TIME_ALLOC_FAILED),
+        let first_fails = SCHED_TEST_FAULTS.load() & test_fault::FIRST_CPU_TIME_ALLOCATION != 0;
+        if !add_cpu_time(tgid, ns, first_fails) {
+            if slot.deferred_ns == 0 || slot.deferred_tgid == tgid {
+                slot.deferred_tgid = tgid;
+                slot.deferred_ns += ns;
+            } else {
+                count_error(errors::CPU_TIME_ALLOC_FAILED);
             }
         }
         // A process the map has not seen: make sure the agent can name it even if it exits
@@ -369,6 +376,40 @@ fn flush_slot(slot: &mut CpuSlot) {
     if slot.runq_dirty != 0 {
         flush_runq(tgid, &mut slot.unflushed_runq);
         slot.runq_dirty = 0;
+    }
+}
+
+/// Adds `ns` to the process's on-CPU time, creating its entry if needed; false only when the
+/// entry could not be allocated now (to try again later). A full map loses the time, counted.
+/// With `fail_insert` (tests), the insert fails as an allocation failure does.
+#[inline(always)]
+fn add_cpu_time(tgid: u32, ns: u64, fail_insert: bool) -> bool {
+    if let Some(total) = CPU_TIME.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { *total += ns };
+        return true;
+    }
+    let inserted = if fail_insert {
+        Err(-ENOMEM)
+    } else {
+        CPU_TIME.insert(tgid, ns, BPF_NOEXIST as u64)
+    };
+    let Err(error) = inserted else {
+        return true;
+    };
+    // Another CPU may have created the entry in the meantime (two threads of a new process
+    // switched out at once): add to it.
+    match CPU_TIME.get_ptr_mut(tgid) {
+        Some(total) => {
+            // SAFETY: as above.
+            unsafe { *total += ns };
+            true
+        }
+        None if error == -E2BIG => {
+            count_error(errors::CPU_TIME_FULL);
+            true
+        }
+        None => false,
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Settings {
     pub task_offsets: Option<Vec<u32>>,
     /// Listeners' ports checked by the agent even where the kernel could read them (tests).
     pub ports_checked_by_agent: bool,
+    /// `monitor_common::sched::test_fault` bits (tests).
+    pub sched_test_faults: u32,
     pub http: HttpSettings,
     /// The kubelet's pod log directory (`/var/log/pods`).
     pub pod_logs: std::path::PathBuf,
@@ -282,6 +284,7 @@ impl Agent {
                 &MapSizes {
                     max_processes: settings.max_processes,
                 },
+                settings.sched_test_faults,
                 task_accounting,
                 file_table.filter(|_| !settings.empty_programs),
             )?;

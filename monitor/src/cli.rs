@@ -153,6 +153,11 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub no_histogram_allocation: bool,
 
+    /// Tests only: each process's first on-CPU-time entry cannot be allocated, as happens
+    /// when the kernel's allocator has no entry ready, so that its first slice is deferred.
+    #[arg(long, hide = true)]
+    pub fail_first_cpu_time_allocation: bool,
+
     /// Tests only: the byte offsets in `task_struct` of `se.sum_exec_runtime`,
     /// `sched_info.run_delay`, `sched_info.pcount`, `pid` and `tgid` (comma-separated), used
     /// instead of those found in the kernel's BTF, to show what happens when the verifier

@@ -7,7 +7,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use monitor_common::http::test_fault;
+use monitor_common::{http::test_fault, sched::test_fault as sched_fault};
 use tokio::{net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
@@ -48,6 +48,11 @@ pub fn run(cli: Cli) -> Result<()> {
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
         ports_checked_by_agent: cli.ports_checked_by_agent,
+        sched_test_faults: if cli.fail_first_cpu_time_allocation {
+            sched_fault::FIRST_CPU_TIME_ALLOCATION
+        } else {
+            0
+        },
         http: HttpSettings {
             duration_buckets: cli.duration_buckets.clone(),
             route_budget: cli.route_budget,

@@ -67,10 +67,12 @@ pub struct MapSizes {
 /// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
 /// With `task_accounting`, the BTF scheduler programs read the kernel's per-task accounting
 /// at these offsets instead of timing switches and wake-ups.
+/// `sched_test_faults` (`monitor_common::sched::test_fault`) are for tests only.
 /// With `file_table`, the `sys_exit` program follows server connections that a process passes
 /// to another (`monitor-ebpf/src/handoff.rs`).
 pub fn load(
     sizes: &MapSizes,
+    sched_test_faults: u32,
     task_accounting: Option<TaskAccountingOffsets>,
     file_table: Option<FileTableOffsets>,
 ) -> Result<Ebpf> {
@@ -84,6 +86,9 @@ pub fn load(
     }
     if let Some(offsets) = &file_table {
         loader.override_global("FILE_TABLE", offsets, true);
+    }
+    if sched_test_faults != 0 {
+        loader.override_global("SCHED_TEST_FAULTS", &sched_test_faults, true);
     }
     loader.load(BPF_OBJECT).map_err(|error| {
         let denied = error.to_string().contains("Operation not permitted")
