@@ -360,12 +360,17 @@ impl HostValue {
         if colon == 0 || colon >= len || len > MAX_HOST_LEN {
             return len;
         }
-        let port = &self.host[colon + 1..len];
-        if port == b"80" || port == b"443" {
-            colon
-        } else {
-            len
-        }
+        let port_len = len - colon - 1;
+        // Each byte bounded by a check of its own (`verifier::hide`): `colon < len <=
+        // MAX_HOST_LEN` is a proof older verifiers cannot follow.
+        let hidden = crate::verifier::hide(colon as u64) as usize;
+        let port = |i: usize| self.host.get(hidden + 1 + i).copied().unwrap_or(0);
+        let default_port = match port_len {
+            2 => port(0) == b'8' && port(1) == b'0',
+            3 => port(0) == b'4' && port(1) == b'4' && port(2) == b'3',
+            _ => false,
+        };
+        if default_port { colon } else { len }
     }
 
     /// FNV-1a of the normalised host, 0 when there is none.

@@ -170,15 +170,17 @@ pub fn is_status_prefix(head: &[u8; 16], len: usize) -> bool {
     if len == 0 || len > head_prefix::MAX_LEN {
         return false;
     }
+    // Over a constant count, not up to `len`: a verifier before 6.3 or so may have lost the
+    // bound on `len` checked above (see `verifier::hide`), and then not the loop's end.
     let mut i = 0;
-    while i < len {
+    while i < head_prefix::MAX_LEN {
         let b = head[i];
         let fits = match i {
             0..=6 => b == b"HTTP/1."[i],
             8 => b == b' ',
             _ => b.is_ascii_digit(),
         };
-        if !fits {
+        if i < len && !fits {
             return false;
         }
         i += 1;

@@ -3,6 +3,8 @@
 //! Every type here crosses a BPF map: `#[repr(C)]`, no implicit padding (size asserts below),
 //! and `aya::Pod` only behind the `user` feature so the BPF side stays free of `std`.
 #![no_std]
+// Inline assembly for `verifier::hide`; nightly builds the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 
 #[cfg(any(test, feature = "user"))]
 extern crate alloc;
@@ -12,4 +14,5 @@ pub mod head;
 pub mod http;
 pub mod proxy;
 pub mod sched;
+pub mod verifier;
 pub mod words;

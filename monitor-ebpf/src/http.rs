@@ -20,7 +20,7 @@ use aya_ebpf::{
     },
     maps::Array,
 };
-use monitor_common::fingerprint;
+use monitor_common::{fingerprint, verifier::hide};
 use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
@@ -934,7 +934,7 @@ pub fn head(capture: &Capture) -> [u8; 16] {
 /// `len`, at most CAPTURE_LEN, in a form the verifier can bound (a mask, then a cap).
 #[inline(always)]
 fn within_capture(len: u64) -> u64 {
-    let len = len & (2 * CAPTURE_LEN as u64 - 1);
+    let len = hide(len) & (2 * CAPTURE_LEN as u64 - 1);
     if len > CAPTURE_LEN as u64 {
         CAPTURE_LEN as u64
     } else {

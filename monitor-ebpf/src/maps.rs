@@ -239,6 +239,10 @@ pub struct Capture {
     pub host: HostValue,
     pub templater: RouteTemplater,
     pub not_request: NotRequestScanner,
+    /// Never written: room for what a verifier that loses the cap of a read's length
+    /// (`http::within_capture`) takes for its largest size, the mask's 511 bytes after a
+    /// prefix of up to 15, so that the read into `bytes` passes there too.
+    pub _verifier_room: [u8; 48],
 }
 
 #[inline(always)]

@@ -17,6 +17,7 @@ use monitor_common::{
         parse_request_start, parse_status_line, phase, role, template_allowance,
     },
     proxy,
+    verifier::hide,
 };
 
 use crate::{
@@ -539,7 +540,9 @@ fn append_partial_path(key: u64, capture: &Capture, from: usize, len: usize) {
         }
         bpf_probe_read_kernel(
             (*partial).bytes.as_mut_ptr().add(have & 0xff).cast(),
-            (add & 0xff) as u32,
+            // Masked after `hide`: the compiler would drop a mask it can prove needless,
+            // and older verifiers cannot follow its proof (`verifier::hide`).
+            (hide(add as u64) & 0xff) as u32,
             capture.bytes.as_ptr().add(from & (CAPTURE_LEN - 1)).cast(),
         );
         (*partial).len = (have + add) as u32;
