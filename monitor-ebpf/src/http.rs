@@ -20,7 +20,6 @@ use aya_ebpf::{
     },
     maps::Array,
 };
-use monitor_common::{fingerprint, verifier::hide};
 use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
@@ -28,6 +27,7 @@ use monitor_common::http::{
     connection_key, counter, duration_bucket, event_kind, head_prefix, head_words, idle_ring,
     measured_process_bit, parse_status_line, phase, role, test_fault,
 };
+use monitor_common::{fingerprint, verifier::hide};
 
 use crate::{
     client, fork,

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod churn;
+pub mod guest;
 pub mod http;
 pub mod metrics;
 pub mod poll;

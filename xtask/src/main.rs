@@ -4,6 +4,7 @@ mod bench;
 mod build;
 mod cmd;
 mod fuzz;
+mod guest_kernel;
 mod image;
 mod lint;
 mod setup;

@@ -4,7 +4,9 @@
 //! - the nightly toolchain's `rust-src` (the BPF crate is built with `-Z build-std=core`);
 //! - stable's clippy and rustfmt (lint);
 //! - `bpf-linker`, built against the nightly's own LLVM so that both agree on the bitcode;
-//! - `kustomize`, which renders the Kubernetes manifests (tests).
+//! - `kustomize`, which renders the Kubernetes manifests (tests);
+//! - Debian 12's kernel and an initramfs to boot it with, for the older-kernel test
+//!   (`guest_kernel`).
 
 use std::{
     fs,
@@ -16,7 +18,10 @@ use std::{
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
-use crate::cmd::{is_root, output, run};
+use crate::{
+    cmd::{is_root, output, run},
+    guest_kernel,
+};
 
 /// Debian packages the build and the tests use.
 pub const APT_PACKAGES: &[&str] = &[
@@ -42,6 +47,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "libcap2-bin",          // capsh: the agent under the DaemonSet's capabilities only (tests)
     "util-linux",           // setpriv, unshare: another user, a mount namespace (tests)
     "g++",                  // libFuzzer's C++ sources, built when lint checks the fuzz targets
+    "qemu-system-x86",      // boots Debian 12's kernel (6.1) for the older-kernel test
+    "busybox-static",       // the init of that test's initramfs
 ];
 
 /// PyPI packages the tests use: (import name, package).
@@ -58,6 +65,7 @@ pub fn setup() -> Result<()> {
     rust_components()?;
     bpf_linker()?;
     kustomize()?;
+    guest_kernel::prepare()?;
     eprintln!("xtask: setup complete");
     Ok(())
 }
