@@ -1,7 +1,8 @@
 //! The agent on an older kernel than these machines run: Debian 12's own, 6.1, booted with
 //! qemu (see `monitor_tests::guest`). Its verifier proves less than a current one: it refused
 //! the HTTP program until that was written for it, and the agent then ran with CPU metrics
-//! alone. Here the real programs load there and count exactly.
+//! alone. Here the real programs load there, with the scheduler programs on their BTF
+//! tracepoints and on their fallbacks, and count exactly.
 
 use std::{os::unix::fs::PermissionsExt as _, time::Duration};
 
@@ -35,25 +36,36 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
     std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
 
     let console = guest.run(&program, Duration::from_secs(900));
-    let log = section(&console, "agent log").join("\n");
     assert_eq!(
         section(&console, "release"),
         vec![guest.release.as_str()],
         "not the guest kernel; console:\n{console}"
     );
-    assert!(
-        !log.contains("refused") && !log.contains("unavailable"),
-        "a program was refused:\n{log}"
-    );
-    let scrape = Scrape::parse(&section(&console, "metrics").join("\n"));
-    assert_eq!(
-        scrape.value(
-            "monitor_bpf_program_info",
-            &[("hook", "sys_exit"), ("hook_kind", "tp_btf")]
-        ),
-        Some(1.0),
-        "the HTTP program is not attached:\n{log}"
-    );
+    // The agent as deployed, then one with the scheduler programs on their fallbacks.
+    for (agent, sched_hook_kind, wakeups) in
+        [("", "tp_btf", false), ("fallback ", "tracepoint", true)]
+    {
+        let log = section(&console, &format!("{agent}agent log")).join("\n");
+        assert!(
+            !log.contains("refused") && !log.contains("unavailable"),
+            "a program was refused:\n{log}"
+        );
+        let scrape = Scrape::parse(&section(&console, &format!("{agent}metrics")).join("\n"));
+        let attached = |hook: &str, kind: &str| {
+            scrape.value(
+                "monitor_bpf_program_info",
+                &[("hook", hook), ("hook_kind", kind)],
+            ) == Some(1.0)
+        };
+        assert!(attached("sys_exit", "tp_btf"), "no HTTP program:\n{log}");
+        assert!(attached("sched_switch", sched_hook_kind), "{log}");
+        assert_eq!(attached("sched_wakeup", sched_hook_kind), wakeups, "{log}");
+        assert_counted_exactly(&scrape, &log);
+    }
+}
+
+/// Every request counted once per status, on both ends, and the burner's CPU time.
+fn assert_counted_exactly(scrape: &Scrape, log: &str) {
     for (status, expected) in [("200", OK), ("404", NOT_FOUND), ("503", UNAVAILABLE)] {
         let route = if status == "200" {
             "/hello"

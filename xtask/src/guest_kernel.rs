@@ -39,15 +39,27 @@ pub fn prepare() -> Result<()> {
     if built.exists() && modified(&built)? >= modified(&init)? {
         return Ok(());
     }
-    let package = current_package()?;
-    eprintln!("xtask: preparing {package} for the older-kernel test");
     let work = dir.join("work");
     let _ = fs::remove_dir_all(&work);
     fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    // As root, apt downloads unsandboxed into a directory its own user cannot write: fine.
-    run(Command::new("apt-get")
-        .args(["download", "-q", &package])
-        .current_dir(&work))?;
+    let download = || -> Result<String> {
+        let package = current_package()?;
+        eprintln!("xtask: fetching {package} for the older-kernel test");
+        // As root, apt downloads unsandboxed into a directory its own user cannot write.
+        run(Command::new("apt-get")
+            .args(["download", "-q", &package])
+            .current_dir(&work))?;
+        Ok(package)
+    };
+    // A machine whose package lists are gone or stale (images often drop them) gets them
+    // again once.
+    let package = match download() {
+        Ok(package) => package,
+        Err(_) => {
+            run(Command::new("apt-get").args(["update", "-qq"]))?;
+            download()?
+        }
+    };
     let deb = fs::read_dir(&work)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
