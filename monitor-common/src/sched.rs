@@ -3,6 +3,34 @@
 /// Length of a task's `comm` in the kernel (`TASK_COMM_LEN`), NUL included.
 pub const COMM_LEN: usize = 16;
 
+/// A `comm` as two little-endian words, with every byte after its first NUL zeroed. Before
+/// Linux 6.9 or so `bpf_get_current_comm` copies the name and its NUL only (`strscpy`, not
+/// `strscpy_pad`) and leaves the rest of the buffer as it was: a name compared whole
+/// (`--exclude-comm`) never matched on Debian 12's 6.1. Register arithmetic only, no stack.
+#[inline(always)]
+pub fn nul_padded_comm([low, high]: [u64; 2]) -> [u64; 2] {
+    match first_nul_mask(low) {
+        Some(keep) => [low & keep, 0],
+        None => [low, first_nul_mask(high).map_or(high, |keep| high & keep)],
+    }
+}
+
+/// The mask of the bytes up to and including the word's first zero byte (little-endian);
+/// none without one.
+#[inline(always)]
+fn first_nul_mask(word: u64) -> Option<u64> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // The high bit of each zero byte, and maybe of bytes above the first zero one (a borrow
+    // runs upwards from it): the lowest bit set is the first zero byte's.
+    let zeros = word.wrapping_sub(ONES) & !word & HIGHS;
+    if zeros == 0 {
+        return None;
+    }
+    let first = zeros & zeros.wrapping_neg();
+    Some(first.wrapping_shl(1).wrapping_sub(1))
+}
+
 /// Number of run-queue latency buckets. Bucket `i < RUNQ_BUCKETS - 1` counts delays `d` with
 /// `2^(RUNQ_FIRST_BOUND_LOG2 + i - 1) < d <= 2^(RUNQ_FIRST_BOUND_LOG2 + i)` nanoseconds (bucket 0
 /// takes everything up to its bound); the last bucket takes everything above.
@@ -281,5 +309,43 @@ mod tests {
         }
         assert!(used.iter().filter(|&&u| u).count() > 990);
         assert!(runnable_slot(u64::MAX) < RUNNABLE_SLOTS);
+    }
+
+    /// A comm as `bpf_get_current_comm` leaves it before 6.9: the name, its NUL, then
+    /// whatever the buffer held.
+    fn as_left_by_the_helper(name: &[u8], garbage: u8) -> [u64; 2] {
+        let mut bytes = [garbage; COMM_LEN];
+        bytes[..name.len()].copy_from_slice(name);
+        bytes[name.len()] = 0;
+        [
+            u64::from_le_bytes(bytes[..8].try_into().unwrap()),
+            u64::from_le_bytes(bytes[8..].try_into().unwrap()),
+        ]
+    }
+
+    fn padded(name: &[u8]) -> [u64; 2] {
+        as_left_by_the_helper(name, 0)
+    }
+
+    #[test]
+    fn what_follows_a_comms_nul_is_zeroed() {
+        for name in [
+            &b""[..],
+            b"a",
+            b"pyexcl",
+            b"seven77",
+            b"eightchr",
+            b"nine_char",
+            b"fifteen_chars_x",
+            "caf\u{e9}\u{80}".as_bytes(),
+        ] {
+            for garbage in [0x00, 0x01, 0x7f, 0x80, 0xff, b'x'] {
+                assert_eq!(
+                    nul_padded_comm(as_left_by_the_helper(name, garbage)),
+                    padded(name),
+                    "{name:?} followed by {garbage:#x}"
+                );
+            }
+        }
     }
 }

@@ -18,7 +18,7 @@ use aya_ebpf::{
 };
 use monitor_common::sched::{
     COMM_LEN, CpuSlot, ExecEvent, ProcessMeta, RunnableSince, RunqHistogram, TICK_PERIOD_NS,
-    TaskAccountingOffsets, errors, runnable_slot, runq_bucket, test_fault,
+    TaskAccountingOffsets, errors, nul_padded_comm, runnable_slot, runq_bucket, test_fault,
 };
 
 use monitor_common::words::zero_words;
@@ -217,18 +217,21 @@ fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
-/// The current task's `comm`. The raw helper into uninitialised memory: aya's wrapper first
-/// zeroes its buffer, with the BPF target's byte-at-a-time `memset` (see
-/// `monitor_common::words`).
+/// The current task's `comm`, NUL-padded (`nul_padded_comm`). The raw helper into
+/// uninitialised memory: aya's wrapper first zeroes its buffer, with the BPF target's
+/// byte-at-a-time `memset` (see `monitor_common::words`).
 #[inline(always)]
 pub fn current_comm() -> Option<[u8; COMM_LEN]> {
-    let mut comm = MaybeUninit::<[u8; COMM_LEN]>::uninit();
-    // SAFETY: the helper writes COMM_LEN bytes (NUL-padded) or fails.
+    let mut comm = MaybeUninit::<[u64; COMM_LEN / 8]>::uninit();
+    // SAFETY: the helper writes the name and its NUL (COMM_LEN bytes at most) or fails.
     if unsafe { raw::bpf_get_current_comm(comm.as_mut_ptr().cast(), COMM_LEN as u32) } != 0 {
         return None;
     }
-    // SAFETY: written in full by the helper above.
-    Some(unsafe { comm.assume_init() })
+    // SAFETY: what follows the NUL may be what the stack held: any value is a valid word,
+    // and `nul_padded_comm` zeroes it.
+    let words = nul_padded_comm(unsafe { comm.assume_init() });
+    // SAFETY: two words are sixteen bytes.
+    Some(unsafe { core::mem::transmute::<[u64; COMM_LEN / 8], [u8; COMM_LEN]>(words) })
 }
 
 #[inline(always)]
