@@ -829,6 +829,10 @@ pub fn status_of(buffer: Buffer, ret: i64) -> Option<u16> {
 #[inline(always)]
 pub fn first_16(buffer: Buffer, ret: i64) -> Option<([u8; 16], usize)> {
     let (source, len) = first_bytes_up_to(buffer, ret, 16)?;
+    // Bounded again where the compiler cannot drop it (`verifier::hide`): 6.1 also follows a
+    // path where `ret` is negative, whose `min` it cannot bound.
+    let len = hide(len) & 31;
+    let len = if len > 16 { 16 } else { len };
     let mut head = [0u8; 16];
     // The destination holds 16 bytes and `len` is at most that.
     if !read_user_bytes(head.as_mut_ptr(), len, source) {
@@ -1004,6 +1008,9 @@ pub fn read_user<T: Copy>(address: u64) -> Option<T> {
     unsafe { aya_ebpf::helpers::bpf_probe_read_user(address as *const T).ok() }
 }
 
+/// Inlined: as a function of its own it costs the program's deepest call chain a frame, and
+/// older kernels count every frame as at least 32 bytes (`probes::stack_budget`).
+#[inline(always)]
 fn comm_excluded(config: &HttpConfig) -> bool {
     let Some(comm) = current_comm() else {
         return false;

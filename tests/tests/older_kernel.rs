@@ -61,6 +61,13 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
         assert!(attached("sched_switch", sched_hook_kind), "{log}");
         assert_eq!(attached("sched_wakeup", sched_hook_kind), wakeups, "{log}");
         assert_counted_exactly(&scrape, &log);
+        let services =
+            scrape.label_values("http_server_request_duration_seconds", &[], "service_name");
+        assert!(
+            services.iter().any(|service| service == "http_server")
+                && !services.iter().any(|service| service == "pyexcluded"),
+            "--exclude-comm pyexcluded, and the agent has {services:?}"
+        );
     }
 }
 

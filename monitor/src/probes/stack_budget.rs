@@ -160,9 +160,12 @@ fn scan(
     Ok(function)
 }
 
-/// How the kernel sizes a frame when the program is JIT-compiled.
+/// How the kernel sizes a frame in the sum, by the strictest rule: kernels before 6.7 or so
+/// round every frame up to 32 bytes and count at least 32 for one that uses none (later ones
+/// round a JIT-compiled program's frames to 16). Debian 12's 6.1 refused `sys_exit` at 544
+/// bytes where the rule of 16 counted 496.
 fn rounded(frame: u64) -> u64 {
-    frame.div_ceil(16) * 16
+    frame.max(1).div_ceil(32) * 32
 }
 
 /// The deepest call chain from `name`: its combined stack and the functions on it.
@@ -253,7 +256,18 @@ mod tests {
             ("callee".to_string(), callee),
         ]);
         let (depth, chain) = deepest_chain(&functions, "program");
-        assert_eq!(depth, 576);
+        // 576 by the rule of 16 that kernel used; the older rule checked here counts more.
+        assert_eq!(depth, 320 + 288);
         assert_eq!(chain, ["program", "callee"]);
+    }
+
+    /// Debian 12's 6.1 refused `sys_exit` at a combined 544 bytes, which the rule of 16 had
+    /// counted below 512: every frame rounded up to 32 bytes, and at least 32.
+    #[test]
+    fn frames_are_counted_as_older_kernels_count_them() {
+        assert_eq!(rounded(360), 384);
+        assert_eq!(rounded(0), 32);
+        assert_eq!(rounded(72), 96);
+        assert_eq!(rounded(64), 64);
     }
 }
