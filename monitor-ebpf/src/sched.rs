@@ -360,8 +360,9 @@ fn flush_slot(slot: &mut CpuSlot) {
     if slot.deferred_ns != 0 && add_cpu_time(slot.deferred_tgid, slot.deferred_ns, false) {
         slot.deferred_ns = 0;
     }
-    if CPU_TIME.get_ptr(tgid).is_some() {
-        add_cpu_time(tgid, ns, false);
+    if let Some(total) = CPU_TIME.get_ptr_mut(tgid) {
+        // SAFETY: this CPU's copy of a per-CPU value.
+        unsafe { *total += ns };
     } else {
         let first_fails = SCHED_TEST_FAULTS.load() & test_fault::FIRST_CPU_TIME_ALLOCATION != 0;
         if !add_cpu_time(tgid, ns, first_fails) {
