@@ -221,7 +221,6 @@ pub struct SchedTracepointLayout {
     pub preempt_marker: u64,
 }
 
-/// Indexes into the per-CPU `SCHED_ERRORS` counter array.
 /// Faults the scheduler programs act out for tests (`SCHED_TEST_FAULTS`, a read-only global).
 pub mod test_fault {
     /// A process's first `CPU_TIME` insert fails as an allocation failure does, so that its
@@ -229,6 +228,7 @@ pub mod test_fault {
     pub const FIRST_CPU_TIME_ALLOCATION: u32 = 1;
 }
 
+/// Indexes into the per-CPU `SCHED_ERRORS` counter array.
 pub mod errors {
     /// `CPU_TIME` was full: a process's on-CPU time was not recorded.
     pub const CPU_TIME_FULL: u32 = 0;

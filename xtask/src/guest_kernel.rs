@@ -71,9 +71,9 @@ pub fn prepare() -> Result<()> {
         .context("unexpected kernel package name")?;
     let modules = unpacked.join("lib/modules").join(release).join("kernel");
     let root = work.join("initramfs");
-    fs::create_dir_all(root.join("bin"))?;
-    fs::create_dir_all(root.join("modules"))?;
-    for dir in ["proc", "sys", "dev", "lower", "upper", "newroot"] {
+    for dir in [
+        "bin", "modules", "proc", "sys", "dev", "lower", "upper", "newroot",
+    ] {
         fs::create_dir_all(root.join(dir))?;
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox"))

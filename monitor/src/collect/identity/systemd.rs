@@ -133,12 +133,11 @@ const NOT_AN_APPLICATION: &[&str] = &[
 ];
 
 fn names_no_application(name: &str) -> bool {
-    // With a version (`tomcat10`, `php8.2-fpm`, `python3.11`) or, for pm2, its user
-    // (`pm2-root`).
+    // The name without a trailing version (`tomcat10`, `python3.11`; the same name without
+    // one); PHP's version is inside (`php8.2-fpm`), pm2 adds its user (`pm2-root`).
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.');
     let versioned_fpm = name.starts_with("php") && name.ends_with("-fpm");
-    NOT_AN_APPLICATION.contains(&name)
-        || NOT_AN_APPLICATION.contains(&base)
+    NOT_AN_APPLICATION.contains(&base)
         || versioned_fpm
         || name.starts_with("pm2-")
         || name.starts_with("systemd-")

@@ -56,6 +56,15 @@ fn announce(tgid: u32, path: &str) -> RouteAnnouncement {
     }
 }
 
+/// Process `tgid`'s `n` requests to `path` answered `status`, the route's text announced.
+fn one_route(tgid: u32, path: &str, status: u16, n: u64) -> HttpSnapshot {
+    HttpSnapshot {
+        durations: vec![(key(tgid, path, status), counts(n))],
+        announcements: vec![announce(tgid, path)],
+        ..HttpSnapshot::default()
+    }
+}
+
 fn count_of(ledger: &HttpLedger, service: &str, route: &str, status: u16) -> Option<u64> {
     ledger
         .series()
@@ -133,11 +142,7 @@ fn exited_process_entries_are_read_once_more_then_freed() {
     let mut ledger = HttpLedger::new(Duration::from_secs(300), 200, 100);
     let t0 = Instant::now();
     let k = key(3, "/x", 500);
-    let with = |n| HttpSnapshot {
-        durations: vec![(k, counts(n))],
-        announcements: vec![announce(3, "/x")],
-        ..HttpSnapshot::default()
-    };
+    let with = |n| one_route(3, "/x", 500, n);
     ledger.apply(&with(2), &alive(&[3]), t0);
     // Found gone after the read of 5: it may have recorded more before it exited (here 2),
     // so its entry is read once more before it is freed.
@@ -163,11 +168,7 @@ fn exited_process_entries_are_read_until_the_kernel_can_record_no_more() {
         HttpLedger::new(Duration::from_secs(300), 200, 100).with_final_read_after(after);
     let t0 = Instant::now();
     let k = key(3, "/x", 500);
-    let with = |n| HttpSnapshot {
-        durations: vec![(k, counts(n))],
-        announcements: vec![announce(3, "/x")],
-        ..HttpSnapshot::default()
-    };
+    let with = |n| one_route(3, "/x", 500, n);
     ledger.apply(&with(2), &alive(&[3]), t0);
     let mut freed_at = None;
     // Refreshes once a second; the sweep records one more request 3 s after the exit.
