@@ -540,7 +540,7 @@ fn compare_exchange(word: *mut u64, expected: u64, new: u64) -> u64 {
 // --- The idle sweep ---
 //
 // Time is cut into epochs one idle timeout long. A connection whose response starts is listed
-// once per epoch in that epoch's ring (`IDLE_CANDIDATES`); in the next epoch CPU 0 looks at
+// once per epoch in that epoch's ring (`IDLE_CANDIDATES`); in the next epoch the sweep looks at
 // the listed connections alone: a response idle for the timeout is ended, one still moving is
 // listed again. A walk over the whole table (about a millisecond at 65,536 entries, with the
 // CPU held) is left for when a ring overflowed, a candidate could not be listed or a sweep was
@@ -629,8 +629,8 @@ struct SweepContext {
 
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next
-/// request comes or the connection closes. Runs on CPU 0 from the periodic tick, once per
-/// epoch.
+/// request comes or the connection closes. Runs from a clock event on one CPU
+/// (`http_idle_sweep`), once per epoch.
 pub fn sweep_idle_responses(now: u64) {
     let Some((epoch, length)) = epoch_at(now) else {
         return;
@@ -638,7 +638,7 @@ pub fn sweep_idle_responses(now: u64) {
     let Some(last) = LAST_IDLE_SWEEP.get_ptr_mut(0) else {
         return;
     };
-    // SAFETY: a map value, valid for this program run; only CPU 0 sweeps.
+    // SAFETY: a map value, valid for this program run; one CPU sweeps.
     let last = unsafe { &mut *last };
     if *last == epoch + 1 || now - epoch * length < RING_GRACE_NS || epoch == 0 {
         return;

@@ -21,7 +21,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_get_smp_processor_id, bpf_ktime_get_ns},
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns},
     },
     macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
@@ -327,7 +327,6 @@ pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
 #[inline(always)]
 pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
     sched::on_tick();
-    sweep_on_first_cpu();
     0
 }
 
@@ -340,18 +339,26 @@ pub fn cpu_clock_tick_accounted(_ctx: PerfEventContext) -> u32 {
         let current = unsafe { sched::Task::new(bpf_get_current_task_btf().cast_const().cast()) };
         sched::on_accounted_tick(current, &offsets);
     }
-    sweep_on_first_cpu();
     0
 }
 
-/// One CPU ends the responses that keep-alive connections left waiting.
+// --- The HTTP idle sweep (a software cpu-clock event on one CPU). ---
+
+/// Ends the responses that keep-alive connections left waiting (`http::sweep_idle_responses`).
+/// A program of its own, attached with the HTTP programs: the scheduler's tick stays free of
+/// the sweep's loops, which kernels without `bpf_loop` refuse, and measures CPU time there.
+#[perf_event]
 #[inline(always)]
-fn sweep_on_first_cpu() {
+pub fn http_idle_sweep(_ctx: PerfEventContext) -> u32 {
     // SAFETY: no preconditions.
-    if unsafe { bpf_get_smp_processor_id() } == 0 {
-        // SAFETY: as above.
-        http::sweep_idle_responses(unsafe { bpf_ktime_get_ns() });
-    }
+    http::sweep_idle_responses(unsafe { bpf_ktime_get_ns() });
+    0
+}
+
+#[perf_event]
+#[inline(always)]
+pub fn http_idle_sweep_empty(_ctx: PerfEventContext) -> u32 {
+    0
 }
 
 #[cfg(not(test))]

@@ -77,7 +77,7 @@ pub fn count_error(reason: u32) {
 #[map]
 pub static CLOSE_FD_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
-/// The last idle-timeout epoch CPU 0 swept for responses left idle, plus one (0: none yet).
+/// The last idle-timeout epoch swept for responses left idle, plus one (0: none yet).
 #[map]
 pub static LAST_IDLE_SWEEP: Array<u64> = Array::with_max_entries(1, 0);
 

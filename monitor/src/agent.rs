@@ -29,10 +29,11 @@ use crate::{
         processes::{ProcessFacts, ProcessLedger},
         timing::{REFRESH_BOUNDS, Timings},
     },
+    preflight,
     probes::{
         self, AttachedProgram, MapSizes,
         http::{HttpSettings, http_config},
-        task_offsets,
+        refusal, task_offsets,
     },
 };
 
@@ -214,6 +215,15 @@ fn file_table() -> Option<FileTableOffsets> {
     }
 }
 
+/// Why a kernel older than 5.17 refuses the HTTP programs, for the error that says so.
+fn http_kernel_hint(release: &str) -> &'static str {
+    if refusal::release_older_than(release, (5, 17)) {
+        " (the HTTP programs loop with bpf_loop, Linux 5.17 or newer)"
+    } else {
+        ""
+    }
+}
+
 /// The programs at close(2)'s and sendmsg(2)'s entries and at fork, which improve on what
 /// `sys_exit` sees: without them it falls back to the syscalls' exits, or does not follow
 /// forked children (logged, and listed in `unavailable`).
@@ -228,8 +238,9 @@ fn attach_syscall_entries(
         Ok(program) => attached.push(program),
         Err(error) => {
             log::warn!(
-                "close(2) is seen at its exit only ({error:#}): a connection that another \
-                 thread accepts on the same fd in that instant may go unmeasured"
+                "close(2) is seen at its exit only ({}): a connection that another thread \
+                 accepts on the same fd in that instant may go unmeasured",
+                refusal::brief(&error)
             );
             unavailable.push("sys_enter_close");
         }
@@ -238,7 +249,8 @@ fn attach_syscall_entries(
         Ok(program) => attached.push(program),
         Err(error) => {
             log::warn!(
-                "connections a forking server's children serve are not followed ({error:#})"
+                "connections a forking server's children serve are not followed ({})",
+                refusal::brief(&error)
             );
             unavailable.push("sched_process_fork");
         }
@@ -249,7 +261,8 @@ fn attach_syscall_entries(
             Err(error) => {
                 log::warn!(
                     "connections passed to another process are noted at sendmsg's exit only \
-                     ({error:#}): a worker that takes one at once may go unmeasured"
+                     ({}): a worker that takes one at once may go unmeasured",
+                    refusal::brief(&error)
                 );
                 unavailable.push("sys_enter_sendmsg");
             }
@@ -306,7 +319,8 @@ impl Agent {
                     // The offsets are fixed when the object loads: start again without them.
                     log::warn!(
                         "the programs that read the kernel's per-task accounting were refused \
-                         ({error:#}); the programs time switches and wake-ups themselves"
+                         ({}); the programs time switches and wake-ups themselves",
+                        refusal::brief(&error)
                     );
                     drop(ebpf);
                     task_accounting = None;
@@ -335,6 +349,17 @@ impl Agent {
             match probes::http::attach_syscalls(&mut ebpf, settings.empty_programs, &btf) {
                 Ok(program) => {
                     attached.push(program);
+                    match probes::http::attach_idle_sweep(&mut ebpf, settings.empty_programs) {
+                        Ok(program) => attached.push(program),
+                        Err(error) => {
+                            log::warn!(
+                                "no idle sweep ({}): a keep-alive connection's last response \
+                                 is recorded only when the connection closes",
+                                refusal::brief(&error)
+                            );
+                            unavailable.push("http_idle_sweep");
+                        }
+                    }
                     attach_syscall_entries(
                         &mut ebpf,
                         settings.empty_programs,
@@ -345,8 +370,10 @@ impl Agent {
                 }
                 Err(error) => {
                     log::error!(
-                        "no HTTP metrics: the kernel refused the sys_exit program ({error:#}); \
-                         CPU time and run-queue waits are measured"
+                        "no HTTP metrics: the kernel refused the sys_exit program ({}){}; CPU \
+                         time and run-queue waits are measured",
+                        refusal::brief(&error),
+                        http_kernel_hint(&preflight::kernel_release())
                     );
                     unavailable.push("sys_exit");
                 }

@@ -1,5 +1,6 @@
 //! The syscall hook of the HTTP programs: `sys_exit` as a BTF tracepoint, else as a raw
-//! tracepoint (no BTF needed); and the settings those programs read.
+//! tracepoint (no BTF needed); the hooks beside it (close, sendmsg, fork, the idle sweep's
+//! clock); and the settings those programs read.
 
 use std::collections::BTreeMap;
 
@@ -7,11 +8,15 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     maps::Array,
-    programs::{BtfTracePoint, RawTracePoint, TracePoint},
+    programs::{
+        BtfTracePoint, PerfEvent, RawTracePoint, TracePoint,
+        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
+    },
+    util::online_cpus,
 };
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, allowed_port_bit};
 
-use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
+use super::{AttachedProgram, HookKind, KernelBtf, refusal, tracefs};
 
 /// What the user chose for HTTP, checked.
 pub struct HttpSettings {
@@ -140,7 +145,7 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
                         program: name,
                     });
                 }
-                Err(error) => format!("{error:#}"),
+                Err(error) => refusal::brief(&error),
             }
         }
         Err(error) => format!("no kernel BTF: {error}"),
@@ -159,6 +164,41 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
         hook: HOOK,
         kind: HookKind::RawTracepoint,
         program: RAW,
+    })
+}
+
+/// How often the idle sweep runs: the scheduler tick's period. The sweep acts once per idle
+/// timeout (`--http-idle-timeout`), within a period of its end.
+const IDLE_SWEEP_PERIOD_NS: u64 = monitor_common::sched::TICK_PERIOD_NS;
+
+/// Attaches the idle sweep, which ends the responses keep-alive connections left waiting
+/// (`http_idle_sweep` in the BPF crate), to a clock event on the first online CPU: one CPU
+/// sweeps. With `empty`, a program that does nothing.
+pub fn attach_idle_sweep(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    let name = if empty {
+        "http_idle_sweep_empty"
+    } else {
+        "http_idle_sweep"
+    };
+    let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    let cpu = online_cpus()
+        .map_err(|(what, error)| anyhow!("{what}: {error}"))?
+        .first()
+        .copied()
+        .context("no online CPU listed")?;
+    program
+        .attach(
+            PerfEventConfig::Software(SoftwareEvent::CpuClock),
+            PerfEventScope::AllProcessesOneCpu { cpu },
+            SamplePolicy::Period(IDLE_SWEEP_PERIOD_NS),
+            false,
+        )
+        .with_context(|| format!("attaching {name} on CPU {cpu}"))?;
+    Ok(AttachedProgram {
+        hook: "cpu_clock_one_cpu",
+        kind: HookKind::PerfEvent,
+        program: name,
     })
 }
 

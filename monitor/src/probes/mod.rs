@@ -2,6 +2,7 @@
 //! the cheapest kind that works, falling back where it must.
 
 pub mod http;
+pub mod refusal;
 mod sched;
 #[cfg(test)]
 mod stack_budget;

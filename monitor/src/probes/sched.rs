@@ -16,7 +16,7 @@ use aya::{
 };
 use monitor_common::sched::{SchedTracepointLayout, TICK_PERIOD_NS};
 
-use super::{AttachedProgram, HookKind, KernelBtf, tracefs};
+use super::{AttachedProgram, HookKind, KernelBtf, refusal, tracefs};
 use crate::cli::HookChoice;
 
 /// A scheduler hook and the programs that can serve it.
@@ -102,7 +102,7 @@ pub fn attach_sched(
             }
             Err(error) => {
                 unload_btf(ebpf);
-                format!("{error:#}")
+                refusal::brief(&error)
             }
         },
         Err(error) => format!("no kernel BTF (/sys/kernel/btf/vmlinux): {error}"),
@@ -116,7 +116,8 @@ pub fn attach_sched(
     match attach_classic(ebpf) {
         Ok(attached) => finish(ebpf, attached, "cpu_clock_tick"),
         Err(classic_error) => Err(anyhow!(
-            "cannot attach the scheduler hooks: tp_btf: {btf_error}; tracepoint: {classic_error:#}"
+            "cannot attach the scheduler hooks: tp_btf: {btf_error}; tracepoint: {}",
+            refusal::brief(&classic_error)
         )),
     }
 }
@@ -130,8 +131,9 @@ fn finish(
         Ok(tick) => attached.push(tick),
         // Not fatal: time is still counted at every context switch, only less promptly.
         Err(error) => log::warn!(
-            "per-CPU clock tick unavailable ({error:#}); a busy process's CPU time will only \
-             update when it is switched out"
+            "per-CPU clock tick unavailable ({}); a busy process's CPU time will only update \
+             when it is switched out",
+            refusal::brief(&error)
         ),
     }
     Ok(attached)

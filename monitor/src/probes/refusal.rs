@@ -1,0 +1,113 @@
+//! A program the kernel refused, told in one line. aya's load error carries the verifier's
+//! whole log, hundreds of lines for a large program, which buried the start-up log on older
+//! kernels; the reason is the log's last line that is not a statistic. The whole log goes to
+//! debug level (`--log-level debug`), for a bug report.
+
+use aya::programs::ProgramError;
+
+/// `error` and its causes, as `{error:#}` prints them, with a verifier log cut to its reason.
+pub fn brief(error: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in error.chain() {
+        if let Some(ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        }) = cause.downcast_ref::<ProgramError>()
+        {
+            let log = verifier_log.to_string();
+            log::debug!("the verifier's log ({}):\n{log}", parts.join(": "));
+            parts.push(format!(
+                "the kernel refused it ({io_error}): {}",
+                verifier_reason(&log)
+            ));
+            // What follows is the same error's source again.
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    parts.join(": ")
+}
+
+/// The verifier's reason for refusing a program: the last line of its log that is not one
+/// of the statistics it ends with.
+pub fn verifier_reason(log: &str) -> &str {
+    log.lines()
+        .rev()
+        .map(str::trim)
+        .find(|line| !line.is_empty() && !is_statistic(line))
+        .unwrap_or("the verifier gave no reason")
+}
+
+fn is_statistic(line: &str) -> bool {
+    ["verification time", "stack depth", "processed "]
+        .iter()
+        .any(|prefix| line.starts_with(prefix))
+}
+
+/// Whether the kernel `release` (`5.10.0-32-amd64`) is older than `major.minor`; false when
+/// it does not parse.
+pub fn release_older_than(release: &str, (major, minor): (u32, u32)) -> bool {
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .map(str::parse::<u32>);
+    match (numbers.next(), numbers.next()) {
+        (Some(Ok(have_major)), Some(Ok(have_minor))) => (have_major, have_minor) < (major, minor),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian 11's 5.10 on the `sys_exit` program: it predates `bpf_loop` callbacks.
+    const LOG_5_10: &str = "number of funcs in func_info doesn't match number of subprogs
+verification time 1039 usec
+stack depth 0+0+0+0+0
+processed 0 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+";
+
+    /// The same kernel on a BTF switch program, whose log walks instructions first.
+    const LOG_WALK: &str = "func 'sched_switch' arg1 has btf_id 132 type STRUCT 'task_struct'
+; T::from_register(unsafe { *ptr as u64 })
+28: (79) r8 = *(u64 *)(r6 +24)
+func 'sched_switch' doesn't have 4-th argument
+invalid bpf_context access off=24 size=8
+verification time 1079 usec
+stack depth 0+0
+processed 12 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0
+";
+
+    #[test]
+    fn the_reason_is_the_last_line_before_the_statistics() {
+        assert_eq!(
+            verifier_reason(LOG_5_10),
+            "number of funcs in func_info doesn't match number of subprogs"
+        );
+        assert_eq!(
+            verifier_reason(LOG_WALK),
+            "invalid bpf_context access off=24 size=8"
+        );
+    }
+
+    #[test]
+    fn an_empty_log_says_so() {
+        assert_eq!(verifier_reason("\n"), "the verifier gave no reason");
+    }
+
+    #[test]
+    fn errors_other_than_a_refusal_read_as_they_did() {
+        let error = anyhow::anyhow!("no such tracepoint").context("attaching sys_exit");
+        assert_eq!(brief(&error), format!("{error:#}"));
+    }
+
+    #[test]
+    fn releases_compare_by_major_and_minor() {
+        assert!(release_older_than("5.10.0-32-amd64", (5, 17)));
+        assert!(release_older_than("4.18.0-553.el8_10.x86_64", (5, 17)));
+        assert!(!release_older_than("5.17.0", (5, 17)));
+        assert!(!release_older_than("6.1.0-57-amd64", (5, 17)));
+        assert!(!release_older_than("6.18.44-fc-v1272", (5, 17)));
+        assert!(!release_older_than("unknown", (5, 17)));
+    }
+}
