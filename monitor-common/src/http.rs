@@ -916,6 +916,9 @@ pub mod conn_flags {
     pub const STRAY_READ: u16 = 1;
     /// A write of the current response failed (the client reset or closed): counted once.
     pub const WRITE_FAILED: u16 = 2;
+    /// The held `head_prefix` was read before the current response was seen (`server`'s
+    /// `hold_read_ahead`): the request it begins starts with the read that completes it.
+    pub const READ_AHEAD: u16 = 4;
 }
 
 impl Connection {

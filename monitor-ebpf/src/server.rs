@@ -120,8 +120,10 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
     // The rest of a request whose first bytes came alone (`hold_request_prefix`), if any.
     let prefix = conn.head_prefix;
     let continued = head_prefix::len(&prefix) != 0;
+    let read_ahead = conn.flags & conn_flags::READ_AHEAD != 0;
     if continued {
         conn.head_prefix = [0; 2];
+        conn.flags &= !conn_flags::READ_AHEAD;
     }
     let Some((capture, len)) = capture_after(&prefix, buffer, ret) else {
         return;
@@ -156,7 +158,7 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             count(counter::REQUESTS);
             conn.flags = 0;
             conn.method = method;
-            if !continued {
+            if !continued || read_ahead {
                 // Else the request started with the read that brought its prefix.
                 conn.request_start_ns = now;
             }
@@ -175,8 +177,25 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
             conn.templater.reset();
             continue_request_line(conn, key, tgid, capture, target, len, false);
         }
+        phase::REQUEST if !continued && len == 1 => hold_read_ahead(conn, capture),
         // Request body, or a pipelined request that is paired when its response starts.
         _ => {}
+    }
+}
+
+/// One byte read while a request waits for its response. Go's net/http reads one byte ahead
+/// while a handler runs, on another thread: when the client sends its next request at once,
+/// that byte can come back before the handler's write of the response has left the kernel.
+/// A byte that can begin a request is held (`head_prefix`) for the read that brings the
+/// rest, after the response; the request is timed from that read, since `request_start_ns`
+/// still times the one being answered. (A body read one byte at a time would be held too,
+/// and a request that followed it taken for what is not one: so only single bytes are.)
+#[inline(always)]
+fn hold_read_ahead(conn: &mut Connection, capture: &Capture) {
+    let head = head(capture);
+    if is_request_prefix(&head, 1) {
+        conn.head_prefix = head_prefix::of(&head, 1);
+        conn.flags |= conn_flags::READ_AHEAD;
     }
 }
 

@@ -5,7 +5,10 @@
 //! - `exit-after-answer`: answers `200 OK` (keep-alive) and exits without closing, as a
 //!   killed server leaves the last response of a keep-alive connection;
 //! - `exit-unanswered`: exits without answering or closing, as a server that dies
-//!   mid-request.
+//!   mid-request;
+//! - `read-ahead`: prints `read` once it has the request, reads one byte of the next before
+//!   answering it (Go's net/http reads a byte ahead while a handler runs), then answers that
+//!   next request too and closes.
 use std::{
     io::{Read as _, Write as _},
     net::{TcpListener, TcpStream},
@@ -18,6 +21,12 @@ fn accept_request() -> std::io::Result<TcpStream> {
     writeln!(stdout, "{}", listener.local_addr()?.port())?;
     stdout.flush()?;
     let (mut stream, _) = listener.accept()?;
+    read_head(&mut stream)?;
+    Ok(stream)
+}
+
+/// Reads until the end of a request head.
+fn read_head(stream: &mut TcpStream) -> std::io::Result<()> {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
@@ -27,7 +36,7 @@ fn accept_request() -> std::io::Result<TcpStream> {
         }
         head.extend_from_slice(&chunk[..n]);
     }
-    Ok(stream)
+    Ok(())
 }
 
 fn serve_once(mode: &str) -> std::io::Result<()> {
@@ -41,6 +50,15 @@ fn serve_once(mode: &str) -> std::io::Result<()> {
             std::process::exit(0)
         }
         "exit-unanswered" => std::process::exit(0),
+        "read-ahead" => {
+            println!("read");
+            // One read(2) of one byte: the next request's first.
+            stream.read_exact(&mut [0u8; 1])?;
+            stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")?;
+            read_head(&mut stream)?;
+            stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+        }
         other => Err(std::io::Error::other(format!("unknown mode {other}"))),
     }
 }
