@@ -31,7 +31,7 @@ use crate::{
     },
     preflight,
     probes::{
-        self, AttachedProgram, MapSizes,
+        self, AttachedProgram, MapSizes, SchedulerMaps,
         http::{HttpSettings, http_config},
         refusal, task_offsets,
     },
@@ -215,6 +215,21 @@ fn file_table() -> Option<FileTableOffsets> {
     }
 }
 
+/// Preallocated scheduler maps where the kernel cannot allocate safely in the scheduler's
+/// hooks (see `probes::allocation`), said once.
+fn scheduler_maps(release: &str) -> SchedulerMaps {
+    if probes::allocation::safe_in_tracing(Path::new(task_offsets::KERNEL_BTF), release) {
+        return SchedulerMaps::OnDemand;
+    }
+    log::info!(
+        "kernel {release} predates safe allocation in BPF programs (Linux 6.1): the per-process \
+         CPU time and run-queue maps are preallocated, and run-queue waits are kept for at most \
+         {} processes",
+        probes::allocation::PREALLOCATED_RUNQ_ENTRIES
+    );
+    SchedulerMaps::Preallocated
+}
+
 /// Why a kernel older than 5.17 refuses the HTTP programs, for the error that says so.
 fn http_kernel_hint(release: &str) -> &'static str {
     if refusal::release_older_than(release, (5, 17)) {
@@ -292,11 +307,13 @@ impl Agent {
                  after the agent has its first connections skipped until then"
             );
         }
+        let scheduler_maps = scheduler_maps(&preflight::kernel_release());
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {
                     max_processes: settings.max_processes,
                 },
+                scheduler_maps,
                 settings.sched_test_faults,
                 task_accounting,
                 file_table.filter(|_| !settings.empty_programs),

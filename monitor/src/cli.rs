@@ -55,7 +55,8 @@ pub struct Cli {
 
     /// Most processes tracked at once in the kernel (sizes the CPU-time, run-queue and name
     /// maps). Entries are made as processes run: a process whose threads waited for a CPU
-    /// takes about 200 bytes of kernel memory per CPU for its run-queue histogram.
+    /// takes about 200 bytes of kernel memory per CPU for its run-queue histogram. Before
+    /// Linux 6.1 the maps are preallocated, and run-queue histograms capped at 2,048.
     #[arg(long, env = "MONITOR_MAX_PROCESSES", default_value_t = 16384)]
     pub max_processes: u32,
 

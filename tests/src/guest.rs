@@ -1,7 +1,7 @@
-//! Debian 12's kernel (6.1), booted with qemu for the older-kernel test: the kernel and the
-//! initramfs `cargo xtask setup` prepares in `target/guest-kernel/` (see
-//! xtask/src/guest_kernel.rs). The guest sees the host's root read-only, under a tmpfs
-//! overlay, and runs one program; its console is the result.
+//! Older kernels, booted with qemu for the older-kernel tests: Debian 12's (6.1) and Debian
+//! 11's (5.10), each a kernel and an initramfs that `cargo xtask setup` prepares in
+//! `target/<dir>/` (see xtask/src/guest_kernel.rs). The guest sees the host's root read-only,
+//! under a tmpfs overlay, and runs one program; its console is the result.
 
 use std::{
     io::Read as _,
@@ -19,13 +19,25 @@ pub struct GuestKernel {
 }
 
 impl GuestKernel {
-    /// The prepared kernel; panics with what to run when it is missing.
-    pub fn prepared() -> Self {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/guest-kernel");
+    /// Debian 12's kernel, 6.1.
+    pub fn debian_12() -> Self {
+        Self::prepared("guest-kernel")
+    }
+
+    /// Debian 11's kernel, 5.10.
+    pub fn debian_11() -> Self {
+        Self::prepared("guest-kernel-debian-11")
+    }
+
+    /// The kernel prepared in `target/<dir>`; panics with what to run when it is missing.
+    fn prepared(dir: &str) -> Self {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(dir);
         let release = std::fs::read_to_string(dir.join("release")).unwrap_or_else(|_| {
             panic!(
-                "no guest kernel in {}: run `cargo xtask setup` (it fetches Debian 12's kernel \
-                 and builds the initramfs)",
+                "no guest kernel in {}: run `cargo xtask setup` (it fetches the kernel and \
+                 builds the initramfs)",
                 dir.display()
             )
         });

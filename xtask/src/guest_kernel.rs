@@ -1,12 +1,14 @@
-//! A second kernel to test on: Debian 12's own, 6.1, whose verifier proves less than the one
-//! these machines run (it refused the HTTP program until commit "ebpf: load on Debian 12's
-//! kernel 6.1"). `cargo xtask setup` fetches its package from the Debian archive and builds an
-//! initramfs around `tests/fixtures/guest/init`, which mounts the host's root over 9p (read
-//! only, under a tmpfs overlay) and runs the program named on the kernel command line. The
-//! `older_kernel` test boots it with qemu and runs the agent there.
+//! Older kernels to test on, booted with qemu by the `older_kernel` tests: Debian 12's own,
+//! 6.1, whose verifier proves less than the one these machines run (it refused the HTTP
+//! program until commit "ebpf: load on Debian 12's kernel 6.1"), and Debian 11's, 5.10, older
+//! than the HTTP programs allow, where the agent measures CPU alone and must preallocate the
+//! scheduler's maps. `cargo xtask setup` fetches each kernel's package from the Debian archive
+//! and builds an initramfs around `tests/fixtures/guest/init`, which mounts the host's root
+//! over 9p (read only, under a tmpfs overlay) and runs the program named on the kernel command
+//! line.
 //!
-//! Everything goes to `target/guest-kernel/`: `vmlinuz`, `initramfs.gz` and `release` (the
-//! kernel's release, written last, so that its presence says the rest is there).
+//! Each goes to `target/<dir>/`: `vmlinuz`, `initramfs.gz` and `release` (the kernel's
+//! release, written last, so that its presence says the rest is there).
 
 use std::{
     fs,
@@ -19,7 +21,7 @@ use anyhow::{Context as _, Result, bail};
 
 use crate::cmd::{output, run, workspace_root};
 
-/// The package that names the current Debian kernel (it depends on the versioned one).
+/// The package that names a Debian release's current kernel (it depends on the versioned one).
 const META_PACKAGE: &str = "linux-image-amd64";
 
 /// The modules the guest's init needs: virtio PCI, the 9p file system over virtio, and
@@ -27,40 +29,104 @@ const META_PACKAGE: &str = "linux-image-amd64";
 /// (`load_order`).
 const MODULES: &[&str] = &["virtio_pci", "9pnet_virtio", "9p", "overlay"];
 
-pub fn directory() -> PathBuf {
-    workspace_root().join("target/guest-kernel")
+/// A kernel the older-kernel tests boot.
+pub struct GuestKernel {
+    /// Its directory under `target/` (`tests/src/guest.rs` names the same ones).
+    pub dir: &'static str,
+    /// The Debian release whose kernel it is, when not this machine's own (Debian 12): its
+    /// package lists are fetched apart from the system's, from `ARCHIVE`.
+    pub suite: Option<&'static str>,
 }
 
-/// Fetches the kernel and builds the initramfs, unless a previous run did (seconds then).
+/// Where another Debian release's packages come from; its signing keys are in the
+/// `debian-archive-keyring` every Debian has.
+const ARCHIVE: &str = "http://deb.debian.org/debian";
+
+pub const KERNELS: [GuestKernel; 2] = [
+    GuestKernel {
+        dir: "guest-kernel",
+        suite: None,
+    },
+    GuestKernel {
+        dir: "guest-kernel-debian-11",
+        suite: Some("bullseye"),
+    },
+];
+
+/// Fetches every kernel and builds its initramfs, unless a previous run did (seconds then).
 pub fn prepare() -> Result<()> {
-    let dir = directory();
-    let init = workspace_root().join("tests/fixtures/guest/init");
-    let built = dir.join("release");
-    if built.exists() && modified(&built)? >= modified(&init)? {
-        return Ok(());
+    KERNELS.iter().try_for_each(GuestKernel::prepare)
+}
+
+impl GuestKernel {
+    fn directory(&self) -> PathBuf {
+        workspace_root().join("target").join(self.dir)
     }
-    let work = dir.join("work");
-    let _ = fs::remove_dir_all(&work);
-    fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
-    let download = || -> Result<String> {
-        let package = current_package()?;
-        eprintln!("xtask: fetching {package} for the older-kernel test");
-        // As root, apt downloads unsandboxed into a directory its own user cannot write.
-        run(Command::new("apt-get")
-            .args(["download", "-q", &package])
-            .current_dir(&work))?;
-        Ok(package)
-    };
-    // A machine whose package lists are gone or stale (images often drop them) gets them
-    // again once.
-    let package = match download() {
-        Ok(package) => package,
-        Err(_) => {
-            run(Command::new("apt-get").args(["update", "-qq"]))?;
-            download()?
+
+    fn prepare(&self) -> Result<()> {
+        let dir = self.directory();
+        let init = workspace_root().join("tests/fixtures/guest/init");
+        let built = dir.join("release");
+        if built.exists() && modified(&built)? >= modified(&init)? {
+            return Ok(());
         }
-    };
-    let deb = fs::read_dir(&work)?
+        let work = dir.join("work");
+        let _ = fs::remove_dir_all(&work);
+        fs::create_dir_all(&work).with_context(|| format!("creating {}", work.display()))?;
+        let apt = self.apt_options(&work)?;
+        if !apt.is_empty() {
+            run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
+        }
+        let download = || -> Result<String> {
+            let package = current_package(&apt)?;
+            eprintln!("xtask: fetching {package} for the older-kernel tests");
+            // As root, apt downloads unsandboxed into a directory its own user cannot write.
+            run(Command::new("apt-get")
+                .args(&apt)
+                .args(["download", "-q", &package])
+                .current_dir(&work))?;
+            Ok(package)
+        };
+        // A machine whose package lists are gone or stale (images often drop them) gets them
+        // again once.
+        let package = match download() {
+            Ok(package) => package,
+            Err(_) => {
+                run(Command::new("apt-get").args(&apt).args(["update", "-qq"]))?;
+                download()?
+            }
+        };
+        build(&dir, &work, &package, &init)
+    }
+
+    /// apt's options for this kernel's release: none for this machine's own; else a source
+    /// list, package lists and cache of its own under `work`, the system's left alone.
+    fn apt_options(&self, work: &Path) -> Result<Vec<String>> {
+        let Some(suite) = self.suite else {
+            return Ok(Vec::new());
+        };
+        let apt = work.join("apt");
+        for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
+            fs::create_dir_all(apt.join(sub))?;
+        }
+        let sources = apt.join("sources.list");
+        fs::write(&sources, format!("deb {ARCHIVE} {suite} main\n"))?;
+        let option = |name: &str, value: &Path| format!("{name}={}", value.display());
+        Ok([
+            option("Dir::Etc::SourceList", &sources),
+            option("Dir::Etc::SourceParts", &apt.join("sources.list.d")),
+            option("Dir::State::Lists", &apt.join("lists")),
+            option("Dir::Cache", &apt.join("cache")),
+        ]
+        .into_iter()
+        .flat_map(|value| ["-o".to_owned(), value])
+        .collect())
+    }
+}
+
+/// Unpacks the kernel package `work` holds and builds the initramfs, into `dir`.
+fn build(dir: &Path, work: &Path, package: &str, init: &Path) -> Result<()> {
+    let deb = fs::read_dir(work)?
         .filter_map(|entry| entry.ok().map(|entry| entry.path()))
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .context("apt-get download left no .deb")?;
@@ -78,7 +144,7 @@ pub fn prepare() -> Result<()> {
     }
     fs::copy("/usr/bin/busybox", root.join("bin/busybox"))
         .context("copying /usr/bin/busybox (package busybox-static)")?;
-    fs::copy(&init, root.join("init")).with_context(|| format!("copying {}", init.display()))?;
+    fs::copy(init, root.join("init")).with_context(|| format!("copying {}", init.display()))?;
     fs::set_permissions(root.join("init"), fs::Permissions::from_mode(0o755))?;
     let mut order = String::new();
     for (module, file) in load_order(&modules, MODULES)? {
@@ -99,15 +165,20 @@ pub fn prepare() -> Result<()> {
         dir.join("vmlinuz"),
     )
     .context("copying the kernel image")?;
-    fs::remove_dir_all(&work)?;
-    fs::write(&built, release)?;
+    fs::remove_dir_all(work)?;
+    fs::write(dir.join("release"), release)?;
     Ok(())
 }
 
-/// `linux-image-<release>`, the package `linux-image-amd64` depends on now.
-fn current_package() -> Result<String> {
-    let depends = output(Command::new("apt-cache").args(["depends", META_PACKAGE]))
-        .with_context(|| format!("`apt-cache depends {META_PACKAGE}` failed"))?;
+/// `linux-image-<release>`, the package `linux-image-amd64` depends on now (in the lists
+/// that the `apt` options name).
+fn current_package(apt: &[String]) -> Result<String> {
+    let depends = output(
+        Command::new("apt-cache")
+            .args(apt)
+            .args(["depends", META_PACKAGE]),
+    )
+    .with_context(|| format!("`apt-cache depends {META_PACKAGE}` failed"))?;
     depends
         .lines()
         .filter_map(|line| line.trim().strip_prefix("Depends: "))

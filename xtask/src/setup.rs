@@ -5,8 +5,8 @@
 //! - stable's clippy and rustfmt (lint);
 //! - `bpf-linker`, built against the nightly's own LLVM so that both agree on the bitcode;
 //! - `kustomize`, which renders the Kubernetes manifests (tests);
-//! - Debian 12's kernel and an initramfs to boot it with, for the older-kernel test
-//!   (`guest_kernel`).
+//! - Debian 12's and Debian 11's kernels and an initramfs to boot them with, for the
+//!   older-kernel tests (`guest_kernel`).
 
 use std::{
     fs,
@@ -47,7 +47,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "libcap2-bin",          // capsh: the agent under the DaemonSet's capabilities only (tests)
     "util-linux",           // setpriv, unshare: another user, a mount namespace (tests)
     "g++",                  // libFuzzer's C++ sources, built when lint checks the fuzz targets
-    "qemu-system-x86",      // boots Debian 12's kernel (6.1) for the older-kernel test
+    "qemu-system-x86",      // boots Debian 12's (6.1) and 11's (5.10) kernels (older-kernel tests)
     "busybox-static",       // the init of that test's initramfs
 ];
 

@@ -1,6 +1,7 @@
 //! Loads the embedded BPF object, probes what this kernel offers and attaches each hook with
 //! the cheapest kind that works, falling back where it must.
 
+pub mod allocation;
 pub mod http;
 pub mod refusal;
 mod sched;
@@ -64,8 +65,18 @@ pub struct MapSizes {
     pub max_processes: u32,
 }
 
+/// How the maps the scheduler's programs add to are allocated (see `allocation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerMaps {
+    /// Entries allocated as processes appear (Linux 6.1+).
+    OnDemand,
+    /// Every entry allocated when the map is made, and run-queue histograms capped.
+    Preallocated,
+}
+
 /// Loads the object: creates the maps; programs are loaded by the attach functions. (aya's
 /// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
+/// `scheduler_maps` says how the maps the scheduler's programs add to are allocated.
 /// With `task_accounting`, the BTF scheduler programs read the kernel's per-task accounting
 /// at these offsets instead of timing switches and wake-ups.
 /// `sched_test_faults` (`monitor_common::sched::test_fault`) are for tests only.
@@ -73,14 +84,27 @@ pub struct MapSizes {
 /// to another (`monitor-ebpf/src/handoff.rs`).
 pub fn load(
     sizes: &MapSizes,
+    scheduler_maps: SchedulerMaps,
     sched_test_faults: u32,
     task_accounting: Option<TaskAccountingOffsets>,
     file_table: Option<FileTableOffsets>,
 ) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
+    let (object, runq_entries) = match scheduler_maps {
+        SchedulerMaps::OnDemand => (None, sizes.max_processes),
+        SchedulerMaps::Preallocated => (
+            Some(allocation::preallocated(
+                BPF_OBJECT,
+                allocation::SCHEDULER_MAPS,
+            )?),
+            sizes
+                .max_processes
+                .min(allocation::PREALLOCATED_RUNQ_ENTRIES),
+        ),
+    };
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
-        .map_max_entries("RUNQ_LATENCY", sizes.max_processes)
+        .map_max_entries("RUNQ_LATENCY", runq_entries)
         .map_max_entries("PROCESS_META", sizes.max_processes);
     if let Some(offsets) = &task_accounting {
         loader.override_global("TASK_ACCOUNTING", offsets, true);
@@ -91,7 +115,8 @@ pub fn load(
     if sched_test_faults != 0 {
         loader.override_global("SCHED_TEST_FAULTS", &sched_test_faults, true);
     }
-    loader.load(BPF_OBJECT).map_err(|error| {
+    let object = object.as_ref().map_or(BPF_OBJECT, |object| object.bytes());
+    loader.load(object).map_err(|error| {
         let denied = error.to_string().contains("Operation not permitted")
             || format!("{error:?}").contains("PermissionDenied");
         let hint = if denied {
