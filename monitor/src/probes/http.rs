@@ -8,15 +8,13 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use aya::{
     Btf, Ebpf,
     maps::Array,
-    programs::{
-        BtfTracePoint, PerfEvent, RawTracePoint, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-    util::online_cpus,
+    programs::{BtfTracePoint, PerfEvent, RawTracePoint, TracePoint},
 };
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, allowed_port_bit};
 
-use super::{AttachedProgram, HookKind, KernelBtf, refusal, tracefs};
+use super::{
+    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, refusal, tracefs,
+};
 
 /// What the user chose for HTTP, checked.
 pub struct HttpSettings {
@@ -182,19 +180,8 @@ pub fn attach_idle_sweep(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram
     };
     let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
     program.load().with_context(|| format!("loading {name}"))?;
-    let cpu = online_cpus()
-        .map_err(|(what, error)| anyhow!("{what}: {error}"))?
-        .first()
-        .copied()
-        .context("no online CPU listed")?;
-    program
-        .attach(
-            PerfEventConfig::Software(SoftwareEvent::CpuClock),
-            PerfEventScope::AllProcessesOneCpu { cpu },
-            SamplePolicy::Period(IDLE_SWEEP_PERIOD_NS),
-            false,
-        )
-        .with_context(|| format!("attaching {name} on CPU {cpu}"))?;
+    let cpu = *online_cpus()?.first().context("no online CPU listed")?;
+    attach_cpu_clock(program, name, &[cpu], IDLE_SWEEP_PERIOD_NS)?;
     Ok(AttachedProgram {
         hook: "cpu_clock_one_cpu",
         kind: HookKind::PerfEvent,

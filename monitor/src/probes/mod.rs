@@ -130,6 +130,34 @@ pub fn load(
     })
 }
 
+/// The online CPUs, in order.
+fn online_cpus() -> Result<Vec<u32>> {
+    aya::util::online_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))
+}
+
+/// Attaches `program` (named `name`) to a software clock event on each of `cpus`, which fires
+/// every `period_ns` of that CPU's time.
+fn attach_cpu_clock(
+    program: &mut aya::programs::PerfEvent,
+    name: &str,
+    cpus: &[u32],
+    period_ns: u64,
+) -> Result<()> {
+    use anyhow::Context as _;
+    use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+    for &cpu in cpus {
+        program
+            .attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Period(period_ns),
+                false,
+            )
+            .with_context(|| format!("attaching {name} on CPU {cpu}"))?;
+    }
+    Ok(())
+}
+
 /// Run time and run count of the attached programs (zero unless `kernel.bpf_stats_enabled`).
 pub struct ProgramStats {
     pub program: &'static str,

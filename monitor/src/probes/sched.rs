@@ -8,15 +8,13 @@ use anyhow::{Context as _, Result, anyhow};
 use aya::{
     Btf, Ebpf,
     maps::Array,
-    programs::{
-        BtfTracePoint, PerfEvent, TracePoint,
-        perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent},
-    },
-    util::online_cpus,
+    programs::{BtfTracePoint, PerfEvent, TracePoint},
 };
 use monitor_common::sched::{SchedTracepointLayout, TICK_PERIOD_NS};
 
-use super::{AttachedProgram, HookKind, KernelBtf, refusal, tracefs};
+use super::{
+    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, refusal, tracefs,
+};
 use crate::cli::HookChoice;
 
 /// A scheduler hook and the programs that can serve it.
@@ -215,17 +213,7 @@ fn load_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<()> {
 fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
     load_tick(ebpf, name)?;
     let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
-    let cpus = online_cpus().map_err(|(what, error)| anyhow!("{what}: {error}"))?;
-    for cpu in cpus {
-        program
-            .attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Period(TICK_PERIOD_NS),
-                false,
-            )
-            .with_context(|| format!("attaching {name} on CPU {cpu}"))?;
-    }
+    attach_cpu_clock(program, name, &online_cpus()?, TICK_PERIOD_NS)?;
     Ok(AttachedProgram {
         hook: "cpu_clock",
         kind: HookKind::PerfEvent,
