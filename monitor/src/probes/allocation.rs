@@ -3,7 +3,8 @@
 //! `sched_wakeup`, where the kernel holds a run queue's lock. Before Linux 6.1 a hash map made
 //! that entry with the general allocators, which may wake a worker, and so take a run queue's
 //! lock again: the kernel warns that "trace type programs with run-time allocated hash maps
-//! are unsafe". 6.1's allocator for BPF (`bpf_mem_alloc`) made it safe. On older kernels those
+//! are unsafe", and Debian 11's 5.10 deadlocked under the agent (both CPUs spinning on a
+//! lock). 6.1's allocator for BPF (`bpf_mem_alloc`) made it safe. On older kernels those
 //! maps are preallocated instead: a copy of the object, whose map definitions lose
 //! `BPF_F_NO_PREALLOC`, is loaded, and their sizes are capped (`PREALLOCATED_RUNQ_ENTRIES`),
 //! since preallocated per-CPU entries take their memory for every CPU up front.
