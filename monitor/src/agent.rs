@@ -232,7 +232,7 @@ fn scheduler_maps(release: &str) -> SchedulerMaps {
 
 /// Why a kernel older than 5.17 refuses the HTTP programs, for the error that says so.
 fn http_kernel_hint(release: &str) -> &'static str {
-    if refusal::release_older_than(release, (5, 17)) {
+    if preflight::release_older_than(release, (5, 17)) {
         " (the HTTP programs loop with bpf_loop, Linux 5.17 or newer)"
     } else {
         ""
@@ -307,7 +307,8 @@ impl Agent {
                  after the agent has its first connections skipped until then"
             );
         }
-        let scheduler_maps = scheduler_maps(&preflight::kernel_release());
+        let release = preflight::kernel_release();
+        let scheduler_maps = scheduler_maps(&release);
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {
@@ -390,7 +391,7 @@ impl Agent {
                         "no HTTP metrics: the kernel refused the sys_exit program ({}){}; CPU \
                          time and run-queue waits are measured",
                         refusal::brief(&error),
-                        http_kernel_hint(&preflight::kernel_release())
+                        http_kernel_hint(&release)
                     );
                     unavailable.push("sys_exit");
                 }

@@ -14,7 +14,8 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
 
-use super::refusal::release_older_than;
+use super::task_offsets::open_btf;
+use crate::preflight::release_older_than;
 
 /// The maps the scheduler's programs add entries to (`monitor-ebpf/src/maps.rs`).
 pub const SCHEDULER_MAPS: &[&str] = &["CPU_TIME", "RUNQ_LATENCY", "PROCESS_META"];
@@ -33,7 +34,7 @@ const FLAGS_OFFSET: usize = 16;
 /// Whether this kernel's hash maps may allocate entries inside tracing programs: its BTF has
 /// `struct bpf_mem_alloc` (Linux 6.1, or a backport); without BTF, its release says.
 pub fn safe_in_tracing(btf: &Path, release: &str) -> bool {
-    match btf_rs::Btf::from_file_with_backend(btf, btf_rs::Backend::Mmap) {
+    match open_btf(btf) {
         Ok(btf) => btf
             .resolve_ids_by_name("bpf_mem_alloc")
             .is_ok_and(|ids| !ids.is_empty()),

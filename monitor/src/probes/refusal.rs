@@ -44,18 +44,6 @@ fn is_statistic(line: &str) -> bool {
         .any(|prefix| line.starts_with(prefix))
 }
 
-/// Whether the kernel `release` (`5.10.0-32-amd64`) is older than `major.minor`; false when
-/// it does not parse.
-pub fn release_older_than(release: &str, (major, minor): (u32, u32)) -> bool {
-    let mut numbers = release
-        .split(|c: char| !c.is_ascii_digit())
-        .map(str::parse::<u32>);
-    match (numbers.next(), numbers.next()) {
-        (Some(Ok(have_major)), Some(Ok(have_minor))) => (have_major, have_minor) < (major, minor),
-        _ => false,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,15 +87,5 @@ processed 12 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_sta
     fn errors_other_than_a_refusal_read_as_they_did() {
         let error = anyhow::anyhow!("no such tracepoint").context("attaching sys_exit");
         assert_eq!(brief(&error), format!("{error:#}"));
-    }
-
-    #[test]
-    fn releases_compare_by_major_and_minor() {
-        assert!(release_older_than("5.10.0-32-amd64", (5, 17)));
-        assert!(release_older_than("4.18.0-553.el8_10.x86_64", (5, 17)));
-        assert!(!release_older_than("5.17.0", (5, 17)));
-        assert!(!release_older_than("6.1.0-57-amd64", (5, 17)));
-        assert!(!release_older_than("6.18.44-fc-v1272", (5, 17)));
-        assert!(!release_older_than("unknown", (5, 17)));
     }
 }

@@ -87,7 +87,7 @@ fn pointer_field(btf: &Btf, outer: &str, name: &str) -> Result<u32> {
 /// Mapped, not parsed in full where the kernel allows it (only a few types are looked at, and
 /// a full parse costs tens of milliseconds and megabytes, freed right after). Kernels before
 /// 6.16 cannot map `/sys/kernel/btf/vmlinux`: there it is read and parsed.
-fn open_btf(path: &Path) -> Result<Btf> {
+pub(super) fn open_btf(path: &Path) -> Result<Btf> {
     if let Ok(btf) = Btf::from_file_with_backend(path, Backend::Mmap) {
         return Ok(btf);
     }
