@@ -39,6 +39,17 @@ fn guest_program(dir: &Path, script: &str, args: &[String]) -> PathBuf {
     program
 }
 
+/// The console of `guest` running `program`, checked to be that kernel's.
+fn boot(guest: &GuestKernel, program: &Path) -> String {
+    let console = guest.run(program, Duration::from_secs(900));
+    assert_eq!(
+        section(&console, "release"),
+        vec![guest.release.as_str()],
+        "not the guest kernel; console:\n{console}"
+    );
+    console
+}
+
 fn monitor_path() -> String {
     monitor_bin().canonicalize().unwrap().display().to_string()
 }
@@ -59,12 +70,7 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
         ],
     );
 
-    let console = guest.run(&program, Duration::from_secs(900));
-    assert_eq!(
-        section(&console, "release"),
-        vec![guest.release.as_str()],
-        "not the guest kernel; console:\n{console}"
-    );
+    let console = boot(&guest, &program);
     // The agent as deployed, then one with the scheduler programs on their fallbacks.
     for (agent, sched_hook_kind, wakeups) in
         [("", "tp_btf", false), ("fallback ", "tracepoint", true)]
@@ -108,12 +114,7 @@ fn cpu_is_measured_with_preallocated_maps_on_debian_11s_kernel() {
     let dir = tempfile::tempdir().unwrap();
     let program = guest_program(dir.path(), "guest/agent_cpu_only.sh", &[monitor_path()]);
 
-    let console = guest.run(&program, Duration::from_secs(900));
-    assert_eq!(
-        section(&console, "release"),
-        vec![guest.release.as_str()],
-        "not the guest kernel; console:\n{console}"
-    );
+    let console = boot(&guest, &program);
     let log = section(&console, "agent log").join("\n");
     assert_eq!(
         section(&console, "kernel warnings"),
