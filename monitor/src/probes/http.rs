@@ -13,7 +13,8 @@ use aya::{
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, allowed_port_bit};
 
 use super::{
-    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, refusal, tracefs,
+    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, program_mut, refusal,
+    tracefs,
 };
 
 /// What the user chose for HTTP, checked.
@@ -298,11 +299,6 @@ fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
         .attach()
         .with_context(|| format!("attaching {name}"))?;
     Ok(())
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
 }
 
 #[cfg(test)]

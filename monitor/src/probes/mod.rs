@@ -130,6 +130,12 @@ pub fn load(
     })
 }
 
+/// The object's program `name`; an error if the object has none by that name.
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow::anyhow!("program {name} missing from the BPF object"))
+}
+
 /// The online CPUs, in order.
 fn online_cpus() -> Result<Vec<u32>> {
     aya::util::online_cpus().map_err(|(what, error)| anyhow::anyhow!("{what}: {error}"))

@@ -13,7 +13,8 @@ use aya::{
 use monitor_common::sched::{SchedTracepointLayout, TICK_PERIOD_NS};
 
 use super::{
-    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, refusal, tracefs,
+    AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, program_mut, refusal,
+    tracefs,
 };
 use crate::cli::HookChoice;
 
@@ -219,11 +220,6 @@ fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
         kind: HookKind::PerfEvent,
         program: name,
     })
-}
-
-fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| anyhow!("program {name} missing from the BPF object"))
 }
 
 /// Unloads (and so detaches) the BTF programs after a partial failure, before the fallback.
