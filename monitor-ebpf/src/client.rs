@@ -4,11 +4,11 @@
 //! Requests that get no complete response are errors of their own kind; connect failures are
 //! counted per process.
 
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_probe_read_user, generated::bpf_loop},
+    helpers::bpf_probe_read_user,
 };
 use monitor_common::{
     head::{HEAD_WINDOWS, bodiless, framing, head_kind},
@@ -20,6 +20,7 @@ use monitor_common::{
 };
 
 use crate::{
+    loops,
     http::{
         ECONNRESET, EventBytes, announce, bytes_print, capture, capture_after, capture_words,
         claim_response, config, current_tgid, feed_value, finish_response, first_bytes, head,
@@ -342,25 +343,26 @@ fn admit_host(tgid: u32, host: u64) -> u64 {
 // The steps run in `bpf_loop` callbacks, several per call; the state lives in
 // the per-CPU capture. ---
 
-/// One callback of the line walk: up to `LINE_STEPS_PER_CALL` steps.
-#[inline(never)]
-extern "C" fn line_step(_index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: a per-CPU map value, only used by this program run.
-    let capture = unsafe { &mut *capture };
-    let mut step = 0;
-    while step < LINE_STEPS_PER_CALL {
-        if !capture
-            .lines
-            .step(&capture.bytes, capture_words(&capture.bytes))
-        {
+loops::loop_step! {
+    /// One callback of the line walk: up to `LINE_STEPS_PER_CALL` steps.
+    fn line_step(_index) -> i64 {
+        let Some(capture) = CAPTURE.get_ptr_mut(0) else {
             return 1;
+        };
+        // SAFETY: a per-CPU map value, only used by this program run.
+        let capture = unsafe { &mut *capture };
+        let mut step = 0;
+        while step < LINE_STEPS_PER_CALL {
+            if !capture
+                .lines
+                .step(&capture.bytes, capture_words(&capture.bytes))
+            {
+                return 1;
+            }
+            step += 1;
         }
-        step += 1;
+        0
     }
-    0
 }
 
 /// Steps of the line walk per callback (each loads up to four words or looks at a line).
@@ -373,14 +375,16 @@ const LINE_STEPS_PER_CALL: u32 = 4;
 /// Bytes of a `Host` or `Content-Length` value per callback, for the same reason.
 const VALUE_BYTES_PER_CALL: u64 = 8;
 
-#[inline(never)]
-extern "C" fn host_step(index: u64, ctx: *mut c_void) -> i64 {
-    feed_value::<VALUE_BYTES_PER_CALL>(index, ctx, |capture, b| capture.host.feed(b))
+loops::loop_step! {
+    fn host_step(index) -> i64 {
+        feed_value::<VALUE_BYTES_PER_CALL>(index, |capture, b| capture.host.feed(b))
+    }
 }
 
-#[inline(never)]
-extern "C" fn length_step(index: u64, ctx: *mut c_void) -> i64 {
-    feed_value::<VALUE_BYTES_PER_CALL>(index, ctx, |capture, b| capture.lines.length_byte(b))
+loops::loop_step! {
+    fn length_step(index) -> i64 {
+        feed_value::<VALUE_BYTES_PER_CALL>(index, |capture, b| capture.lines.length_byte(b))
+    }
 }
 
 /// Walks the header lines of the `len` captured bytes.
@@ -388,16 +392,8 @@ extern "C" fn length_step(index: u64, ctx: *mut c_void) -> i64 {
 fn walk_lines(capture: &mut Capture, kind: u32, len: usize) {
     zero_words(&mut capture.lines);
     capture.lines.begin(kind, len);
-    // SAFETY: the callback matches what bpf_loop expects; it takes no context. Each step
-    // loads a word or looks at a line: at most one per captured byte.
-    unsafe {
-        bpf_loop(
-            CAPTURE_LEN as u32,
-            line_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    // Each step loads a word or looks at a line: at most one per captured byte.
+    loops::repeat_steps(CAPTURE_LEN as u32, line_step);
 }
 
 /// The normalised `Host` of the request in the capture, as a hash (0 if none). A global

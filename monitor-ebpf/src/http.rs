@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns,
-        generated::{bpf_for_each_map_elem, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
+        generated::{bpf_for_each_map_elem, bpf_probe_read_kernel, bpf_probe_read_user},
     },
     maps::Array,
 };
@@ -30,9 +30,10 @@ use monitor_common::http::{
 use monitor_common::{fingerprint, verifier::hide};
 
 use crate::{
+    loops,
     client, fork,
     maps::{
-        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
+        CAPTURE, CONNECTIONS, Capture, SWEEP_CONTEXT, SweepContext, ValueRange, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
         HTTP_EVENTS_WAKE_AT, IDLE_CANDIDATES, IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS,
         MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS, SERVING_PROCESSES, ZERO_DURATION, count,
     },
@@ -616,16 +617,6 @@ fn ring_word(index: u32) -> u64 {
     IDLE_RINGS.get(index).copied().unwrap_or(0)
 }
 
-#[repr(C)]
-struct SweepContext {
-    now: u64,
-    /// The epoch being swept in (the current one) and its length, the idle timeout.
-    epoch: u64,
-    length: u64,
-    /// The ring read (the previous epoch's).
-    ring: u32,
-    _reserved: u32,
-}
 
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next
@@ -667,6 +658,7 @@ pub fn sweep_idle_responses(now: u64) {
         length,
         ring: previous,
         _reserved: 0,
+        claimed,
     };
     if full {
         count(counter::IDLE_FULL_SWEEPS);
@@ -680,14 +672,15 @@ pub fn sweep_idle_responses(now: u64) {
             );
         }
     } else {
-        // SAFETY: as above.
-        unsafe {
-            bpf_loop(
-                claimed as u32,
-                sweep_candidate as *mut c_void,
-                (&mut ctx as *mut SweepContext).cast(),
-                0,
-            );
+        // The candidates' step reads the context from its map: a global function (the
+        // bounded loops' steps) takes only numbers.
+        // Capped and shifted, not divided: a verifier before 6.x loses a number's bounds
+        // through a division, and a loop without a known bound is refused where it is a
+        // plain loop (the ring holds no more anyway).
+        let steps = (claimed.min(IDLE_CANDIDATE_SLOTS as u64) + CANDIDATES_PER_STEP - 1)
+            >> CANDIDATES_PER_STEP.trailing_zeros();
+        if SWEEP_CONTEXT.set(0, &ctx, 0).is_ok() {
+            loops::repeat_steps(steps as u32, sweep_candidates);
         }
     }
     // The previous epoch's ring collects the next epoch from now on.
@@ -695,24 +688,40 @@ pub fn sweep_idle_responses(now: u64) {
     set_ring_word(idle_ring::epoch(previous), epoch + 1);
 }
 
-#[inline(never)]
-extern "C" fn sweep_candidate(index: u64, ctx: *mut SweepContext) -> i64 {
-    // SAFETY: bpf_loop passes our context.
-    let ctx = unsafe { &*ctx };
-    let slot = ctx.ring * IDLE_CANDIDATE_SLOTS + (index as u32 & (IDLE_CANDIDATE_SLOTS - 1));
-    let Some(&key) = IDLE_CANDIDATES.get(slot) else {
-        return 1;
-    };
-    let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
-        return 0; // closed since
-    };
-    // SAFETY: a map value, valid for this program run.
-    let conn = unsafe { &mut *conn };
-    // Listed again in a later epoch, or a new connection on the same fd: not this ring's.
-    if conn.listed_until_ns == ctx.epoch * ctx.length {
-        sweep_connection(conn, key, ctx);
+/// Candidates looked at per step: fewer calls, and a bounded loop of at most 256 steps over
+/// the 4,096 slots of a ring, which the verifier walks without running out of room.
+const CANDIDATES_PER_STEP: u64 = 16;
+
+loops::loop_step! {
+    /// Looks at candidates `step * CANDIDATES_PER_STEP..` of the ring being swept.
+    fn sweep_candidates(step) -> i64 {
+        let Some(ctx) = SWEEP_CONTEXT.get(0) else {
+            return 1;
+        };
+        let mut k = 0;
+        while k < CANDIDATES_PER_STEP {
+            let index = step * CANDIDATES_PER_STEP + k;
+            if index >= ctx.claimed {
+                return 1;
+            }
+            let slot = ctx.ring * IDLE_CANDIDATE_SLOTS
+                + (index as u32 & (IDLE_CANDIDATE_SLOTS - 1));
+            let Some(&key) = IDLE_CANDIDATES.get(slot) else {
+                return 1;
+            };
+            if let Some(conn) = CONNECTIONS.get_ptr_mut(key) {
+                // SAFETY: a map value, valid for this program run.
+                let conn = unsafe { &mut *conn };
+                // Listed again in a later epoch, or a new connection on the same fd: not this
+                // ring's.
+                if conn.listed_until_ns == ctx.epoch * ctx.length {
+                    sweep_connection(conn, key, ctx);
+                }
+            } // else closed since
+            k += 1;
+        }
+        0
     }
-    0
 }
 
 #[inline(never)]
@@ -752,32 +761,23 @@ fn sweep_connection(conn: &mut Connection, key: u64, ctx: &SweepContext) {
 
 // --- Byte loops over the capture ---
 
-/// Capture bytes `from..end` for a value loop.
-#[repr(C)]
-struct ValueLoop {
-    from: u64,
-    end: u64,
-}
-
-/// Feeds the value loop's bytes for callback `index` to `feed`; 1 (stop) past the value's end
-/// or when `feed` says so.
+/// Feeds the value loop's bytes for step `index` (`CAPTURE.value`) to `feed`; 1 (stop) past
+/// the value's end or when `feed` says so.
 #[inline(always)]
 pub fn feed_value<const PER_CALL: u64>(
     index: u64,
-    ctx: *mut c_void,
     mut feed: impl FnMut(&mut Capture, u8) -> bool,
 ) -> i64 {
-    // SAFETY: `ctx` is the `ValueLoop` passed to bpf_loop.
-    let ctx = unsafe { &*(ctx as *const ValueLoop) };
     let Some(capture) = CAPTURE.get_ptr_mut(0) else {
         return 1;
     };
     // SAFETY: a per-CPU map value, only used by this program run.
     let capture = unsafe { &mut *capture };
+    let (from, end) = (capture.value.from as u64, capture.value.end as u64);
     let mut k = 0;
     while k < PER_CALL {
-        let position = ctx.from + index * PER_CALL + k;
-        if position >= ctx.end {
+        let position = from + index * PER_CALL + k;
+        if position >= end {
             return 1;
         }
         let b = capture.bytes[(position as usize) & (CAPTURE_LEN - 1)];
@@ -789,26 +789,17 @@ pub fn feed_value<const PER_CALL: u64>(
     0
 }
 
-/// Reads the capture's bytes `from..end` with `step`, `PER_CALL` per callback.
+/// Reads the capture's bytes `from..end` with `step`, `PER_CALL` per step.
 #[inline(always)]
-pub fn read_value<const PER_CALL: u64>(
-    step: extern "C" fn(u64, *mut c_void) -> i64,
-    from: u32,
-    end: u32,
-) {
-    let mut ctx = ValueLoop {
-        from: from as u64,
-        end: end as u64,
+pub fn read_value<const PER_CALL: u64>(step: loops::Step, from: u32, end: u32) {
+    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+        return;
     };
-    // SAFETY: the callback and its context match what bpf_loop expects.
+    // SAFETY: a per-CPU map value, only used by this program run.
     unsafe {
-        bpf_loop(
-            (CAPTURE_LEN as u64 / PER_CALL) as u32,
-            step as *mut c_void,
-            (&mut ctx as *mut ValueLoop).cast(),
-            0,
-        )
-    };
+        (*capture).value = ValueRange { from, end };
+    }
+    loops::repeat_steps((CAPTURE_LEN as u64 / PER_CALL) as u32, step);
 }
 
 // --- Capturing bytes ---

@@ -81,6 +81,23 @@ pub static CLOSE_FD_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
 pub static LAST_IDLE_SWEEP: Array<u64> = Array::with_max_entries(1, 0);
 
+/// What the idle sweep running now sweeps (one CPU sweeps).
+#[map]
+pub static SWEEP_CONTEXT: Array<SweepContext> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+pub struct SweepContext {
+    pub now: u64,
+    /// The epoch being swept in (the current one) and its length, the idle timeout.
+    pub epoch: u64,
+    pub length: u64,
+    /// The ring read (the previous epoch's).
+    pub ring: u32,
+    pub _reserved: u32,
+    /// How many of its slots were claimed.
+    pub claimed: u64,
+}
+
 /// Two rings of connection keys, one per epoch parity: the connections whose response started
 /// in that epoch, for the idle sweep to look at instead of the whole table.
 #[map]
@@ -239,10 +256,21 @@ pub struct Capture {
     pub host: HostValue,
     pub templater: RouteTemplater,
     pub not_request: NotRequestScanner,
+    /// The bytes a value loop reads (`http::read_value`): its steps take nothing but their
+    /// index (see `loops::loop_step`).
+    pub value: ValueRange,
     /// Never written: room for what a verifier that loses the cap of a read's length
     /// (`http::within_capture`) takes for its largest size, the mask's 511 bytes after a
     /// prefix of up to 15, so that the read into `bytes` passes there too.
     pub _verifier_room: [u8; 48],
+}
+
+/// Capture bytes `from..end`. 32-bit: loaded, they stay below 2^32 for the verifier, which
+/// keeps the states of the loops that read them few.
+#[repr(C)]
+pub struct ValueRange {
+    pub from: u32,
+    pub end: u32,
 }
 
 #[inline(always)]

@@ -3,11 +3,11 @@
 //! connection, the connection closes, the next response starts (pipelining), or the idle
 //! sweep finds it waiting.
 
-use core::{ffi::c_void, mem::MaybeUninit};
+use core::mem::MaybeUninit;
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::generated::{bpf_loop, bpf_probe_read_kernel},
+    helpers::generated::bpf_probe_read_kernel,
 };
 use monitor_common::{
     http::{
@@ -21,6 +21,7 @@ use monitor_common::{
 };
 
 use crate::{
+    loops,
     client::final_response_after_interim,
     files::{port_allowed, socket_local_port},
     http::{
@@ -399,29 +400,22 @@ pub extern "C" fn scan_not_request(len: u64) -> u64 {
     let capture = unsafe { &mut *capture };
     capture.not_request = NotRequestScanner::default();
     let bytes = if len < 16 { len } else { 16 };
-    // SAFETY: the callback matches what bpf_loop expects; it takes no context.
-    unsafe {
-        bpf_loop(
-            bytes as u32,
-            classify_step as *mut c_void,
-            core::ptr::null_mut(),
-            0,
-        )
-    };
+    loops::repeat_steps(bytes as u32, classify_step);
     0
 }
 
-/// One byte of the capture per `bpf_loop` iteration, into the scanner in map memory.
-#[inline(never)]
-extern "C" fn classify_step(index: u64, _ctx: *mut c_void) -> i64 {
-    let Some(capture) = CAPTURE.get_ptr_mut(0) else {
-        return 1;
-    };
-    // SAFETY: a per-CPU map value, only used by this program run; the index is masked.
-    let capture = unsafe { &mut *capture };
-    let b = capture.bytes[(index as usize) & 15];
-    capture.not_request.feed(b);
-    0
+loops::loop_step! {
+    /// One byte of the capture per `bpf_loop` iteration, into the scanner in map memory.
+    fn classify_step(index) -> i64 {
+        let Some(capture) = CAPTURE.get_ptr_mut(0) else {
+            return 1;
+        };
+        // SAFETY: a per-CPU map value, only used by this program run; the index is masked.
+        let capture = unsafe { &mut *capture };
+        let b = capture.bytes[(index as usize) & 15];
+        capture.not_request.feed(b);
+        0
+    }
 }
 
 /// Path bytes templated per callback, to save calls (see `client::LINE_STEPS_PER_CALL`).
@@ -429,14 +423,15 @@ extern "C" fn classify_step(index: u64, _ctx: *mut c_void) -> i64 {
 /// about 0.05 s; before that function was global, two made it 0.3-0.4 s longer.
 const TEMPLATE_BYTES_PER_CALL: u64 = 8;
 
-/// Feeds bytes of the capture to the templater (`template`). The templater itself is in map
-/// memory (`Capture::templater`): on the stack, the verifier would follow each of its fields
-/// exactly through the loop and check the body once per combination of values.
-#[inline(never)]
-extern "C" fn template_step(index: u64, ctx: *mut c_void) -> i64 {
-    feed_value::<TEMPLATE_BYTES_PER_CALL>(index, ctx, |capture, b| {
-        capture.templater.feed(b, &mut ()) == Fed::More
-    })
+loops::loop_step! {
+    /// Feeds bytes of the capture to the templater (`template`). The templater itself is in
+    /// map memory (`Capture::templater`): on the stack, the verifier would follow each of its
+    /// fields exactly through the loop and check the body once per combination of values.
+    fn template_step(index) -> i64 {
+        feed_value::<TEMPLATE_BYTES_PER_CALL>(index, |capture, b| {
+            capture.templater.feed(b, &mut ()) == Fed::More
+        })
+    }
 }
 
 /// Feeds `capture[from..to]` to the templater; true when the request target ended.

@@ -31,8 +31,9 @@ use crate::{
     },
     preflight,
     probes::{
-        self, AttachedProgram, MapSizes, SchedulerMaps,
+        self, AttachedProgram, MapAllocation, MapSizes,
         http::{HttpSettings, http_config},
+        loops::Loops,
         refusal, task_offsets,
     },
 };
@@ -55,6 +56,10 @@ pub struct Settings {
     pub task_offsets: Option<Vec<u32>>,
     /// Listeners' ports checked by the agent even where the kernel could read them (tests).
     pub ports_checked_by_agent: bool,
+    /// Tests only: the programs built for kernels without `bpf_loop`, whatever this one has.
+    pub bounded_loops: bool,
+    /// Tests only: the maps preallocated as before 6.1, whatever this kernel has.
+    pub preallocated_maps: bool,
     /// `monitor_common::sched::test_fault` bits (tests).
     pub sched_test_faults: u32,
     pub http: HttpSettings,
@@ -215,25 +220,29 @@ fn file_table() -> Option<FileTableOffsets> {
     }
 }
 
-/// Preallocated scheduler maps where the kernel cannot allocate safely in the scheduler's
-/// hooks (see `probes::allocation`), said once.
-fn scheduler_maps(release: &str) -> SchedulerMaps {
-    if probes::allocation::safe_in_tracing(Path::new(task_offsets::KERNEL_BTF), release) {
-        return SchedulerMaps::OnDemand;
-    }
+/// Preallocated maps where the kernel cannot allocate safely in tracing programs (see
+/// `probes::allocation`), said once.
+fn map_allocation(release: &str, forced: bool) -> MapAllocation {
+    let why = if forced {
+        "--preallocated-maps".to_owned()
+    } else if probes::allocation::safe_in_tracing(Path::new(task_offsets::KERNEL_BTF), release) {
+        return MapAllocation::OnDemand;
+    } else {
+        format!("kernel {release} predates safe allocation in BPF programs (Linux 6.1)")
+    };
     log::info!(
-        "kernel {release} predates safe allocation in BPF programs (Linux 6.1): the per-process \
-         CPU time and run-queue maps are preallocated, and run-queue waits are kept for at most \
-         {} processes",
-        probes::allocation::PREALLOCATED_RUNQ_ENTRIES
+        "{why}: the maps the programs add entries to are preallocated; run-queue waits are \
+         kept for at most {} processes, and duration histograms for as many keys as 32 MiB \
+         hold on this host's CPUs",
+        probes::allocation::PREALLOCATED_RUNQ_ENTRIES,
     );
-    SchedulerMaps::Preallocated
+    MapAllocation::Preallocated
 }
 
-/// Why a kernel older than 5.17 refuses the HTTP programs, for the error that says so.
+/// Why a kernel older than 5.12 refuses the HTTP programs, for the error that says so.
 fn http_kernel_hint(release: &str) -> &'static str {
-    if preflight::release_older_than(release, (5, 17)) {
-        " (the HTTP programs loop with bpf_loop, Linux 5.17 or newer)"
+    if preflight::release_older_than(release, (5, 12)) {
+        " (the HTTP programs use BPF atomic operations, Linux 5.12 or newer)"
     } else {
         ""
     }
@@ -308,13 +317,28 @@ impl Agent {
             );
         }
         let release = preflight::kernel_release();
-        let scheduler_maps = scheduler_maps(&release);
+        let map_allocation = map_allocation(&release, settings.preallocated_maps);
+        let loops = if settings.bounded_loops {
+            log::info!(
+                "--bounded-loops: the programs built for kernels without bpf_loop are loaded"
+            );
+            Loops::Bounded
+        } else {
+            probes::loops::choose(Path::new(task_offsets::KERNEL_BTF), &release)
+        };
+        if loops == Loops::Bounded && !settings.bounded_loops {
+            log::info!(
+                "kernel {release} has no bpf_loop (Linux 5.17): the programs built with bounded \
+                 loops are loaded"
+            );
+        }
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {
                     max_processes: settings.max_processes,
                 },
-                scheduler_maps,
+                loops,
+                map_allocation,
                 settings.sched_test_faults,
                 task_accounting,
                 file_table.filter(|_| !settings.empty_programs),

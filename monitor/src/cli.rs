@@ -148,6 +148,16 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub ports_checked_by_agent: bool,
 
+    /// Tests only: load the programs built with bounded loops, which kernels without
+    /// `bpf_loop` (before 5.17) get, whatever this kernel has.
+    #[arg(long, hide = true)]
+    pub bounded_loops: bool,
+
+    /// Tests only: preallocate the maps the programs add entries to, as on kernels before
+    /// 6.1, whatever this kernel has.
+    #[arg(long, hide = true)]
+    pub preallocated_maps: bool,
+
     /// Tests only: the programs act as if no duration histogram could be allocated, so that
     /// every request is carried to the agent on the ring buffer, as one is when the kernel's
     /// allocator has no entry ready.

@@ -48,6 +48,8 @@ pub fn run(cli: Cli) -> Result<()> {
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
         ports_checked_by_agent: cli.ports_checked_by_agent,
+        bounded_loops: cli.bounded_loops,
+        preallocated_maps: cli.preallocated_maps,
         sched_test_faults: if cli.fail_first_cpu_time_allocation {
             sched_fault::FIRST_CPU_TIME_ALLOCATION
         } else {

@@ -3,6 +3,7 @@
 
 pub mod allocation;
 pub mod http;
+pub mod loops;
 pub mod refusal;
 mod sched;
 #[cfg(test)]
@@ -16,10 +17,26 @@ use anyhow::Result;
 use aya::{Btf, Ebpf, EbpfLoader};
 use monitor_common::{http::FileTableOffsets, sched::TaskAccountingOffsets};
 
+use self::loops::Loops;
+
 pub use sched::{attach_empty, attach_sched};
 
 /// The embedded kernel programs, built by build.rs from `monitor-ebpf`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));
+/// The same programs with bounded loops instead of `bpf_loop`, for kernels before 5.17.
+static BPF_OBJECT_BOUNDED_LOOPS: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor-bounded-loops"));
+
+/// The size of `HTTP_DURATION` in `monitor-ebpf/src/maps.rs`.
+const HTTP_DURATION_ENTRIES: u32 = 16384;
+
+/// The object built for `loops`.
+fn object_for(loops: Loops) -> &'static [u8] {
+    match loops {
+        Loops::Helper => BPF_OBJECT,
+        Loops::Bounded => BPF_OBJECT_BOUNDED_LOOPS,
+    }
+}
 
 /// How a program is attached; exported as the `hook` label of `monitor_bpf_program_attached`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -65,18 +82,20 @@ pub struct MapSizes {
     pub max_processes: u32,
 }
 
-/// How the maps the scheduler's programs add to are allocated (see `allocation`).
+/// How the maps the programs add entries to are allocated (see `allocation`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SchedulerMaps {
-    /// Entries allocated as processes appear (Linux 6.1+).
+pub enum MapAllocation {
+    /// Entries allocated as processes, routes and keys appear (Linux 6.1+).
     OnDemand,
-    /// Every entry allocated when the map is made, and run-queue histograms capped.
+    /// Every entry allocated when the map is made, and run-queue and duration histograms
+    /// capped.
     Preallocated,
 }
 
 /// Loads the object: creates the maps; programs are loaded by the attach functions. (aya's
 /// loader parses the kernel's BTF for its relocations on its own, and keeps it to itself.)
-/// `scheduler_maps` says how the maps the scheduler's programs add to are allocated.
+/// `loops` picks the build of the programs (`loops::choose`); `allocation` says how the maps
+/// the programs add entries to are allocated.
 /// With `task_accounting`, the BTF scheduler programs read the kernel's per-task accounting
 /// at these offsets instead of timing switches and wake-ups.
 /// `sched_test_faults` (`monitor_common::sched::test_fault`) are for tests only.
@@ -84,23 +103,34 @@ pub enum SchedulerMaps {
 /// to another (`monitor-ebpf/src/handoff.rs`).
 pub fn load(
     sizes: &MapSizes,
-    scheduler_maps: SchedulerMaps,
+    loops: Loops,
+    allocation: MapAllocation,
     sched_test_faults: u32,
     task_accounting: Option<TaskAccountingOffsets>,
     file_table: Option<FileTableOffsets>,
 ) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
-    let (object, runq_entries) = match scheduler_maps {
-        SchedulerMaps::OnDemand => (None, sizes.max_processes),
-        SchedulerMaps::Preallocated => (
+    let built = object_for(loops);
+    let object = match allocation {
+        MapAllocation::OnDemand => None,
+        MapAllocation::Preallocated => {
+            let cpus = aya::util::nr_cpus()
+                .map_err(|(what, error)| anyhow::anyhow!("counting the CPUs ({what}): {error}"))?;
+            loader.map_max_entries(
+                "HTTP_DURATION",
+                allocation::preallocated_duration_entries(HTTP_DURATION_ENTRIES, cpus),
+            );
             Some(allocation::preallocated(
-                BPF_OBJECT,
-                allocation::SCHEDULER_MAPS,
-            )?),
-            sizes
-                .max_processes
-                .min(allocation::PREALLOCATED_RUNQ_ENTRIES),
-        ),
+                built,
+                allocation::RUN_TIME_ALLOCATED_MAPS,
+            )?)
+        }
+    };
+    let runq_entries = match allocation {
+        MapAllocation::OnDemand => sizes.max_processes,
+        MapAllocation::Preallocated => sizes
+            .max_processes
+            .min(allocation::PREALLOCATED_RUNQ_ENTRIES),
     };
     loader
         .map_max_entries("CPU_TIME", sizes.max_processes)
@@ -115,7 +145,7 @@ pub fn load(
     if sched_test_faults != 0 {
         loader.override_global("SCHED_TEST_FAULTS", &sched_test_faults, true);
     }
-    let object = object.as_ref().map_or(BPF_OBJECT, |object| object.bytes());
+    let object = object.as_ref().map_or(built, |object| object.bytes());
     loader.load(object).map_err(|error| {
         let denied = error.to_string().contains("Operation not permitted")
             || format!("{error:?}").contains("PermissionDenied");

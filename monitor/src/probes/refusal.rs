@@ -48,7 +48,7 @@ fn is_statistic(line: &str) -> bool {
 mod tests {
     use super::*;
 
-    /// Debian 11's 5.10 on the `sys_exit` program: it predates `bpf_loop` callbacks.
+    /// Debian 11's 5.10 on a `sys_exit` program with `bpf_loop` callbacks, which it predates.
     const LOG_5_10: &str = "number of funcs in func_info doesn't match number of subprogs
 verification time 1039 usec
 stack depth 0+0+0+0+0

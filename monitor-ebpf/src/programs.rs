@@ -1,0 +1,366 @@
+// The modules and programs of both objects (`main.rs`, `bounded_loops.rs`): included, not a
+// module, so that each object's `crate::loops` is its own.
+
+mod client;
+mod files;
+mod fork;
+mod handoff;
+mod http;
+mod maps;
+mod sched;
+mod server;
+mod syscalls;
+
+use aya_ebpf::{
+    bindings::pt_regs,
+    helpers::{
+        bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns},
+    },
+    macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
+    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
+};
+
+use crate::{maps::SCHED_TP_LAYOUT, sched::Switch, syscalls::SyscallExit};
+
+// Every entry point is `#[inline(always)]`: the macros wrap it in the real program and drop
+// its return value, so as a separate BPF function it could return garbage in r0, which the
+// verifier rejects when that garbage is a stack pointer.
+
+// --- Syscalls: the exit of every syscall, filtered on the id first. ---
+
+/// `sys_exit(struct pt_regs *regs, long ret)`: the registers are read directly (BTF-typed).
+#[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
+pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: a trusted pointer from the tracepoint; the verifier checks field loads.
+    let id = unsafe { (*regs).orig_rax };
+    if syscalls::is_watched(id) {
+        // SAFETY: as above.
+        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
+        syscalls::on_exit(&SyscallExit {
+            id,
+            ret: ctx.arg(1),
+            args,
+        });
+    }
+    0
+}
+
+/// The same without BTF: the registers are an untyped pointer, read with a helper.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+#[inline(always)]
+pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: the helper checks the kernel address; a failed read skips the event.
+    let Ok(id) = (unsafe { bpf_probe_read_kernel(&(*regs).orig_rax) }) else {
+        return 0;
+    };
+    if syscalls::is_watched(id) {
+        // SAFETY: as above.
+        let read = |field: *const u64| unsafe { bpf_probe_read_kernel(field).unwrap_or(0) };
+        // SAFETY: field addresses inside the pt_regs the tracepoint passed.
+        let args = unsafe {
+            [
+                read(&(*regs).rdi),
+                read(&(*regs).rsi),
+                read(&(*regs).rdx),
+                read(&(*regs).r10),
+            ]
+        };
+        syscalls::on_exit(&SyscallExit {
+            id,
+            ret: ctx.arg(1),
+            args,
+        });
+    }
+    0
+}
+
+#[btf_tracepoint(function = "sys_exit")]
+#[inline(always)]
+pub fn sys_exit_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+// --- close(2) at its entry. ---
+
+/// `syscalls:sys_enter_close`, which runs for close(2) alone. At close's exit the fd number is
+/// already free: another thread of the process may have accepted a connection on it in that
+/// instant, and the exit would drop the new connection's state. At the entry the fd is still
+/// the old connection's.
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+#[inline(always)]
+pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
+    let offset = syscalls::close_fd_offset();
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 8-byte `fd` field from the tracepoint's
+        // format; the helper checks the read.
+        if let Ok(fd) = unsafe { ctx.read_at::<u64>(offset as usize) } {
+            http::on_close(fd as u32);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_close")]
+#[inline(always)]
+pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- fork: server connections a child inherits. ---
+
+/// `sched:sched_process_fork`, in the parent: notes the child of a process with connections
+/// (see `fork`).
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+#[inline(always)]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let offset = maps::FORK_CHILD_PID_OFFSET.get(0).copied().unwrap_or(0);
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 4-byte `child_pid` field from the
+        // tracepoint's format; the helper checks the read.
+        if let Ok(child) = unsafe { ctx.read_at::<u32>(offset as usize) } {
+            fork::on_fork(child);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_fork")]
+#[inline(always)]
+pub fn sched_process_fork_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- sendmsg(2) at its entry: connections passed to another process. ---
+
+/// `syscalls:sys_enter_sendmsg`, which runs for sendmsg(2) alone: a connection passed to
+/// another process is noted before the receiver, maybe on another CPU, can take it.
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+#[inline(always)]
+pub fn sys_enter_sendmsg(ctx: TracePointContext) -> u32 {
+    let offset = syscalls::sendmsg_msg_offset();
+    if offset != 0 {
+        // SAFETY: the agent read this offset of the 8-byte `msg` field from the tracepoint's
+        // format; the helper checks the read.
+        if let Ok(msg) = unsafe { ctx.read_at::<u64>(offset as usize) } {
+            handoff::note_passed_connections(msg);
+        }
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_enter_sendmsg")]
+#[inline(always)]
+pub fn sys_enter_sendmsg_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- BTF tracepoints: arguments are the tracepoint prototype's, one u64 slot each. ---
+
+/// `sched_switch(bool preempt, task_struct *prev, task_struct *next, unsigned int prev_state)`.
+/// Where the agent found the kernel's per-task accounting, the switch reads it; else it
+/// times the switch itself, with the wake-up programs noting when tasks became runnable.
+#[btf_tracepoint(function = "sched_switch")]
+#[inline(always)]
+pub fn sched_switch_btf(ctx: BtfTracePointContext) -> i32 {
+    if let Some(offsets) = sched::task_accounting() {
+        // SAFETY: trusted task pointers from the tracepoint.
+        let (prev, next) = unsafe { (sched::Task::new(ctx.arg(1)), sched::Task::new(ctx.arg(2))) };
+        sched::on_accounted_switch(prev, next, &offsets);
+        return 0;
+    }
+    let preempt: u64 = ctx.arg(0);
+    let prev_state: u64 = ctx.arg(3);
+    sched::on_switch(&Switch {
+        prev_task: sched::task_key(ctx.arg(1)),
+        next_task: sched::task_key(ctx.arg(2)),
+        prev_runnable: preempt & 1 != 0 || prev_state == 0,
+    });
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+#[inline(always)]
+pub fn sched_wakeup_btf(ctx: BtfTracePointContext) -> i32 {
+    sched::on_wakeup(sched::task_key(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+#[inline(always)]
+pub fn sched_wakeup_new_btf(ctx: BtfTracePointContext) -> i32 {
+    sched::on_wakeup(sched::task_key(ctx.arg(0)));
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+#[inline(always)]
+pub fn sched_process_exec_btf(_ctx: BtfTracePointContext) -> i32 {
+    sched::on_exec();
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+#[inline(always)]
+pub fn sched_process_exit_btf(_ctx: BtfTracePointContext) -> i32 {
+    sched::on_exit();
+    0
+}
+
+// --- Classic tracepoints: fields at the offsets the agent read from tracefs. ---
+
+#[tracepoint(category = "sched", name = "sched_switch")]
+#[inline(always)]
+pub fn sched_switch_tp(ctx: TracePointContext) -> u32 {
+    let Some(layout) = SCHED_TP_LAYOUT.get(0) else {
+        return 0;
+    };
+    // SAFETY: offsets come from this kernel's format file for this tracepoint.
+    let (prev, next, state) = unsafe {
+        (
+            ctx.read_at::<i32>(layout.switch_prev_pid as usize),
+            ctx.read_at::<i32>(layout.switch_next_pid as usize),
+            ctx.read_at::<i64>(layout.switch_prev_state as usize),
+        )
+    };
+    if let (Ok(prev), Ok(next), Ok(state)) = (prev, next, state) {
+        let state = state as u64;
+        sched::on_switch(&Switch {
+            prev_task: prev as u64,
+            next_task: next as u64,
+            prev_runnable: state == 0 || state & layout.preempt_marker != 0,
+        });
+    }
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup")]
+#[inline(always)]
+pub fn sched_wakeup_tp(ctx: TracePointContext) -> u32 {
+    wakeup_tp(&ctx);
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_wakeup_new")]
+#[inline(always)]
+pub fn sched_wakeup_new_tp(ctx: TracePointContext) -> u32 {
+    wakeup_tp(&ctx);
+    0
+}
+
+#[inline(always)]
+fn wakeup_tp(ctx: &TracePointContext) {
+    let Some(layout) = SCHED_TP_LAYOUT.get(0) else {
+        return;
+    };
+    // SAFETY: as above.
+    if let Ok(pid) = unsafe { ctx.read_at::<i32>(layout.wakeup_pid as usize) } {
+        sched::on_wakeup(pid as u64);
+    }
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+#[inline(always)]
+pub fn sched_process_exec_tp(_ctx: TracePointContext) -> u32 {
+    sched::on_exec();
+    0
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exit")]
+#[inline(always)]
+pub fn sched_process_exit_tp(_ctx: TracePointContext) -> u32 {
+    sched::on_exit();
+    0
+}
+
+// --- Empty programs on the same hooks: the cost floor that `cargo xtask bench` compares with
+// (the agent's hidden `--empty-programs`). ---
+
+#[btf_tracepoint(function = "sched_switch")]
+#[inline(always)]
+pub fn sched_switch_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup")]
+#[inline(always)]
+pub fn sched_wakeup_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_wakeup_new")]
+#[inline(always)]
+pub fn sched_wakeup_new_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exec")]
+#[inline(always)]
+pub fn sched_process_exec_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sched_process_exit")]
+#[inline(always)]
+pub fn sched_process_exit_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[perf_event]
+#[inline(always)]
+pub fn cpu_clock_tick_empty(_ctx: PerfEventContext) -> u32 {
+    0
+}
+
+// --- Periodic flush of the running task's time (software cpu-clock event, every CPU). ---
+
+#[perf_event]
+#[inline(always)]
+pub fn cpu_clock_tick(_ctx: PerfEventContext) -> u32 {
+    sched::on_tick();
+    0
+}
+
+/// The tick beside `sched_switch_btf` when it reads the kernel's accounting.
+#[perf_event]
+#[inline(always)]
+pub fn cpu_clock_tick_accounted(_ctx: PerfEventContext) -> u32 {
+    if let Some(offsets) = sched::task_accounting() {
+        // SAFETY: the helper returns a trusted pointer to `current`.
+        let current = unsafe { sched::Task::new(bpf_get_current_task_btf().cast_const().cast()) };
+        sched::on_accounted_tick(current, &offsets);
+    }
+    0
+}
+
+// --- The HTTP idle sweep (a software cpu-clock event on one CPU). ---
+
+/// Ends the responses that keep-alive connections left waiting (`http::sweep_idle_responses`).
+/// A program of its own, attached with the HTTP programs: the scheduler's tick stays free of
+/// the sweep's loops, which kernels without `bpf_loop` refuse, and measures CPU time there.
+#[perf_event]
+#[inline(always)]
+pub fn http_idle_sweep(_ctx: PerfEventContext) -> u32 {
+    // SAFETY: no preconditions.
+    http::sweep_idle_responses(unsafe { bpf_ktime_get_ns() });
+    0
+}
+
+#[perf_event]
+#[inline(always)]
+pub fn http_idle_sweep_empty(_ctx: PerfEventContext) -> u32 {
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
