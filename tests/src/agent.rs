@@ -36,6 +36,15 @@ pub fn monitor_bin() -> PathBuf {
     path
 }
 
+/// Arguments every agent of the run gets besides its own: `MONITOR_TEST_AGENT_ARGS`,
+/// split at blanks (`cargo xtask test` runs the HTTP tests again with `--bounded-loops
+/// --preallocated-maps`).
+fn extra_args() -> Vec<String> {
+    std::env::var("MONITOR_TEST_AGENT_ARGS")
+        .map(|args| args.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
 pub fn require_root() {
     // SAFETY: no preconditions.
     let euid = unsafe { libc::geteuid() };
@@ -80,6 +89,7 @@ impl MonitorAgent {
             .arg(format!("127.0.0.1:{port}"))
             .args(["--refresh-interval", "200ms", "--log-level", "warn"])
             .args(args)
+            .args(extra_args())
             .stdin(Stdio::null());
         let log = NamedTempFile::new().expect("a temp file for the log");
         launcher.stderr(log.reopen().expect("opening the log"));
