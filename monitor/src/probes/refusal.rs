@@ -18,7 +18,7 @@ pub fn brief(error: &anyhow::Error) -> String {
             log::debug!("the verifier's log ({}):\n{log}", parts.join(": "));
             parts.push(format!(
                 "the kernel refused it ({io_error}): {}",
-                verifier_reason(&log)
+                refusal_reason(io_error, &log)
             ));
             // What follows is the same error's source again.
             break;
@@ -26,6 +26,19 @@ pub fn brief(error: &anyhow::Error) -> String {
         parts.push(cause.to_string());
     }
     parts.join(": ")
+}
+
+/// Why the kernel refused a program, from the load's error and the verifier's log. When the
+/// log outgrew aya's largest buffer (ENOSPC) it was cut off before its reason, and its last
+/// line is the middle of a state dump: that is said instead.
+pub fn refusal_reason<'a>(error: &std::io::Error, log: &'a str) -> &'a str {
+    const ENOSPC: i32 = 28;
+    if error.raw_os_error() == Some(ENOSPC) {
+        return "the verifier's log outgrew its buffer and lost the reason (the program is \
+                probably too complex for this kernel's verifier; `--log-level debug` shows \
+                what there is)";
+    }
+    verifier_reason(log)
 }
 
 /// The verifier's reason for refusing a program: the last line of its log that is not one
@@ -75,6 +88,21 @@ processed 12 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_sta
         assert_eq!(
             verifier_reason(LOG_WALK),
             "invalid bpf_context access off=24 size=8"
+        );
+    }
+
+    /// 5.15 on a program its verifier could not finish, as aya's retries left it: the log
+    /// cut off in a state dump, and ENOSPC.
+    #[test]
+    fn a_log_cut_off_is_not_taken_for_the_reason() {
+        let cut = "frame1: R0=map_value(id=0,off=0,ks=4,vs=528,imm=0) R1_w=inv1 R2=map_value(id";
+        let enospc = std::io::Error::from_raw_os_error(28);
+        let reason = refusal_reason(&enospc, cut);
+        assert!(reason.contains("outgrew its buffer"), "{reason}");
+        let einval = std::io::Error::from_raw_os_error(22);
+        assert_eq!(
+            refusal_reason(&einval, LOG_5_10),
+            "number of funcs in func_info doesn't match number of subprogs"
         );
     }
 
