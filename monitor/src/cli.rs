@@ -10,7 +10,8 @@ use clap::Parser;
 ///
 /// Needs root, or CAP_BPF + CAP_PERFMON (+ CAP_SYS_ADMIN to mount tracefs where BTF is
 /// missing) and CAP_SYS_PTRACE + CAP_DAC_READ_SEARCH, and a Linux kernel with BPF tracepoints
-/// (5.17+; BTF tracepoints are used where the kernel has BTF, classic tracepoints otherwise).
+/// (5.12+ for HTTP, 5.8+ for CPU alone; BTF tracepoints are used where the kernel has BTF,
+/// classic tracepoints otherwise).
 /// Once attached it keeps only CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH.
 #[derive(Debug, Parser)]
 #[command(
