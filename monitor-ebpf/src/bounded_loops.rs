@@ -9,4 +9,13 @@
 #[path = "loops/bounded.rs"]
 mod loops;
 
-include!("programs.rs");
+mod client;
+mod files;
+mod fork;
+mod handoff;
+mod http;
+mod maps;
+mod programs;
+mod sched;
+mod server;
+mod syscalls;

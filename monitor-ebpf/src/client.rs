@@ -20,12 +20,12 @@ use monitor_common::{
 };
 
 use crate::{
-    loops,
     http::{
         ECONNRESET, EventBytes, announce, bytes_print, capture, capture_after, capture_words,
         claim_response, config, current_tgid, feed_value, finish_response, first_bytes, head,
         list_for_sweep, mark_measured, measured, now_ns, read_user, read_value,
     },
+    loops,
     maps::{
         CAPTURE, CLIENT_ERRORS, CONNECT_ERRORS, CONNECTIONS, Capture, HOST_COUNT, HOSTS_SEEN, count,
     },

@@ -30,12 +30,12 @@ use monitor_common::http::{
 use monitor_common::{fingerprint, verifier::hide};
 
 use crate::{
-    loops,
-    client, fork,
+    client, fork, loops,
     maps::{
-        CAPTURE, CONNECTIONS, Capture, SWEEP_CONTEXT, SweepContext, ValueRange, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
+        CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
         HTTP_EVENTS_WAKE_AT, IDLE_CANDIDATES, IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS,
-        MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS, SERVING_PROCESSES, ZERO_DURATION, count,
+        MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS, SERVING_PROCESSES, SWEEP_CONTEXT,
+        SweepContext, ValueRange, ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
@@ -616,7 +616,6 @@ fn set_ring_word(index: u32, value: u64) {
 fn ring_word(index: u32) -> u64 {
     IDLE_RINGS.get(index).copied().unwrap_or(0)
 }
-
 
 /// Ends responses whose connection has waited, with nothing moving, for the idle timeout: the
 /// last request of a keep-alive connection would otherwise be counted only when the next

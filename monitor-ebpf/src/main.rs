@@ -15,4 +15,13 @@
 #[path = "loops/bpf_loop.rs"]
 mod loops;
 
-include!("programs.rs");
+mod client;
+mod files;
+mod fork;
+mod handoff;
+mod http;
+mod maps;
+mod programs;
+mod sched;
+mod server;
+mod syscalls;

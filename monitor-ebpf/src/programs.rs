@@ -1,15 +1,5 @@
-// The modules and programs of both objects (`main.rs`, `bounded_loops.rs`): included, not a
-// module, so that each object's `crate::loops` is its own.
-
-mod client;
-mod files;
-mod fork;
-mod handoff;
-mod http;
-mod maps;
-mod sched;
-mod server;
-mod syscalls;
+//! The programs of both objects (`main.rs`, `bounded_loops.rs`), each a few lines calling
+//! into a module. Each object's crate root declares the modules, with its own `loops`.
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -21,7 +11,10 @@ use aya_ebpf::{
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
 };
 
-use crate::{maps::SCHED_TP_LAYOUT, sched::Switch, syscalls::SyscallExit};
+use crate::{
+    fork, handoff, http, maps, maps::SCHED_TP_LAYOUT, sched, sched::Switch, syscalls,
+    syscalls::SyscallExit,
+};
 
 // Every entry point is `#[inline(always)]`: the macros wrap it in the real program and drop
 // its return value, so as a separate BPF function it could return garbage in r0, which the

@@ -21,7 +21,6 @@ use monitor_common::{
 };
 
 use crate::{
-    loops,
     client::final_response_after_interim,
     files::{port_allowed, socket_local_port},
     http::{
@@ -29,6 +28,7 @@ use crate::{
         first_16, head, list_for_sweep, mark_measured, mark_serving, measured, now_ns, opaque,
         proxy_header_len, read_value, recapture_after, status_of, target_print,
     },
+    loops,
     maps::{
         CAPTURE, CONNECTIONS, Capture, LISTENERS, PARTIAL_PATHS, ROUTE_COUNT, ROUTES_SEEN,
         ZERO_PARTIAL, count,
