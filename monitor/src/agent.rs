@@ -239,6 +239,20 @@ fn map_allocation(release: &str, forced: bool) -> MapAllocation {
     MapAllocation::Preallocated
 }
 
+/// The build of the programs for this kernel (see `probes::loops`), said once when it is the
+/// one with bounded loops.
+fn program_loops(release: &str, forced: bool) -> Loops {
+    let why = if forced {
+        "--bounded-loops".to_owned()
+    } else if probes::loops::choose(Path::new(task_offsets::KERNEL_BTF), release) == Loops::Helper {
+        return Loops::Helper;
+    } else {
+        format!("kernel {release} has no bpf_loop (Linux 5.17)")
+    };
+    log::info!("{why}: the programs built with bounded loops are loaded");
+    Loops::Bounded
+}
+
 /// Why a kernel older than 5.12 refuses the HTTP programs, for the error that says so.
 fn http_kernel_hint(release: &str) -> &'static str {
     if preflight::release_older_than(release, (5, 12)) {
@@ -318,20 +332,7 @@ impl Agent {
         }
         let release = preflight::kernel_release();
         let map_allocation = map_allocation(&release, settings.preallocated_maps);
-        let loops = if settings.bounded_loops {
-            log::info!(
-                "--bounded-loops: the programs built for kernels without bpf_loop are loaded"
-            );
-            Loops::Bounded
-        } else {
-            probes::loops::choose(Path::new(task_offsets::KERNEL_BTF), &release)
-        };
-        if loops == Loops::Bounded && !settings.bounded_loops {
-            log::info!(
-                "kernel {release} has no bpf_loop (Linux 5.17): the programs built with bounded \
-                 loops are loaded"
-            );
-        }
+        let loops = program_loops(&release, settings.bounded_loops);
         let load = |task_accounting| -> Result<Ebpf> {
             let mut ebpf = probes::load(
                 &MapSizes {

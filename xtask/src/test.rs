@@ -1,6 +1,8 @@
 //! `cargo xtask test`: what CI runs. Set-up, lint, unit tests, then the integration tests that
 //! load the real BPF programs (root).
 
+use std::process::Command;
+
 use anyhow::{Result, bail};
 
 use crate::{
@@ -24,38 +26,35 @@ pub fn test(filter: Option<&str>) -> Result<()> {
         "monitor-tests",
     ]))?;
     build_release()?;
-    // One test at a time: the tests measure CPU time and scheduling, which neighbours disturb.
-    let mut integration = cargo();
-    integration
-        .args(["test", "--package", "monitor-tests"])
-        .env("MONITOR_BIN", monitor_binary());
-    if let Some(filter) = filter {
-        integration.arg(filter);
-    }
-    integration.args(["--", "--test-threads=1"]);
-    run(&mut integration)?;
+    run(&mut integration_tests(filter, &[], None))?;
     // The HTTP tests again as kernels before 5.17 have them: the programs built without
     // `bpf_loop`, which share every step with the others but loop their own way, and every
     // map preallocated (the duration histograms capped).
-    let mut bounded = cargo();
-    bounded
-        .args(["test", "--package", "monitor-tests"])
-        .args(
-            BOUNDED_LOOP_SUITES
-                .iter()
-                .flat_map(|suite| ["--test", suite]),
-        )
-        .env("MONITOR_BIN", monitor_binary())
-        .env(
-            "MONITOR_TEST_AGENT_ARGS",
-            "--bounded-loops --preallocated-maps",
-        );
-    if let Some(filter) = filter {
-        bounded.arg(filter);
-    }
-    bounded.args(["--", "--test-threads=1"]);
-    run(&mut bounded)
+    run(&mut integration_tests(
+        filter,
+        BOUNDED_LOOP_SUITES,
+        Some("--bounded-loops --preallocated-maps"),
+    ))
 }
 
 /// The integration tests run a second time with `--bounded-loops --preallocated-maps`.
 const BOUNDED_LOOP_SUITES: &[&str] = &["http_server", "http_client"];
+
+/// `cargo test` of the integration tests: `suites` (all when empty), those whose name has
+/// `filter`, every agent started with `agent_args` besides its own. One test at a time: the
+/// tests measure CPU time and scheduling, which neighbours disturb.
+fn integration_tests(filter: Option<&str>, suites: &[&str], agent_args: Option<&str>) -> Command {
+    let mut tests = cargo();
+    tests
+        .args(["test", "--package", "monitor-tests"])
+        .args(suites.iter().flat_map(|suite| ["--test", suite]))
+        .env("MONITOR_BIN", monitor_binary());
+    if let Some(args) = agent_args {
+        tests.env("MONITOR_TEST_AGENT_ARGS", args);
+    }
+    if let Some(filter) = filter {
+        tests.arg(filter);
+    }
+    tests.args(["--", "--test-threads=1"]);
+    tests
+}

@@ -17,16 +17,6 @@ pub enum Loops {
     Bounded,
 }
 
-impl Loops {
-    /// What the start-up summary says.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Loops::Helper => "bpf_loop",
-            Loops::Bounded => "bounded loops",
-        }
-    }
-}
-
 /// `Helper` where the kernel has `bpf_loop`: its BTF has the helper's function (Linux 5.17,
 /// or a backport); without BTF, its release says.
 pub fn choose(btf: &Path, release: &str) -> Loops {

@@ -111,31 +111,32 @@ pub fn load(
 ) -> Result<Ebpf> {
     let mut loader = EbpfLoader::new();
     let built = object_for(loops);
+    loader
+        .map_max_entries("CPU_TIME", sizes.max_processes)
+        .map_max_entries("RUNQ_LATENCY", sizes.max_processes)
+        .map_max_entries("PROCESS_META", sizes.max_processes);
     let object = match allocation {
         MapAllocation::OnDemand => None,
         MapAllocation::Preallocated => {
             let cpus = aya::util::nr_cpus()
                 .map_err(|(what, error)| anyhow::anyhow!("counting the CPUs ({what}): {error}"))?;
-            loader.map_max_entries(
-                "HTTP_DURATION",
-                allocation::preallocated_duration_entries(HTTP_DURATION_ENTRIES, cpus),
-            );
+            loader
+                .map_max_entries(
+                    "RUNQ_LATENCY",
+                    sizes
+                        .max_processes
+                        .min(allocation::PREALLOCATED_RUNQ_ENTRIES),
+                )
+                .map_max_entries(
+                    "HTTP_DURATION",
+                    allocation::preallocated_duration_entries(HTTP_DURATION_ENTRIES, cpus),
+                );
             Some(allocation::preallocated(
                 built,
                 allocation::RUN_TIME_ALLOCATED_MAPS,
             )?)
         }
     };
-    let runq_entries = match allocation {
-        MapAllocation::OnDemand => sizes.max_processes,
-        MapAllocation::Preallocated => sizes
-            .max_processes
-            .min(allocation::PREALLOCATED_RUNQ_ENTRIES),
-    };
-    loader
-        .map_max_entries("CPU_TIME", sizes.max_processes)
-        .map_max_entries("RUNQ_LATENCY", runq_entries)
-        .map_max_entries("PROCESS_META", sizes.max_processes);
     if let Some(offsets) = &task_accounting {
         loader.override_global("TASK_ACCOUNTING", offsets, true);
     }
