@@ -112,6 +112,7 @@ pub fn load(
     let mut loader = EbpfLoader::new();
     let built = object_for(loops);
     loader
+        .verifier_log_level(refusal::verifier_log_level())
         .map_max_entries("CPU_TIME", sizes.max_processes)
         .map_max_entries("RUNQ_LATENCY", sizes.max_processes)
         .map_max_entries("PROCESS_META", sizes.max_processes);

@@ -1,9 +1,24 @@
 //! A program the kernel refused, told in one line. aya's load error carries the verifier's
-//! whole log, hundreds of lines for a large program, which buried the start-up log on older
-//! kernels; the reason is the log's last line that is not a statistic. The whole log goes to
-//! debug level (`--log-level debug`), for a bug report.
+//! log, which buried the start-up log on older kernels; the reason is the log's last line that
+//! is not a statistic. The log goes to debug level (`--log-level debug`), for a bug report;
+//! the walk of every instruction in it only at trace level (`verifier_log_level`).
 
-use aya::programs::ProgramError;
+use aya::{VerifierLogLevel, programs::ProgramError};
+
+/// What the verifier writes in its log when it refuses a program. aya loads a program without
+/// a log first, and only when the kernel refuses it loads it again with one, ten times larger
+/// each time the log did not fit. At aya's default level the kernel prints every instruction
+/// and state it walked: megabytes for the HTTP programs, so up to five more full passes, each
+/// slowed by the printing (7.5 minutes on 5.15 under emulation for a build it refused). At
+/// the statistics level it prints its reason and statistics only: one more pass, and the
+/// reason is the same line. The walk is for a developer: `--log-level trace`.
+pub fn verifier_log_level() -> VerifierLogLevel {
+    if log::log_enabled!(log::Level::Trace) {
+        VerifierLogLevel::DEBUG | VerifierLogLevel::STATS
+    } else {
+        VerifierLogLevel::STATS
+    }
+}
 
 /// `error` and its causes, as `{error:#}` prints them, with a verifier log cut to its reason.
 pub fn brief(error: &anyhow::Error) -> String {
