@@ -400,7 +400,7 @@ impl Agent {
                                  is recorded only when the connection closes",
                                 refusal::brief(&error)
                             );
-                            unavailable.push("http_idle_sweep");
+                            unavailable.push(probes::http::IDLE_SWEEP_HOOK);
                         }
                     }
                     attach_syscall_entries(

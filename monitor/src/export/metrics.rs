@@ -203,8 +203,8 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
 /// One series per hook whose program could not be attached (refused by the kernel, or a
 /// classic tracepoint without tracefs): `sys_exit` (no HTTP metrics at
 /// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only),
-/// `sched_process_fork` (forking servers' children not followed), `http_idle_sweep` (a
-/// keep-alive connection's last response recorded at its close).
+/// `sched_process_fork` (forking servers' children not followed), `cpu_clock_one_cpu` (the
+/// HTTP idle sweep: a keep-alive connection's last response recorded at its close).
 fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
     hooks
         .iter()
@@ -214,8 +214,8 @@ fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
                 "Hooks whose BPF program could not be attached (1): sys_exit leaves no HTTP \
                  metrics; sys_enter_close and sys_enter_sendmsg leave their syscalls seen at \
                  the exit only; sched_process_fork leaves forking servers' children \
-                 unfollowed; http_idle_sweep leaves a keep-alive connection's last response \
-                 to be recorded at its close. The agent's log says why.",
+                 unfollowed; cpu_clock_one_cpu (the HTTP idle sweep) leaves a keep-alive \
+                 connection's last response to be recorded at its close. The agent's log says why.",
             ),
             |family, hook| family.value(&[("hook", hook)], 1.0),
         )

@@ -170,6 +170,9 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
 /// timeout (`--http-idle-timeout`), within a period of its end.
 const IDLE_SWEEP_PERIOD_NS: u64 = monitor_common::sched::TICK_PERIOD_NS;
 
+/// The idle sweep's hook, as `monitor_bpf_program_info` and `monitor_hook_unavailable` name it.
+pub const IDLE_SWEEP_HOOK: &str = "cpu_clock_one_cpu";
+
 /// Attaches the idle sweep, which ends the responses keep-alive connections left waiting
 /// (`http_idle_sweep` in the BPF crate), to a clock event on the first online CPU: one CPU
 /// sweeps. With `empty`, a program that does nothing.
@@ -184,7 +187,7 @@ pub fn attach_idle_sweep(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram
     let cpu = *online_cpus()?.first().context("no online CPU listed")?;
     attach_cpu_clock(program, name, &[cpu], IDLE_SWEEP_PERIOD_NS)?;
     Ok(AttachedProgram {
-        hook: "cpu_clock_one_cpu",
+        hook: IDLE_SWEEP_HOOK,
         kind: HookKind::PerfEvent,
         program: name,
     })
