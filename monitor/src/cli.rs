@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, builder::BoolishValueParser};
 
 /// eBPF host monitor: RED metrics (rate, errors, duration) of every HTTP/1.x server and client
 /// on the host, CPU time per process and run-queue latency per service, measured in the
@@ -65,7 +65,7 @@ pub struct Cli {
     /// the agent runs; costs some tens of nanoseconds per program run). Shown in
     /// monitor_bpf_program_run_time_seconds_total. Needs CAP_SYS_ADMIN: without it the agent
     /// stops at start.
-    #[arg(long, env = "MONITOR_BPF_STATS")]
+    #[arg(long, env = "MONITOR_BPF_STATS", value_parser = BoolishValueParser::new())]
     pub bpf_stats: bool,
 
     /// Which kind of scheduler hooks to attach: `auto` tries BTF tracepoints (cheapest) and falls
@@ -136,7 +136,7 @@ pub struct Cli {
 
     /// Measure CPU time and run-queue waits only: load no HTTP programs, so that nothing of
     /// the agent's runs at syscalls. The HTTP metrics stay at zero.
-    #[arg(long, env = "MONITOR_NO_HTTP")]
+    #[arg(long, env = "MONITOR_NO_HTTP", value_parser = BoolishValueParser::new())]
     pub no_http: bool,
 
     /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show

@@ -3,7 +3,9 @@
 use std::{process::Command, time::Duration};
 
 use monitor_tests::{
-    MonitorAgent, bpf,
+    MonitorAgent,
+    agent::monitor_bin,
+    bpf,
     http::{client, get},
     metrics::documented_sample_names,
     poll_until,
@@ -67,10 +69,14 @@ fn serves_metrics_and_health_and_nothing_else() {
 }
 
 /// `--no-http`: CPU time and run-queue waits only. No program of the agent's runs at
-/// syscalls, and a server's requests are not counted while its CPU time is.
+/// syscalls, and a server's requests are not counted while its CPU time is. Set as a unit
+/// file's environment would (`MONITOR_NO_HTTP=1`: a switch takes 1, yes and on, not only
+/// true).
 #[test]
 fn with_no_http_only_the_scheduler_programs_run() {
-    let agent = MonitorAgent::start(&["--no-http", "--refresh-interval", "100ms"]);
+    let mut launcher = Command::new(monitor_bin());
+    launcher.env("MONITOR_NO_HTTP", "1");
+    let agent = MonitorAgent::start_with(launcher, &["--refresh-interval", "100ms"]);
     let server = Server::python();
     let http = client();
     assert_eq!(get(&http, &server.url("/status/200")), 200);
