@@ -880,8 +880,10 @@ pub struct Connection {
     /// route skip the budget look-up.
     pub cached_template: u64,
     pub cached_route: u64,
-    /// Client: body bytes still to come when the response declared a Content-Length.
-    pub body_remaining: u64,
+    /// Client: for a body of declared length (Content-Length), the bytes still to come; for a
+    /// chunked body, its last bytes read so far (up to 8, the newest in the low byte), where
+    /// its end shows.
+    pub body_state: u64,
     pub templater: RouteTemplater,
     /// `fingerprint::*` of the bytes that decided `cached_route` (server: the request line up
     /// to the end of its target; client: the request head), 0 for none: the same bytes again
@@ -931,7 +933,7 @@ impl Connection {
             route: 0,
             cached_template: 0,
             cached_route: 0,
-            body_remaining: 0,
+            body_state: 0,
             templater: RouteTemplater::new(),
             request_print: 0,
             response_print: 0,

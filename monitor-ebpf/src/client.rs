@@ -209,11 +209,14 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
                     if body_here >= length {
                         let _ = finish_response(conn, tgid, now);
                     } else {
-                        conn.body_remaining = length - body_here;
+                        conn.body_state = length - body_here;
                     }
                 }
-                framing::CHUNKED if ends_chunked_body(buffer, ret) => {
-                    let _ = finish_response(conn, tgid, now);
+                framing::CHUNKED => {
+                    conn.body_state = 0;
+                    if ends_chunked_body(conn, buffer, ret) {
+                        let _ = finish_response(conn, tgid, now);
+                    }
                 }
                 // Close-delimited, or a head too long to read: the end comes later.
                 _ => {}
@@ -221,15 +224,17 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
         }
         phase::RESPONSE => {
             conn.last_io_ns = now;
-            match conn.framing {
+            // A copy: the chunked guard below takes the connection mutably.
+            let body_framing = conn.framing;
+            match body_framing {
                 framing::LENGTH => {
-                    if ret as u64 >= conn.body_remaining {
+                    if ret as u64 >= conn.body_state {
                         let _ = finish_response(conn, tgid, now);
                     } else {
-                        conn.body_remaining -= ret as u64;
+                        conn.body_state -= ret as u64;
                     }
                 }
-                framing::CHUNKED if ends_chunked_body(buffer, ret) => {
+                framing::CHUNKED if ends_chunked_body(conn, buffer, ret) => {
                     let _ = finish_response(conn, tgid, now);
                 }
                 _ => {}
@@ -621,18 +626,46 @@ fn response_framing(
     (framing, head_len, length)
 }
 
-/// Whether this read ends with the zero-size chunk that closes a chunked body.
+/// The end of a chunked body as the bytes show it: the line break that ends the head or the
+/// last chunk's data, the zero-size chunk, and the empty line after it (no trailer).
+const CHUNKED_END: u64 = u64::from_be_bytes(*b"\0\r\n0\r\n\r\n");
+const CHUNKED_END_MASK: u64 = (1 << 56) - 1;
+
+/// Whether the body's bytes so far, this read's last, end with the zero-size chunk that closes
+/// a chunked body; keeps their last bytes in `body_state` for a read that brings fewer. The
+/// line break before the zero tells the chunk apart from a head whose last header's value
+/// ends in 0 (`max-age=0`), or a chunk's data that does. Not followed: a trailer after the
+/// last chunk, and a read into several buffers; such a response ends at the close, counted
+/// as cut off.
 #[inline(always)]
-fn ends_chunked_body(buffer: Buffer, ret: i64) -> bool {
+fn ends_chunked_body(conn: &mut Connection, buffer: Buffer, ret: i64) -> bool {
     let Some((start, available)) = first_bytes(buffer, ret) else {
         return false;
     };
-    // Only when the read's bytes are all in its first buffer; otherwise the sweep ends it.
-    if ret < 5 || (available as i64) < ret {
+    if ret <= 0 || (available as i64) < ret {
         return false;
     }
-    // SAFETY: the helper checks the user address.
-    let tail: Result<[u8; 5], _> =
-        unsafe { bpf_probe_read_user((start + ret as u64 - 5) as *const [u8; 5]) };
-    matches!(tail, Ok(tail) if &tail == b"0\r\n\r\n")
+    let end = start + ret as u64;
+    let last = if ret >= 8 {
+        // SAFETY: the helper checks the user address.
+        match unsafe { bpf_probe_read_user((end - 8) as *const [u8; 8]) } {
+            Ok(bytes) => u64::from_be_bytes(bytes),
+            Err(_) => return false,
+        }
+    } else {
+        // A read of a few bytes (the terminator split across reads): shifted in one by one.
+        let mut last = conn.body_state;
+        for i in 0..7 {
+            if i < ret as u64 {
+                // SAFETY: as above.
+                match unsafe { bpf_probe_read_user((start + i) as *const u8) } {
+                    Ok(byte) => last = last << 8 | byte as u64,
+                    Err(_) => return false,
+                }
+            }
+        }
+        last
+    };
+    conn.body_state = last;
+    last & CHUNKED_END_MASK == CHUNKED_END
 }

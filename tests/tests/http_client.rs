@@ -475,6 +475,85 @@ fn a_long_response_head_still_tells_a_cut_off_body_from_a_whole_one() {
     assert_eq!(client_count(&scrape, &name, &cut_address, 200), None);
 }
 
+/// A server in this test that answers every request on its connections with a chunked
+/// response written in `parts`, `pause` apart.
+fn chunked_server(parts: &'static [&'static [u8]], pause: Duration) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            thread::spawn(move || {
+                stream.set_nodelay(true).unwrap();
+                let mut request = [0u8; 4096];
+                while matches!(stream.read(&mut request), Ok(n) if n > 0) {
+                    for (i, part) in parts.iter().enumerate() {
+                        if i > 0 {
+                            thread::sleep(pause);
+                        }
+                        if stream.write_all(part).is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A chunked response ends at its zero-size chunk, not at bytes that look like it: here the
+/// head comes alone and its last header's value ends in 0 (nginx puts `add_header` lines
+/// such as HSTS last), a chunk's data ends in `0` and a line break (a CSV row), and the
+/// terminator comes in two writes, 150 ms apart. Before, the response ended at the head's
+/// read, a success of a few microseconds where curl waited 450 ms, and a terminator split
+/// across reads was never seen: the response was counted as cut off at the close.
+#[test]
+fn a_chunked_response_ends_at_its_last_chunk_only() {
+    const PARTS: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\
+          Strict-Transport-Security: max-age=31536000\r\n\r\n",
+        b"6\r\na,b,0\n\r\n",
+        b"7\r\nc,d,0\r\n\r\n0\r\n",
+        b"\r\n",
+    ];
+    let port = chunked_server(PARTS, Duration::from_millis(150));
+    let agent = MonitorAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &name);
+    let url = format!("http://127.0.0.1:{port}/rows");
+    // Two requests on one keep-alive connection: the second is counted only if the first
+    // response ended where it did.
+    let output = Command::new(&curl)
+        .args(["-s", "-w", "%{http_code} %{time_total}\\n"])
+        .args(["-o", "/dev/null", "-o", "/dev/null", &url, &url])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let address = format!("127.0.0.1:{port}");
+    let scrape = wait_until(&agent, "2 client observations", |scrape| {
+        client_count(scrape, &name, &address, 200) == Some(2)
+    });
+    let buckets = scrape
+        .histogram(CLIENT_DURATION, &[("service_name", name.as_str())])
+        .unwrap();
+    let at = |bound: f64| buckets.iter().find(|(le, _)| *le == bound).unwrap().1;
+    assert_eq!(
+        (at(0.25), at(1.0)),
+        (0, 2),
+        "curl: {}; the agent: {buckets:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let errors = scrape
+        .matching(
+            "http_client_request_errors_total",
+            &[("service_name", name.as_str())],
+        )
+        .count();
+    assert_eq!(errors, 0, "{}", describe_http(&agent.metrics_text()));
+}
+
 /// A client that has used up its ephemeral ports gets EADDRNOTAVAIL from connect at once:
 /// the first sign of a client near capacity, counted with the other connect errors.
 #[test]
