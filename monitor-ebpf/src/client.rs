@@ -538,8 +538,30 @@ pub fn final_response_after_interim(buffer: Buffer, ret: i64) -> Option<AfterInt
     if ret <= 0 || (available as i64) < ret {
         return None;
     }
-    let found = final_after_interim(source, ret as u64);
-    (found != 0).then_some(AfterInterim {
+    let total = ret as u64;
+    let mut found = final_after_interim(source, total, 0);
+    if found & LONG_INTERIM != 0 {
+        // An interim head longer than the capture (a 103 with many `Link` lines), at `at`:
+        // read on in windows, as a final response's head is. Called from here rather than
+        // from `final_after_interim`, whose frame would put the walk past the stack's limit.
+        let at = found >> 32;
+        if read_long_head(source + at, total - at) != 0 {
+            return None;
+        }
+        let scratch = CAPTURE.get_ptr(0)?;
+        // SAFETY: a per-CPU map value, only used by this program run; `read_long_head` left
+        // its result there.
+        let head_len = unsafe { (*scratch).long_head.head_len } as u64;
+        if head_len == 0 {
+            return None;
+        }
+        found = final_after_interim(source + at, total - at, head_len);
+        if found & LONG_INTERIM != 0 {
+            return None;
+        }
+        found += at << 32;
+    }
+    (found as u16 != 0).then_some(AfterInterim {
         status: found as u16,
         source,
         start: found >> 32,
@@ -547,31 +569,46 @@ pub fn final_response_after_interim(buffer: Buffer, ret: i64) -> Option<AfterInt
     })
 }
 
+/// In `final_after_interim`'s answer: the interim head at `start` is longer than the capture.
+const LONG_INTERIM: u64 = 1 << 15;
+
 /// `final_response_after_interim` of `available` bytes at `source`, packed as
 /// `status | captured << 16 | start << 32`; 0 when no final response starts in them (it comes
-/// in a later read or write), or an interim head does not fit in one capture. Leaves the final
-/// response's first bytes in the capture. A global function, like `scan_host`: only interim
-/// responses pay for it.
+/// in a later read or write); `LONG_INTERIM | start << 32` when the interim head at `start`
+/// does not end in the capture. `first_head_len`, when not 0, is the length of the first
+/// interim head, already read. Leaves the final response's first bytes in the capture. A
+/// global function, like `scan_host`: only interim responses pay for it.
 #[inline(never)]
 #[unsafe(no_mangle)]
-pub extern "C" fn final_after_interim(source: u64, available: u64) -> u64 {
+pub extern "C" fn final_after_interim(source: u64, available: u64, first_head_len: u64) -> u64 {
     let Some((_, mut len)) = capture(Buffer::Plain(source), available as i64) else {
         return 0;
     };
     let mut start = 0;
     let mut heads = 0;
+    let mut known_head_len = first_head_len;
     while heads < MAX_INTERIM_HEADS {
-        if walk_response_head(len as u64) != 0 {
-            return 0;
-        }
-        let Some(scratch) = CAPTURE.get_ptr(0) else {
-            return 0;
+        let head_len = if known_head_len != 0 {
+            known_head_len
+        } else {
+            if walk_response_head(len as u64) != 0 {
+                return 0;
+            }
+            let Some(scratch) = CAPTURE.get_ptr(0) else {
+                return 0;
+            };
+            // SAFETY: a per-CPU map value, only used by this program run.
+            let head_len = unsafe { (*scratch).lines.head_len } as u64;
+            if head_len == 0 {
+                return if len == CAPTURE_LEN {
+                    LONG_INTERIM | start << 32
+                } else {
+                    0
+                };
+            }
+            head_len
         };
-        // SAFETY: a per-CPU map value, only used by this program run.
-        let head_len = unsafe { (*scratch).lines.head_len } as u64;
-        if head_len == 0 {
-            return 0;
-        }
+        known_head_len = 0;
         start += head_len;
         if start >= available {
             return 0;
