@@ -27,6 +27,10 @@ const EXIT_SETTLE_NS: u64 = 500_000_000;
 /// space wraps, so a recent name is still the right one).
 const RETIRED_NAMES: usize = 16_384;
 
+/// How long after a process is retired a sample of its pid may still be its own last slice,
+/// flushed late by a CPU (seen at one of the next refreshes); later, the pid is a new process.
+const LATE_FLUSH_WINDOW: Duration = Duration::from_secs(10);
+
 /// What the ledger asks procfs; a trait so the ledger can be tested from fixtures.
 pub trait ProcessFacts {
     fn is_alive(&self, tgid: u32) -> bool;
@@ -88,6 +92,13 @@ struct Tracked {
     last_runq: RunqCounts,
 }
 
+/// A retired process's name, kept for counts of it read late.
+struct Retired {
+    identity: ProcessIdentity,
+    kernel_comm: Option<[u8; COMM_LEN]>,
+    at: Instant,
+}
+
 struct ServiceRunq {
     counts: RunqCounts,
     updated: Instant,
@@ -111,7 +122,7 @@ pub struct ProcessLedger {
     folded_total: u64,
     /// Names of retired processes, for counts of theirs read after they were retired (an
     /// HTTP route learnt a refresh later); kept for `grace`, at most `RETIRED_NAMES`.
-    retired_names: HashMap<u32, (ProcessIdentity, Instant)>,
+    retired_names: HashMap<u32, Retired>,
     runq: BTreeMap<String, ServiceRunq>,
     retired_total: u64,
 }
@@ -156,8 +167,12 @@ impl ProcessLedger {
         }
         for &tgid in &retire {
             if let Some(tracked) = self.live.remove(&tgid) {
-                self.retired_names
-                    .insert(tgid, (tracked.series.identity(), now));
+                let retired = Retired {
+                    identity: tracked.series.identity(),
+                    kernel_comm: tracked.kernel_comm,
+                    at: now,
+                };
+                self.retired_names.insert(tgid, retired);
                 self.ended.push((tracked.series, now));
                 self.retired_total += 1;
             }
@@ -183,11 +198,21 @@ impl ProcessLedger {
         });
         if renamed || !self.live.contains_key(&tgid) {
             // A process retired a moment ago can come back: a CPU still held its last slice
-            // and flushed it after the entries were freed, maybe without a name. It keeps its
-            // name unless it is a new program (an exec) on a reused pid.
+            // and flushed it after the entries were freed, maybe without a name, or under the
+            // name of the thread that ran last. It keeps its name, unless the pid is reused:
+            // by an exec, or by a forked child (alive, its own comm), or later than a flush.
             let exec = sample.meta.is_some_and(|meta| meta.from_exec != 0);
             let identity = match self.retired_names.get(&tgid) {
-                Some((identity, _)) if !renamed && !exec => identity.clone(),
+                Some(retired)
+                    if !renamed
+                        && !exec
+                        && now.saturating_duration_since(retired.at) < LATE_FLUSH_WINDOW
+                        && (kernel_comm.is_none()
+                            || kernel_comm == retired.kernel_comm
+                            || !facts.is_alive(tgid)) =>
+                {
+                    retired.identity.clone()
+                }
                 _ => facts.identify(tgid, sample),
             };
             let previous = self.live.remove(&tgid);
@@ -307,14 +332,12 @@ impl ProcessLedger {
             super::keep_latest(&mut self.folded, folded_budget, |(_, updated)| *updated);
         }
         self.retired_names
-            .retain(|_, (_, retired)| now.saturating_duration_since(*retired) < grace);
+            .retain(|_, retired| now.saturating_duration_since(retired.at) < grace);
         if self.retired_names.len() > RETIRED_NAMES {
             // Keep the newest half: a rare pass, not one per exit.
-            super::keep_latest(
-                &mut self.retired_names,
-                RETIRED_NAMES / 2,
-                |(_, retired)| *retired,
-            );
+            super::keep_latest(&mut self.retired_names, RETIRED_NAMES / 2, |retired| {
+                retired.at
+            });
         }
         // At most: with a grace of zero, histograms updated by this refresh stay.
         self.runq
@@ -363,7 +386,7 @@ impl ProcessLedger {
             None => self
                 .retired_names
                 .get(&tgid)
-                .map(|(identity, _)| identity.clone()),
+                .map(|retired| retired.identity.clone()),
         }
     }
 

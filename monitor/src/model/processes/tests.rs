@@ -61,6 +61,16 @@ fn sample(comm: &str, cpu_ns: u64, exit_ns: u64) -> ProcessSample {
     }
 }
 
+/// A process the kernel first met running, not at an exec (a forked child, or a late flush):
+/// its comm is whichever thread's ran first.
+fn forked(comm: &str, cpu_ns: u64) -> ProcessSample {
+    let mut sample = sample(comm, cpu_ns, 0);
+    if let Some(meta) = &mut sample.meta {
+        meta.from_exec = 0;
+    }
+    sample
+}
+
 fn snapshot(entries: &[(u32, ProcessSample)]) -> SchedSnapshot {
     SchedSnapshot {
         processes: entries.iter().cloned().collect(),
@@ -297,6 +307,65 @@ fn a_retired_process_seen_again_without_a_name_keeps_its_own() {
     assert_eq!(ledger.identity(21).unwrap().service.name, "once");
     assert_eq!(cpu_of(&ledger, 21, "once"), Some(105));
     assert!(ledger.processes().all(|s| s.executable != "unknown"));
+}
+
+/// The last slice flushed late under the name of the thread that ran it: still the process.
+#[test]
+fn a_late_flush_under_a_thread_name_keeps_the_retired_name() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let now = Instant::now();
+    let exited = snapshot(&[(21, sample("java", 100, SECOND))]);
+    ledger.apply(&exited, &alive(&[]), now, 2 * SECOND);
+    let late = snapshot(&[(21, forked("C2 CompilerThre", 5))]);
+    ledger.apply(&late, &alive(&[]), now + Duration::from_secs(1), 2 * SECOND);
+    assert_eq!(series_of(&ledger, 21), vec![("java".to_owned(), 105)]);
+}
+
+/// pid 4 is reused by a forked child (no exec): it is named by its own comm, and the exited
+/// process's series does not grow with its CPU time.
+#[test]
+fn a_pid_reused_by_a_forked_child_is_not_named_after_the_exited_process() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let exited = snapshot(&[(4, sample("nginx", 100, SECOND))]);
+    assert_eq!(ledger.apply(&exited, &alive(&[]), t0, 2 * SECOND), vec![4]);
+    let child = snapshot(&[(4, forked("postgres", 700))]);
+    ledger.apply(
+        &child,
+        &alive(&[4]),
+        t0 + Duration::from_secs(1),
+        3 * SECOND,
+    );
+    let mut series = series_of(&ledger, 4);
+    series.sort();
+    assert_eq!(
+        series,
+        vec![("nginx".to_owned(), 100), ("postgres".to_owned(), 700)]
+    );
+    assert_eq!(ledger.identity(4).unwrap().service.name, "postgres");
+}
+
+/// Past the window of a late flush, even a child with the retired process's comm (another
+/// `python3`, maybe of another container) is named afresh.
+#[test]
+fn a_pid_reused_after_the_late_flush_window_is_named_afresh() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let mut facts = alive(&[]);
+    facts.exec_services.insert(4, "shop".into());
+    let exited = snapshot(&[(4, sample("python3", 100, SECOND))]);
+    ledger.apply(&exited, &facts, t0, 2 * SECOND);
+    let mut facts = alive(&[4]);
+    facts.exec_services.insert(4, "billing".into());
+    let later = t0 + LATE_FLUSH_WINDOW + Duration::from_secs(1);
+    let child = snapshot(&[(4, forked("python3", 700))]);
+    ledger.apply(&child, &facts, later, 20 * SECOND);
+    let mut series = series_of(&ledger, 4);
+    series.sort();
+    assert_eq!(
+        series,
+        vec![("billing".to_owned(), 700), ("shop".to_owned(), 100)]
+    );
 }
 
 #[test]
