@@ -181,23 +181,26 @@ impl Identifier {
 /// parent) keeps its /proc entry but is gone: its descriptors are closed. Its leader alone
 /// may be a zombie while other threads run on: then `Threads` counts them too.
 pub fn is_alive(tgid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{tgid}/status")) {
+    // Bytes: `Name:` is the thread's name as set, not always UTF-8.
+    match fs::read(format!("/proc/{tgid}/status")) {
         Ok(status) => status_says_alive(&status),
         // Unreadable but there (a race with the exit): as before, by the entry.
         Err(_) => Path::new(&format!("/proc/{tgid}")).exists(),
     }
 }
 
-/// `is_alive` from the text of `/proc/<tgid>/status`.
-fn status_says_alive(status: &str) -> bool {
-    let field = |name: &str| {
+/// `is_alive` from the contents of `/proc/<tgid>/status`.
+fn status_says_alive(status: &[u8]) -> bool {
+    let field = |name: &[u8]| {
         status
-            .lines()
+            .split(|&byte| byte == b'\n')
             .find_map(|line| line.strip_prefix(name))
-            .map(str::trim)
+            .map(<[u8]>::trim_ascii)
     };
-    let exited = field("State:").is_some_and(|state| state.starts_with(['Z', 'X']));
-    let threads = field("Threads:").and_then(|n| n.parse::<u32>().ok());
+    let exited = field(b"State:").is_some_and(|state| matches!(state.first(), Some(b'Z' | b'X')));
+    let threads = field(b"Threads:")
+        .and_then(|n| std::str::from_utf8(n).ok())
+        .and_then(|n| n.parse::<u32>().ok());
     !exited || threads.is_some_and(|threads| threads > 1)
 }
 
@@ -313,7 +316,7 @@ mod tests {
     #[test]
     fn a_zombie_is_not_alive_unless_its_threads_run_on() {
         let status = |state: &str, threads: u32| {
-            format!("Name:\tpython3\nState:\t{state}\nTgid:\t7\nThreads:\t{threads}\n")
+            format!("Name:\tpython3\nState:\t{state}\nTgid:\t7\nThreads:\t{threads}\n").into_bytes()
         };
         assert!(status_says_alive(&status("S (sleeping)", 1)));
         assert!(status_says_alive(&status("R (running)", 4)));
@@ -322,6 +325,45 @@ mod tests {
         // The leader exited with pthread_exit; its threads still serve.
         assert!(status_says_alive(&status("Z (zombie)", 3)));
         assert!(is_alive(std::process::id()));
+    }
+
+    /// `prctl(PR_SET_NAME, "ab\xffcd")`: the kernel shows the name's bytes as they are.
+    #[test]
+    fn a_zombie_with_a_name_that_is_not_utf8_is_not_alive() {
+        let status = b"Name:\tab\xffcd\nUmask:\t0022\nState:\tZ (zombie)\nTgid:\t7\nThreads:\t1\n";
+        assert!(!status_says_alive(status));
+        let status = b"Name:\tab\xffcd\nState:\tS (sleeping)\nTgid:\t7\nThreads:\t1\n";
+        assert!(status_says_alive(status));
+    }
+
+    /// The same through procfs: a zombie child of this test whose name is not UTF-8.
+    #[test]
+    fn a_real_zombie_with_a_name_that_is_not_utf8_is_not_alive() {
+        // SAFETY: the child only calls async-signal-safe functions (prctl, _exit).
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0, "fork failed");
+        if child == 0 {
+            let name = b"ab\xffcd\0";
+            // SAFETY: a NUL-terminated name, in the child only.
+            unsafe {
+                libc::prctl(libc::PR_SET_NAME, name.as_ptr());
+                libc::_exit(0);
+            }
+        }
+        let pid = child as u32;
+        // Not reaped yet: a zombie once it has exited, which waitid with WNOWAIT waits for.
+        // SAFETY: siginfo_t is plain data; all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: a valid siginfo_t to fill; the child stays a zombie (WNOWAIT).
+        let waited =
+            unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        assert_eq!(waited, 0);
+        let status = fs::read(format!("/proc/{pid}/status")).unwrap();
+        assert!(status.starts_with(b"Name:\tab\xffcd\n"), "{status:?}");
+        let alive = is_alive(pid);
+        // SAFETY: reaps the child.
+        unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+        assert!(!alive);
     }
 
     fn meta(comm: &str, from_exec: bool) -> ProcessMeta {
