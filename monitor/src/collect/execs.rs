@@ -101,7 +101,7 @@ impl EarlyNames {
     }
 }
 
-/// The thread that names processes at exec; stopped and joined on drop.
+/// The thread that names processes at exec; stopped on drop (see [`ReaderThread`]).
 pub struct ExecNamer {
     _thread: ReaderThread,
 }
