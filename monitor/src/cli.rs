@@ -176,6 +176,16 @@ pub struct Cli {
     /// refuses the switch program that reads them.
     #[arg(long, hide = true, value_delimiter = ',')]
     pub task_offsets: Option<Vec<u32>>,
+
+    /// Tests only: how long a connection to the endpoint may take to send a request head,
+    /// from its accept or its previous response (so also how long an idle one stays open).
+    // 40 s: a scraper at the usual 15 s or 30 s interval keeps its connection (its next
+    // request comes one interval after the last one started), with margin; at 1 min it
+    // reconnects for each scrape, which costs a handshake a minute (and Prometheus retries a
+    // request on a connection closed under it). Longer would only let a dead peer, or one
+    // that sends nothing, hold a connection longer.
+    #[arg(long, hide = true, default_value = "40s", value_parser = nonzero_duration)]
+    pub web_header_read_timeout: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

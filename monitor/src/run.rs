@@ -8,7 +8,7 @@ use std::{
 
 use anyhow::{Context as _, Result};
 use monitor_common::{http::test_fault, sched::test_fault as sched_fault};
-use tokio::{net::TcpListener, signal::unix::SignalKind};
+use tokio::signal::unix::SignalKind;
 
 use crate::{
     agent::{Agent, Settings},
@@ -101,7 +101,6 @@ async fn serve(
     agent: Agent,
     protection: server::Protection,
 ) -> Result<()> {
-    let listener = TcpListener::from_std(listener).context("serving on the bound listener")?;
     let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
     let refresher = tokio::spawn(refresh_periodically(agent.clone(), cli.refresh_interval));
     let render: RenderFn = {
@@ -109,10 +108,19 @@ async fn serve(
         Arc::new(move || with_agent(&agent, Agent::render))
     };
 
+    let settings = server::Settings {
+        header_read_timeout: cli.web_header_read_timeout,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(server::serve(listener, render, protection, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(server::serve(
+        listener,
+        render,
+        protection,
+        settings,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     let signal = wait_for_signal().await?;
     log::info!("received {signal}, shutting down");
     let _ = stop_tx.send(());

@@ -5,6 +5,7 @@ use std::{
     future::Future,
     path::Path,
     sync::{Arc, RwLock},
+    time::Duration,
 };
 
 use anyhow::{Context as _, Result};
@@ -16,8 +17,7 @@ use axum::{
     response::IntoResponse,
     routing::get,
 };
-use axum_server::tls_rustls::RustlsConfig;
-use tokio::net::TcpListener;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
 use super::{
     basic_auth::{self, BasicAuth},
@@ -86,10 +86,20 @@ impl Protection {
     }
 }
 
+/// How the endpoint treats connections.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// How long a connection may take to send a whole request head, from its accept (after
+    /// the TLS handshake) or from its previous response: so also how long an idle keep-alive
+    /// connection is kept.
+    pub header_read_timeout: Duration,
+}
+
 pub async fn serve(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     render: RenderFn,
     protection: Protection,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let auth: basic_auth::SharedAuth = Arc::new(RwLock::new(protection.auth));
@@ -121,23 +131,37 @@ pub async fn serve(
     // Added after the authentication layer, so it stays open: kubelet probes carry no
     // credentials, and "ok" tells nobody anything. TLS still applies to it.
     let app = app.route("/healthz", get(|| async { "ok\n" }));
-    let Some(tls) = tls else {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
-        return Ok(());
-    };
     let handle = axum_server::Handle::new();
     let stop = handle.clone();
     tokio::spawn(async move {
         shutdown.await;
         stop.graceful_shutdown(None);
     });
-    axum_server::from_tcp_rustls(listener.into_std()?, tls)?
+    // One server for both schemes, so both get the same timeouts. The first-request timeout
+    // also covers hyper's detection of HTTP/1 or HTTP/2, which has no timeout of its own.
+    let mut server = axum_server::from_tcp(listener)?
         .handle(handle)
-        .accept_error_handler(|_, error| log::debug!("TLS connection refused: {error}"))
-        .serve(app.into_make_service())
-        .await?;
+        .first_request_timeout(settings.header_read_timeout)
+        .accept_error_handler(|peer, error| match peer {
+            Some(peer) => log::debug!("connection from {peer} closed: {error}"),
+            None => log::debug!("accepting a connection: {error}"),
+        });
+    // axum_server turns hyper's header-read timeout off; it is what closes a connection that
+    // sends nothing, half a request head, or nothing more after a response (a slow loris, or
+    // a scraper gone without a FIN). HTTP/2 has no such timeout: pings find peers gone away.
+    let builder = server.http_builder();
+    builder
+        .http1()
+        .header_read_timeout(settings.header_read_timeout);
+    builder
+        .http2()
+        .keep_alive_interval(settings.header_read_timeout);
+    let app = app.into_make_service();
+    match tls {
+        // HTTP/2 is offered by ALPN over TLS only, as before.
+        None => server.http1_only().serve(app).await?,
+        Some(tls) => server.acceptor(RustlsAcceptor::new(tls)).serve(app).await?,
+    }
     Ok(())
 }
 
