@@ -110,6 +110,7 @@ async fn serve(
 
     let settings = server::Settings {
         header_read_timeout: cli.web_header_read_timeout,
+        limits: Default::default(),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(server::serve(

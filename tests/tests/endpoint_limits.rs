@@ -1,13 +1,36 @@
-//! The endpoint under a flood: connections that send no (or half a) request are closed after
-//! the header-read timeout.
+//! The endpoint under a flood: one peer cannot take every connection, and connections that
+//! send no (or half a) request are closed after the header-read timeout.
 
 use std::{
     io::{ErrorKind, Read, Write},
     net::TcpStream,
+    process::Command,
     time::Duration,
 };
 
-use monitor_tests::{MonitorAgent, poll_until};
+use monitor_tests::{MonitorAgent, Scrape, poll_until};
+
+/// Connections one peer may hold open (`PER_PEER` in monitor/src/export/connection_limit.rs).
+const PER_PEER_CAP: usize = 8;
+const REFUSED: &str = "monitor_web_connections_refused_total";
+const OPEN: &str = "monitor_web_connections_open";
+
+/// `/metrics` fetched by curl from `source`, another loopback address than the tests' other
+/// connections (Linux answers on all of 127.0.0.0/8), so another peer to the agent.
+fn scrape_from(source: &str, agent: &MonitorAgent) -> Scrape {
+    let output = Command::new("curl")
+        .args(["--silent", "--show-error", "--fail", "--max-time", "10"])
+        .args(["--interface", source])
+        .arg(format!("http://127.0.0.1:{}/metrics", agent.port))
+        .output()
+        .expect("running curl");
+    assert!(
+        output.status.success(),
+        "curl from {source}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Scrape::parse(&String::from_utf8_lossy(&output.stdout))
+}
 
 /// Whether the agent closed `stream` (end of file or reset), reading whatever it sent first.
 fn closed_by_agent(mut stream: &TcpStream) -> bool {
@@ -25,6 +48,61 @@ fn closed_by_agent(mut stream: &TcpStream) -> bool {
 
 fn connect(agent: &MonitorAgent) -> TcpStream {
     TcpStream::connect(("127.0.0.1", agent.port)).expect("connecting to the agent")
+}
+
+#[test]
+fn one_peer_cannot_take_every_connection() {
+    let agent = MonitorAgent::start(&[]);
+    let other = "127.0.0.2";
+    // Start with no connection but the scrape's own: those of the start-up's probes close
+    // a moment after their answer.
+    poll_until(
+        "the start-up's connections to close",
+        Duration::from_secs(10),
+        || (scrape_from(other, &agent).value(OPEN, &[]) == Some(1.0)).then_some(()),
+    );
+
+    let extra = 4;
+    let idle: Vec<TcpStream> = (0..PER_PEER_CAP + extra).map(|_| connect(&agent)).collect();
+    let closed = poll_until(
+        "the agent to close the connections beyond the cap",
+        Duration::from_secs(10),
+        || {
+            let closed = idle.iter().filter(|stream| closed_by_agent(stream)).count();
+            (closed >= extra).then_some(closed)
+        },
+    );
+    assert_eq!(closed, extra, "only the connections beyond the cap close");
+
+    // Prometheus, elsewhere, still gets its scrape, which shows the refusals.
+    let scrape = scrape_from(other, &agent);
+    assert_eq!(
+        scrape.value(REFUSED, &[("reason", "peer_limit")]),
+        Some(extra as f64)
+    );
+    assert_eq!(
+        scrape.value(REFUSED, &[("reason", "total_limit")]),
+        Some(0.0)
+    );
+    assert_eq!(scrape.value(OPEN, &[]), Some((PER_PEER_CAP + 1) as f64));
+    let still_open = idle
+        .iter()
+        .filter(|stream| !closed_by_agent(stream))
+        .count();
+    assert_eq!(still_open, PER_PEER_CAP);
+
+    // Once the flood ends, the peer is served again.
+    drop(idle);
+    poll_until(
+        "127.0.0.1 to be served again",
+        Duration::from_secs(10),
+        || {
+            agent
+                .get("/healthz")
+                .is_ok_and(|(code, _)| code == 200)
+                .then_some(())
+        },
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! TLS and Basic authentication of `--web-config-file`).
 
 pub mod basic_auth;
+pub mod connection_limit;
 pub mod families;
 pub mod http;
 pub mod metrics;

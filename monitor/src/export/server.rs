@@ -19,8 +19,11 @@ use axum::{
 };
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 
+use prometheus::proto::MetricFamily;
+
 use super::{
     basic_auth::{self, BasicAuth},
+    connection_limit::{self, ConnectionLimit},
     metrics, reload, tls, web_config,
 };
 
@@ -93,6 +96,7 @@ pub struct Settings {
     /// the TLS handshake) or from its previous response: so also how long an idle keep-alive
     /// connection is kept.
     pub header_read_timeout: Duration,
+    pub limits: connection_limit::Limits,
 }
 
 pub async fn serve(
@@ -104,6 +108,11 @@ pub async fn serve(
 ) -> Result<()> {
     let auth: basic_auth::SharedAuth = Arc::new(RwLock::new(protection.auth));
     let tls = protection.tls.map(RustlsConfig::from_config);
+    let limit = ConnectionLimit::new(settings.limits);
+    let render = {
+        let limit = limit.clone();
+        with_families(render, move || limit.families())
+    };
     let render = match protection.snapshot {
         Some(snapshot) => {
             let status = Arc::new(reload::Status::default());
@@ -113,7 +122,7 @@ pub async fn serve(
             };
             // Ends with the runtime, which the agent drops when it stops.
             tokio::spawn(reload::watch(snapshot, live, status.clone()));
-            with_reload_status(render, status)
+            with_families(render, move || status.families())
         }
         None => render,
     };
@@ -159,17 +168,24 @@ pub async fn serve(
     let app = app.into_make_service();
     match tls {
         // HTTP/2 is offered by ALPN over TLS only, as before.
-        None => server.http1_only().serve(app).await?,
-        Some(tls) => server.acceptor(RustlsAcceptor::new(tls)).serve(app).await?,
+        None => server.http1_only().acceptor(limit).serve(app).await?,
+        // The limit first: a connection beyond it costs no handshake.
+        Some(tls) => {
+            let acceptor = RustlsAcceptor::new(tls).acceptor(limit);
+            server.acceptor(acceptor).serve(app).await?
+        }
     }
     Ok(())
 }
 
-/// `render`, followed by the reloads' outcomes.
-fn with_reload_status(render: RenderFn, status: Arc<reload::Status>) -> RenderFn {
+/// `render`, followed by the endpoint's own families (connections, reloads).
+fn with_families(
+    render: RenderFn,
+    families: impl Fn() -> Vec<Option<MetricFamily>> + Send + Sync + 'static,
+) -> RenderFn {
     Arc::new(move || {
         let mut text = render()?;
-        text.push_str(&metrics::encode(status.families()));
+        text.push_str(&metrics::encode(families()));
         Some(text)
     })
 }
