@@ -6,6 +6,7 @@ pub mod cli;
 pub mod collect;
 pub mod export;
 pub mod model;
+pub mod open_files;
 pub mod preflight;
 pub mod privileges;
 pub mod probes;

@@ -14,7 +14,7 @@ use crate::{
     agent::{Agent, Settings},
     cli::{Cli, SchedAccounting},
     export::server::{self, RenderFn},
-    preflight, privileges,
+    open_files, preflight, privileges,
     probes::http::HttpSettings,
 };
 
@@ -26,6 +26,7 @@ type SharedAgent = Arc<Mutex<Option<Agent>>>;
 /// Everything that needs privileges happens first, on the only thread there is: capabilities
 /// belong to threads, and the runtime's threads, started after the drop, inherit what is left.
 pub fn run(cli: Cli) -> Result<()> {
+    open_files::raise_to_hard_limit();
     let protection = server::Protection::load(cli.web_config_file.as_deref())?;
     if cli
         .task_offsets

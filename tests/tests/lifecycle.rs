@@ -243,3 +243,21 @@ fn taken_port_is_reported_by_address() {
         "unclear error: {stderr}"
     );
 }
+
+/// Started with a low soft limit on open files (a unit without `LimitNOFILE`: 1024), the
+/// agent raises it to the hard limit, so that connections, `/proc` reads and BPF objects do
+/// not run out of descriptors.
+#[test]
+fn the_open_files_limit_is_raised_to_the_hard_limit() {
+    let mut launcher = Command::new("prlimit");
+    launcher.arg("--nofile=256:4096").arg(monitor_bin());
+    let agent = MonitorAgent::start_with(launcher, &[]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", agent.pid())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find_map(|line| line.strip_prefix("Max open files"))
+        .expect("Max open files in /proc/<pid>/limits")
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[..2], ["4096", "4096"], "soft and hard: {limits}");
+}
