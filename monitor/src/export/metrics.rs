@@ -67,6 +67,7 @@ pub fn render(view: &Exposition<'_>) -> String {
         )
         .value(&[], view.ledger.folded_total() as f64)
         .build(),
+        series_evicted(view.ledger, view.http),
         families::counter(
             "monitor_refresh_errors_total",
             "Times reading the kernel maps failed; the previous values were kept.",
@@ -108,6 +109,32 @@ pub fn encode(families: Vec<Option<MetricFamily>>) -> String {
         log::error!("encoding metrics failed: {error}");
     }
     String::from_utf8_lossy(&text).into_owned()
+}
+
+/// Series dropped early by the bounds on their number, by the family they were shown in.
+fn series_evicted(ledger: &ProcessLedger, http: &HttpLedger) -> Option<MetricFamily> {
+    let evicted = http.evicted;
+    [
+        (
+            "process_run_queue_latency_seconds",
+            ledger.runq_evicted_total(),
+        ),
+        ("http_server_request_duration_seconds", evicted.server),
+        ("http_client_request_duration_seconds", evicted.client),
+        ("http_client_request_errors_total", evicted.client_errors),
+        ("tcp_client_connect_errors_total", evicted.connect_errors),
+    ]
+    .into_iter()
+    .fold(
+        families::counter(
+            "monitor_series_evicted_total",
+            "Series dropped before --exited-process-grace ended because their family held \
+             more than its bound (services of processes gone, least recently updated first); \
+             a service seen again starts its series from zero.",
+        ),
+        |family, (name, count)| family.value(&[("family", name)], count as f64),
+    )
+    .build()
 }
 
 fn refresh_duration(timings: &Timings) -> Option<MetricFamily> {

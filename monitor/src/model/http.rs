@@ -24,6 +24,30 @@ pub const UNKNOWN_ROUTE: &str = "__unknown__";
 /// `server_address` of a client request without a `Host` header.
 pub const NO_HOST: &str = "unknown";
 
+/// Duration series (server and client) kept at most: twice the kernel's `HTTP_DURATION`
+/// table, so the series of a full table (16,384, live, never dropped) fit with as many again
+/// of processes gone within the grace. A busy host's 200 routes per service, a few statuses
+/// and methods each, for tens of services, stay below it; a service name is the user's to
+/// choose (`OTEL_SERVICE_NAME`, a container per CI job), so one per short-lived process
+/// would otherwise be kept for the grace period. Beyond, the least recently updated go
+/// first (see `super::evict_least_recent`).
+pub const DURATION_SERIES_MAX: usize = 32_768;
+/// Client error series kept at most: four times the kernel's `CLIENT_ERRORS` table (live
+/// keys), for a handful of failing addresses per service; the rest as above.
+pub const CLIENT_ERROR_SERIES_MAX: usize = 16_384;
+/// Connect error series (one per service) kept at most: as many as run-queue histograms
+/// (`processes::RUNQ_SERVICES_MAX`) and the kernel's `CONNECT_ERRORS` table.
+pub const CONNECT_ERROR_SERIES_MAX: usize = 4096;
+
+/// Series dropped before their grace period ended by the bounds above, by family.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Evicted {
+    pub server: u64,
+    pub client: u64,
+    pub client_errors: u64,
+    pub connect_errors: u64,
+}
+
 /// Labels of one duration series.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SeriesKey {
@@ -92,6 +116,7 @@ pub struct HttpLedger {
     pub overflowed: u64,
     /// Observations moved to a collapsed route by the per-service budget.
     pub collapsed: u64,
+    pub evicted: Evicted,
 }
 
 /// Refreshes a key may wait for its target's text before it is announced again.
@@ -116,6 +141,7 @@ impl HttpLedger {
             kernel_counters: [0; counter::COUNT as usize],
             overflowed: 0,
             collapsed: 0,
+            evicted: Evicted::default(),
         }
     }
 
@@ -296,6 +322,33 @@ impl HttpLedger {
         self.client_errors.retain(|_, series| fresh(series.updated));
         self.connect_errors
             .retain(|_, series| fresh(series.updated));
+        // Before the budgets below: a service whose series all went loses its budget too.
+        // Series a process still has in the kernel were updated at `now` and stay.
+        let evicted = &mut self.evicted;
+        super::evict_least_recent(
+            &mut self.series,
+            DURATION_SERIES_MAX,
+            now,
+            |series| series.updated,
+            |key| match key.role {
+                role::CLIENT => evicted.client += 1,
+                _ => evicted.server += 1,
+            },
+        );
+        super::evict_least_recent(
+            &mut self.client_errors,
+            CLIENT_ERROR_SERIES_MAX,
+            now,
+            |series| series.updated,
+            |_| evicted.client_errors += 1,
+        );
+        super::evict_least_recent(
+            &mut self.connect_errors,
+            CONNECT_ERROR_SERIES_MAX,
+            now,
+            |series| series.updated,
+            |_| evicted.connect_errors += 1,
+        );
         // One pass over the series, not one per service: a refresh stays linear in series.
         let mut with_series: HashSet<(u8, &str)> = HashSet::new();
         for key in self.series.keys() {

@@ -104,6 +104,13 @@ struct ServiceRunq {
     updated: Instant,
 }
 
+/// Run-queue histograms (one per service) kept at most. Hosts run tens to hundreds of
+/// services, and a CI host starting a container every second has some 300 within the default
+/// grace; but a service name is the user's to choose (`OTEL_SERVICE_NAME` read at each exec),
+/// so a loop of short processes would otherwise keep one per exec for the grace period.
+/// Beyond, the least recently updated go first (see `super::evict_least_recent`).
+pub const RUNQ_SERVICES_MAX: usize = 4096;
+
 /// Folded series kept at least, whatever `--exited-process-budget`: a budget of zero folds
 /// every exited process.
 const MIN_FOLDED_BUDGET: usize = 100;
@@ -123,7 +130,10 @@ pub struct ProcessLedger {
     /// Names of retired processes, for counts of theirs read after they were retired (an
     /// HTTP route learnt a refresh later); kept for `grace`, at most `RETIRED_NAMES`.
     retired_names: HashMap<u32, Retired>,
+    /// Histograms per service, kept for `grace` after their last update, at most
+    /// `RUNQ_SERVICES_MAX` of services without a live process.
     runq: BTreeMap<String, ServiceRunq>,
+    runq_evicted: u64,
     retired_total: u64,
 }
 
@@ -139,6 +149,7 @@ impl ProcessLedger {
             folded_total: 0,
             retired_names: HashMap::new(),
             runq: BTreeMap::new(),
+            runq_evicted: 0,
             retired_total: 0,
         }
     }
@@ -342,6 +353,16 @@ impl ProcessLedger {
         // At most: with a grace of zero, histograms updated by this refresh stay.
         self.runq
             .retain(|_, service| now.saturating_duration_since(service.updated) <= grace);
+        // Every process in the snapshot updated its service's histogram at `now`: only those
+        // of services with none left can go.
+        let evicted = &mut self.runq_evicted;
+        super::evict_least_recent(
+            &mut self.runq,
+            RUNQ_SERVICES_MAX,
+            now,
+            |service| service.updated,
+            |_| *evicted += 1,
+        );
     }
 
     /// Adds an exited process's CPU time to its service's `__overflow__` series: what its own
@@ -376,6 +397,11 @@ impl ProcessLedger {
     /// Exited processes' series folded into `__overflow__` since start.
     pub fn folded_total(&self) -> u64 {
         self.folded_total
+    }
+
+    /// Run-queue histograms dropped before their grace period ended by `RUNQ_SERVICES_MAX`.
+    pub fn runq_evicted_total(&self) -> u64 {
+        self.runq_evicted
     }
 
     /// How a process is named, if the ledger has seen it: live, or exited within the grace

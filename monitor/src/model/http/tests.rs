@@ -416,3 +416,90 @@ fn client_errors_wait_for_their_server_address_to_be_announced() {
         .collect();
     assert_eq!(errors, vec![("late.shop".to_owned(), 2)]);
 }
+
+/// Each process its own service (`OTEL_SERVICE_NAME=s$i`), but process 1, `app`.
+struct OwnService {
+    alive: HashSet<u32>,
+}
+
+impl HttpFacts for OwnService {
+    fn is_alive(&self, tgid: u32) -> bool {
+        self.alive.contains(&tgid)
+    }
+    fn identity(&self, tgid: u32) -> ProcessIdentity {
+        let service = if tgid == 1 {
+            "app".to_owned()
+        } else {
+            format!("s{tgid}")
+        };
+        ProcessIdentity {
+            executable: "curl".to_owned(),
+            service: Service::named(service),
+        }
+    }
+}
+
+/// A loop of short processes, each under a new service name, each with a request, a client
+/// error and a connect error: every family is bounded, the least recently updated series
+/// dropped first and counted, and the series of a live process kept whole.
+#[test]
+fn series_of_services_gone_are_bounded_per_family() {
+    let mut ledger = HttpLedger::new(Duration::from_secs(3600), 200, 100);
+    let t0 = Instant::now();
+    let facts = OwnService {
+        alive: HashSet::from([1]),
+    };
+    let error = |tgid: u32| ClientErrorKey {
+        host: fnv_bytes(FNV_OFFSET, b"api.shop"),
+        tgid,
+        kind: monitor_common::http::client_error::CUT_OFF,
+        method: method::GET,
+        _reserved: 0,
+    };
+    let processes = DURATION_SERIES_MAX as u32 + 1000;
+    let tgids: Vec<u32> = (2..processes + 2).collect();
+    // 1000 per refresh, a number the bounds are not multiples of: the cut falls among the
+    // series of one refresh.
+    for (n, batch) in tgids.chunks(1000).enumerate() {
+        let mut snapshot = HttpSnapshot {
+            announcements: vec![announce(1, "/x"), announce_host(1, "api.shop")],
+            ..HttpSnapshot::default()
+        };
+        for &tgid in [1].iter().chain(batch) {
+            snapshot.durations.push((key(tgid, "/x", 200), counts(1)));
+            snapshot.client_errors.push((error(tgid), 1));
+            snapshot.connect_errors.push((tgid, 1));
+        }
+        ledger.apply(&snapshot, &facts, t0 + Duration::from_secs(n as u64));
+    }
+    let services = processes as usize + 1;
+    assert_eq!(ledger.series().count(), DURATION_SERIES_MAX);
+    assert_eq!(ledger.client_errors().count(), CLIENT_ERROR_SERIES_MAX);
+    assert_eq!(ledger.connect_errors().count(), CONNECT_ERROR_SERIES_MAX);
+    let evicted = |max: usize| (services - max) as u64;
+    assert_eq!(
+        ledger.evicted,
+        Evicted {
+            server: evicted(DURATION_SERIES_MAX),
+            client: 0,
+            client_errors: evicted(CLIENT_ERROR_SERIES_MAX),
+            connect_errors: evicted(CONNECT_ERROR_SERIES_MAX),
+        }
+    );
+    // The live process's series, and the newest, stay; the oldest went first.
+    let newest = format!("s{}", processes + 1);
+    for service in ["app", newest.as_str()] {
+        assert_eq!(count_of(&ledger, service, "/x", 200), Some(1), "{service}");
+        assert!(
+            ledger
+                .client_errors()
+                .any(|(k, n)| k.service.name == service && n == 1)
+        );
+        assert!(
+            ledger
+                .connect_errors()
+                .any(|(s, n)| s.name == service && n == 1)
+        );
+    }
+    assert_eq!(count_of(&ledger, "s2", "/x", 200), None);
+}

@@ -516,3 +516,66 @@ fn run_queue_delays_add_up_per_service() {
     assert_eq!(counts.buckets[3], 7);
     assert_eq!(counts.sum_ns, 35_000);
 }
+
+/// A process named `service` (its own service) that waited for a CPU once.
+fn waited(service: &str, exit_ns: u64) -> ProcessSample {
+    let mut s = sample(service, 10, exit_ns);
+    s.runq.buckets[3] = 1;
+    s.runq.sum_ns = 5000;
+    s
+}
+
+/// A loop of short processes, each under a new service name (`OTEL_SERVICE_NAME=s$i`): the
+/// histograms of services gone are bounded, the least recently updated dropped first, and a
+/// service with a live process keeps its own.
+#[test]
+fn run_queue_histograms_of_services_gone_are_bounded() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(3600), 1000);
+    let t0 = Instant::now();
+    let services = RUNQ_SERVICES_MAX + 1000;
+    // 100 exit per refresh, while `app` (pid 1) runs on.
+    for (n, batch) in (0..services).collect::<Vec<_>>().chunks(100).enumerate() {
+        let mut entries = vec![(1, waited("app", 0))];
+        for &i in batch {
+            entries.push((1000 + i as u32, waited(&format!("s{i}"), SECOND)));
+        }
+        let now = t0 + Duration::from_secs(n as u64);
+        ledger.apply(&snapshot(&entries), &alive(&[1]), now, 2 * SECOND);
+    }
+    let kept: HashSet<&str> = ledger.runq_by_service().map(|(s, _)| s).collect();
+    assert_eq!(kept.len(), RUNQ_SERVICES_MAX);
+    // `app` and the newest survive; the oldest went first.
+    assert!(kept.contains("app"));
+    assert!(kept.contains(format!("s{}", services - 1).as_str()));
+    assert!(!kept.contains("s0"));
+    assert_eq!(
+        ledger.runq_evicted_total(),
+        (services + 1 - RUNQ_SERVICES_MAX) as u64
+    );
+}
+
+/// More services with live processes than the bound: the one gone is dropped, none of the
+/// live (each would come back from zero at the next refresh, a counter reset each time).
+#[test]
+fn run_queue_histograms_of_live_services_stay_beyond_the_bound() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let gone = snapshot(&[(99_999, waited("gone", SECOND))]);
+    ledger.apply(&gone, &alive(&[]), t0, 2 * SECOND);
+    let pids: Vec<u32> = (1..=RUNQ_SERVICES_MAX as u32 + 10).collect();
+    let entries: Vec<_> = pids
+        .iter()
+        .map(|&pid| (pid, waited(&format!("s{pid}"), 0)))
+        .collect();
+    for n in 1..3 {
+        let now = t0 + Duration::from_secs(n);
+        ledger.apply(&snapshot(&entries), &alive(&pids), now, 2 * SECOND);
+    }
+    assert_eq!(ledger.runq_by_service().count(), pids.len());
+    assert!(
+        ledger
+            .runq_by_service()
+            .all(|(_, counts)| counts.buckets[3] == 1)
+    );
+    assert_eq!(ledger.runq_evicted_total(), 1);
+}
