@@ -116,7 +116,7 @@ impl ExecNamer {
         let mut identifier = None;
         let thread = ReaderThread::spawn("exec-namer", "exec naming", move || {
             let identifier =
-                identifier.get_or_insert_with(|| Identifier::new(&pod_logs, MemoryReads::Blocking));
+                identifier.get_or_insert_with(|| Identifier::new(&pod_logs, MemoryReads::AtExec));
             wait_readable(execs.as_raw_fd(), POLL);
             while let Some(item) = execs.next() {
                 let Some(event) = ExecEvent::from_bytes(&item) else {

@@ -72,10 +72,10 @@ impl Service {
 /// How an [`Identifier`] reads a process's command line and environment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MemoryReads {
-    /// Waited for as long as they take: on a thread that nothing else waits for (the exec
-    /// namer), where a process that has just exec'd and is still loading from a cold disk can
-    /// hold its memory map for a second or more.
-    Blocking,
+    /// Waited for longer (`process_memory::read_at_exec`): on a thread that nothing else waits
+    /// for (the exec namer), where a process that has just exec'd and is still loading from a
+    /// cold disk can hold its memory map for a second or more.
+    AtExec,
     /// At most `process_memory`'s timeout: under the lock that scrapes wait for.
     Bounded,
 }
@@ -83,7 +83,7 @@ pub enum MemoryReads {
 impl MemoryReads {
     fn read(self, path: String) -> std::io::Result<Vec<u8>> {
         match self {
-            Self::Blocking => fs::read(path),
+            Self::AtExec => process_memory::read_at_exec(path),
             Self::Bounded => process_memory::read(path),
         }
     }
@@ -312,6 +312,32 @@ fn full_exe_name(tgid: u32, truncated: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The exec namer's read of a process stuck holding its memory map (here a FIFO nobody
+    /// writes, whose open waits the same way) gives up, so naming goes on with the next
+    /// process. Before, it waited for good, and so did the agent's shutdown.
+    #[test]
+    fn a_read_at_exec_that_never_answers_gives_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("environ");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let (done, answer) = std::sync::mpsc::channel();
+        let reading = fifo.display().to_string();
+        std::thread::spawn(move || {
+            let _ = done.send(MemoryReads::AtExec.read(reading));
+        });
+        let answer = answer
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("the read at exec never gave up");
+        assert_eq!(
+            answer.map_err(|error| error.kind()).err(),
+            Some(std::io::ErrorKind::TimedOut)
+        );
+        // Lets the reader left on the FIFO go.
+        drop(fs::OpenOptions::new().write(true).open(&fifo));
+    }
 
     #[test]
     fn a_zombie_is_not_alive_unless_its_threads_run_on() {

@@ -5,7 +5,8 @@
 //! are waited for `READ_TIMEOUT` at most. A reader that does not answer is left to its read and
 //! another started, up to `MAX_STUCK` at once; past that such reads fail at once until one
 //! comes back. A process whose read failed is named without its command line or environment.
-//! (The exec namer, which nothing waits for, reads without a timeout: `MemoryReads`.)
+//! (The exec namer, which nothing waits for, has readers of its own that wait longer:
+//! `read_at_exec`.)
 
 use std::{
     io,
@@ -24,6 +25,10 @@ use std::{
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reader threads left waiting on stuck processes at most.
 const MAX_STUCK: usize = 4;
+/// The exec namer's wait: nothing waits for it, and a process that has just exec'd can still
+/// be loading from a cold disk; but one stuck for good must not stop the naming of every
+/// process after it (its name is then left to the refresh).
+const READ_AT_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads `path` (a `/proc/<pid>/cmdline` or `environ`) on the agent's reader thread, waiting
 /// at most `READ_TIMEOUT`.
@@ -38,6 +43,23 @@ pub fn read(path: impl Into<PathBuf>) -> io::Result<Vec<u8>> {
                     let _ = crate::privileges::drop_in_this_thread();
                 },
                 READ_TIMEOUT,
+                MAX_STUCK,
+            )
+        })
+        .read(path.into())
+}
+
+/// `read`, for the exec namer: on readers of its own, waiting at most `READ_AT_EXEC_TIMEOUT`.
+pub fn read_at_exec(path: impl Into<PathBuf>) -> io::Result<Vec<u8>> {
+    static READER: OnceLock<Reader> = OnceLock::new();
+    READER
+        .get_or_init(|| {
+            Reader::new(
+                Arc::new(|path: &Path| std::fs::read(path)),
+                || {
+                    let _ = crate::privileges::drop_in_this_thread();
+                },
+                READ_AT_EXEC_TIMEOUT,
                 MAX_STUCK,
             )
         })
