@@ -81,9 +81,39 @@ impl WebConfig {
     }
 }
 
+/// The most a web config file, certificate, key or CA bundle is read of: far above any real
+/// one (a CA bundle of every public root is about 250 KiB).
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+/// A regular file of at most `MAX_FILE_BYTES`, read whole: a FIFO or a device named by
+/// mistake (or on purpose) would otherwise hang the start and every reload, or fill memory
+/// (`/dev/zero`).
+fn read_small_file(path: &Path) -> Result<Vec<u8>> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    // O_NONBLOCK: opening a FIFO with no writer would wait for one.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        bail!("not a regular file");
+    }
+    if metadata.len() > MAX_FILE_BYTES {
+        bail!(
+            "{} bytes, more than the {MAX_FILE_BYTES} read of such a file",
+            metadata.len()
+        );
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 /// Reads and checks the file; relative paths in it are taken from its directory.
 pub fn load(path: &Path) -> Result<WebConfig> {
-    let text = std::fs::read_to_string(path)
+    let text = read_small_file(path)
+        .and_then(|bytes| String::from_utf8(bytes).context("not UTF-8 text"))
         .with_context(|| format!("--web-config-file {}", path.display()))?;
     parse(&text, path.parent().unwrap_or(Path::new("")))
         .with_context(|| format!("--web-config-file {}", path.display()))
@@ -284,7 +314,7 @@ impl Pem {
     /// The PEM text.
     pub fn read(&self) -> Result<Vec<u8>> {
         match self {
-            Pem::File { path, .. } => std::fs::read(path).with_context(|| self.to_string()),
+            Pem::File { path, .. } => read_small_file(path).with_context(|| self.to_string()),
             Pem::Inline { text, .. } => Ok(text.as_bytes().to_vec()),
         }
     }

@@ -279,3 +279,36 @@ fn the_readme_example_parses() {
     assert!(matches!(tls.client_auth, ClientAuth::Require(_)));
     assert_eq!(config.basic_auth_users.len(), 1);
 }
+
+/// A FIFO or a device given as the web config (or as a certificate it names) is refused with
+/// a reason, at once: before, the read waited for a writer for good, or read `/dev/zero`
+/// until memory ran out.
+#[test]
+fn files_that_are_no_regular_files_are_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("web.yml");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+    let (done, answer) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(
+            load(&fifo)
+                .map(|_| ())
+                .map_err(|error| format!("{error:#}")),
+        );
+    });
+    let answer = answer
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("reading a FIFO as the web config waited for a writer");
+    assert!(
+        answer.as_ref().unwrap_err().contains("not a regular file"),
+        "{answer:?}"
+    );
+    let pem = Pem::File {
+        key: "cert_file",
+        path: PathBuf::from("/dev/zero"),
+    };
+    let error = format!("{:#}", pem.read().unwrap_err());
+    assert!(error.contains("not a regular file"), "{error}");
+}
