@@ -101,6 +101,7 @@ impl HttpFacts for Host {
         ProcessIdentity {
             executable: name.clone(),
             service: Service::named(name),
+            incomplete: false,
         }
     }
 }
@@ -113,6 +114,7 @@ impl ProcessFacts for Host {
         ProcessIdentity {
             executable: format!("worker{}", tgid % PROCESS_SERVICES),
             service: Service::named(format!("svc{}", tgid % PROCESS_SERVICES)),
+            incomplete: false,
         }
     }
     fn exec_since_named(&self, _tgid: u32) -> bool {

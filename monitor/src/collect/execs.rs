@@ -146,6 +146,7 @@ mod tests {
         ProcessIdentity {
             executable: "python3".into(),
             service: Service::named(name),
+            incomplete: false,
         }
     }
 

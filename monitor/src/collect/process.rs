@@ -1,9 +1,9 @@
 //! Process facts from procfs: names, containers and liveness.
 
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::HashMap,
-    fs,
+    fs, io,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -27,6 +27,10 @@ pub struct ProcessIdentity {
     /// `process_executable_name`.
     pub executable: String,
     pub service: Service,
+    /// A read it was made from failed in a way that may pass (see [`may_succeed_later`]):
+    /// asked again later, the process may be named by its environment, container or command
+    /// line. Not for a process gone or a file absent: asking again would tell nothing more.
+    pub incomplete: bool,
 }
 
 /// The labels that say which service a process is, and where it runs.
@@ -123,7 +127,12 @@ impl Identifier {
         if base.service.name == KERNEL_SERVICE {
             return base;
         }
-        let cgroup = fs::read_to_string(format!("/proc/{tgid}/cgroup")).unwrap_or_default();
+        let incomplete = Cell::new(false);
+        let cgroup = noted(
+            fs::read_to_string(format!("/proc/{tgid}/cgroup")),
+            &incomplete,
+        )
+        .unwrap_or_default();
         let container = identity::container_of(&cgroup);
         let mut service = Service::named(base.service.name.clone());
         if let Some(container) = &container {
@@ -135,11 +144,11 @@ impl Identifier {
                 service.k8s_pod_name = Some(pod.name);
             }
         }
-        let from_env = self
-            .memory_reads
-            .read(format!("/proc/{tgid}/environ"))
-            .ok()
-            .and_then(|environ| identity::otel_service_name(&environ));
+        let from_env = noted(
+            self.memory_reads.read(format!("/proc/{tgid}/environ")),
+            &incomplete,
+        )
+        .and_then(|environ| identity::otel_service_name(&environ));
         let from_container = service
             .k8s_container_name
             .clone()
@@ -151,7 +160,8 @@ impl Identifier {
                 .then(|| identity::service_unit(&cgroup))
                 .flatten()
         };
-        let from_script = || command_line_name(self.memory_reads, tgid, &base.executable, true);
+        let from_script =
+            || command_line_name(self.memory_reads, tgid, &base.executable, true, &incomplete);
         service.name = from_env
             .or(from_container)
             .or_else(from_unit)
@@ -160,6 +170,7 @@ impl Identifier {
         ProcessIdentity {
             executable: base.executable,
             service,
+            incomplete: incomplete.get(),
         }
     }
 
@@ -175,6 +186,28 @@ impl Identifier {
         }
         known.get(uid).cloned()
     }
+}
+
+/// The value read, or `None`; a failure that may pass marks the identity `incomplete`.
+fn noted<T>(read: io::Result<T>, incomplete: &Cell<bool>) -> Option<T> {
+    read.map_err(|error| {
+        if may_succeed_later(&error) {
+            incomplete.set(true);
+        }
+    })
+    .ok()
+}
+
+/// Whether a failed procfs read may succeed if tried again: yes when it timed out or every
+/// reader was stuck (`process_memory`), descriptors ran out (EMFILE) or access was refused
+/// (EACCES: it can pass, a process making itself dumpable again, or last, an agent without
+/// `CAP_SYS_PTRACE`, which is why the ledger asks again a bounded number of times). No when
+/// the process is gone (ENOENT, ESRCH) or the file is not text: the same answer would come.
+fn may_succeed_later(error: &io::Error) -> bool {
+    !matches!(
+        error.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::InvalidData
+    ) && error.raw_os_error() != Some(libc::ESRCH)
 }
 
 /// Whether the process (thread group) still runs. A zombie (exited, not yet waited for by its
@@ -212,8 +245,9 @@ fn command_line_name(
     tgid: u32,
     executable: &str,
     parent: bool,
+    incomplete: &Cell<bool>,
 ) -> Option<String> {
-    let cmdline = reads.read(format!("/proc/{tgid}/cmdline")).ok()?;
+    let cmdline = noted(reads.read(format!("/proc/{tgid}/cmdline")), incomplete)?;
     let args = identity::cmdline_args(&cmdline);
     if parent && identity::is_multiprocessing_child(executable, &args) {
         let ppid = procfs::process::Process::new(tgid as i32)
@@ -221,10 +255,11 @@ fn command_line_name(
             .ok()?
             .ppid;
         let ppid = u32::try_from(ppid).ok()?;
-        return command_line_name(reads, ppid, &identify(ppid, None).executable, false);
+        let parent = identify(ppid, None).executable;
+        return command_line_name(reads, ppid, &parent, false, incomplete);
     }
     if let Some(suffix) = identity::directory_suffix(executable, &args)
-        && let Ok(directory) = fs::read_link(format!("/proc/{tgid}/cwd"))
+        && let Some(directory) = noted(fs::read_link(format!("/proc/{tgid}/cwd")), incomplete)
         && let Some(app) = identity::app_directory(&directory.to_string_lossy())
     {
         return Some(format!("{app}{suffix}"));
@@ -259,6 +294,7 @@ pub fn identify(tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
         return ProcessIdentity {
             executable: kernel_thread_kind(&comm).to_owned(),
             service: Service::named(KERNEL_SERVICE),
+            incomplete: false,
         };
     }
     let comm = match kernel_comm {
@@ -273,6 +309,7 @@ pub fn identify(tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
     ProcessIdentity {
         service: Service::named(executable.clone()),
         executable,
+        incomplete: false,
     }
 }
 
@@ -337,6 +374,39 @@ mod tests {
         );
         // Lets the reader left on the FIFO go.
         drop(fs::OpenOptions::new().write(true).open(&fifo));
+    }
+
+    /// A read that timed out, found every reader stuck, ran out of descriptors or was refused
+    /// leaves the name incomplete, to be asked for again; a process gone does not.
+    #[test]
+    fn only_reads_that_may_pass_leave_the_name_incomplete() {
+        let may_pass = vec![
+            io::Error::from(io::ErrorKind::TimedOut),
+            io::Error::from(io::ErrorKind::WouldBlock),
+            io::Error::from_raw_os_error(libc::EMFILE),
+            io::Error::from_raw_os_error(libc::EACCES),
+        ];
+        let final_ = vec![
+            io::Error::from_raw_os_error(libc::ENOENT),
+            io::Error::from_raw_os_error(libc::ESRCH),
+            io::Error::from(io::ErrorKind::InvalidData),
+        ];
+        for (errors, expected) in [(may_pass, true), (final_, false)] {
+            for error in errors {
+                let incomplete = Cell::new(false);
+                assert_eq!(noted::<()>(Err(error), &incomplete), None);
+                assert_eq!(incomplete.get(), expected);
+            }
+        }
+        let incomplete = Cell::new(false);
+        assert_eq!(noted(Ok(7), &incomplete), Some(7));
+        assert!(!incomplete.get());
+
+        let dir = tempfile::tempdir().unwrap();
+        let identifier = Identifier::new(&dir.path().join("pods"), MemoryReads::Bounded);
+        // Every file read (this process's own), or none there (a pid that cannot exist).
+        assert!(!identifier.identify(std::process::id(), None).incomplete);
+        assert!(!identifier.identify(u32::MAX - 1, None).incomplete);
     }
 
     #[test]

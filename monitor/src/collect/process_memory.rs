@@ -4,7 +4,8 @@
 //! scrape waiting for it, would hang with it. These reads run on a reader thread instead, and
 //! are waited for `READ_TIMEOUT` at most. A reader that does not answer is left to its read and
 //! another started, up to `MAX_STUCK` at once; past that such reads fail at once until one
-//! comes back. A process whose read failed is named without its command line or environment.
+//! comes back. A process whose read failed is named without its command line or environment,
+//! and its name asked for again later (`ProcessIdentity::incomplete`).
 //! (The exec namer, which nothing waits for, has readers of its own that wait longer:
 //! `read_at_exec`.)
 

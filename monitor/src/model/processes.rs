@@ -31,9 +31,17 @@ const RETIRED_NAMES: usize = 16_384;
 /// flushed late by a CPU (seen at one of the next refreshes); later, the pid is a new process.
 const LATE_FLUSH_WINDOW: Duration = Duration::from_secs(10);
 
+/// Times a process named from failed reads (`ProcessIdentity::incomplete`) is asked for its
+/// name again: after 1, 2, 4, ... 32 refreshes, about a minute at a refresh a second. Enough
+/// for descriptors to come back or a stuck procfs reader to return; bounded, because a read
+/// refused for good (EACCES without `CAP_SYS_PTRACE`) or a process stuck for good would
+/// otherwise be read again at every refresh, a stuck one for 2 s each time.
+const REASKS: u32 = 6;
+
 /// What the ledger asks procfs; a trait so the ledger can be tested from fixtures.
 pub trait ProcessFacts {
     fn is_alive(&self, tgid: u32) -> bool;
+    /// Its `incomplete` says whether asking again later may name the process better.
     fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity;
     /// Whether the process exec'd since `identify` last named it: a name read at an exec is
     /// waiting for it.
@@ -80,6 +88,8 @@ impl ProcessSeries {
         ProcessIdentity {
             executable: self.executable.clone(),
             service: self.service.clone(),
+            // Whether it is asked for again is `Tracked::reask`'s business.
+            incomplete: false,
         }
     }
 }
@@ -90,6 +100,41 @@ struct Tracked {
     kernel_comm: Option<[u8; COMM_LEN]>,
     last_cpu_ns: u64,
     last_runq: RunqCounts,
+    /// While its name is from failed reads, and asks are left: when to ask again.
+    reask: Option<Reask>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Reask {
+    /// Refreshes until the next ask.
+    wait: u32,
+    asked: u32,
+}
+
+impl Reask {
+    fn after(identity: &ProcessIdentity) -> Option<Self> {
+        identity.incomplete.then_some(Self { wait: 1, asked: 0 })
+    }
+}
+
+impl Tracked {
+    /// Counts a refresh of a process named from failed reads; true when its name is to be
+    /// asked for again (after 1, 2, 4, ... refreshes, `REASKS` times).
+    fn reask_due(&mut self) -> bool {
+        let Some(reask) = &mut self.reask else {
+            return false;
+        };
+        reask.wait -= 1;
+        if reask.wait > 0 {
+            return false;
+        }
+        reask.asked += 1;
+        reask.wait = 1 << reask.asked;
+        if reask.asked >= REASKS {
+            self.reask = None;
+        }
+        true
+    }
 }
 
 /// A retired process's name, kept for counts of it read late.
@@ -207,13 +252,14 @@ impl ProcessLedger {
             (kernel_comm.is_some() && tracked.kernel_comm != kernel_comm)
                 || facts.exec_since_named(tgid)
         });
-        if renamed || !self.live.contains_key(&tgid) {
+        let ask_again = !renamed && self.live.get_mut(&tgid).is_some_and(Tracked::reask_due);
+        let identity = if renamed || !self.live.contains_key(&tgid) {
             // A process retired a moment ago can come back: a CPU still held its last slice
             // and flushed it after the entries were freed, maybe without a name, or under the
             // name of the thread that ran last. It keeps its name, unless the pid is reused:
             // by an exec, or by a forked child (alive, its own comm), or later than a flush.
             let exec = sample.meta.is_some_and(|meta| meta.from_exec != 0);
-            let identity = match self.retired_names.get(&tgid) {
+            match self.retired_names.get(&tgid) {
                 Some(retired)
                     if !renamed
                         && !exec
@@ -225,43 +271,57 @@ impl ProcessLedger {
                     retired.identity.clone()
                 }
                 _ => facts.identify(tgid, sample),
-            };
-            let previous = self.live.remove(&tgid);
-            let (last_cpu_ns, last_runq) = match previous {
-                Some(previous)
-                    if previous.series.executable == identity.executable
-                        && previous.series.service == identity.service =>
-                {
-                    // Same name after all (e.g. re-exec of itself): keep the series. The same
-                    // executable under another service is a rename: a process first named
-                    // while its exec was under way (its command line still empty) gets the
-                    // name read at that exec.
-                    self.live.insert(
-                        tgid,
-                        Tracked {
-                            kernel_comm,
-                            ..previous
-                        },
-                    );
-                    return self.add_increase(tgid, sample, now);
-                }
-                Some(previous) => {
-                    self.ended.push((previous.series, now));
-                    (previous.last_cpu_ns, previous.last_runq)
-                }
-                None => (0, RunqCounts::default()),
-            };
-            let series = self.resume_or_start(tgid, identity);
-            self.live.insert(
-                tgid,
-                Tracked {
-                    series,
-                    kernel_comm,
-                    last_cpu_ns,
-                    last_runq,
-                },
-            );
-        }
+            }
+        } else if ask_again {
+            // Named while procfs reads were failing: a name that is whole now moves the process
+            // to its series the way an exec does. One incomplete again is no better than the
+            // first; one read after the process exited (a zombie shows no environment), worse.
+            let identity = facts.identify(tgid, sample);
+            if identity.incomplete || !facts.is_alive(tgid) {
+                return self.add_increase(tgid, sample, now);
+            }
+            identity
+        } else {
+            return self.add_increase(tgid, sample, now);
+        };
+        let previous = self.live.remove(&tgid);
+        let (last_cpu_ns, last_runq) = match previous {
+            Some(previous)
+                if previous.series.executable == identity.executable
+                    && previous.series.service == identity.service =>
+            {
+                // Same name after all (e.g. re-exec of itself): keep the series. The same
+                // executable under another service is a rename: a process first named
+                // while its exec was under way (its command line still empty) gets the
+                // name read at that exec.
+                self.live.insert(
+                    tgid,
+                    Tracked {
+                        kernel_comm,
+                        reask: Reask::after(&identity),
+                        ..previous
+                    },
+                );
+                return self.add_increase(tgid, sample, now);
+            }
+            Some(previous) => {
+                self.ended.push((previous.series, now));
+                (previous.last_cpu_ns, previous.last_runq)
+            }
+            None => (0, RunqCounts::default()),
+        };
+        let reask = Reask::after(&identity);
+        let series = self.resume_or_start(tgid, identity);
+        self.live.insert(
+            tgid,
+            Tracked {
+                series,
+                kernel_comm,
+                last_cpu_ns,
+                last_runq,
+                reask,
+            },
+        );
         self.add_increase(tgid, sample, now);
     }
 

@@ -20,6 +20,7 @@ impl HttpFacts for Facts {
         ProcessIdentity {
             executable: service.to_owned(),
             service: Service::named(service),
+            incomplete: false,
         }
     }
 }
@@ -435,6 +436,7 @@ impl HttpFacts for OwnService {
         ProcessIdentity {
             executable: "curl".to_owned(),
             service: Service::named(service),
+            incomplete: false,
         }
     }
 }

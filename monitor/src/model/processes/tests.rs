@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::{cell::RefCell, collections::HashSet};
 
 use monitor_common::sched::ProcessMeta;
 
@@ -10,6 +10,10 @@ struct Facts {
     exec_names: std::collections::HashMap<u32, String>,
     /// Service names of those names, where not the name itself.
     exec_services: std::collections::HashMap<u32, String>,
+    /// Processes whose procfs reads fail: named by their executable alone, `incomplete`.
+    failing: HashSet<u32>,
+    /// `identify` calls per process.
+    asked: RefCell<std::collections::HashMap<u32, u32>>,
 }
 
 impl ProcessFacts for Facts {
@@ -17,20 +21,22 @@ impl ProcessFacts for Facts {
         self.alive.contains(&tgid)
     }
     fn identify(&self, tgid: u32, sample: &ProcessSample) -> ProcessIdentity {
+        *self.asked.borrow_mut().entry(tgid).or_default() += 1;
         let name = self.exec_names.get(&tgid).cloned().unwrap_or_else(|| {
             sample
                 .meta
                 .map(|meta| crate::collect::process::comm_str(&meta.comm))
                 .unwrap_or_else(|| "unknown".into())
         });
-        let service = self
-            .exec_services
-            .get(&tgid)
-            .cloned()
-            .unwrap_or(name.clone());
+        let incomplete = self.failing.contains(&tgid);
+        let service = match self.exec_services.get(&tgid) {
+            Some(service) if !incomplete => service.clone(),
+            _ => name.clone(),
+        };
         ProcessIdentity {
             executable: name,
             service: crate::collect::process::Service::named(service),
+            incomplete,
         }
     }
     fn exec_since_named(&self, tgid: u32) -> bool {
@@ -43,6 +49,8 @@ fn alive(pids: &[u32]) -> Facts {
         alive: pids.iter().copied().collect(),
         exec_names: Default::default(),
         exec_services: Default::default(),
+        failing: Default::default(),
+        asked: Default::default(),
     }
 }
 
@@ -578,4 +586,80 @@ fn run_queue_histograms_of_live_services_stay_beyond_the_bound() {
             .all(|(_, counts)| counts.buckets[3] == 1)
     );
     assert_eq!(ledger.runq_evicted_total(), 1);
+}
+
+/// Named while its reads of procfs failed (`python3`, not its `OTEL_SERVICE_NAME`): asked
+/// again at the next refresh, it moves to its service's series, and its CPU time is in one
+/// series or the other, never both.
+#[test]
+fn a_name_from_failed_reads_moves_to_the_full_name_once_reads_work() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let mut facts = alive(&[3]);
+    facts.exec_services.insert(3, "shop".into());
+    facts.failing.insert(3);
+    let python = |cpu_ns| snapshot(&[(3, sample("python3", cpu_ns, 0))]);
+    ledger.apply(&python(100), &facts, t0, SECOND);
+    assert_eq!(series_of(&ledger, 3), vec![("python3".to_owned(), 100)]);
+    facts.failing.clear();
+    ledger.apply(&python(150), &facts, t0, SECOND);
+    ledger.apply(&python(230), &facts, t0, SECOND);
+    let mut series = series_of(&ledger, 3);
+    series.sort();
+    assert_eq!(
+        series,
+        vec![("python3".to_owned(), 100), ("shop".to_owned(), 130)]
+    );
+    assert_eq!(ledger.identity(3).unwrap().service.name, "shop");
+    // Named whole: not asked again.
+    for _ in 0..100 {
+        ledger.apply(&python(230), &facts, t0, SECOND);
+    }
+    assert_eq!(facts.asked.borrow()[&3], 2);
+}
+
+/// Reads that keep failing (every procfs reader stuck for good): asked again after 1, 2,
+/// 4, ... refreshes, `REASKS` times, then left as it is. A process named whole is asked once.
+#[test]
+fn a_process_whose_reads_keep_failing_is_asked_again_a_bounded_number_of_times() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let mut facts = alive(&[3, 4]);
+    facts.failing.insert(3);
+    let both = snapshot(&[(3, sample("python3", 100, 0)), (4, sample("nginx", 100, 0))]);
+    let mut asked_at = Vec::new();
+    for refresh in 0..200 {
+        let before = facts.asked.borrow().get(&3).copied();
+        ledger.apply(&both, &facts, t0, SECOND);
+        if facts.asked.borrow().get(&3).copied() != before {
+            asked_at.push(refresh);
+        }
+    }
+    assert_eq!(asked_at, vec![0, 1, 3, 7, 15, 31, 63]);
+    assert_eq!(asked_at.len() as u32, 1 + REASKS);
+    assert_eq!(facts.asked.borrow()[&4], 1);
+    assert_eq!(series_of(&ledger, 3), vec![("python3".to_owned(), 100)]);
+}
+
+/// Asked again just after it exited (its exit not settled yet): a zombie shows no environment,
+/// so the answer, whole as it looks, is not taken.
+#[test]
+fn a_name_asked_again_after_the_process_exited_is_not_taken() {
+    let mut ledger = ProcessLedger::new(Duration::from_secs(300), 1000);
+    let t0 = Instant::now();
+    let mut facts = alive(&[3]);
+    facts.exec_services.insert(3, "shop".into());
+    facts.failing.insert(3);
+    ledger.apply(
+        &snapshot(&[(3, sample("python3", 100, 0))]),
+        &facts,
+        t0,
+        SECOND,
+    );
+    let mut facts = alive(&[]);
+    facts.exec_services.insert(3, "python3-zombie".into());
+    let exited = snapshot(&[(3, sample("python3", 120, 10 * SECOND))]);
+    ledger.apply(&exited, &facts, t0, 10 * SECOND + 1);
+    assert_eq!(facts.asked.borrow()[&3], 1, "asked again");
+    assert_eq!(series_of(&ledger, 3), vec![("python3".to_owned(), 120)]);
 }
