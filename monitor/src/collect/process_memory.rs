@@ -36,17 +36,7 @@ const READ_AT_EXEC_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn read(path: impl Into<PathBuf>) -> io::Result<Vec<u8>> {
     static READER: OnceLock<Reader> = OnceLock::new();
     READER
-        .get_or_init(|| {
-            Reader::new(
-                Arc::new(|path: &Path| std::fs::read(path)),
-                // A reader thread reads procfs only: it keeps what the agent keeps to do so.
-                || {
-                    let _ = crate::privileges::drop_in_this_thread();
-                },
-                READ_TIMEOUT,
-                MAX_STUCK,
-            )
-        })
+        .get_or_init(|| procfs_reader(READ_TIMEOUT))
         .read(path.into())
 }
 
@@ -54,17 +44,20 @@ pub fn read(path: impl Into<PathBuf>) -> io::Result<Vec<u8>> {
 pub fn read_at_exec(path: impl Into<PathBuf>) -> io::Result<Vec<u8>> {
     static READER: OnceLock<Reader> = OnceLock::new();
     READER
-        .get_or_init(|| {
-            Reader::new(
-                Arc::new(|path: &Path| std::fs::read(path)),
-                || {
-                    let _ = crate::privileges::drop_in_this_thread();
-                },
-                READ_AT_EXEC_TIMEOUT,
-                MAX_STUCK,
-            )
-        })
+        .get_or_init(|| procfs_reader(READ_AT_EXEC_TIMEOUT))
         .read(path.into())
+}
+
+fn procfs_reader(timeout: Duration) -> Reader {
+    Reader::new(
+        Arc::new(|path: &Path| std::fs::read(path)),
+        // A reader thread reads procfs only: it keeps what the agent keeps to do so.
+        || {
+            let _ = crate::privileges::drop_in_this_thread();
+        },
+        timeout,
+        MAX_STUCK,
+    )
 }
 
 /// Reads that did not answer in time, since the agent started.
