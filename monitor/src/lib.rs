@@ -11,3 +11,5 @@ pub mod preflight;
 pub mod privileges;
 pub mod probes;
 pub mod run;
+#[cfg(test)]
+mod test_support;

@@ -356,18 +356,12 @@ mod tests {
     #[test]
     fn a_read_at_exec_that_never_answers_gives_up() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("environ");
-        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        // SAFETY: a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-        let (done, answer) = std::sync::mpsc::channel();
+        let fifo = crate::test_support::fifo_without_writer(dir.path(), "environ");
         let reading = fifo.display().to_string();
-        std::thread::spawn(move || {
-            let _ = done.send(MemoryReads::AtExec.read(reading));
-        });
-        let answer = answer
-            .recv_timeout(std::time::Duration::from_secs(60))
-            .expect("the read at exec never gave up");
+        let answer = crate::test_support::within(std::time::Duration::from_secs(60), move || {
+            MemoryReads::AtExec.read(reading)
+        })
+        .expect("the read at exec never gave up");
         assert_eq!(
             answer.map_err(|error| error.kind()).err(),
             Some(std::io::ErrorKind::TimedOut)

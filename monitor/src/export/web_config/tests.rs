@@ -286,21 +286,13 @@ fn the_readme_example_parses() {
 #[test]
 fn files_that_are_no_regular_files_are_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let fifo = dir.path().join("web.yml");
-    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-    // SAFETY: a NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
-    let (done, answer) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(
-            load(&fifo)
-                .map(|_| ())
-                .map_err(|error| format!("{error:#}")),
-        );
-    });
-    let answer = answer
-        .recv_timeout(std::time::Duration::from_secs(30))
-        .expect("reading a FIFO as the web config waited for a writer");
+    let fifo = crate::test_support::fifo_without_writer(dir.path(), "web.yml");
+    let answer = crate::test_support::within(std::time::Duration::from_secs(30), move || {
+        load(&fifo)
+            .map(|_| ())
+            .map_err(|error| format!("{error:#}"))
+    })
+    .expect("reading a FIFO as the web config waited for a writer");
     assert!(
         answer.as_ref().unwrap_err().contains("not a regular file"),
         "{answer:?}"
