@@ -860,6 +860,9 @@ pub mod phase {
     /// request arrives, the next pipelined response starts, the connection closes, or no
     /// write has come for the idle timeout (keep-alive connections that wait).
     pub const RESPONSE: u64 = 3;
+    /// Client: a response read whole before the write of its request returned (a client that
+    /// reads on another thread than it writes); recorded when that write returns.
+    pub const ANSWERED: u64 = 4;
 }
 
 /// Per-connection state, keyed by (tgid, fd).
@@ -908,19 +911,33 @@ pub struct Connection {
     pub role: u8,
     /// Client: `head::framing::*` of the current response.
     pub framing: u16,
-    /// Server: `conn_flags::*`.
+    /// `conn_flags::*`.
     pub flags: u16,
 }
 
-/// Marks on a server connection, cleared when the next request starts.
+/// Marks on a connection. A server's are cleared when the next request starts.
 pub mod conn_flags {
-    /// A read since the last request was not one: a status line that follows answers it.
+    /// Server: a read since the last request was not one: a status line that follows
+    /// answers it.
     pub const STRAY_READ: u16 = 1;
-    /// A write of the current response failed (the client reset or closed): counted once.
+    /// Server: a write of the current response failed (the client reset or closed): counted
+    /// once.
     pub const WRITE_FAILED: u16 = 2;
-    /// The held `head_prefix` was read before the current response was seen (`server`'s
-    /// `hold_read_ahead`): the request it begins starts with the read that completes it.
+    /// Server: the held `head_prefix` was read before the current response was seen
+    /// (`server`'s `hold_read_ahead`): the request it begins starts with the read that
+    /// completes it.
     pub const READ_AHEAD: u16 = 4;
+    /// Client: the response being read (or, in `phase::ANSWERED`, read whole) came before
+    /// the write of its request returned: the request's method and server address come
+    /// with that write.
+    pub const ANSWERED_EARLY: u16 = 8;
+    /// Client: the last request was paired with a response read before it. A status line
+    /// read between requests is not taken for an early answer again until a request has
+    /// been answered in order: bytes mistaken for one once cannot shift every pairing after.
+    pub const LAST_ANSWERED_EARLY: u16 = 16;
+    /// Client: a write since the last request was not one the programs follow (a method
+    /// they do not know): its answer is not taken for an early one.
+    pub const UNTRACKED_WRITE: u16 = 32;
 }
 
 impl Connection {
@@ -1120,7 +1137,10 @@ pub mod counter {
     /// Observations lost: their histogram could not be allocated and the ring buffer was
     /// full.
     pub const OBSERVATIONS_LOST: u32 = 30;
-    pub const COUNT: u32 = 31;
+    /// Client responses whose status line was read before the write of their request
+    /// returned (`conn_flags::ANSWERED_EARLY`).
+    pub const CLIENT_ANSWERED_EARLY: u32 = 31;
+    pub const COUNT: u32 = 32;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]

@@ -14,8 +14,8 @@ use monitor_common::{
     head::{HEAD_WINDOWS, bodiless, framing, head_kind},
     http::{
         CAPTURE_LEN, ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error,
-        connection_key, counter, event_kind, head_prefix, is_interim, is_status_prefix, method,
-        parse_request_start, parse_status_line, phase, role,
+        conn_flags, connection_key, counter, event_kind, head_prefix, is_interim, is_status_prefix,
+        method, parse_request_start, parse_status_line, phase, role,
     },
 };
 
@@ -106,7 +106,10 @@ pub fn on_getsockopt(fd: u32, level: u64, name: u64, value: u64, ret: i64) {
 
 #[inline(always)]
 pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: i64) {
-    if conn.phase != phase::IDLE && conn.phase != phase::RESPONSE {
+    // The response to this request may have been read already, while this write was still
+    // in the kernel (`conn_flags::ANSWERED_EARLY`).
+    let answered_early = conn.flags & conn_flags::ANSWERED_EARLY != 0;
+    if conn.phase != phase::IDLE && conn.phase != phase::RESPONSE && !answered_early {
         return; // a request body
     }
     let now = now_ns();
@@ -118,18 +121,18 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             // Never spoke HTTP (DNS over a connected UDP socket, TLS, ...): stop looking.
             count(counter::CLIENT_NOT_HTTP);
             let _ = CONNECTIONS.remove(key);
+        } else if !answered_early {
+            conn.flags |= conn_flags::UNTRACKED_WRITE;
         }
         return;
     };
-    if conn.phase == phase::RESPONSE {
+    if conn.phase == phase::RESPONSE && !answered_early {
         // The previous response ended with its last read, before this request.
         let _ = finish_response(conn, tgid, conn.last_io_ns);
     }
     count(counter::CLIENT_REQUESTS);
     conn.method = method;
     conn.request_start_ns = now;
-    conn.status = 0;
-    conn.framing = framing::UNKNOWN;
     let print = bytes_print(len as u64);
     conn.route = if print == conn.request_print && conn.cached_route != 0 {
         // The same bytes as the last request: the same Host, not scanned again.
@@ -146,6 +149,23 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             admitted
         }
     };
+    if answered_early {
+        conn.flags = (conn.flags & !conn_flags::ANSWERED_EARLY) | conn_flags::LAST_ANSWERED_EARLY;
+        if conn.phase == phase::ANSWERED {
+            // Read whole before this write returned: no time from the write's return to the
+            // response's end, the interval every request is measured by.
+            conn.phase = phase::RESPONSE;
+            let _ = finish_response(conn, tgid, now);
+        } else {
+            // The rest of the response comes with later reads.
+            list_for_sweep(conn, key, now);
+        }
+        return;
+    }
+    conn.flags &= !(conn_flags::LAST_ANSWERED_EARLY | conn_flags::UNTRACKED_WRITE);
+    conn.head_prefix = [0; 2];
+    conn.status = 0;
+    conn.framing = framing::UNKNOWN;
     conn.phase = phase::REQUEST;
 }
 
@@ -161,86 +181,136 @@ pub fn on_read(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret: 
         return;
     }
     let now = now_ns();
-    match conn.phase {
-        phase::REQUEST => {
-            // Bytes of the status line an earlier read brought alone, before this read's.
-            let prefix = conn.head_prefix;
-            let mut held = head_prefix::len(&prefix) as u64;
-            if held != 0 {
-                conn.head_prefix = [0; 2];
-            }
-            let Some((capture, mut len)) = capture_after(&prefix, buffer, ret) else {
-                return;
-            };
-            let head = head(capture);
-            let Some(mut status) = parse_status_line(&head) else {
-                if is_status_prefix(&head, len) {
-                    // Java's HttpClient reads into what is left of its buffer, at times a
-                    // byte or a few.
-                    conn.head_prefix = head_prefix::of(&head, len);
-                }
-                return;
-            };
-            // The final response's part of this read: after the interim ones it came with.
-            let (mut buffer, mut ret) = (buffer, ret);
-            if is_interim(status) {
-                let Some(after) = final_response_after_interim(buffer, ret) else {
-                    return; // interim: the final response follows in a later read
-                };
-                status = after.status;
-                buffer = Buffer::Plain(after.source + after.start);
-                ret -= after.start as i64;
-                len = after.captured;
-                held = 0;
-            }
-            conn.status = status;
-            conn.last_io_ns = now;
-            conn.phase = phase::RESPONSE;
-            list_for_sweep(conn, key, now);
-            if bodiless(status, conn.method == method::HEAD) {
-                let _ = finish_response(conn, tgid, now);
-                return;
-            }
-            let (framing, head_len, length) = response_framing(conn, buffer, ret, len, held);
-            conn.framing = framing;
-            match framing {
-                framing::LENGTH => {
-                    let body_here = (ret as u64 + held).saturating_sub(head_len);
-                    if body_here >= length {
-                        let _ = finish_response(conn, tgid, now);
-                    } else {
-                        conn.body_state = length - body_here;
-                    }
-                }
-                framing::CHUNKED => {
-                    conn.body_state = 0;
-                    if ends_chunked_body(conn, buffer, ret) {
-                        let _ = finish_response(conn, tgid, now);
-                    }
-                }
-                // Close-delimited, or a head too long to read: the end comes later.
-                _ => {}
-            }
+    let early = match conn.phase {
+        phase::REQUEST => false,
+        // A status line between requests: the answer to a request whose write has not
+        // returned yet, read on another thread (Java's and Go's clients read on one thread
+        // and write on another; an upload refused before the server reads it).
+        phase::IDLE
+            if conn.flags & (conn_flags::LAST_ANSWERED_EARLY | conn_flags::UNTRACKED_WRITE)
+                == 0 =>
+        {
+            true
         }
         phase::RESPONSE => {
-            conn.last_io_ns = now;
-            // A copy: the chunked guard below takes the connection mutably.
-            let body_framing = conn.framing;
-            match body_framing {
-                framing::LENGTH => {
-                    if ret as u64 >= conn.body_state {
-                        let _ = finish_response(conn, tgid, now);
-                    } else {
-                        conn.body_state -= ret as u64;
-                    }
-                }
-                framing::CHUNKED if ends_chunked_body(conn, buffer, ret) => {
-                    let _ = finish_response(conn, tgid, now);
-                }
-                _ => {}
+            read_body(conn, tgid, buffer, ret, now);
+            return;
+        }
+        _ => return,
+    };
+    // One call, inlined once: the verifier walks it once.
+    start_response(conn, key, tgid, buffer, ret, now, early);
+}
+
+/// A read of the response's body: the response ends with it when its framing shows its end.
+#[inline(always)]
+fn read_body(conn: &mut Connection, tgid: u32, buffer: Buffer, ret: i64, now: u64) {
+    conn.last_io_ns = now;
+    // A copy: the chunked guard below takes the connection mutably.
+    let body_framing = conn.framing;
+    match body_framing {
+        framing::LENGTH => {
+            if ret as u64 >= conn.body_state {
+                end_response(conn, tgid, now);
+            } else {
+                conn.body_state -= ret as u64;
             }
         }
+        framing::CHUNKED if ends_chunked_body(conn, buffer, ret) => {
+            end_response(conn, tgid, now);
+        }
         _ => {}
+    }
+}
+
+/// The read that may bring a response's status line (after the bytes of it an earlier read
+/// held): the response starts, and ends here too when its framing shows its end. `early`:
+/// read between requests, before the write of its request returned (`conn_flags::
+/// ANSWERED_EARLY`); bytes that do not start a status line there are left alone.
+#[inline(always)]
+fn start_response(
+    conn: &mut Connection,
+    key: u64,
+    tgid: u32,
+    buffer: Buffer,
+    ret: i64,
+    now: u64,
+    early: bool,
+) {
+    // Bytes of the status line an earlier read brought alone, before this read's.
+    let prefix = conn.head_prefix;
+    let mut held = head_prefix::len(&prefix) as u64;
+    if held != 0 {
+        conn.head_prefix = [0; 2];
+    }
+    let Some((capture, mut len)) = capture_after(&prefix, buffer, ret) else {
+        return;
+    };
+    let head = head(capture);
+    let Some(mut status) = parse_status_line(&head) else {
+        if !early && is_status_prefix(&head, len) {
+            // Java's HttpClient reads into what is left of its buffer, at times a byte or a
+            // few.
+            conn.head_prefix = head_prefix::of(&head, len);
+        }
+        return;
+    };
+    // The final response's part of this read: after the interim ones it came with.
+    let (mut buffer, mut ret) = (buffer, ret);
+    if is_interim(status) {
+        let Some(after) = final_response_after_interim(buffer, ret) else {
+            return; // interim: the final response follows in a later read
+        };
+        status = after.status;
+        buffer = Buffer::Plain(after.source + after.start);
+        ret -= after.start as i64;
+        len = after.captured;
+        held = 0;
+    }
+    if early {
+        conn.flags |= conn_flags::ANSWERED_EARLY;
+        count(counter::CLIENT_ANSWERED_EARLY);
+    }
+    conn.status = status;
+    conn.last_io_ns = now;
+    conn.phase = phase::RESPONSE;
+    list_for_sweep(conn, key, now);
+    // An early answer's request is not known yet: HEAD is not assumed.
+    if bodiless(status, !early && conn.method == method::HEAD) {
+        end_response(conn, tgid, now);
+        return;
+    }
+    let (framing, head_len, length) = response_framing(conn, buffer, ret, len, held);
+    conn.framing = framing;
+    match framing {
+        framing::LENGTH => {
+            let body_here = (ret as u64 + held).saturating_sub(head_len);
+            if body_here >= length {
+                end_response(conn, tgid, now);
+            } else {
+                conn.body_state = length - body_here;
+            }
+        }
+        framing::CHUNKED => {
+            conn.body_state = 0;
+            if ends_chunked_body(conn, buffer, ret) {
+                end_response(conn, tgid, now);
+            }
+        }
+        // Close-delimited, or a head too long to read: the end comes later.
+        _ => {}
+    }
+}
+
+/// The response being read ended at `end_ns`: recorded with its request, or, read before
+/// the write of that request returned, kept for the write (`phase::ANSWERED`).
+#[inline(always)]
+fn end_response(conn: &mut Connection, tgid: u32, end_ns: u64) {
+    if conn.flags & conn_flags::ANSWERED_EARLY != 0 {
+        conn.last_io_ns = end_ns;
+        conn.phase = phase::ANSWERED;
+    } else {
+        let _ = finish_response(conn, tgid, end_ns);
     }
 }
 
@@ -259,7 +329,12 @@ pub fn on_close(conn: &mut Connection, tgid: u32) {
 fn end_of_stream(conn: &mut Connection, tgid: u32, reset: bool) {
     let delimited_by_close = conn.framing == framing::CLOSE || conn.framing == framing::UNKNOWN;
     if delimited_by_close && !reset {
-        let _ = finish_response(conn, tgid, conn.last_io_ns);
+        end_response(conn, tgid, conn.last_io_ns);
+    } else if conn.flags & conn_flags::ANSWERED_EARLY != 0 {
+        // Cut off before its request's write returned: no server address to count it under
+        // (`CLIENT_ANSWERED_EARLY` counted it when it started).
+        conn.flags &= !conn_flags::ANSWERED_EARLY;
+        conn.phase = phase::IDLE;
     } else if claim_response(conn) {
         count_error(conn, tgid, client_error::CUT_OFF);
     }

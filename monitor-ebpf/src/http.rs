@@ -24,8 +24,8 @@ use monitor_common::head::{CAPTURE_WORDS, framing};
 use monitor_common::http::{
     CAPTURE_LEN, Connection, DurationHistogram, DurationKey, HttpConfig, HttpEvent,
     IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, ObservationEvent,
-    connection_key, counter, duration_bucket, event_kind, head_prefix, head_words, idle_ring,
-    measured_process_bit, parse_status_line, phase, role, test_fault,
+    conn_flags, connection_key, counter, duration_bucket, event_kind, head_prefix, head_words,
+    idle_ring, measured_process_bit, parse_status_line, phase, role, test_fault,
 };
 use monitor_common::{fingerprint, verifier::hide};
 
@@ -746,7 +746,9 @@ fn sweep_connection(conn: &mut Connection, key: u64, ctx: &SweepContext) {
     if conn.phase != phase::RESPONSE || conn.framing != framing::UNKNOWN {
         return;
     }
-    if ctx.now.saturating_sub(conn.last_io_ns) >= ctx.length {
+    // One read before its request's write returned waits for that write, which names it.
+    let waits_for_request = conn.flags & conn_flags::ANSWERED_EARLY != 0;
+    if ctx.now.saturating_sub(conn.last_io_ns) >= ctx.length && !waits_for_request {
         match record_response(conn, key >> 32, conn.last_io_ns, 1) {
             0 => {}
             // Listed again: the next epoch's sweep tries again (if no syscall ends it first).

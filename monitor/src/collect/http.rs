@@ -10,7 +10,7 @@ use monitor_common::{
     head::framing,
     http::{
         ClientErrorKey, Connection, DurationHistogram, DurationKey, EVENT_KIND_OFFSET, HttpEvent,
-        MAX_DURATION_BOUNDS, MEASURED_PROCESS_WORDS, ObservationEvent, ProcessRoute,
+        MAX_DURATION_BOUNDS, MEASURED_PROCESS_WORDS, ObservationEvent, ProcessRoute, conn_flags,
         connection_key, counter, event_kind, listener, phase, role,
     },
 };
@@ -183,8 +183,11 @@ pub fn dead_connection(
 ) -> DeadConnection {
     match connection.phase {
         phase::IDLE => DeadConnection::Free,
+        // (A client response read before its request's write returned waits for that write,
+        // which a dead process cannot make: in flight.)
         phase::RESPONSE
             if connection.framing == framing::UNKNOWN
+                && connection.flags & conn_flags::ANSWERED_EARLY == 0
                 && idle_timeout_ns != 0
                 && now_ns.saturating_sub(connection.last_io_ns)
                     < idle_sweep_deadline_ns(idle_timeout_ns) =>
@@ -673,6 +676,8 @@ mod tests {
             // A client reading a response of known length: only its bytes could end it.
             (role::CLIENT, phase::RESPONSE, framing::LENGTH),
             (role::CLIENT, phase::RESPONSE, framing::CHUNKED),
+            // A response read whole before its request's write returned.
+            (role::CLIENT, phase::ANSWERED, framing::LENGTH),
         ] {
             let open = connection(role_, phase_, framing_, now);
             assert_eq!(
@@ -681,6 +686,17 @@ mod tests {
                 "{role_} {phase_} {framing_}"
             );
         }
+    }
+
+    #[test]
+    fn a_client_response_read_before_its_request_was_written_is_in_flight() {
+        let now = 10 * SECOND;
+        let mut early = connection(role::CLIENT, phase::RESPONSE, framing::UNKNOWN, now);
+        early.flags = conn_flags::ANSWERED_EARLY;
+        assert_eq!(
+            dead_connection(&early, now, SECOND),
+            DeadConnection::FreeInFlight
+        );
     }
 
     #[test]

@@ -175,6 +175,15 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
             kernel(counter::CLIENT_RECORDED),
         ),
         single(
+            "monitor_http_client_responses_before_request_total",
+            "Client responses read before the write of their request had returned: a client \
+             that reads on another thread than it writes (Java's, Go's), answered while that \
+             write was still in the kernel (an upload refused before it was read, a writer \
+             preempted in the write). Recorded when the write returns, with the time from \
+             then to the response's end: 0 when the whole response came first.",
+            kernel(counter::CLIENT_ANSWERED_EARLY),
+        ),
+        single(
             "monitor_http_responses_ended_idle_total",
             "Responses ended by the idle timeout: their keep-alive connection stayed open \
              without a write or a new request.",
