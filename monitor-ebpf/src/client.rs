@@ -656,9 +656,14 @@ const LONG_INTERIM: u64 = 1 << 15;
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn final_after_interim(source: u64, available: u64, first_head_len: u64) -> u64 {
-    let Some((_, mut len)) = capture(Buffer::Plain(source), available as i64) else {
-        return 0;
-    };
+    // With the first head's length known, its bytes are not walked: no capture of them.
+    let mut len = 0;
+    if first_head_len == 0 {
+        let Some((_, captured)) = capture(Buffer::Plain(source), available as i64) else {
+            return 0;
+        };
+        len = captured;
+    }
     let mut start = 0;
     let mut heads = 0;
     let mut known_head_len = first_head_len;
