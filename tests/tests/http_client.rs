@@ -45,6 +45,17 @@ fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool)
     })
 }
 
+/// No client error series for `service` in `scrape`; else shows the agent's HTTP series.
+fn assert_no_client_errors(agent: &MonitorAgent, scrape: &Scrape, service: &str) {
+    let errors = scrape
+        .matching(
+            "http_client_request_errors_total",
+            &[("service_name", service)],
+        )
+        .count();
+    assert_eq!(errors, 0, "{}", describe_http(&agent.metrics_text()));
+}
+
 /// Runs a client fixture under a unique script name (its service name): `interpreter` is
 /// python3 or node.
 fn run_client(interpreter: &str, fixture_name: &str, urls: &[String]) -> (String, Vec<u16>) {
@@ -316,13 +327,7 @@ fn a_response_read_before_its_request_write_returned_is_counted() {
         client_count(scrape, &name, "refusing", 413) == Some(1)
             && client_count(scrape, &name, "refusing", 200) == Some(1)
     });
-    let client_errors = scrape
-        .matching(
-            "http_client_request_errors_total",
-            &[("service_name", name.as_str())],
-        )
-        .count();
-    assert_eq!(client_errors, 0, "{}", describe_http(&agent.metrics_text()));
+    assert_no_client_errors(&agent, &scrape, &name);
     assert_eq!(
         scrape.value("monitor_http_client_responses_before_request_total", &[]),
         Some(1.0)
@@ -359,13 +364,7 @@ fn an_interim_response_sent_with_the_final_one_counts_as_the_final_one() {
             server_count(scrape, &server.service, 200, path) == Some(3)
                 && client_count(scrape, &name, &address, 200) == Some(requests)
         });
-        let client_errors = scrape
-            .matching(
-                "http_client_request_errors_total",
-                &[("service_name", name.as_str())],
-            )
-            .count();
-        assert_eq!(client_errors, 0, "{}", describe_http(&agent.metrics_text()));
+        assert_no_client_errors(&agent, &scrape, &name);
         assert_eq!(
             scrape.histogram(CLIENT_DURATION, &[("http_response_status_code", "103")]),
             None
