@@ -156,6 +156,9 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             // response's end, the interval every request is measured by.
             conn.phase = phase::RESPONSE;
             let _ = finish_response(conn, tgid, now);
+            if conn.status == 101 {
+                let _ = CONNECTIONS.remove(key); // switched protocols (`start_response`)
+            }
         } else {
             // The rest of the response comes with later reads.
             list_for_sweep(conn, key, now);
@@ -278,6 +281,10 @@ fn start_response(
     // An early answer's request is not known yet: HEAD is not assumed.
     if bodiless(status, !early && conn.method == method::HEAD) {
         end_response(conn, tgid, now);
+        if status == 101 && !early {
+            // Switching protocols: what follows is not HTTP/1.x, nor this client's requests.
+            let _ = CONNECTIONS.remove(key);
+        }
         return;
     }
     let (framing, head_len, length) = response_framing(conn, buffer, ret, len, held);

@@ -406,6 +406,70 @@ fn misbehaving_server(reply: &'static [u8], reset: bool, connections: usize) -> 
     port
 }
 
+/// A server whose first connection switches protocols at the first request (Docker's
+/// `Upgrade: tcp`) and then answers one tunnelled request; every later connection is
+/// answered plainly, once.
+fn switching_server() -> u16 {
+    const SWITCHED: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n";
+    const ANSWER: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for (index, stream) in listener.incoming().enumerate() {
+            let Ok(mut stream) = stream else { return };
+            let replies: &'static [&[u8]] = if index == 0 {
+                &[SWITCHED, ANSWER]
+            } else {
+                &[ANSWER]
+            };
+            thread::spawn(move || {
+                for reply in replies {
+                    let mut request = [0u8; 1024];
+                    let _ = stream.read(&mut request);
+                    let _ = stream.write_all(reply);
+                }
+                let _ = stream.read(&mut [0u8; 1]); // until the client closes
+            });
+        }
+    });
+    port
+}
+
+/// After `101 Switching Protocols` (WebSocket, Docker's `Upgrade: tcp`) a connection carries
+/// another protocol: the switch counts, and what follows is not taken for requests of the
+/// client's, even what looks like one (a tunnel). Before, the client side went on reading
+/// the connection's every write and read, and counted the tunnelled request under the server
+/// it named.
+#[test]
+fn what_a_client_sends_after_a_protocol_switch_is_not_its_request() {
+    let agent = MonitorAgent::start(&[]);
+    let port = switching_server();
+    let script = "import socket, sys\n\
+         def exchange(s, request):\n    \
+         s.sendall(request)\n    \
+         data = b''\n    \
+         while not data.endswith(b'\\r\\n\\r\\n'):\n        data += s.recv(4096)\n    \
+         print(data.split(b' ')[1].decode())\n\
+         address = ('127.0.0.1', int(sys.argv[1]))\n\
+         tunnel = socket.create_connection(address)\n\
+         exchange(tunnel, b'POST /attach HTTP/1.1\\r\\nHost: docker\\r\\nConnection: Upgrade\\r\\nUpgrade: tcp\\r\\n\\r\\n')\n\
+         exchange(tunnel, b'GET /inner HTTP/1.1\\r\\nHost: tunnelled\\r\\n\\r\\n')\n\
+         exchange(socket.create_connection(address), b'GET /after HTTP/1.1\\r\\nHost: after\\r\\n\\r\\n')\n";
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("switch");
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+    let statuses = printed_statuses(Command::new(python).args(["-c", script, &port.to_string()]));
+    assert_eq!(statuses, [101, 200, 200]);
+    // The request after the tunnel's is counted: the tunnelled one would be by now.
+    let scrape = wait_until(&agent, "the switch and the request after it", |scrape| {
+        client_count(scrape, &name, "docker", 101) == Some(1)
+            && client_count(scrape, &name, "after", 200) == Some(1)
+    });
+    let tunnelled = scrape.histogram(CLIENT_DURATION, &[("server_address", "tunnelled")]);
+    assert_eq!(tunnelled, None, "{}", describe_http(&agent.metrics_text()));
+}
+
 #[test]
 fn cut_off_responses_and_missing_ones_are_errors_of_their_own() {
     let agent = MonitorAgent::start(&[]);
