@@ -389,7 +389,7 @@ fn classify(head: &[u8; 16], len: usize) -> u8 {
 }
 
 /// Feeds the capture's first bytes to `CAPTURE.not_request`. A global function (see
-/// `client::scan_host`).
+/// `client::heads::scan_host`).
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn scan_not_request(len: u64) -> u64 {
@@ -418,7 +418,7 @@ loops::loop_step! {
     }
 }
 
-/// Path bytes templated per callback, to save calls (see `client::LINE_STEPS_PER_CALL`).
+/// Path bytes templated per callback, to save calls (see `client::heads::LINE_STEPS_PER_CALL`).
 /// Checked once, in the global `template_capture`, eight cost the verifier's start-up pass
 /// about 0.05 s; before that function was global, two made it 0.3-0.4 s longer.
 const TEMPLATE_BYTES_PER_CALL: u64 = 8;
@@ -449,7 +449,7 @@ fn template(templater: &mut RouteTemplater, from: usize, to: usize) -> bool {
 }
 
 /// Feeds `capture[from..to]` to `CAPTURE.templater`. A global function (see
-/// `client::scan_host`).
+/// `client::heads::scan_host`).
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn template_capture(from: u64, to: u64) -> u64 {
