@@ -154,9 +154,7 @@ pub fn on_write(conn: &mut Connection, key: u64, tgid: u32, buffer: Buffer, ret:
             // response's end, the interval every request is measured by.
             conn.phase = phase::RESPONSE;
             let _ = finish_response(conn, tgid, now);
-            if conn.status == 101 {
-                let _ = CONNECTIONS.remove(key); // switched protocols (`start_response`)
-            }
+            forget_if_switched(conn, key);
         } else {
             // The rest of the response comes with later reads.
             list_for_sweep(conn, key, now);
@@ -279,9 +277,8 @@ fn start_response(
     // An early answer's request is not known yet: HEAD is not assumed.
     if bodiless(status, !early && conn.method == method::HEAD) {
         end_response(conn, tgid, now);
-        if status == 101 && !early {
-            // Switching protocols: what follows is not HTTP/1.x, nor this client's requests.
-            let _ = CONNECTIONS.remove(key);
+        if !early {
+            forget_if_switched(conn, key); // else once its request's write has recorded it
         }
         return;
     }
@@ -304,6 +301,15 @@ fn start_response(
         }
         // Close-delimited, or a head too long to read: the end comes later.
         _ => {}
+    }
+}
+
+/// After a recorded `101 Switching Protocols` the connection carries another protocol: what
+/// follows is not HTTP/1.x, nor this client's requests. It is no longer followed.
+#[inline(always)]
+fn forget_if_switched(conn: &Connection, key: u64) {
+    if conn.status == 101 {
+        let _ = CONNECTIONS.remove(key);
     }
 }
 
