@@ -193,7 +193,7 @@ fn promtool_finds_no_problem_in_a_scrape() {
 }
 
 /// README's Metrics table is the contract that the rules and the dashboard are checked
-/// against (tests/tests/deploy.rs): a metric the agent exports under a name it does not list
+/// against (tests/tests/deploy/): a metric the agent exports under a name it does not list
 /// (a rename, a new one left undocumented) fails here.
 #[test]
 fn every_exported_metric_is_documented() {
