@@ -119,6 +119,11 @@ impl Agent {
         &self.attached
     }
 
+    /// Hooks whose programs the kernel refused (`monitor_hook_unavailable`).
+    pub fn unavailable(&self) -> &[&'static str] {
+        &self.unavailable
+    }
+
     pub fn render(&mut self) -> String {
         self.refresh();
         self.ledger.note_shown();

@@ -139,6 +139,15 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_NO_HTTP", value_parser = BoolishValueParser::new())]
     pub no_http: bool,
 
+    /// Check this host and exit: load and attach every program as a run would (with the
+    /// other options given), print which hooks the kernel allowed and which it refused,
+    /// detach and exit without serving (`--listen` is not bound, so it can run beside a
+    /// running agent). Exit status 0: every hook attached; 3: the agent would run without
+    /// some (the report says what it would miss); 1: it cannot run here (the error says why);
+    /// 2: a wrong option. For install scripts and init containers.
+    #[arg(long)]
+    pub check: bool,
+
     /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show
     /// what the hooks alone cost.
     #[arg(long, hide = true)]

@@ -2,6 +2,7 @@
 //! benchmarks and fuzz targets reach the parsers and the model through here.
 
 pub mod agent;
+pub mod check;
 pub mod cli;
 pub mod collect;
 pub mod export;

@@ -10,7 +10,7 @@ fn main() -> std::process::ExitCode {
         .format_target(false)
         .init();
     match run::run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(status) => status,
         Err(error) => {
             log::error!("{error:#}");
             std::process::ExitCode::FAILURE

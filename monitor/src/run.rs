@@ -2,6 +2,7 @@
 
 use std::{
     net::SocketAddr,
+    process::ExitCode,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -12,6 +13,7 @@ use tokio::signal::unix::SignalKind;
 
 use crate::{
     agent::{Agent, Settings},
+    check,
     cli::{Cli, SchedAccounting},
     export::server::{self, RenderFn},
     open_files, preflight, privileges,
@@ -25,7 +27,7 @@ type SharedAgent = Arc<Mutex<Option<Agent>>>;
 
 /// Everything that needs privileges happens first, on the only thread there is: capabilities
 /// belong to threads, and the runtime's threads, started after the drop, inherit what is left.
-pub fn run(cli: Cli) -> Result<()> {
+pub fn run(cli: Cli) -> Result<ExitCode> {
     open_files::raise_to_hard_limit();
     let protection = server::Protection::load(cli.web_config_file.as_deref())?;
     if cli
@@ -36,9 +38,26 @@ pub fn run(cli: Cli) -> Result<()> {
         anyhow::bail!("--task-offsets takes five offsets, comma-separated");
     }
     preflight::check_privileges()?;
+    if cli.check {
+        return check_host(&cli);
+    }
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
     let listener = bind(cli.listen)?;
-    let agent = Agent::start(&Settings {
+    let agent = Agent::start(&settings(&cli))?;
+    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
+    log_summary(&agent, &cli, &protection, &kept);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cli, listener, agent, protection))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The agent's settings from the command line.
+fn settings(cli: &Cli) -> Settings {
+    Settings {
         exited_process_grace: cli.exited_process_grace,
         exited_process_budget: cli.exited_process_budget,
         max_processes: cli.max_processes,
@@ -70,15 +89,29 @@ pub fn run(cli: Cli) -> Result<()> {
             },
         },
         pod_logs: cli.pod_logs.clone(),
-    })?;
+    }
+}
+
+/// `--check`: starts the agent as a run would, prints what it attached and missed, stops it.
+fn check_host(cli: &Cli) -> Result<ExitCode> {
+    let agent = Agent::start(&settings(cli))?;
     let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
-    log_summary(&agent, &cli, &protection, &kept);
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?
-        .block_on(serve(cli, listener, agent, protection))
+    let kernel = preflight::kernel_release();
+    let capabilities_kept = privileges::describe(&kept);
+    let (report, status) = check::report(&check::Findings {
+        kernel: &kernel,
+        btf: preflight::btf_available(),
+        attached: agent.attached(),
+        unavailable: agent.unavailable(),
+        sched_accounting: accounting_source(&agent),
+        capabilities_kept: &capabilities_kept,
+        http: !cli.no_http,
+    });
+    // Detaches every program before the report is out: a script that reads it and goes on
+    // finds nothing of the check left in the kernel.
+    drop(agent);
+    print!("{report}");
+    Ok(ExitCode::from(status))
 }
 
 fn bind(address: SocketAddr) -> Result<std::net::TcpListener> {
@@ -194,10 +227,7 @@ fn log_summary(
         } else {
             ""
         },
-        match agent.sched_accounting() {
-            SchedAccounting::Kernel => "kernel's per-task accounting",
-            SchedAccounting::Programs => "programs' own clock reads",
-        },
+        accounting_source(agent),
         agent.adopted_connections(),
         privileges::describe(kept),
         protection.scheme(),
@@ -208,4 +238,12 @@ fn log_summary(
             ""
         },
     );
+}
+
+/// Where CPU time and run-queue waits come from, as the summary and the check say it.
+fn accounting_source(agent: &Agent) -> &'static str {
+    match agent.sched_accounting() {
+        SchedAccounting::Kernel => "kernel's per-task accounting",
+        SchedAccounting::Programs => "programs' own clock reads",
+    }
 }

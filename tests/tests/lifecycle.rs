@@ -229,6 +229,65 @@ fn every_exported_metric_is_documented() {
     );
 }
 
+/// `--check` attaches what a run would, reports it and leaves: exit status 0 with every hook
+/// attached, `--listen` not bound (a listener holds that address already, as a running agent
+/// would), and none of its programs left in the kernel.
+#[test]
+fn check_reports_every_hook_attached_and_leaves_nothing_behind() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let before = bpf::listed("prog");
+    let output = Command::new(monitor_bin())
+        .args([
+            "--check",
+            "--listen",
+            &taken.local_addr().unwrap().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for hook in [
+        "sched_switch (tp_btf)",
+        "sys_exit (tp_btf)",
+        "sys_enter_close (tracepoint)",
+        "cpu_clock_one_cpu (perf_event)",
+    ] {
+        assert!(
+            stdout.contains(&format!("  {hook}\n")),
+            "{hook} not in: {stdout}"
+        );
+    }
+    assert!(
+        stdout.ends_with("result: ok, every hook attached\n"),
+        "{stdout}"
+    );
+    // Freeing a program is deferred a moment in the kernel.
+    poll_until(
+        "the kernel to free the check's programs",
+        Duration::from_secs(2),
+        || {
+            let new: Vec<u64> = bpf::listed("prog")
+                .into_iter()
+                .filter(|id| !before.contains(id))
+                .collect();
+            let agents: Vec<String> = bpf::program_names(&new)
+                .into_iter()
+                .filter(|name| {
+                    ["sys_", "sched_", "cpu_clock", "http_"]
+                        .iter()
+                        .any(|prefix| name.starts_with(prefix))
+                })
+                .collect();
+            agents.is_empty().then_some(())
+        },
+    );
+}
+
 #[test]
 fn taken_port_is_reported_by_address() {
     let agent = MonitorAgent::start(&[]);

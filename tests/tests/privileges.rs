@@ -247,15 +247,9 @@ fn started_as_root_it_keeps_only_its_run_time_capabilities() {
     assert_holds_only_the_run_time_set(&agent);
 }
 
-/// Where tracefs is not mounted and the agent may not mount it (the DaemonSet's capabilities
-/// hold no CAP_SYS_ADMIN; a node without `/sys/kernel/tracing` in the pod), the classic
-/// tracepoints at close's and sendmsg's entries and at fork cannot be attached: the agent
-/// says so in `monitor_hook_unavailable`, falls back to close's exit, and still counts
-/// connections that come and go exactly.
-#[test]
-fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
-    const REQUESTS: usize = 2000;
-    // A mount namespace of the agent's own, without tracefs: the host's stays as it is.
+/// The agent in a mount namespace of its own without tracefs (the host's stays as it is),
+/// with the DaemonSet's capabilities, so that it may not mount it again.
+fn without_tracefs() -> Command {
     let script = format!(
         "umount -l /sys/kernel/tracing 2>/dev/null; umount -l /sys/kernel/debug 2>/dev/null; \
          exec capsh {} \"$@\"",
@@ -275,7 +269,18 @@ fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
         &script,
         "sh",
     ]);
-    let agent = MonitorAgent::start_with(launcher, &[]);
+    launcher
+}
+
+/// Where tracefs is not mounted and the agent may not mount it (the DaemonSet's capabilities
+/// hold no CAP_SYS_ADMIN; a node without `/sys/kernel/tracing` in the pod), the classic
+/// tracepoints at close's and sendmsg's entries and at fork cannot be attached: the agent
+/// says so in `monitor_hook_unavailable`, falls back to close's exit, and still counts
+/// connections that come and go exactly.
+#[test]
+fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
+    const REQUESTS: usize = 2000;
+    let agent = MonitorAgent::start_with(without_tracefs(), &[]);
     let hooks = ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"];
     let scrape = wait_until(&agent, "the unavailable hooks listed", |scrape| {
         hooks
@@ -340,4 +345,32 @@ fn without_cap_sys_ptrace_a_warning_names_it() {
     );
     // Then the taken port stopped it, as it would have anyway.
     assert!(!status.success() && stderr.contains("in use"), "{stderr}");
+}
+
+/// `--check` where tracefs cannot be mounted: a run would go on without the classic
+/// tracepoints, and the check names each one and what a run would miss, with exit status 3.
+#[test]
+fn check_without_tracefs_names_the_hooks_a_run_would_miss() {
+    let output = without_tracefs()
+        .arg("--check")
+        .output()
+        .expect("running monitor --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(3),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for hook in ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"] {
+        assert!(
+            stdout.contains(&format!("\n  {hook}: ")),
+            "{hook} not named: {stdout}"
+        );
+    }
+    assert!(stdout.contains("  sys_exit (tp_btf)\n"), "{stdout}");
+    assert!(
+        stdout.contains("result: degraded, 3 hook(s) unavailable"),
+        "{stdout}"
+    );
 }

@@ -230,7 +230,8 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
 /// One series per hook whose program could not be attached (refused by the kernel, or a
 /// classic tracepoint without tracefs): `sys_exit` (no HTTP metrics at
 /// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only),
-/// `sched_process_fork` (forking servers' children not followed), `cpu_clock_one_cpu` (the
+/// `sched_process_fork` (forking servers' children not followed), `cpu_clock` (a busy
+/// process's CPU time updated at context switches only), `cpu_clock_one_cpu` (the
 /// HTTP idle sweep: a keep-alive connection's last response recorded at its close).
 fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
     hooks
@@ -241,7 +242,8 @@ fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
                 "Hooks whose BPF program could not be attached (1): sys_exit leaves no HTTP \
                  metrics; sys_enter_close and sys_enter_sendmsg leave their syscalls seen at \
                  the exit only; sched_process_fork leaves forking servers' children \
-                 unfollowed; cpu_clock_one_cpu (the HTTP idle sweep) leaves a keep-alive \
+                 unfollowed; cpu_clock leaves a busy process's CPU time to move only when it \
+                 is switched out; cpu_clock_one_cpu (the HTTP idle sweep) leaves a keep-alive \
                  connection's last response to be recorded at its close. The agent's log says why.",
             ),
             |family, hook| family.value(&[("hook", hook)], 1.0),

@@ -19,7 +19,7 @@ use monitor_common::{http::FileTableOffsets, sched::TaskAccountingOffsets};
 
 use self::loops::Loops;
 
-pub use sched::{attach_empty, attach_sched};
+pub use sched::{CLOCK_TICK_HOOK, attach_empty, attach_sched};
 
 /// The embedded kernel programs, built by build.rs from `monitor-ebpf`.
 static BPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor"));

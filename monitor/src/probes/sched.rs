@@ -121,6 +121,10 @@ pub fn attach_sched(
     }
 }
 
+/// The per-CPU clock tick's hook, as `monitor_bpf_program_info` and
+/// `monitor_hook_unavailable` name it.
+pub const CLOCK_TICK_HOOK: &str = "cpu_clock";
+
 fn finish(
     ebpf: &mut Ebpf,
     mut attached: Vec<AttachedProgram>,
@@ -216,7 +220,7 @@ fn attach_tick(ebpf: &mut Ebpf, name: &'static str) -> Result<AttachedProgram> {
     let program: &mut PerfEvent = program_mut(ebpf, name)?.try_into()?;
     attach_cpu_clock(program, name, &online_cpus()?, TICK_PERIOD_NS)?;
     Ok(AttachedProgram {
-        hook: "cpu_clock",
+        hook: CLOCK_TICK_HOOK,
         kind: HookKind::PerfEvent,
         program: name,
     })
