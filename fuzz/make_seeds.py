@@ -61,6 +61,34 @@ for name, text in RESPONSES.items():
 write("response_head", "nginx_cut_in_7s", b"\x01" + RESPONSES["nginx"].encode())
 
 
+# Reads where a request should start that are not one: what other clients send to an HTTP port.
+NOT_REQUESTS = {
+    "tls_client_hello": bytes.fromhex("160301020001000001fc0303") + bytes(range(32)),
+    "http2_preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+    "redis": b"*1\r\n$4\r\nPING\r\n",
+    "lower_case": b"get /index.html HTTP/1.1\r\nHost: x\r\n\r\n",
+    "connect": b"CONNECT host.example:443 HTTP/1.1\r\nHost: host.example:443\r\n\r\n",
+    "ssh": b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n",
+    "body_rest": b"qty=1&id=42",
+    "noise": bytes([0x00, 0xFF, 0x13, 0x37, 0x80, 0x41, 0x0A]),
+}
+for name, data in NOT_REQUESTS.items():
+    write("not_request", name, data)
+
+# PROXY protocol headers as load balancers send them, with a request after them: the seed
+# byte ends the read (the rest is what an earlier read left in the capture).
+PROXY_V1 = b"PROXY TCP4 192.0.2.10 198.51.100.7 56324 80\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"
+PROXY_V1_6 = b"PROXY TCP6 2001:db8::1 2001:db8::2 56324 443\r\n"
+PROXY_V2 = (b"\r\n\r\n\x00\r\nQUIT\n" + bytes([0x21, 0x11]) + struct.pack(">H", 12)
+            + bytes([192, 0, 2, 10, 198, 51, 100, 7]) + struct.pack(">HH", 56324, 80)
+            + b"GET / HTTP/1.1\r\n\r\n")
+write("proxy_header", "v1_with_request", bytes([len(PROXY_V1)]) + PROXY_V1)
+write("proxy_header", "v1_cut_before_line_end", bytes([20]) + PROXY_V1)
+write("proxy_header", "v1_ipv6", bytes([len(PROXY_V1_6)]) + PROXY_V1_6)
+write("proxy_header", "v1_unknown", bytes([15]) + b"PROXY UNKNOWN\r\n")
+write("proxy_header", "v2_tcp4", bytes([len(PROXY_V2)]) + PROXY_V2)
+write("proxy_header", "v2_cut", bytes([14]) + PROXY_V2)
+
 def fnv(data, h=0xCBF29CE484222325):
     for b in data:
         h = ((h ^ b) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF

@@ -3,7 +3,7 @@
 
 use monitor_common::{
     head::{MAX_HOST_LEN, framing},
-    http::method,
+    http::{method, not_http},
 };
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
@@ -164,4 +164,53 @@ pub fn response_head(bytes: &[u8]) -> (u16, u32, u64) {
         framing::CLOSE
     };
     (framing, end as u32, length)
+}
+
+/// What a read that is not a request start is (`not_http::*`), from its first 16 bytes: a TLS
+/// record's header, the HTTP/2 preface, anything that is not text, letters and a space before
+/// a request target (a method the parser refused: lower case, too short or too long, or
+/// `CONNECT` to a host whose name begins with `h`), else text.
+pub fn not_request_kind(read: &[u8]) -> u8 {
+    let first = &read[..read.len().min(16)];
+    if first.starts_with(&[0x16, 0x03]) {
+        return not_http::TLS;
+    }
+    if first.starts_with(b"PRI * HTTP/2.0") {
+        return not_http::HTTP2;
+    }
+    if first
+        .iter()
+        .any(|&b| (b < b' ' && !matches!(b, b'\t' | b'\r' | b'\n')) || b >= 0x7f)
+    {
+        return not_http::BINARY;
+    }
+    let letters = first.iter().take_while(|b| b.is_ascii_alphabetic()).count();
+    let request_line = letters > 0
+        && first.get(letters) == Some(&b' ')
+        && matches!(first.get(letters + 1), Some(b'/' | b'*' | b'h' | b'H'));
+    if request_line {
+        not_http::INVALID_METHOD
+    } else {
+        not_http::TEXT
+    }
+}
+
+/// The length of a PROXY protocol header at the start of `read`: version 2 by its signature,
+/// version and declared address length (whatever of it was read); version 1 up to its first
+/// line break, which must be in the read and within the protocol's 107 bytes.
+pub fn proxy_header_len(read: &[u8]) -> Option<usize> {
+    const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
+    if read.starts_with(V2_SIGNATURE) {
+        // Bytes 12 to 15, zero where the read stopped before them (as in the capture).
+        let byte = |i: usize| read.get(i).copied().unwrap_or(0);
+        return (byte(12) >> 4 == 2)
+            .then(|| 16 + usize::from(u16::from_be_bytes([byte(14), byte(15)])));
+    }
+    if !read.starts_with(b"PROXY ") {
+        return None;
+    }
+    read[..read.len().min(107)]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| i + 1)
 }

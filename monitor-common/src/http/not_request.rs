@@ -11,7 +11,7 @@ pub mod not_http {
     pub const HTTP2: u8 = 1;
     /// Bytes that are not text: another binary protocol, or noise.
     pub const BINARY: u8 = 2;
-    /// A request line whose method is not an upper-case token (`get / HTTP/1.1`).
+    /// A request line whose method is not 3 to 12 upper-case letters (`get / HTTP/1.1`).
     pub const INVALID_METHOD: u8 = 3;
     /// Other text: a text protocol, or the rest of a request that began earlier.
     pub const TEXT: u8 = 4;

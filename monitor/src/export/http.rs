@@ -133,7 +133,7 @@ fn not_http_reads(http: &HttpLedger) -> Option<MetricFamily> {
                 "Reads on server connections, where a request should start, that were not an \
                  HTTP/1.x request, by reason: tls (a TLS client on a clear-text port), http2 \
                  (the HTTP/2 preface), binary (another protocol, or noise), invalid_method (a \
-                 request line whose method is not in upper-case letters), text (anything \
+                 request line whose method is not 3 to 12 upper-case letters), text (anything \
                  else). A connection that never spoke HTTP is dropped at the first.",
             ),
             |family, kind| {
