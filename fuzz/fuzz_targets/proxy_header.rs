@@ -9,7 +9,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use monitor_common::{http::CAPTURE_LEN, proxy::header_len};
+use monitor_common::{
+    http::CAPTURE_LEN,
+    proxy::{header_len, starts_header},
+};
 use monitor_fuzz::reference;
 
 fuzz_target!(|data: &[u8]| {
@@ -31,6 +34,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let found = header_len(&head, len, word);
     assert_eq!(found, reference::proxy_header_len(read), "{read:?}");
+    // The kernel asks for a length only after `starts_header` said yes: a header it finds
+    // must be one that check lets through.
+    assert!(found.is_none() || starts_header(&head), "{read:?}");
     if let (Some(end), b'P') = (found, head[0]) {
         assert!(end <= len && end <= 107 && read[end - 1] == b'\n', "{read:?}");
     }

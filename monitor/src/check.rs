@@ -31,7 +31,7 @@ pub fn loss(hook: &str) -> &'static str {
             "no HTTP idle sweep: a keep-alive connection's last response is recorded only at \
              its close"
         }
-        _ => "see the log above for what it measures",
+        _ => "not measured as usual (the agent's log says why)",
     }
 }
 

@@ -19,7 +19,7 @@ use clap::{Parser, builder::BoolishValueParser};
     // A later option overrides an earlier one (e.g. a wrapper's defaults, then the user's).
     args_override_self = true,
     after_help = "Endpoints: GET /metrics (Prometheus text format), GET /healthz.\n\
-                  Every option can also be set by the environment variable shown with it."
+                  Options that show an environment variable can also be set by it."
 )]
 pub struct Cli {
     /// Address to serve /metrics and /healthz on.
@@ -139,12 +139,13 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_NO_HTTP", value_parser = BoolishValueParser::new())]
     pub no_http: bool,
 
-    /// Check this host and exit: load and attach every program as a run would (with the
-    /// other options given), print which hooks the kernel allowed and which it refused,
-    /// detach and exit without serving (`--listen` is not bound, so it can run beside a
-    /// running agent). Exit status 0: every hook attached; 3: the agent would run without
-    /// some (the report says what it would miss); 1: it cannot run here (the error says why);
-    /// 2: a wrong option. For install scripts and init containers.
+    /// Check what this host allows, then exit without serving.
+    ///
+    /// Loads and attaches every program as a run would (with the other options given),
+    /// prints each hook attached and each one the kernel refused with what a run would miss,
+    /// and detaches. `--listen` is not bound. Exit status 0: every hook attached; 3: the agent
+    /// would run without some; 1: it cannot run here (the error says why); 2: the command
+    /// line could not be parsed. For install scripts and first runs on a new kernel.
     #[arg(long)]
     pub check: bool,
 

@@ -231,7 +231,7 @@ fn every_exported_metric_is_documented() {
 
 /// `--check` attaches what a run would, reports it and leaves: exit status 0 with every hook
 /// attached, `--listen` not bound (a listener holds that address already, as a running agent
-/// would), and none of its programs left in the kernel.
+/// would), and none of its programs left in the kernel (it pins nothing).
 #[test]
 fn check_reports_every_hook_attached_and_leaves_nothing_behind() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -255,6 +255,7 @@ fn check_reports_every_hook_attached_and_leaves_nothing_behind() {
         "sched_switch (tp_btf)",
         "sys_exit (tp_btf)",
         "sys_enter_close (tracepoint)",
+        "cpu_clock (perf_event)",
         "cpu_clock_one_cpu (perf_event)",
     ] {
         assert!(

@@ -155,8 +155,6 @@ impl Agent {
         } else {
             SchedAccounting::Programs
         };
-        // HTTP is half of what the agent measures: a kernel that refuses its programs leaves
-        // the other half running, and says so (`monitor_hook_unavailable`).
         let mut unavailable = Vec::new();
         if !attached
             .iter()
@@ -165,6 +163,8 @@ impl Agent {
             // Logged where it failed: CPU time then moves only at context switches.
             unavailable.push(probes::CLOCK_TICK_HOOK);
         }
+        // HTTP is half of what the agent measures: a kernel that refuses its programs leaves
+        // the other half running, and says so (`monitor_hook_unavailable`).
         if !settings.no_http {
             match probes::http::attach_syscalls(&mut ebpf, settings.empty_programs, &btf) {
                 Ok(program) => {
