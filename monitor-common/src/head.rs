@@ -390,6 +390,16 @@ impl HostValue {
     }
 }
 
+/// Whether a chunked body's last bytes (`last`: the last eight read, the latest lowest) end
+/// with an empty line: where trailer fields after the last chunk end (the zero-size chunk's
+/// terminator, which the kernel looks for, comes before them, so it never matches). A chunk
+/// whose data ends in a line break ends so too, so this is taken for the end only at the
+/// close, when nothing follows.
+#[inline(always)]
+pub const fn ends_with_empty_line(last: u64) -> bool {
+    last & 0xFFFF_FFFF == u32::from_be_bytes(*b"\r\n\r\n") as u64
+}
+
 /// Whether a response with this status (to a request with this method) has no body.
 pub fn bodiless(status: u16, head_request: bool) -> bool {
     head_request || (100..200).contains(&status) || status == 204 || status == 304

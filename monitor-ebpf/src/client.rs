@@ -8,7 +8,7 @@ use core::mem::MaybeUninit;
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use monitor_common::{
-    head::{bodiless, framing},
+    head::{bodiless, ends_with_empty_line, framing},
     http::{
         ClientErrorKey, Connection, OVERFLOW_ROUTE_HASH, ProcessRoute, client_error, conn_flags,
         connection_key, counter, event_kind, head_prefix, is_interim, is_status_prefix, method,
@@ -215,8 +215,11 @@ fn read_body(conn: &mut Connection, tgid: u32, buffer: Buffer, ret: i64, now: u6
                 conn.body_state -= ret as u64;
             }
         }
-        framing::CHUNKED if ends_chunked_body(conn, buffer, ret) => {
-            end_response(conn, tgid, now);
+        framing::CHUNKED => {
+            conn.flags |= conn_flags::CHUNKED_BODY;
+            if ends_chunked_body(conn, buffer, ret) {
+                end_response(conn, tgid, now);
+            }
         }
         _ => {}
     }
@@ -295,6 +298,11 @@ fn start_response(
         }
         framing::CHUNKED => {
             conn.body_state = 0;
+            if ret as u64 + held > head_len {
+                conn.flags |= conn_flags::CHUNKED_BODY;
+            } else {
+                conn.flags &= !conn_flags::CHUNKED_BODY;
+            }
             if ends_chunked_body(conn, buffer, ret) {
                 end_response(conn, tgid, now);
             }
@@ -335,11 +343,15 @@ pub fn on_close(conn: &mut Connection, tgid: u32) {
 }
 
 /// The connection ended while a response was being read: complete if it was delimited by
-/// the close, cut off if it declared more.
+/// the close, or chunked with trailer fields whose empty line was its last read; cut off if
+/// it declared more.
 #[inline(always)]
 fn end_of_stream(conn: &mut Connection, tgid: u32, reset: bool) {
     let delimited_by_close = conn.framing == framing::CLOSE || conn.framing == framing::UNKNOWN;
-    if delimited_by_close && !reset {
+    let trailers_ended = conn.framing == framing::CHUNKED
+        && conn.flags & conn_flags::CHUNKED_BODY != 0
+        && ends_with_empty_line(conn.body_state);
+    if (delimited_by_close || trailers_ended) && !reset {
         end_response(conn, tgid, conn.last_io_ns);
     } else if conn.flags & conn_flags::ANSWERED_EARLY != 0 {
         // Cut off before its request's write returned: no server address to count it under

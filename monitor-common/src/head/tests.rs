@@ -228,3 +228,12 @@ fn bodiless_statuses() {
     assert!(bodiless(200, true));
     assert!(!bodiless(200, false));
 }
+
+#[test]
+fn a_trailer_sections_empty_line_is_seen_in_the_last_bytes() {
+    let last = |bytes: &[u8; 8]| u64::from_be_bytes(*bytes);
+    assert!(ends_with_empty_line(last(b"c123\r\n\r\n")));
+    assert!(ends_with_empty_line(last(b"x\r\n0\r\n\r\n")));
+    assert!(!ends_with_empty_line(last(b"abc123\r\n")));
+    assert!(!ends_with_empty_line(last(b"3\r\n\r\n0\r\n")));
+}

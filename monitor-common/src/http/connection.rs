@@ -100,6 +100,10 @@ pub mod conn_flags {
     /// Client: a write since the last request was not one the programs follow (a method
     /// they do not know): its answer is not taken for an early one.
     pub const UNTRACKED_WRITE: u16 = 32;
+    /// Client: bytes of the current chunked response's body have been read, so an empty line
+    /// its reads end with is a trailer section's end, not the head's
+    /// (`head::ends_with_empty_line`).
+    pub const CHUNKED_BODY: u16 = 64;
 }
 
 impl Connection {

@@ -1,6 +1,6 @@
 //! Responses as clients read them: a first byte read alone, a response read before its
 //! request's write returned, interim responses, a protocol switch, and chunked bodies that end
-//! at their last chunk only.
+//! at their last chunk only, or with their trailers.
 
 use std::{
     io::{Read as _, Write as _},
@@ -257,4 +257,94 @@ fn a_chunked_response_ends_at_its_last_chunk_only() {
         )
         .count();
     assert_eq!(errors, 0, "{}", describe_http(&agent.metrics_text()));
+}
+
+/// A chunked response with trailer fields after its last chunk (Node's `addTrailers`,
+/// gRPC-web) ends with the trailers' empty line, where the zero-size chunk's terminator is not
+/// last: taken to its end by the close, it is whole. Before, every such response that a close
+/// ended (curl's one request per run, the last of a keep-alive connection) was counted as cut
+/// off, and not recorded. A response cut right after its head is still cut off: the head's
+/// own empty line is not a trailer section's.
+#[test]
+fn a_chunked_response_with_trailers_ended_by_the_close_is_whole() {
+    const WITH_TRAILERS: &[&[u8]] = &[
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-Checksum\r\n\r\n",
+        b"6\r\nhello \r\n",
+        b"6\r\nworld\n\r\n0\r\nX-Checksum: abc123\r\n\r\n",
+    ];
+    const CUT_AFTER_HEAD: &[&[u8]] = &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"];
+    let whole = chunked_server(WITH_TRAILERS, Duration::from_millis(20));
+    let cut = cut_server(CUT_AFTER_HEAD[0]);
+    let agent = MonitorAgent::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique_name("curl");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &name);
+    const RUNS: usize = 3;
+    for _ in 0..RUNS {
+        let output = Command::new(&curl)
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                &format!("http://127.0.0.1:{whole}/t"),
+            ])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{output:?}");
+    }
+    let _ = Command::new(&curl)
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            &format!("http://127.0.0.1:{cut}/t"),
+        ])
+        .output()
+        .unwrap();
+    let whole_address = format!("127.0.0.1:{whole}");
+    let cut_address = format!("127.0.0.1:{cut}");
+    let scrape = wait_until(&agent, "the cut-off response counted", |scrape| {
+        scrape
+            .value(
+                "http_client_request_errors_total",
+                &[
+                    ("service_name", name.as_str()),
+                    ("server_address", cut_address.as_str()),
+                    ("error_type", "response_cut_off"),
+                ],
+            )
+            .is_some()
+    });
+    assert_eq!(
+        client_count(&scrape, &name, &whole_address, 200),
+        Some(RUNS as u64),
+        "{}",
+        describe_http(&agent.metrics_text())
+    );
+    let whole_errors = scrape
+        .matching(
+            "http_client_request_errors_total",
+            &[
+                ("service_name", name.as_str()),
+                ("server_address", whole_address.as_str()),
+            ],
+        )
+        .count();
+    assert_eq!(whole_errors, 0, "{}", describe_http(&agent.metrics_text()));
+}
+
+/// A server in this test that answers each connection's first request with `head` and closes.
+fn cut_server(head: &'static [u8]) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut request = [0u8; 4096];
+            if matches!(stream.read(&mut request), Ok(n) if n > 0) {
+                let _ = stream.write_all(head);
+            }
+        }
+    });
+    port
 }
