@@ -38,6 +38,9 @@ fuzz_target!(|data: &[u8]| {
     // must be one that check lets through.
     assert!(found.is_none() || starts_header(&head), "{read:?}");
     if let (Some(end), b'P') = (found, head[0]) {
-        assert!(end <= len && end <= 107 && read[end - 1] == b'\n', "{read:?}");
+        assert!(
+            end <= len && end <= 107 && read[end - 1] == b'\n',
+            "{read:?}"
+        );
     }
 });
