@@ -6,7 +6,7 @@ use std::{
     time::Duration,
 };
 
-use crate::Scrape;
+use crate::{MonitorAgent, Scrape, poll::try_poll};
 
 pub const SERVER_DURATION: &str = "http_server_request_duration_seconds";
 
@@ -113,6 +113,24 @@ pub fn connect(port: u16) -> TcpStream {
 
 pub fn send(stream: &mut TcpStream, bytes: &[u8]) {
     stream.write_all(bytes).expect("writing a request");
+}
+
+/// How long a test waits for the agent's series to show what its traffic did.
+pub const SERIES_WAIT: Duration = Duration::from_secs(20);
+
+/// Polls `agent`'s scrapes until `check` holds on one (within `SERIES_WAIT`) and returns it;
+/// on a timeout, fails showing the agent's HTTP series.
+pub fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    try_poll(SERIES_WAIT, || {
+        let scrape = agent.scrape();
+        check(&scrape).then_some(scrape)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "timed out waiting for {what}; the agent has:\n{}",
+            describe_http(&agent.metrics_text())
+        )
+    })
 }
 
 /// The HTTP lines of a scrape (counts and the agent's HTTP counters), for failure messages.

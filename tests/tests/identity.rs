@@ -7,28 +7,15 @@ use std::{
 };
 
 use monitor_tests::{
-    MonitorAgent, Scrape,
+    MonitorAgent,
     agent::free_port,
-    http::{client, describe_http, get, server_count},
+    http::{client, get, server_count, wait_until},
     poll::try_poll,
     servers::{Server, fixture},
     workload::unique_name,
 };
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    try_poll(WAIT, || {
-        let scrape = agent.scrape();
-        check(&scrape).then_some(scrape)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for {what}; the agent has:\n{}",
-            describe_http(&agent.metrics_text())
-        )
-    })
-}
 
 /// Sends 3 requests to `route` of each server, then finds them counted under the server's
 /// own service name, and a CPU series of its process (with `executable`, when given) under

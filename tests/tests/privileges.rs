@@ -5,14 +5,12 @@ use std::{
     fs,
     os::unix::fs::PermissionsExt as _,
     process::{Child, Command, Stdio},
-    time::Duration,
 };
 
 use monitor_tests::{
-    MonitorAgent, Scrape,
+    MonitorAgent,
     agent::{free_port, monitor_bin},
-    http::{client, describe_http, get, server_count},
-    poll::try_poll,
+    http::{client, get, server_count, wait_until},
     servers::{Server, ab_with, fixture},
     workload::unique_name,
 };
@@ -27,8 +25,6 @@ const DAEMONSET: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_
 
 /// An unprivileged user other than the agent's (nobody).
 const OTHER_UID: &str = "65534";
-
-const WAIT: Duration = Duration::from_secs(20);
 
 fn mask(caps: &[u32]) -> u64 {
     caps.iter().fold(0, |mask, cap| mask | 1 << cap)
@@ -113,19 +109,6 @@ fn assert_holds_only_the_run_time_set(agent: &MonitorAgent) {
             "thread {thread}: {set} is {value:#x}, expected {want:#x}"
         );
     }
-}
-
-fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    try_poll(WAIT, || {
-        let scrape = agent.scrape();
-        check(&scrape).then_some(scrape)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for {what}; the agent has:\n{}",
-            describe_http(&agent.metrics_text())
-        )
-    })
 }
 
 /// A process of another user, started now, named by the full name of its executable: longer

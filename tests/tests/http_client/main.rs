@@ -8,15 +8,16 @@ mod clients;
 mod errors;
 mod responses;
 
-use std::{process::Command, time::Duration};
+use std::process::Command;
 
 use monitor_tests::{
-    MonitorAgent, Scrape, http::describe_http, poll::try_poll, servers::fixture,
+    MonitorAgent, Scrape,
+    http::{describe_http, wait_until},
+    servers::fixture,
     workload::unique_name,
 };
 
 const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
-const WAIT: Duration = Duration::from_secs(20);
 
 fn client_count(scrape: &Scrape, service: &str, address: &str, status: u16) -> Option<u64> {
     let status = status.to_string();
@@ -26,20 +27,6 @@ fn client_count(scrape: &Scrape, service: &str, address: &str, status: u16) -> O
         ("http_response_status_code", status.as_str()),
     ];
     scrape.histogram_count(CLIENT_DURATION, &labels)
-}
-
-/// Polls until `check` holds on a scrape; on a timeout, shows the agent's HTTP series.
-fn wait_until(agent: &MonitorAgent, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
-    try_poll(WAIT, || {
-        let scrape = agent.scrape();
-        check(&scrape).then_some(scrape)
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "timed out waiting for {what}; the agent has:\n{}",
-            describe_http(&agent.metrics_text())
-        )
-    })
 }
 
 /// No client error series for `service` in `scrape`; else shows the agent's HTTP series.
