@@ -43,8 +43,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
     let listener = bind(cli.listen)?;
-    let agent = Agent::start(&settings(&cli))?;
-    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
+    let (agent, kept) = start_agent(&cli)?;
     log_summary(&agent, &cli, &protection, &kept);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -53,6 +52,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         .context("starting the async runtime")?
         .block_on(serve(cli, listener, agent, protection))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Loads and attaches the programs, then gives up the capabilities only start-up needs: what
+/// a run and `--check` both do, so that the check sees what a run would. Returns the agent
+/// and the capabilities kept.
+fn start_agent(cli: &Cli) -> Result<(Agent, Vec<caps::Capability>)> {
+    let agent = Agent::start(&settings(cli))?;
+    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
+    Ok((agent, kept))
 }
 
 /// The agent's settings from the command line.
@@ -94,8 +102,7 @@ fn settings(cli: &Cli) -> Settings {
 
 /// `--check`: starts the agent as a run would, prints what it attached and missed, stops it.
 fn check_host(cli: &Cli) -> Result<ExitCode> {
-    let agent = Agent::start(&settings(cli))?;
-    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
+    let (agent, kept) = start_agent(cli)?;
     let kernel = preflight::kernel_release();
     let capabilities_kept = privileges::describe(&kept);
     let (report, status) = check::report(&check::Findings {
