@@ -391,6 +391,16 @@ impl HostValue {
 }
 
 /// Whether a chunked body's last bytes (`last`: the last eight read, the latest lowest) end
+/// it: the line break that ends the head or the last chunk's data, the zero-size chunk, and
+/// the empty line after it (no trailer).
+#[inline(always)]
+pub const fn ends_with_last_chunk(last: u64) -> bool {
+    const END: u64 = u64::from_be_bytes(*b"\0\r\n0\r\n\r\n");
+    const MASK: u64 = (1 << 56) - 1;
+    last & MASK == END
+}
+
+/// Whether a chunked body's last bytes (`last`: the last eight read, the latest lowest) end
 /// with an empty line: where trailer fields after the last chunk end (the zero-size chunk's
 /// terminator, which the kernel looks for, comes before them, so it never matches). A chunk
 /// whose data ends in a line break ends so too, so this is taken for the end only at the

@@ -230,6 +230,18 @@ fn bodiless_statuses() {
 }
 
 #[test]
+fn the_zero_size_chunk_after_a_line_break_ends_a_body() {
+    let last = |bytes: &[u8; 8]| u64::from_be_bytes(*bytes);
+    assert!(ends_with_last_chunk(last(b"x\r\n0\r\n\r\n")));
+    assert!(ends_with_last_chunk(last(b"\n\r\n0\r\n\r\n")));
+    // A header value or a chunk's data that ends in 0 is not the last chunk.
+    assert!(!ends_with_last_chunk(last(b"age=0\r\n\r")));
+    assert!(!ends_with_last_chunk(last(b"xa,0\r\n\r\n")));
+    // Trailer fields after the last chunk put their own empty line last.
+    assert!(!ends_with_last_chunk(last(b"c123\r\n\r\n")));
+}
+
+#[test]
 fn a_trailer_sections_empty_line_is_seen_in_the_last_bytes() {
     let last = |bytes: &[u8; 8]| u64::from_be_bytes(*bytes);
     assert!(ends_with_empty_line(last(b"c123\r\n\r\n")));

@@ -4,7 +4,7 @@
 
 use aya_ebpf::helpers::bpf_probe_read_user;
 use monitor_common::{
-    head::{HEAD_WINDOWS, framing, head_kind},
+    head::{HEAD_WINDOWS, ends_with_last_chunk, framing, head_kind},
     http::{CAPTURE_LEN, Connection, is_interim, parse_status_line},
     words::zero_words,
 };
@@ -340,11 +340,6 @@ pub(super) fn response_framing(
     (framing, head_len, length)
 }
 
-/// The end of a chunked body as the bytes show it: the line break that ends the head or the
-/// last chunk's data, the zero-size chunk, and the empty line after it (no trailer).
-const CHUNKED_END: u64 = u64::from_be_bytes(*b"\0\r\n0\r\n\r\n");
-const CHUNKED_END_MASK: u64 = (1 << 56) - 1;
-
 /// Whether the body's bytes so far, this read's last, end with the zero-size chunk that closes
 /// a chunked body; keeps their last bytes in `body_state` for a read that brings fewer. The
 /// line break before the zero tells the chunk apart from a head whose last header's value
@@ -381,5 +376,5 @@ pub(super) fn ends_chunked_body(conn: &mut Connection, buffer: Buffer, ret: i64)
         last
     };
     conn.body_state = last;
-    last & CHUNKED_END_MASK == CHUNKED_END
+    ends_with_last_chunk(last)
 }
