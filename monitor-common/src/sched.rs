@@ -163,7 +163,16 @@ pub struct ProcessMeta {
     /// 1 when `comm` was taken at exec (the executable's name), 0 when taken from whichever
     /// thread happened to run first (which may have renamed itself).
     pub from_exec: u32,
-    pub _reserved: u32,
+    /// The parent's thread-group id when the process was forked (not exec'd) by a server and
+    /// took up a connection it inherited: it runs the parent's program. 0 otherwise.
+    pub forked_from: u32,
+}
+
+impl ProcessMeta {
+    /// The server that forked this process, if it runs that server's program (no exec since).
+    pub fn forked_by(&self) -> Option<u32> {
+        (self.from_exec == 0 && self.forked_from != 0).then_some(self.forked_from)
+    }
 }
 
 /// How often the running task's time is flushed into the maps on each CPU (the clock-tick

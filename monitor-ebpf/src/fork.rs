@@ -17,7 +17,8 @@ use monitor_common::http::{counter, parse_request_start};
 use crate::{
     files::known_not_socket,
     http::{config, current_tgid, mark_measured, now_ns, serves, track_server_connection},
-    maps::FORKED_CHILDREN,
+    maps::{FORKED_CHILDREN, ForkedChild},
+    sched::remember_forked_child,
 };
 
 /// At `sched:sched_process_fork` in the parent: notes the child (`child_pid`; for a new
@@ -32,7 +33,12 @@ pub fn on_fork(child_pid: u32) {
     }
     // Marked first: the child's reads are looked at only in processes with connections.
     mark_measured(child_pid);
-    let _ = FORKED_CHILDREN.insert(child_pid, now_ns(), BPF_ANY as u64);
+    let child = ForkedChild {
+        forked_at_ns: now_ns(),
+        parent_tgid: parent,
+        _pad: 0,
+    };
+    let _ = FORKED_CHILDREN.insert(child_pid, child, BPF_ANY as u64);
 }
 
 /// How long after its fork a child's untracked reads are looked at.
@@ -42,11 +48,11 @@ const ADOPT_WINDOW_NS: u64 = 5_000_000_000;
 /// `ADOPT_WINDOW_NS` and has not taken up a connection yet.
 #[inline(always)]
 pub fn forked_from_server(tgid: u32) -> bool {
-    let Some(forked_at) = FORKED_CHILDREN.get_ptr(tgid) else {
+    let Some(child) = FORKED_CHILDREN.get_ptr(tgid) else {
         return false;
     };
     // SAFETY: a map value, valid for this program run; a racing write stores a time as well.
-    let forked_at = unsafe { *forked_at };
+    let forked_at = unsafe { (*child).forked_at_ns };
     if now_ns().saturating_sub(forked_at) < ADOPT_WINDOW_NS {
         return true;
     }
@@ -81,6 +87,11 @@ pub extern "C" fn adopt_inherited(key: u64, head_low: u64, head_high: u64, len: 
     if !track_server_connection(key, counter::CONNECTIONS_INHERITED) {
         return 0;
     }
-    let _ = FORKED_CHILDREN.remove(current_tgid());
+    let tgid = current_tgid();
+    if let Some(child) = FORKED_CHILDREN.get_ptr(tgid) {
+        // SAFETY: a map value, valid for this program run.
+        remember_forked_child(tgid, unsafe { (*child).parent_tgid });
+    }
+    let _ = FORKED_CHILDREN.remove(tgid);
     1
 }

@@ -159,11 +159,20 @@ pub static HANDED_OVER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(4096,
 #[map]
 pub static SENDMSG_MSG_OFFSET: Array<u32> = Array::with_max_entries(1, 0);
 
-/// Processes forked by a process with connections (`fork`), with when: their reads on
-/// descriptors nobody tracks are looked at for a request line for a while. LRU: children that
-/// never read again age out.
+/// A child forked by a process with connections: when, and by which process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct ForkedChild {
+    pub forked_at_ns: u64,
+    pub parent_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Processes forked by a process with connections (`fork`): their reads on descriptors
+/// nobody tracks are looked at for a request line for a while. LRU: children that never read
+/// again age out.
 #[map]
-pub static FORKED_CHILDREN: LruHashMap<u32, u64> = LruHashMap::with_max_entries(4096, 0);
+pub static FORKED_CHILDREN: LruHashMap<u32, ForkedChild> = LruHashMap::with_max_entries(4096, 0);
 
 /// Where `child_pid` is in a `sched:sched_process_fork` record, written by the agent once
 /// that program is attached; 0 until then.

@@ -462,13 +462,36 @@ fn remember_process(tgid: u32, comm: [u8; COMM_LEN], at_exec: bool) {
         comm,
         exit_ns: 0,
         from_exec: at_exec as u32,
-        _reserved: 0,
+        forked_from: 0,
     };
     let flags = if at_exec { BPF_ANY } else { BPF_NOEXIST };
     // NOEXIST fails routinely when the name is already there; only a full map is an error.
     if PROCESS_META.insert(tgid, meta, flags as u64).is_err() && at_exec {
         count_error(errors::PROCESS_META_FULL);
     }
+}
+
+/// Notes that the current process, forked by `parent`, took up a connection it inherited:
+/// it runs the parent's program, and is named after it even if it exits before the agent
+/// looks (a forking server's child often lives a few milliseconds). Not after an exec.
+#[inline(always)]
+pub fn remember_forked_child(tgid: u32, parent: u32) {
+    if let Some(meta) = PROCESS_META.get_ptr_mut(tgid) {
+        // SAFETY: a valid map value pointer for the duration of this program.
+        let meta = unsafe { &mut *meta };
+        if meta.from_exec == 0 {
+            meta.forked_from = parent;
+        }
+        return;
+    }
+    let meta = ProcessMeta {
+        comm: current_comm().unwrap_or([0; COMM_LEN]),
+        exit_ns: 0,
+        from_exec: 0,
+        forked_from: parent,
+    };
+    // A full map: the child is named as any other process that exits early.
+    let _ = PROCESS_META.insert(tgid, meta, BPF_NOEXIST as u64);
 }
 
 pub fn on_exec() {

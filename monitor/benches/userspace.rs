@@ -175,7 +175,7 @@ fn sched_snapshot(processes: u32) -> SchedSnapshot {
                     comm,
                     exit_ns: 0,
                     from_exec: 1,
-                    _reserved: 0,
+                    forked_from: 0,
                 }),
             },
         );

@@ -230,6 +230,23 @@ impl MonitorAgent {
         Scrape::parse(&self.metrics_text())
     }
 
+    /// Stops the agent's userspace with SIGSTOP; its programs in the kernel run on. Whatever
+    /// happens until `resume` happens out of its sight, as on a busy host.
+    pub fn pause(&self) {
+        signal(
+            self.child.as_ref().expect("agent already stopped"),
+            libc::SIGSTOP,
+        );
+    }
+
+    /// Lets a paused agent go on (SIGCONT).
+    pub fn resume(&self) {
+        signal(
+            self.child.as_ref().expect("agent already stopped"),
+            libc::SIGCONT,
+        );
+    }
+
     /// Kills the agent with SIGKILL (nothing of its own runs) and waits for it.
     pub fn kill(mut self) {
         let mut child = self.child.take().expect("agent already stopped");
@@ -298,6 +315,8 @@ impl Drop for MonitorAgent {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
             signal(&child, libc::SIGTERM);
+            // A test that failed while the agent was paused would otherwise wait for good.
+            signal(&child, libc::SIGCONT);
             let _ = child.wait();
         }
         if std::thread::panicking() {

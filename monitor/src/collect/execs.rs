@@ -127,7 +127,7 @@ impl ExecNamer {
                     comm: event.comm,
                     exit_ns: 0,
                     from_exec: 1,
-                    _reserved: 0,
+                    forked_from: 0,
                 };
                 let identity = identifier.identify(event.tgid, Some(&meta));
                 names.insert(event.tgid, identity, Instant::now());

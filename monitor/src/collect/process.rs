@@ -123,6 +123,14 @@ impl Identifier {
     /// Names a process from what the kernel recorded (`meta`) and what procfs still shows
     /// (see [`Service::name`] for the order).
     pub fn identify(&self, tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
+        // A server's child forked to serve a connection runs the server's program: it is the
+        // server's service, also when it exited before it could be read here.
+        if let Some(parent) = meta.and_then(ProcessMeta::forked_by) {
+            let server = self.identify(parent, None);
+            if server.executable != UNKNOWN_EXECUTABLE {
+                return server;
+            }
+        }
         let base = identify(tgid, meta);
         if base.service.name == KERNEL_SERVICE {
             return base;
@@ -267,6 +275,9 @@ fn command_line_name(
     identity::script_name(executable, &args)
 }
 
+/// The executable's name of a process gone before anything was learnt about it.
+pub const UNKNOWN_EXECUTABLE: &str = "unknown";
+
 /// The executable's name of a process, from what the kernel recorded (`meta`) and what
 /// procfs still shows; its service is that name (see [`Identifier`] for the rest).
 ///
@@ -304,7 +315,7 @@ pub fn identify(tgid: u32, meta: Option<&ProcessMeta>) -> ProcessIdentity {
     let executable = match comm {
         Some(comm) if comm.len() == COMM_LEN - 1 => full_exe_name(tgid, &comm).unwrap_or(comm),
         Some(comm) => comm,
-        None => "unknown".to_owned(),
+        None => UNKNOWN_EXECUTABLE.to_owned(),
     };
     ProcessIdentity {
         service: Service::named(executable.clone()),

@@ -10,9 +10,11 @@ use std::{
 
 use monitor_tests::{
     MonitorAgent, Scrape,
+    agent::free_port,
     http::service_total,
     poll::try_poll,
-    servers::{Server, ab, ab_with},
+    servers::{Server, ab, ab_with, fixture},
+    workload::unique_name,
 };
 
 use super::{WAIT, wait_for_count};
@@ -33,6 +35,50 @@ fn a_forking_server_whose_children_serve_the_connections_is_measured() {
         inherited >= REQUESTS as f64,
         "{inherited} connections inherited"
     );
+}
+
+/// Children that served and exited while the agent was not looking (paused here, busy on a
+/// real host) are the server's service too: the kernel noted whose children they were. Before,
+/// they were named from what was left of them: `python3` for a server named after its script
+/// (even the first child here, which lived a few milliseconds between two refreshes), or
+/// `unknown` when the kernel had not yet recorded the child's name.
+#[test]
+fn forked_children_gone_before_the_agent_looked_are_the_servers_service() {
+    const REQUESTS: usize = 20;
+    let agent = MonitorAgent::start(&[]);
+    // Named from its script, which a gone child's `comm` (`python3`) does not tell.
+    let name = unique_name("forked");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join(format!("{name}.py"));
+    fs::copy(fixture("forking_server.py"), &script).unwrap();
+    let mut command = Command::new("/usr/bin/python3");
+    command.arg(&script);
+    let server = Server::python_with(command, free_port(), &name);
+    // The first while the agent looks: the parent is then a server, whose children are noted.
+    assert_eq!(ab(&server.url("/forked/7"), 1, 1), 1);
+    wait_for_count(&agent, &server.service, 200, "/forked/{id}", 1);
+    agent.pause();
+    assert_eq!(
+        ab_with(&[], &server.url("/forked/7"), REQUESTS, 4),
+        REQUESTS
+    );
+    // The parent reaps its children between two waits for a connection.
+    let children = format!("/proc/{0}/task/{0}/children", server.pid());
+    let reaped = try_poll(WAIT, || {
+        fs::read_to_string(&children)
+            .is_ok_and(|pids| pids.trim().is_empty())
+            .then_some(())
+    });
+    agent.resume();
+    assert!(reaped.is_some(), "the server's children were never reaped");
+    let scrape = wait_for_count(
+        &agent,
+        &server.service,
+        200,
+        "/forked/{id}",
+        1 + REQUESTS as u64,
+    );
+    assert_eq!(service_total(&scrape, &server.service), 1 + REQUESTS as u64);
 }
 
 /// A forked child that reads a file holding a request line before its connection: only a

@@ -113,7 +113,7 @@ fn meta(comm: &str, from_exec: bool) -> ProcessMeta {
         comm: bytes,
         exit_ns: 0,
         from_exec: from_exec as u32,
-        _reserved: 0,
+        forked_from: 0,
     }
 }
 
@@ -170,4 +170,36 @@ fn kernel_threads_are_named_by_kind() {
     let kthreadd = identify(2, None);
     assert_eq!(kthreadd.service.name, KERNEL_SERVICE);
     assert_eq!(kthreadd.executable, "kthreadd");
+}
+
+/// A server's child that took up a connection and exited before the agent looked is the
+/// server's service (here the test process stands for the server), not what its own record
+/// alone says. Before, it was `python3` (the inherited comm) or `unknown`.
+#[test]
+fn a_forked_child_gone_before_it_was_read_is_named_after_its_server() {
+    let identifier = Identifier::new(Path::new("/nonexistent/pods"), MemoryReads::Bounded);
+    let server = std::process::id();
+    let gone = u32::MAX - 1;
+    let child = ProcessMeta {
+        forked_from: server,
+        ..meta("python3", false)
+    };
+    let named = identifier.identify(gone, Some(&child));
+    assert_eq!(named, identifier.identify(server, None));
+    assert_ne!(named.executable, "python3");
+    // After an exec, the child runs a program of its own.
+    let execd = ProcessMeta {
+        forked_from: server,
+        ..meta("worker", true)
+    };
+    assert_eq!(identifier.identify(gone, Some(&execd)).executable, "worker");
+    // A server gone as well: the child's own record.
+    let orphan = ProcessMeta {
+        forked_from: gone,
+        ..meta("python3", false)
+    };
+    assert_eq!(
+        identifier.identify(gone, Some(&orphan)).executable,
+        "python3"
+    );
 }

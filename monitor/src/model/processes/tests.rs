@@ -64,7 +64,7 @@ fn sample(comm: &str, cpu_ns: u64, exit_ns: u64) -> ProcessSample {
             comm: bytes,
             exit_ns,
             from_exec: 1,
-            _reserved: 0,
+            forked_from: 0,
         }),
     }
 }
