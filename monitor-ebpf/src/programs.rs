@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::pt_regs,
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns},
+        generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
     },
     macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
     programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
@@ -68,6 +68,36 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
             args,
         });
     }
+    0
+}
+
+/// `syscalls:sys_exit_<name>` of the watched syscalls alone: one program attached to each of
+/// their exits, so that no other syscall runs a program. The record holds no arguments; the
+/// registers are the task's own (BTF-typed, read directly), where the return value is in `rax`.
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+#[inline(always)]
+pub fn sys_exit_each(_ctx: TracePointContext) -> u32 {
+    // SAFETY: tracing helpers; the result is the current task's saved user registers, a
+    // trusted BTF pointer whose field loads the verifier checks.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    // SAFETY: as above.
+    let id = unsafe { (*regs).orig_rax };
+    if syscalls::is_watched(id) {
+        // SAFETY: as above.
+        let (ret, args) = unsafe {
+            (
+                (*regs).rax as i64,
+                [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10],
+            )
+        };
+        syscalls::on_exit(&SyscallExit { id, ret, args });
+    }
+    0
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_read")]
+#[inline(always)]
+pub fn sys_exit_each_empty(_ctx: TracePointContext) -> u32 {
     0
 }
 

@@ -13,7 +13,7 @@ use std::{os::fd::OwnedFd, sync::Arc, time::Duration};
 use aya::Ebpf;
 
 use crate::{
-    cli::{HookChoice, SchedAccounting},
+    cli::{HookChoice, SchedAccounting, SyscallHook},
     collect::{
         MapUsage,
         execs::{EarlyNames, ExecNamer},
@@ -33,6 +33,8 @@ pub struct Settings {
     pub bpf_stats: bool,
     pub sched_hooks: HookChoice,
     pub empty_programs: bool,
+    /// `--syscall-hook`: where the HTTP programs see the socket syscalls.
+    pub syscall_hook: SyscallHook,
     /// `--no-http`: no HTTP programs.
     pub no_http: bool,
     /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).

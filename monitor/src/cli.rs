@@ -88,6 +88,22 @@ pub struct Cli {
     )]
     pub sched_accounting: SchedAccounting,
 
+    /// Where the HTTP programs see the socket syscalls. `every-exit`: one BTF (else raw)
+    /// tracepoint at the exit of every syscall, whose program drops the others by their
+    /// number, so a syscall-heavy process that does no socket I/O still runs a program on each
+    /// of its syscalls. `socket-exits`: a classic tracepoint at the exit of each socket
+    /// syscall (read, write, recvmsg, sendfile, accept, connect and the like: 13), so that no
+    /// other syscall runs a program; needs tracefs and Linux 5.15, else falls back to
+    /// `every-exit` and logs why. Its cost per HTTP request against `every-exit` is not
+    /// measured yet (BENCHMARKS.md), hence not the default.
+    #[arg(
+        long,
+        env = "MONITOR_SYSCALL_HOOK",
+        value_enum,
+        default_value_t = SyscallHook::EveryExit
+    )]
+    pub syscall_hook: SyscallHook,
+
     /// Upper bounds of the http_server_request_duration_seconds and
     /// http_client_request_duration_seconds buckets, in seconds, ascending (at most 32).
     #[arg(
@@ -209,6 +225,12 @@ pub enum HookChoice {
     Auto,
     TpBtf,
     Tracepoint,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyscallHook {
+    EveryExit,
+    SocketExits,
 }
 
 /// A duration such as `500ms` or `2s`, more than zero (a period of zero would never end).

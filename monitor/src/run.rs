@@ -72,6 +72,7 @@ fn settings(cli: &Cli) -> Settings {
         bpf_stats: cli.bpf_stats,
         sched_hooks: cli.sched_hooks,
         empty_programs: cli.empty_programs,
+        syscall_hook: cli.syscall_hook,
         no_http: cli.no_http,
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),

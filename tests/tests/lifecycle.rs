@@ -321,3 +321,38 @@ fn the_open_files_limit_is_raised_to_the_hard_limit() {
         .collect();
     assert_eq!(open_files[..2], ["4096", "4096"], "soft and hard: {limits}");
 }
+
+/// Runs of the HTTP programs' syscall hook (`--bpf-stats`) while a process calls getppid(2),
+/// a syscall no program cares about: (calls, runs).
+fn syscall_program_runs_during_getppid_loop(hook: &str, program: &str) -> (u64, u64) {
+    let agent = MonitorAgent::start(&["--bpf-stats", "--syscall-hook", hook]);
+    let runs = || {
+        agent
+            .scrape()
+            .value("monitor_bpf_program_runs_total", &[("program", program)])
+            .unwrap_or_else(|| panic!("no runs of {program} counted"))
+    };
+    let before = runs();
+    let output = Command::new(env!("CARGO_BIN_EXE_cpu-burner"))
+        .args(["getppid", "300"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let calls: u64 = String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    (calls, (runs() - before) as u64)
+}
+
+/// At the socket syscalls' exits (`--syscall-hook socket-exits`), a syscall-heavy process that does no
+/// socket I/O runs no program of the agent's; at every syscall's exit, it runs one per call.
+#[test]
+fn only_the_socket_syscalls_run_the_http_program_at_their_exits() {
+    let (calls, runs) = syscall_program_runs_during_getppid_loop("socket-exits", "sys_exit_each");
+    assert!(calls > 100_000, "{calls} getppid calls");
+    // The host's own socket I/O meanwhile (the scrapes, among others) runs it a little.
+    assert!(runs < calls / 100, "{runs} runs for {calls} getppid calls");
+    let (calls, runs) = syscall_program_runs_during_getppid_loop("every-exit", "sys_exit_btf");
+    assert!(runs >= calls, "{runs} runs for {calls} getppid calls");
+}

@@ -258,12 +258,14 @@ fn without_tracefs() -> Command {
 /// Where tracefs is not mounted and the agent may not mount it (the DaemonSet's capabilities
 /// hold no CAP_SYS_ADMIN; a node without `/sys/kernel/tracing` in the pod), the classic
 /// tracepoints at close's and sendmsg's entries and at fork cannot be attached: the agent
-/// says so in `monitor_hook_unavailable`, falls back to close's exit, and still counts
-/// connections that come and go exactly.
+/// says so in `monitor_hook_unavailable`, falls back to close's exit (and from the socket
+/// syscalls' exits to every syscall's), and still counts connections that come and go exactly.
 #[test]
 fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
     const REQUESTS: usize = 2000;
-    let agent = MonitorAgent::start_with(without_tracefs(), &[]);
+    // The socket syscalls' tracepoints are classic ones too: the HTTP program falls back to
+    // every syscall's exit.
+    let agent = MonitorAgent::start_with(without_tracefs(), &["--syscall-hook", "socket-exits"]);
     let hooks = ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"];
     let scrape = wait_until(&agent, "the unavailable hooks listed", |scrape| {
         hooks

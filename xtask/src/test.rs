@@ -33,11 +33,12 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     run(&mut integration_tests(
         filter,
         BOUNDED_LOOP_SUITES,
-        Some("--bounded-loops --preallocated-maps"),
+        Some("--bounded-loops --preallocated-maps --syscall-hook socket-exits"),
     ))
 }
 
-/// The integration tests run a second time with `--bounded-loops --preallocated-maps`.
+/// The integration tests run a second time with `--bounded-loops --preallocated-maps` and
+/// the HTTP program at the socket syscalls' exits alone (`--syscall-hook socket-exits`).
 const BOUNDED_LOOP_SUITES: &[&str] = &["http_server", "http_client"];
 
 /// `cargo test` of the integration tests: `suites` (all when empty), those whose name has

@@ -37,6 +37,7 @@ use crate::{
 /// forked children (logged, and listed in `unavailable`).
 fn attach_syscall_entries(
     ebpf: &mut Ebpf,
+    syscalls: &AttachedProgram,
     empty: bool,
     file_table: bool,
     attached: &mut Vec<AttachedProgram>,
@@ -51,6 +52,13 @@ fn attach_syscall_entries(
                 refusal::brief(&error)
             );
             unavailable.push("sys_enter_close");
+            if let Err(error) = probes::http::attach_close_exit(ebpf, syscalls) {
+                log::warn!(
+                    "close(2) is not seen ({}): a closed connection's state stays until its \
+                     process exits or it idles out",
+                    refusal::brief(&error)
+                );
+            }
         }
     }
     match probes::http::attach_fork(ebpf, empty) {
@@ -166,8 +174,14 @@ impl Agent {
         // HTTP is half of what the agent measures: a kernel that refuses its programs leaves
         // the other half running, and says so (`monitor_hook_unavailable`).
         if !settings.no_http {
-            match probes::http::attach_syscalls(&mut ebpf, settings.empty_programs, &btf) {
+            match probes::http::attach_syscalls(
+                &mut ebpf,
+                settings.empty_programs,
+                &btf,
+                settings.syscall_hook,
+            ) {
                 Ok(program) => {
+                    let syscalls = program.clone();
                     attached.push(program);
                     match probes::http::attach_idle_sweep(&mut ebpf, settings.empty_programs) {
                         Ok(program) => attached.push(program),
@@ -182,6 +196,7 @@ impl Agent {
                     }
                     attach_syscall_entries(
                         &mut ebpf,
+                        &syscalls,
                         settings.empty_programs,
                         file_table.is_some(),
                         &mut attached,

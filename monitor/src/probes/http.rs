@@ -1,5 +1,6 @@
-//! The syscall hook of the HTTP programs: `sys_exit` as a BTF tracepoint, else as a raw
-//! tracepoint (no BTF needed); the hooks beside it (close, sendmsg, fork, the idle sweep's
+//! The syscall hook of the HTTP programs: classic tracepoints at the socket syscalls' exits,
+//! else `sys_exit` at every syscall's exit as a BTF tracepoint, else as a raw tracepoint (no
+//! BTF needed); the hooks beside it (close, sendmsg, fork, the idle sweep's
 //! clock); and the settings those programs read.
 
 use std::collections::BTreeMap;
@@ -11,6 +12,8 @@ use aya::{
     programs::{BtfTracePoint, PerfEvent, RawTracePoint, TracePoint},
 };
 use monitor_common::http::{HttpConfig, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, allowed_port_bit};
+
+use crate::cli::SyscallHook;
 
 use super::{
     AttachedProgram, HookKind, KernelBtf, attach_cpu_clock, online_cpus, program_mut, refusal,
@@ -125,10 +128,93 @@ fn allowed_port_words(ports: &[u16]) -> BTreeMap<u32, u64> {
     words
 }
 
-/// Attaches the `sys_exit` program: BTF tracepoint, else raw tracepoint. With `empty`, a
-/// program that does nothing (the benchmarks' floor).
-pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<AttachedProgram> {
-    const HOOK: &str = "sys_exit";
+/// Attaches the HTTP programs' syscall hook, `sys_exit` as `metrics` name it, as `choice`
+/// asks (`--syscall-hook`): at the socket syscalls' exits alone, else at every syscall's
+/// exit. With `empty`, a program that does nothing (the benchmarks' floor).
+pub fn attach_syscalls(
+    ebpf: &mut Ebpf,
+    empty: bool,
+    btf: &KernelBtf,
+    choice: SyscallHook,
+) -> Result<AttachedProgram> {
+    if choice == SyscallHook::EveryExit {
+        return attach_every_exit(ebpf, empty, btf);
+    }
+    match attach_socket_exits(ebpf, empty) {
+        Ok(program) => Ok(program),
+        Err(error) => {
+            log::warn!(
+                "the socket syscalls' tracepoints cannot be used ({}): every syscall's exit \
+                 runs the HTTP program",
+                refusal::brief(&error)
+            );
+            attach_every_exit(ebpf, empty, btf)
+        }
+    }
+}
+
+/// The HTTP program's name, and the hook as the metrics name it.
+const SYSCALL_HOOK: &str = "sys_exit";
+const SOCKET_EXITS_PROGRAM: &str = "sys_exit_each";
+
+/// The x86_64 tracepoints at the exits of the syscalls the programs watch
+/// (`syscalls::is_watched` in the BPF crate), but close: it is seen at its entry
+/// (`attach_close`), else at its exit (`attach_close_exit`).
+const SOCKET_EXITS: [&str; 13] = [
+    "sys_exit_read",
+    "sys_exit_write",
+    "sys_exit_readv",
+    "sys_exit_writev",
+    "sys_exit_sendfile64",
+    "sys_exit_connect",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_exit_sendto",
+    "sys_exit_recvfrom",
+    "sys_exit_sendmsg",
+    "sys_exit_recvmsg",
+    "sys_exit_getsockopt",
+];
+
+/// One program attached at each of `SOCKET_EXITS`; none attached if one cannot be.
+fn attach_socket_exits(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+    tracefs::ensure_mounted()?;
+    let name = if empty {
+        "sys_exit_each_empty"
+    } else {
+        SOCKET_EXITS_PROGRAM
+    };
+    let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
+    program.load().with_context(|| format!("loading {name}"))?;
+    for exit in SOCKET_EXITS {
+        if let Err(error) = program.attach("syscalls", exit) {
+            // Half attached, the other hook would see the same syscalls twice.
+            let _ = program.unload();
+            return Err(error).with_context(|| format!("attaching {name} at {exit}"));
+        }
+    }
+    Ok(AttachedProgram {
+        hook: SYSCALL_HOOK,
+        kind: HookKind::Tracepoint,
+        program: name,
+    })
+}
+
+/// Where close(2) cannot be seen at its entry, the socket exits' program is attached at its
+/// exit too (every syscall's exit sees it anyway).
+pub fn attach_close_exit(ebpf: &mut Ebpf, syscalls: &AttachedProgram) -> Result<()> {
+    if syscalls.program != SOCKET_EXITS_PROGRAM {
+        return Ok(());
+    }
+    let program: &mut TracePoint = program_mut(ebpf, SOCKET_EXITS_PROGRAM)?.try_into()?;
+    program
+        .attach("syscalls", "sys_exit_close")
+        .context("attaching sys_exit_each at sys_exit_close")?;
+    Ok(())
+}
+
+/// The `sys_exit` program at every syscall's exit: BTF tracepoint, else raw tracepoint.
+fn attach_every_exit(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<AttachedProgram> {
     let btf_error = match btf {
         Ok(btf) => {
             let name = if empty {
@@ -139,7 +225,7 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
             match attach_btf(ebpf, btf, name) {
                 Ok(()) => {
                     return Ok(AttachedProgram {
-                        hook: HOOK,
+                        hook: SYSCALL_HOOK,
                         kind: HookKind::TpBtf,
                         program: name,
                     });
@@ -157,10 +243,10 @@ pub fn attach_syscalls(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<
     let program: &mut RawTracePoint = program_mut(ebpf, RAW)?.try_into()?;
     program.load().context("loading sys_exit_raw")?;
     program
-        .attach(HOOK)
+        .attach(SYSCALL_HOOK)
         .map_err(|error| anyhow!("cannot attach sys_exit: tp_btf: {btf_error}; raw_tp: {error}"))?;
     Ok(AttachedProgram {
-        hook: HOOK,
+        hook: SYSCALL_HOOK,
         kind: HookKind::RawTracepoint,
         program: RAW,
     })

@@ -31,8 +31,6 @@ impl Variant {
         Variant::EmptyPrograms,
         Variant::ServerOnly,
     ];
-    /// The variants of workloads that are not HTTP.
-    pub const BASIC: [Variant; 3] = [Variant::NoAgent, Variant::Monitor, Variant::EmptyPrograms];
 
     pub fn name(self) -> &'static str {
         match self {

@@ -1,6 +1,7 @@
-//! An unrelated, syscall-heavy process with the agent attached: a getppid(2) loop. Every
-//! syscall exit runs the agent's `sys_exit` program, which rejects getppid by its id in its
-//! first instructions; this measures what that costs a process the agent does not watch.
+//! An unrelated, syscall-heavy process with the agent attached: a getppid(2) loop. As
+//! deployed, every syscall exit runs the agent's `sys_exit` program, which rejects getppid by
+//! its id in its first instructions; with `--syscall-hook socket-exits` no program runs for
+//! getppid. This measures what each costs a process the agent does not watch.
 
 use std::{path::Path, process::Command, time::Duration};
 
@@ -8,7 +9,7 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::{
-    agent::{Variant, order},
+    agent::Variant,
     progress::Progress,
     stats::{median, ratio},
 };
@@ -23,27 +24,64 @@ pub struct Plan {
 
 impl Plan {
     pub fn estimate(&self) -> Duration {
-        (Duration::from_secs(2) + self.run) * (self.rounds * Variant::BASIC.len()) as u32
+        (Duration::from_secs(2) + self.run) * (self.rounds * RUNS.len()) as u32
     }
 }
+
+/// A variant of the agent, and the arguments it gets here.
+#[derive(Clone, Copy)]
+struct Run {
+    variant: Variant,
+    args: &'static [&'static str],
+    name: &'static str,
+}
+
+/// The basic variants, and the agent with its HTTP program at the socket syscalls' exits
+/// alone, which getppid does not run.
+const RUNS: [Run; 4] = [
+    Run {
+        variant: Variant::NoAgent,
+        args: &[],
+        name: "no agent",
+    },
+    Run {
+        variant: Variant::Monitor,
+        args: &[],
+        name: "monitor",
+    },
+    Run {
+        variant: Variant::Monitor,
+        args: &["--syscall-hook", "socket-exits"],
+        name: "monitor, --syscall-hook socket-exits",
+    },
+    Run {
+        variant: Variant::EmptyPrograms,
+        args: &[],
+        name: "empty programs",
+    },
+];
+const NO_AGENT: usize = 0;
 
 pub struct Syscalls {
     rounds: usize,
     run: Duration,
-    /// Calls per second, per variant, per round.
-    rates: [Vec<f64>; 4],
+    /// Calls per second, per run of `RUNS`, per round.
+    rates: [Vec<f64>; RUNS.len()],
 }
 
 pub fn measure(plan: &Plan, helper: &Path, progress: &mut Progress) -> Result<Syscalls> {
-    let mut rates: [Vec<f64>; 4] = Default::default();
+    let mut rates: [Vec<f64>; RUNS.len()] = Default::default();
     for round in 0..plan.rounds {
-        for variant in order(round, Variant::BASIC) {
+        let mut order: [usize; RUNS.len()] = std::array::from_fn(|index| index);
+        order.rotate_left(round % RUNS.len());
+        for index in order {
+            let run = RUNS[index];
             progress.step(
                 "getppid loop",
-                &format!("round {}/{}, {}", round + 1, plan.rounds, variant.name()),
+                &format!("round {}/{}, {}", round + 1, plan.rounds, run.name),
                 Duration::from_secs(2) + plan.run,
             );
-            let _agent = variant.start(&[]);
+            let _agent = run.variant.start(run.args);
             let calls: f64 = output(
                 Command::new("taskset")
                     .args(["-c", plan.cpus])
@@ -52,7 +90,7 @@ pub fn measure(plan: &Plan, helper: &Path, progress: &mut Progress) -> Result<Sy
             )
             .and_then(|text| text.trim().parse().ok())
             .context("running cpu-burner getppid")?;
-            rates[variant.index()].push(calls / plan.run.as_secs_f64());
+            rates[index].push(calls / plan.run.as_secs_f64());
         }
     }
     Ok(Syscalls {
@@ -63,63 +101,75 @@ pub fn measure(plan: &Plan, helper: &Path, progress: &mut Progress) -> Result<Sy
 }
 
 impl Syscalls {
-    fn rate(&self, variant: Variant) -> f64 {
-        median(self.rates[variant.index()].clone())
+    fn rate(&self, run: usize) -> f64 {
+        median(self.rates[run].clone())
     }
 
-    fn ns_per_call(&self, variant: Variant) -> f64 {
-        1e9 / self.rate(variant)
+    fn ns_per_call(&self, run: usize) -> f64 {
+        1e9 / self.rate(run)
     }
 
-    /// How much slower the loop runs with `variant` than with no agent (0.02 = 2 %).
+    fn run_slowdown(&self, run: usize) -> f64 {
+        ratio(self.rate(NO_AGENT), self.rate(run)) - 1.0
+    }
+
+    /// How much slower the loop runs with `variant` (as deployed) than with no agent (0.02 =
+    /// 2 %).
     pub fn slowdown(&self, variant: Variant) -> f64 {
-        ratio(self.rate(Variant::NoAgent), self.rate(variant)) - 1.0
+        let run = RUNS
+            .iter()
+            .position(|run| run.variant == variant && run.args.is_empty())
+            .expect("every basic variant runs as deployed");
+        self.run_slowdown(run)
     }
 
     pub fn json(&self) -> Value {
-        let variant = |v: Variant| {
+        let run = |run: usize| {
             json!({
-                "calls_per_second": self.rate(v),
-                "ns_per_call": self.ns_per_call(v),
-                "slowdown": self.slowdown(v),
+                "calls_per_second": self.rate(run),
+                "ns_per_call": self.ns_per_call(run),
+                "slowdown": self.run_slowdown(run),
             })
         };
         json!({
             "rounds": self.rounds,
             "run_ms": self.run.as_millis() as u64,
-            "no_agent": variant(Variant::NoAgent),
-            "monitor": variant(Variant::Monitor),
-            "empty_programs": variant(Variant::EmptyPrograms),
+            "no_agent": run(0),
+            "monitor": run(1),
+            "monitor_socket_exits": run(2),
+            "empty_programs": run(3),
         })
     }
 
     pub fn markdown(&self, machine: &str) -> String {
-        let row = |v: Variant| {
-            format!(
-                "| {} | {:.0} | {:.1} | {} |\n",
-                v.name(),
-                self.rate(v),
-                self.ns_per_call(v),
-                if v == Variant::NoAgent {
-                    "".to_owned()
-                } else {
-                    format!("{:+.1} %", self.slowdown(v) * 100.0)
-                }
-            )
-        };
+        let rows: String = (0..RUNS.len())
+            .map(|run| {
+                format!(
+                    "| {} | {:.0} | {:.1} | {} |\n",
+                    RUNS[run].name,
+                    self.rate(run),
+                    self.ns_per_call(run),
+                    if run == NO_AGENT {
+                        "".to_owned()
+                    } else {
+                        format!("{:+.1} %", self.run_slowdown(run) * 100.0)
+                    }
+                )
+            })
+            .collect();
         format!(
             "### An unrelated syscall-heavy process\n\n\
              `cargo xtask bench` ({} interleaved rounds of {} ms per variant; {machine}; \
-             medians). One thread calling getppid(2) in a loop, pinned to CPU 0: every syscall \
-             exit runs the agent's `sys_exit` program, which drops getppid on its syscall id. \
-             The difference per call between \"monitor\" and \"empty programs\" is that check; \
-             the rest is the hook itself.\n\n\
-             | variant | calls per second | ns per call | slowdown |\n|---|---|---|---|\n{}{}{}",
+             medians). One thread calling getppid(2) in a loop, pinned to CPU 0. As deployed \
+             (\"monitor\"), every syscall exit runs the agent's `sys_exit` program, which \
+             drops getppid on its syscall id: the difference per call from \"empty programs\" \
+             is that check, the rest is the hook itself. With `--syscall-hook socket-exits` \
+             the program sits at the socket syscalls' exits alone and getppid runs none: what \
+             is left is the kernel's syscall tracing path, which any syscall tracepoint \
+             turns on.\n\n\
+             | variant | calls per second | ns per call | slowdown |\n|---|---|---|---|\n{rows}",
             self.rounds,
             self.run.as_millis(),
-            row(Variant::NoAgent),
-            row(Variant::Monitor),
-            row(Variant::EmptyPrograms),
         )
     }
 }
