@@ -94,8 +94,9 @@ pub struct Cli {
     /// of its syscalls. `socket-exits`: a classic tracepoint at the exit of each socket
     /// syscall (read, write, recvmsg, sendfile, accept, connect and the like: 13), so that no
     /// other syscall runs a program; needs tracefs and Linux 5.15, else falls back to
-    /// `every-exit` and logs why. Its cost per HTTP request against `every-exit` is not
-    /// measured yet (BENCHMARKS.md), hence not the default.
+    /// `every-exit` and logs why. It halves what the agent costs a getppid(2) loop, and costs
+    /// a busy HTTP server 3 to 4 points of throughput more than `every-exit`
+    /// (BENCHMARKS.md), hence not the default.
     #[arg(
         long,
         env = "MONITOR_SYSCALL_HOOK",
