@@ -78,10 +78,12 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
         Vec::<&str>::new(),
         "the kernel warned of run-time allocation; console:\n{console}"
     );
-    // The agent as deployed, then one with the scheduler programs on their fallbacks.
-    for (agent, sched_hook_kind, wakeups) in
-        [("", "tp_btf", false), ("fallback ", "tracepoint", true)]
-    {
+    // The agent as deployed, then one with the scheduler programs on their fallbacks and the
+    // HTTP program at the socket syscalls' exits (`bpf_task_pt_regs`, 5.15).
+    for (agent, sched_hook_kind, wakeups, syscall_hook_kind) in [
+        ("", "tp_btf", false, "tp_btf"),
+        ("fallback ", "tracepoint", true, "tracepoint"),
+    ] {
         let log = section(&console, &format!("{agent}agent log")).join("\n");
         assert!(
             !log.contains("refused") && !log.contains("unavailable"),
@@ -94,7 +96,10 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
                 &[("hook", hook), ("hook_kind", kind)],
             ) == Some(1.0)
         };
-        assert!(attached("sys_exit", "tp_btf"), "no HTTP program:\n{log}");
+        assert!(
+            attached("sys_exit", syscall_hook_kind),
+            "no HTTP program:\n{log}"
+        );
         assert!(attached("sched_switch", sched_hook_kind), "{log}");
         assert_eq!(attached("sched_wakeup", sched_hook_kind), wakeups, "{log}");
         assert_counted_exactly(&scrape, &log);
