@@ -26,19 +26,29 @@ use crate::{
 #[btf_tracepoint(function = "sys_exit")]
 #[inline(always)]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: a trusted pointer from the tracepoint; the verifier checks field loads.
+    // SAFETY: a trusted pointer from the tracepoint.
+    unsafe { on_exit_with_regs(ctx.arg(0), || ctx.arg(1)) };
+    0
+}
+
+/// The exit of a syscall whose saved user registers are at `regs`, checked on its id first;
+/// `ret` gives its result.
+///
+/// # Safety
+/// `regs` is a trusted BTF `pt_regs` pointer, whose field loads the verifier checks.
+#[inline(always)]
+unsafe fn on_exit_with_regs(regs: *const pt_regs, ret: impl FnOnce() -> i64) {
+    // SAFETY: see above.
     let id = unsafe { (*regs).orig_rax };
     if syscalls::is_watched(id) {
-        // SAFETY: as above.
+        // SAFETY: see above.
         let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
         syscalls::on_exit(&SyscallExit {
             id,
-            ret: ctx.arg(1),
+            ret: ret(),
             args,
         });
     }
-    0
 }
 
 /// The same without BTF: the registers are an untyped pointer, read with a helper.
@@ -78,20 +88,10 @@ pub fn sys_exit_raw(ctx: RawTracePointContext) -> i32 {
 #[inline(always)]
 pub fn sys_exit_each(_ctx: TracePointContext) -> u32 {
     // SAFETY: tracing helpers; the result is the current task's saved user registers, a
-    // trusted BTF pointer whose field loads the verifier checks.
+    // trusted BTF pointer.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     // SAFETY: as above.
-    let id = unsafe { (*regs).orig_rax };
-    if syscalls::is_watched(id) {
-        // SAFETY: as above.
-        let (ret, args) = unsafe {
-            (
-                (*regs).rax as i64,
-                [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10],
-            )
-        };
-        syscalls::on_exit(&SyscallExit { id, ret, args });
-    }
+    unsafe { on_exit_with_regs(regs, || (*regs).rax as i64) };
     0
 }
 

@@ -37,7 +37,7 @@ use crate::{
 /// forked children (logged, and listed in `unavailable`).
 fn attach_syscall_entries(
     ebpf: &mut Ebpf,
-    syscalls: &AttachedProgram,
+    syscall_program: &str,
     empty: bool,
     file_table: bool,
     attached: &mut Vec<AttachedProgram>,
@@ -52,7 +52,7 @@ fn attach_syscall_entries(
                 refusal::brief(&error)
             );
             unavailable.push("sys_enter_close");
-            if let Err(error) = probes::http::attach_close_exit(ebpf, syscalls) {
+            if let Err(error) = probes::http::attach_close_exit(ebpf, syscall_program) {
                 log::warn!(
                     "close(2) is not seen ({}): a closed connection's state stays until its \
                      process exits or it idles out",
@@ -181,7 +181,7 @@ impl Agent {
                 settings.syscall_hook,
             ) {
                 Ok(program) => {
-                    let syscalls = program.clone();
+                    let syscall_program = program.program;
                     attached.push(program);
                     match probes::http::attach_idle_sweep(&mut ebpf, settings.empty_programs) {
                         Ok(program) => attached.push(program),
@@ -196,7 +196,7 @@ impl Agent {
                     }
                     attach_syscall_entries(
                         &mut ebpf,
-                        &syscalls,
+                        syscall_program,
                         settings.empty_programs,
                         file_table.is_some(),
                         &mut attached,

@@ -200,10 +200,11 @@ fn attach_socket_exits(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> 
     })
 }
 
-/// Where close(2) cannot be seen at its entry, the socket exits' program is attached at its
-/// exit too (every syscall's exit sees it anyway).
-pub fn attach_close_exit(ebpf: &mut Ebpf, syscalls: &AttachedProgram) -> Result<()> {
-    if syscalls.program != SOCKET_EXITS_PROGRAM {
+/// Where close(2) cannot be seen at its entry, the socket exits' program (if it is
+/// `syscall_program`, the one attached) is attached at its exit too (every syscall's exit
+/// sees it anyway).
+pub fn attach_close_exit(ebpf: &mut Ebpf, syscall_program: &str) -> Result<()> {
+    if syscall_program != SOCKET_EXITS_PROGRAM {
         return Ok(());
     }
     let program: &mut TracePoint = program_mut(ebpf, SOCKET_EXITS_PROGRAM)?.try_into()?;
