@@ -19,3 +19,4 @@ mod programs;
 mod sched;
 mod server;
 mod syscalls;
+mod tls;

@@ -26,6 +26,7 @@ use monitor_common::http::{
     IDLE_CANDIDATE_SLOTS, MAX_DURATION_BOUNDS, MAX_EXCLUDED_COMMS, MAX_PATH_LEN, ObservationEvent,
     conn_flags, connection_key, counter, duration_bucket, event_kind, head_prefix, head_words,
     idle_ring, measured_process_bit, parse_status_line, phase, role, test_fault,
+    tls_connection_key,
 };
 use monitor_common::{fingerprint, verifier::hide};
 
@@ -35,11 +36,12 @@ use crate::{
         CAPTURE, CONNECTIONS, Capture, HTTP_CONFIG, HTTP_DURATION, HTTP_EVENTS,
         HTTP_EVENTS_WAKE_AT, IDLE_CANDIDATES, IDLE_RINGS, LAST_IDLE_SWEEP, LISTENERS,
         MEASURED_PROCESSES, NEW_CONNECTION, PARTIAL_PATHS, SERVING_PROCESSES, SWEEP_CONTEXT,
-        SweepContext, ValueRange, ZERO_DURATION, count,
+        SweepContext, TLS_PROCESSES, ValueRange, ZERO_DURATION, count,
     },
     sched::current_comm,
     server,
     syscalls::Buffer,
+    tls,
 };
 
 mod announce;
@@ -123,7 +125,7 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
-    if !may_have_connections(tgid) {
+    if !may_have_connections(tgid) || tls::inside_library_call(tgid, fd) {
         return;
     }
     let key = connection_key(tgid, fd);
@@ -164,7 +166,7 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
-    if !may_have_connections(tgid) {
+    if !may_have_connections(tgid) || tls::inside_library_call(tgid, fd) {
         return;
     }
     let key = connection_key(tgid, fd);
@@ -195,6 +197,15 @@ pub fn on_close(fd: u32) {
     if !may_have_connections(tgid) {
         return;
     }
+    close_connection(key, tgid);
+    if uses_tls(tgid) {
+        // The plain text a TLS library moved on this socket, tracked apart (`tls`).
+        close_connection(tls_connection_key(tgid, fd), tgid);
+    }
+}
+
+#[inline(always)]
+fn close_connection(key: u64, tgid: u32) {
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {
         return;
     };

@@ -25,3 +25,4 @@ mod programs;
 mod sched;
 mod server;
 mod syscalls;
+mod tls;

@@ -135,6 +135,47 @@ pub static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(ALLOWED_PORT_WORD
 pub static SERVING_PROCESSES: Array<u64> =
     Array::with_max_entries(MEASURED_PROCESS_WORDS, aya_ebpf::bindings::BPF_F_MMAPABLE);
 
+/// One bit per process that has called into a TLS library the programs watch (`tls`): only
+/// such a process's socket reads and writes look for a library call in progress. Never
+/// cleared: a stale bit costs a reused process id one look-up per socket syscall.
+#[map]
+pub static TLS_PROCESSES: Array<u64> = Array::with_max_entries(MEASURED_PROCESS_WORDS, 0);
+
+/// A TLS library call in progress on a thread: its arguments, and the socket its syscalls
+/// used (`tls::NO_SOCKET` until one did).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsCall {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    /// The caller's plain-text buffer.
+    pub buffer: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the library writes the bytes moved; 0 for the
+    /// calls that return them.
+    pub moved_at: u64,
+    pub socket: u32,
+    pub _pad: u32,
+}
+
+/// TLS library calls in progress, by thread (`bpf_get_current_pid_tgid`). LRU: a thread
+/// killed inside a call never returns from it.
+#[map]
+pub static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
+
+/// A library connection object of a process.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct TlsObject {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+
+/// The socket each library connection object was last seen to use: a call served from the
+/// library's buffer makes no syscall to tell it. LRU: objects are freed without a word.
+#[map]
+pub static TLS_SOCKETS: LruHashMap<TlsObject, u32> = LruHashMap::with_max_entries(16384, 0);
+
 /// Request durations per (process, method, status, route), per CPU.
 #[map]
 pub static HTTP_DURATION: PerCpuHashMap<DurationKey, DurationHistogram> =

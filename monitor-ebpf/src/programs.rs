@@ -7,13 +7,16 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
         generated::{bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs},
     },
-    macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint},
-    programs::{BtfTracePointContext, PerfEventContext, RawTracePointContext, TracePointContext},
+    macros::{btf_tracepoint, perf_event, raw_tracepoint, tracepoint, uprobe, uretprobe},
+    programs::{
+        BtfTracePointContext, PerfEventContext, ProbeContext, RawTracePointContext,
+        RetProbeContext, TracePointContext,
+    },
 };
 
 use crate::{
     fork, handoff, http, maps, maps::SCHED_TP_LAYOUT, sched, sched::Switch, syscalls,
-    syscalls::SyscallExit,
+    syscalls::SyscallExit, tls,
 };
 
 // Every entry point is `#[inline(always)]`: the macros wrap it in the real program and drop
@@ -130,6 +133,44 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint(category = "syscalls", name = "sys_enter_close")]
 #[inline(always)]
 pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+// --- TLS libraries: plain text at OpenSSL's reads and writes (`tls`). ---
+
+/// The entry of `SSL_read(ssl, buf, num)` and `SSL_write(ssl, buf, num)`.
+#[uprobe]
+#[inline(always)]
+pub fn tls_call(ctx: ProbeContext) -> u32 {
+    tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), 0);
+    0
+}
+
+/// The entry of `SSL_read_ex(ssl, buf, num, &read)` and `SSL_write_ex(ssl, buf, num,
+/// &written)`.
+#[uprobe]
+#[inline(always)]
+pub fn tls_call_ex(ctx: ProbeContext) -> u32 {
+    let moved_at = ctx.arg(3).unwrap_or(0);
+    if moved_at != 0 {
+        tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), moved_at);
+    }
+    0
+}
+
+/// The return of `SSL_read` and `SSL_read_ex`.
+#[uretprobe]
+#[inline(always)]
+pub fn tls_read_return(ctx: RetProbeContext) -> u32 {
+    tls::on_return::<false>(ctx.ret());
+    0
+}
+
+/// The return of `SSL_write` and `SSL_write_ex`.
+#[uretprobe]
+#[inline(always)]
+pub fn tls_write_return(ctx: RetProbeContext) -> u32 {
+    tls::on_return::<true>(ctx.ret());
     0
 }
 

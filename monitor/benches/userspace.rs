@@ -272,6 +272,7 @@ impl Model {
             refresh_errors_total: 0,
             processes_named_at_exec_total: 0,
             refresh_durations: &self.refreshes,
+            tls_libraries: 1,
         })
     }
 }

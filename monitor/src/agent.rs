@@ -37,6 +37,8 @@ pub struct Settings {
     pub syscall_hook: SyscallHook,
     /// `--no-http`: no HTTP programs.
     pub no_http: bool,
+    /// `--no-tls`: no uprobes on TLS libraries.
+    pub no_tls: bool,
     /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).
     pub sched_accounting: SchedAccounting,
     /// Offsets to use instead of the kernel's BTF (tests of a refused switch program).
@@ -81,6 +83,8 @@ pub struct Agent {
     in_flight_at_exit: InFlightAtExit,
     ports: PortFilter,
     identifier: Identifier,
+    /// TLS library files with uprobes attached.
+    tls_libraries: usize,
     _bpf_stats: Option<OwnedFd>,
 }
 
@@ -143,6 +147,7 @@ impl Agent {
             refresh_errors_total: self.refresh_errors,
             processes_named_at_exec_total: self.early_names.named(),
             refresh_durations: &self.refresh_durations,
+            tls_libraries: self.tls_libraries,
         })
     }
 }

@@ -156,6 +156,13 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_NO_HTTP", value_parser = BoolishValueParser::new())]
     pub no_http: bool,
 
+    /// Do not read HTTPS: attach no uprobes to the TLS library (OpenSSL's libssl) that
+    /// processes use. With them, the plain text of HTTPS that goes through libssl is measured
+    /// like clear-text HTTP; each call into SSL_read/SSL_write then runs two programs (a
+    /// uprobe costs microseconds, paid only by processes that call the library).
+    #[arg(long, env = "MONITOR_NO_TLS", value_parser = BoolishValueParser::new())]
+    pub no_tls: bool,
+
     /// Check what this host allows, then exit without serving.
     ///
     /// Loads and attaches every program as a run would (with the other options given),

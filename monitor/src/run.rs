@@ -74,6 +74,7 @@ fn settings(cli: &Cli) -> Settings {
         empty_programs: cli.empty_programs,
         syscall_hook: cli.syscall_hook,
         no_http: cli.no_http,
+        no_tls: cli.no_tls,
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
         ports_checked_by_agent: cli.ports_checked_by_agent,

@@ -283,6 +283,15 @@ impl Server {
         Self::nginx_listening(workers, main, "", locations)
     }
 
+    /// nginx (one worker) serving HTTPS with the PEM certificate and key at `pem` (OpenSSL's
+    /// SSL_read and SSL_write).
+    pub fn nginx_https(pem: &Path, locations: &str) -> Self {
+        let pem = pem.display();
+        let locations =
+            format!("    ssl_certificate {pem};\n    ssl_certificate_key {pem};\n{locations}");
+        Self::nginx_listening(1, "", " ssl", &locations)
+    }
+
     /// nginx behind a load balancer that sends the PROXY protocol header first.
     pub fn nginx_proxy_protocol(locations: &str) -> Self {
         Self::nginx_listening(1, "", " proxy_protocol", locations)

@@ -181,6 +181,17 @@ pub const fn connection_key(tgid: u32, fd: u32) -> u64 {
     ((tgid as u64) << 32) | fd as u64
 }
 
+/// Set in the fd half of a `CONNECTIONS` key for the plain text a TLS library reads and
+/// writes on that socket: the syscalls on the same fd carry ciphertext, tracked (or dropped)
+/// under the key without it. No fd reaches this bit (the kernel caps them below 2^31).
+pub const TLS_FD: u32 = 1 << 31;
+
+/// Key of `CONNECTIONS` for the plain text of the TLS connection on `fd`.
+#[inline(always)]
+pub const fn tls_connection_key(tgid: u32, fd: u32) -> u64 {
+    connection_key(tgid, fd | TLS_FD)
+}
+
 /// Where the kernel keeps a process's open files (`current->files->fdt->fd[fd]`), found in its
 /// BTF by the agent: the programs follow a passed descriptor to its `struct file`, which the
 /// sender and the receiver share. Node's cluster module (and pm2) accept in the primary and

@@ -77,7 +77,13 @@ pub mod counter {
     /// Client responses whose status line was read before the write of their request
     /// returned (`conn_flags::ANSWERED_EARLY`).
     pub const CLIENT_ANSWERED_EARLY: u32 = 31;
-    pub const COUNT: u32 = 32;
+    /// Connections whose HTTP was read as plain text at the TLS library (`tls` in the kernel
+    /// crate), from their first request.
+    pub const TLS_CONNECTIONS: u32 = 32;
+    /// Plain text a TLS library call returned on a connection whose socket the programs had
+    /// not seen that library use: skipped.
+    pub const TLS_SOCKET_UNKNOWN: u32 = 33;
+    pub const COUNT: u32 = 34;
 
     /// The counter of a read that was not a request, by its `not_http::*` kind.
     #[inline(always)]

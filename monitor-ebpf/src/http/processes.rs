@@ -34,6 +34,18 @@ fn set_process_bit(bitmap: &Array<u64>, tgid: u32) {
     }
 }
 
+/// Marks `tgid` as a process that calls a TLS library the programs watch (`TLS_PROCESSES`).
+#[inline(always)]
+pub fn mark_tls(tgid: u32) {
+    set_process_bit(&TLS_PROCESSES, tgid);
+}
+
+/// Whether `tgid` has called a TLS library the programs watch.
+#[inline(always)]
+pub fn uses_tls(tgid: u32) -> bool {
+    process_bit(&TLS_PROCESSES, tgid) == Some(true)
+}
+
 /// Whether `tgid` has served a connection.
 #[inline(always)]
 pub fn serves(tgid: u32) -> bool {

@@ -131,7 +131,9 @@ fn not_http_reads(http: &HttpLedger) -> Option<MetricFamily> {
             families::counter(
                 "monitor_http_reads_not_http_total",
                 "Reads on server connections, where a request should start, that were not an \
-                 HTTP/1.x request, by reason: tls (a TLS client on a clear-text port), http2 \
+                 HTTP/1.x request, by reason: tls (a TLS handshake: a TLS client on a clear-text \
+                 port, or an HTTPS connection, whose plain text is measured apart where it goes \
+                 through a probed libssl: monitor_http_tls_connections_total), http2 \
                  (the HTTP/2 preface), binary (another protocol, or noise), invalid_method (a \
                  request line whose method is not 3 to 12 upper-case letters), text (anything \
                  else). A connection that never spoke HTTP is dropped at the first.",
@@ -259,6 +261,20 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
         )
         .value(&[("outcome", "not_http")], kernel(counter::CLIENT_NOT_HTTP))
         .build(),
+        single(
+            "monitor_http_tls_connections_total",
+            "HTTPS connections, server and client, whose HTTP/1.x the kernel reads as plain \
+             text at the TLS library's SSL_read and SSL_write (see monitor_tls_libraries_probed).",
+            kernel(counter::TLS_CONNECTIONS),
+        ),
+        single(
+            "monitor_http_tls_calls_skipped_total",
+            "Plain text that a TLS library call moved on a socket the kernel had not seen that \
+             library use (a call served from the library's buffer on a connection it had not \
+             seen, or a library reading through memory buffers rather than the socket): \
+             skipped.",
+            kernel(counter::TLS_SOCKET_UNKNOWN),
+        ),
         single(
             "monitor_http_route_events_total",
             "Announcements the kernel submitted to the agent (new routes, server addresses and \

@@ -31,6 +31,8 @@ pub struct Exposition<'a> {
     /// Processes named from procfs right after their exec.
     pub processes_named_at_exec_total: u64,
     pub refresh_durations: &'a Timings,
+    /// TLS library files with uprobes attached.
+    pub tls_libraries: usize,
 }
 
 const NS_PER_SECOND: f64 = 1e9;
@@ -48,6 +50,13 @@ pub fn render(view: &Exposition<'_>) -> String {
         run_queue_latency(view.ledger),
         program_info(view.attached),
         hook_unavailable(view.unavailable),
+        families::gauge(
+            "monitor_tls_libraries_probed",
+            "TLS library files (OpenSSL's libssl) whose SSL_read and SSL_write calls the agent \
+             reads HTTPS from, found at start-up on the host and in the running processes.",
+        )
+        .value(&[], view.tls_libraries as f64)
+        .build(),
         program_run_time(view.program_stats),
         program_runs(view.program_stats),
         super::http::in_flight_at_exit(view.in_flight_at_exit),

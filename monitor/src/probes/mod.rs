@@ -9,6 +9,7 @@ mod sched;
 #[cfg(test)]
 mod stack_budget;
 pub mod task_offsets;
+pub mod tls;
 pub mod tracefs;
 
 use std::fmt;
@@ -45,6 +46,8 @@ pub enum HookKind {
     Tracepoint,
     RawTracepoint,
     PerfEvent,
+    Uprobe,
+    Uretprobe,
 }
 
 impl HookKind {
@@ -54,6 +57,8 @@ impl HookKind {
             HookKind::Tracepoint => "tracepoint",
             HookKind::RawTracepoint => "raw_tracepoint",
             HookKind::PerfEvent => "perf_event",
+            HookKind::Uprobe => "uprobe",
+            HookKind::Uretprobe => "uretprobe",
         }
     }
 }

@@ -43,7 +43,7 @@ impl DurationCounts {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HttpSnapshot {
     pub durations: Vec<(DurationKey, DurationCounts)>,
     /// `monitor_common::http::counter`, summed over CPUs.
@@ -55,4 +55,18 @@ pub struct HttpSnapshot {
     pub client_errors: Vec<(ClientErrorKey, u64)>,
     /// Failed connects per process, summed over CPUs.
     pub connect_errors: Vec<(u32, u64)>,
+}
+
+// By hand: arrays derive `Default` only up to 32 elements.
+impl Default for HttpSnapshot {
+    fn default() -> Self {
+        Self {
+            durations: Vec::new(),
+            counters: [0; counter::COUNT as usize],
+            announcements: Vec::new(),
+            unchecked_listeners: Vec::new(),
+            client_errors: Vec::new(),
+            connect_errors: Vec::new(),
+        }
+    }
 }

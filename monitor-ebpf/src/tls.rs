@@ -1,0 +1,187 @@
+//! HTTP inside TLS. OpenSSL's `SSL_read` and `SSL_write` (and their `_ex` forms) move plain
+//! text in and out of the caller's buffer: a uprobe at their entry keeps the arguments, the
+//! socket syscalls made inside the call tell which socket it is (and are skipped: their bytes
+//! are ciphertext), and at the return the plain text goes through the same server and client
+//! paths as clear-text HTTP, under the socket's TLS key (`tls_connection_key`), so that close(2)
+//! and the idle sweep end it like any other connection.
+//!
+//! The handshake is not watched: its syscalls are seen as what they are, bytes that are not
+//! HTTP (`counter::NOT_HTTP_TLS` for a server, `CLIENT_NOT_HTTP` for a client).
+
+use core::mem::MaybeUninit;
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::bpf_get_current_pid_tgid,
+};
+use monitor_common::http::{Connection, counter, parse_request_start, role, tls_connection_key};
+
+use crate::{
+    client,
+    files::{port_allowed, socket_local_port},
+    http::{
+        config, current_tgid, first_16, mark_measured, mark_tls, measured, read_user,
+        track_server_connection, uses_tls,
+    },
+    maps::{CONNECTIONS, TLS_CALLS, TLS_SOCKETS, TlsCall, TlsObject, count},
+    server,
+    syscalls::Buffer,
+};
+
+/// `TlsCall::socket` before a syscall inside the call has told it.
+pub const NO_SOCKET: u32 = u32::MAX;
+
+/// A library call starts: `SSL_read`/`SSL_write` (`moved_at` 0), or their `_ex` forms, which
+/// write the bytes moved at `moved_at`.
+#[inline(always)]
+pub fn on_call(ssl: u64, buffer: u64, moved_at: u64) {
+    let Some(config) = config() else {
+        return;
+    };
+    let tgid = current_tgid();
+    if !measured(config, tgid) {
+        return;
+    }
+    mark_measured(tgid);
+    mark_tls(tgid);
+    let call = TlsCall {
+        ssl,
+        buffer,
+        moved_at,
+        socket: NO_SOCKET,
+        _pad: 0,
+    };
+    let _ = TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
+}
+
+/// A socket syscall on `fd` returned: when the thread is inside a library call, notes the
+/// socket for it and says so, since the bytes are that library's ciphertext.
+#[inline(always)]
+pub fn inside_library_call(tgid: u32, fd: u32) -> bool {
+    if !uses_tls(tgid) {
+        return false;
+    }
+    let Some(call) = TLS_CALLS.get_ptr_mut(bpf_get_current_pid_tgid()) else {
+        return false;
+    };
+    // SAFETY: a map value, valid for this program run.
+    unsafe { (*call).socket = fd };
+    true
+}
+
+/// A library call returned `ret`: its plain text, if any, read (`WRITE` false) or written,
+/// goes to the connection's HTTP path.
+#[inline(always)]
+pub fn on_return<const WRITE: bool>(ret: i64) {
+    let thread = bpf_get_current_pid_tgid();
+    let Some(call) = TLS_CALLS.get_ptr(thread) else {
+        return;
+    };
+    // SAFETY: a map value, copied before it is removed.
+    let call = unsafe { *call };
+    let _ = TLS_CALLS.remove(thread);
+    let moved = if call.moved_at == 0 {
+        ret
+    } else if ret == 1 {
+        read_user::<u64>(call.moved_at).map_or(0, |moved| moved as i64)
+    } else {
+        0
+    };
+    // Nothing moved (an error, or the library waiting for the socket): nothing to follow.
+    // The end of a connection comes with close(2).
+    if moved <= 0 {
+        return;
+    }
+    let tgid = (thread >> 32) as u32;
+    let Some(socket) = socket_of(&call, tgid) else {
+        count(counter::TLS_SOCKET_UNKNOWN);
+        return;
+    };
+    let key = tls_connection_key(tgid, socket);
+    let buffer = Buffer::Plain(call.buffer);
+    let mut conn = CONNECTIONS.get_ptr_mut(key);
+    if conn.is_none() {
+        if !track_first_request::<WRITE>(key, socket, buffer, moved) {
+            return;
+        }
+        conn = CONNECTIONS.get_ptr_mut(key);
+    }
+    let Some(conn) = conn else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run.
+    let conn = unsafe { &mut *conn };
+    match (WRITE, conn.role == role::CLIENT) {
+        (false, true) => client::on_read(conn, key, tgid, buffer, moved),
+        (false, false) => server::on_read(conn, key, tgid, buffer, moved),
+        (true, true) => client::on_write(conn, key, tgid, buffer, moved),
+        (true, false) => server::on_write(conn, key, tgid, buffer, moved),
+    }
+}
+
+/// The socket of the call: the one its syscalls used, remembered for the library object; else
+/// the one that object used last (the call was served from the library's buffer).
+#[inline(always)]
+fn socket_of(call: &TlsCall, tgid: u32) -> Option<u32> {
+    let object = TlsObject {
+        ssl: call.ssl,
+        tgid,
+        _pad: 0,
+    };
+    if call.socket != NO_SOCKET {
+        let _ = TLS_SOCKETS.insert(object, call.socket, BPF_ANY as u64);
+        return Some(call.socket);
+    }
+    // SAFETY: a map value, copied at once.
+    TLS_SOCKETS.get_ptr(object).map(|socket| unsafe { *socket })
+}
+
+/// Plain text on a socket not followed yet: a request read starts a server connection, a
+/// request written a client one. Anything else is not HTTP/1.x and stays unfollowed.
+#[inline(always)]
+fn track_first_request<const WRITE: bool>(
+    key: u64,
+    socket: u32,
+    buffer: Buffer,
+    moved: i64,
+) -> bool {
+    let Some((head, _)) = first_16(buffer, moved) else {
+        return false;
+    };
+    if parse_request_start(&head).is_none() {
+        return false;
+    }
+    if !WRITE {
+        return server_port_allowed(socket)
+            && track_server_connection(key, counter::TLS_CONNECTIONS);
+    }
+    let mut slot = MaybeUninit::uninit();
+    let tracked = CONNECTIONS
+        .insert(
+            key,
+            Connection::init(&mut slot, role::CLIENT),
+            BPF_NOEXIST as u64,
+        )
+        .is_ok();
+    count(if tracked {
+        counter::TLS_CONNECTIONS
+    } else {
+        counter::CONNECTIONS_FULL
+    });
+    tracked
+}
+
+/// With `--http-ports`: whether the local port of this server socket is one of them. Read
+/// where the kernel's BTF gave the way to it; where it did not, TLS servers are not followed.
+#[inline(always)]
+fn server_port_allowed(socket: u32) -> bool {
+    if config().is_none_or(|config| config.port_filter == 0) {
+        return true;
+    }
+    let port = socket_local_port(socket as u64);
+    if port != 0 && port_allowed(port as u16) {
+        return true;
+    }
+    count(counter::PORT_FILTERED);
+    false
+}

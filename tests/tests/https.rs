@@ -1,0 +1,209 @@
+//! HTTPS through OpenSSL's libssl, read as plain text at SSL_read and SSL_write (and their
+//! `_ex` forms) by the agent's uprobes: nginx and ApacheBench (SSL_read/SSL_write), Python's
+//! ssl module at both ends (SSL_read_ex/SSL_write_ex). Certificates are made here with rcgen.
+
+use std::{fs, path::PathBuf, process::Command};
+
+use monitor_tests::{
+    MonitorAgent, Scrape,
+    agent::require_root,
+    http::{describe_http, server_count, wait_until},
+    servers::{Server, fixture, renamed_copy},
+    workload::unique_name,
+};
+use tempfile::TempDir;
+
+const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
+const SERVER_DURATION: &str = "http_server_request_duration_seconds";
+
+/// A self-signed certificate for `localhost` and its key, in one PEM file (nginx and Python
+/// both take that).
+fn certificate(dir: &TempDir) -> PathBuf {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let path = dir.path().join("localhost.pem");
+    let pem = format!(
+        "{}{}",
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem()
+    );
+    fs::write(&path, pem).unwrap();
+    path
+}
+
+/// The client observations of `service`, summed over server addresses, by status.
+fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
+    let status = status.to_string();
+    scrape
+        .histograms(
+            CLIENT_DURATION,
+            &[
+                ("service_name", service),
+                ("http_response_status_code", &status),
+            ],
+        )
+        .map(|buckets| buckets.last().map_or(0, |&(_, count)| count))
+        .sum()
+}
+
+#[test]
+fn https_through_nginx_and_apachebench_is_counted_exactly_at_both_ends() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::nginx_https(
+        &pem,
+        "    location /items/ { return 200 \"item\\n\"; }\n    location /gone { return 503; }",
+    );
+    let base = format!("https://127.0.0.1:{}", server.port);
+    const REQUESTS: usize = 20_000;
+    // ApacheBench under its own name: the client side's service.
+    let ab_name = unique_name("ab");
+    let ab_copy = renamed_copy(dir.path(), "/usr/bin/ab", &ab_name);
+    let completed = ab_at(
+        &ab_copy,
+        &format!("{base}/items/5f0c9e2a-7d41-4b8e-9c3a-1e2f3a4b5c6d?token=s3cr3t"),
+        REQUESTS,
+    );
+    assert_eq!(completed, REQUESTS);
+    assert_eq!(ab_at(&ab_copy, &format!("{base}/gone"), 100), 100);
+
+    let scrape = wait_until(&agent, "every HTTPS request counted at both ends", |s| {
+        server_count(s, "nginx", 200, "/items/{id}") == Some(REQUESTS as u64)
+            && server_count(s, "nginx", 503, "/gone") == Some(100)
+            && client_total(s, &ab_name, 200) == REQUESTS as u64
+            && client_total(s, &ab_name, 503) == 100
+    });
+    // The plain text was read at the library (the syscalls carry ciphertext), and the raw
+    // path and query string stayed out of the labels.
+    assert!(
+        scrape
+            .value("monitor_http_tls_connections_total", &[])
+            .unwrap()
+            >= 2.0
+    );
+    assert!(scrape.value("monitor_tls_libraries_probed", &[]).unwrap() >= 1.0);
+    let text = agent.metrics_text();
+    assert!(
+        !text.contains("5f0c9e2a") && !text.contains("s3cr3t"),
+        "{}",
+        describe_http(&text)
+    );
+}
+
+/// ApacheBench (`program`, a copy of it) with keep-alive over 16 connections; the requests
+/// it completed.
+fn ab_at(program: &std::path::Path, url: &str, requests: usize) -> usize {
+    let output = Command::new(program)
+        .args(["-q", "-k", "-c", "16", "-n", &requests.to_string(), url])
+        .output()
+        .expect("running ab");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "ab failed: {report}{output:?}");
+    let field = |name: &str| -> usize {
+        report
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `{name}` in ab's report:\n{report}"))
+    };
+    // ab counts a response of another length than the first as failed: 200s and 503s are
+    // run apart, so none should be.
+    assert_eq!(field("Failed requests:"), 0, "{report}");
+    field("Complete requests:")
+}
+
+#[test]
+fn python_https_server_and_client_are_counted_and_timed_through_the_ex_calls() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start(&[]);
+    let server_name = unique_name("pys");
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &server_name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", &pem);
+    let server = Server::python_with(command, monitor_tests::agent::free_port(), &server_name);
+
+    // One keep-alive connection: statuses, and a handler that sleeps 100 ms.
+    let client_name = unique_name("pyc");
+    let script = dir.path().join(format!("{client_name}.py"));
+    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
+    let host = format!("secure.test:{}", server.port);
+    let mut requests = Vec::new();
+    for path in [
+        "/status/200",
+        "/status/201",
+        "/status/404",
+        "/status/500",
+        "/sleep/100",
+    ] {
+        for _ in 0..3 {
+            requests.push(format!("{host},{path}"));
+        }
+    }
+    let output = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(server.port.to_string())
+        .args(&requests)
+        .env("TLS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let client = |s: &Scrape, status: u16| -> Option<u64> {
+        let status = status.to_string();
+        s.histogram_count(
+            CLIENT_DURATION,
+            &[
+                ("service_name", &client_name),
+                ("server_address", &host),
+                ("http_response_status_code", &status),
+            ],
+        )
+    };
+    let scrape = wait_until(&agent, "the Python HTTPS requests at both ends", |s| {
+        [(200, 6), (201, 3), (404, 3), (500, 3)]
+            .into_iter()
+            .all(|(status, n)| client(s, status) == Some(n))
+            && server_count(s, &server_name, 200, "/sleep/{id}") == Some(3)
+            && [200, 201, 404, 500]
+                .into_iter()
+                .all(|status| server_count(s, &server_name, status, "/status/{id}") == Some(3))
+    });
+    // The sleeping handler: every observation in (0.1, 0.25] at both ends.
+    let server_sleeps = scrape
+        .histogram(
+            SERVER_DURATION,
+            &[
+                ("service_name", &server_name),
+                ("http_route", "/sleep/{id}"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(count_in(&server_sleeps, 0.1, 0.25), 3, "{server_sleeps:?}");
+    let client_all = scrape
+        .histogram(
+            CLIENT_DURATION,
+            &[
+                ("service_name", &client_name),
+                ("http_response_status_code", "200"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(count_in(&client_all, 0.1, 0.25), 3, "{client_all:?}");
+}
+
+/// Observations of a cumulative histogram in (low, high].
+fn count_in(buckets: &[(f64, u64)], low: f64, high: f64) -> u64 {
+    let at = |bound: f64| {
+        buckets
+            .iter()
+            .find(|&&(le, _)| (le - bound).abs() < 1e-9)
+            .map(|&(_, count)| count)
+            .unwrap_or_else(|| panic!("no bucket {bound} in {buckets:?}"))
+    };
+    at(high) - at(low)
+}
