@@ -14,7 +14,9 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::bpf_get_current_pid_tgid,
 };
-use monitor_common::http::{Connection, counter, parse_request_start, role, tls_connection_key};
+use monitor_common::http::{
+    Connection, counter, is_http2_preface, parse_request_start, role, tls_connection_key,
+};
 
 use crate::{
     client,
@@ -128,12 +130,16 @@ fn socket_of(call: &TlsCall, tgid: u32) -> Option<u32> {
         tgid,
         _pad: 0,
     };
-    if call.socket != NO_SOCKET {
-        let _ = TLS_SOCKETS.insert(object, call.socket, BPF_ANY as u64);
-        return Some(call.socket);
-    }
     // SAFETY: a map value, copied at once.
-    TLS_SOCKETS.get_ptr(object).map(|socket| unsafe { *socket })
+    let known = TLS_SOCKETS.get_ptr(object).map(|socket| unsafe { *socket });
+    if call.socket == NO_SOCKET {
+        return known;
+    }
+    // Written only when it changed: most calls on a connection use the socket they did.
+    if known != Some(call.socket) {
+        let _ = TLS_SOCKETS.insert(object, call.socket, BPF_ANY as u64);
+    }
+    Some(call.socket)
 }
 
 /// Plain text on a socket not followed yet: a request read starts a server connection, a
@@ -149,6 +155,10 @@ fn track_first_request<const WRITE: bool>(
         return false;
     };
     if parse_request_start(&head).is_none() {
+        if !WRITE && is_http2_preface(&head) {
+            // HTTP/2 over TLS (ALPN h2): counted once, at the preface; not followed.
+            count(counter::NOT_HTTP_HTTP2);
+        }
         return false;
     }
     if !WRITE {

@@ -158,8 +158,9 @@ pub struct Cli {
 
     /// Do not read HTTPS: attach no uprobes to the TLS library (OpenSSL's libssl) that
     /// processes use. With them, the plain text of HTTPS that goes through libssl is measured
-    /// like clear-text HTTP; each call into SSL_read/SSL_write then runs two programs (a
-    /// uprobe costs microseconds, paid only by processes that call the library).
+    /// like clear-text HTTP. Each SSL_read/SSL_write call then traps into the kernel: a
+    /// microsecond or two on bare metal, about 10 on a KVM guest, paid by every process that
+    /// calls the library (see README, HTTPS). Processes that never call it pay nothing.
     #[arg(long, env = "MONITOR_NO_TLS", value_parser = BoolishValueParser::new())]
     pub no_tls: bool,
 

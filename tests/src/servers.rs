@@ -286,10 +286,16 @@ impl Server {
     /// nginx (one worker) serving HTTPS with the PEM certificate and key at `pem` (OpenSSL's
     /// SSL_read and SSL_write).
     pub fn nginx_https(pem: &Path, locations: &str) -> Self {
+        Self::nginx_https_with("", "", pem, locations)
+    }
+
+    /// `nginx_https` with `main` directives added to its main context and `listen_options`
+    /// after `ssl` (` http2` offers HTTP/2 by ALPN).
+    pub fn nginx_https_with(main: &str, listen_options: &str, pem: &Path, locations: &str) -> Self {
         let pem = pem.display();
         let locations =
             format!("    ssl_certificate {pem};\n    ssl_certificate_key {pem};\n{locations}");
-        Self::nginx_listening(1, "", " ssl", &locations)
+        Self::nginx_listening(1, main, &format!(" ssl{listen_options}"), &locations)
     }
 
     /// nginx behind a load balancer that sends the PROXY protocol header first.

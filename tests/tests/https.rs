@@ -207,3 +207,38 @@ fn count_in(buckets: &[(f64, u64)], low: f64, high: f64) -> u64 {
     };
     at(high) - at(low)
 }
+
+#[test]
+fn http2_over_tls_is_counted_as_http2_and_not_as_requests() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start(&[]);
+    let server = Server::nginx_https_with(
+        "",
+        " http2",
+        &pem,
+        "    location /h2/ { return 200 \"two\\n\"; }",
+    );
+    let url = format!("https://127.0.0.1:{}/h2/1", server.port);
+    let output = Command::new("curl")
+        .args(["-sk", "--http2", "-w", "%{http_version}"])
+        .args(["-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null"])
+        .args([&url, &url, &url])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "222", "{output:?}");
+
+    let scrape = wait_until(&agent, "the HTTP/2 preface inside TLS counted", |s| {
+        s.value("monitor_http_reads_not_http_total", &[("reason", "http2")]) >= Some(1.0)
+    });
+    // HTTP/2 frames are not HTTP/1.x requests: nothing recorded for nginx.
+    assert_eq!(
+        scrape
+            .histograms(SERVER_DURATION, &[("service_name", "nginx")])
+            .count(),
+        0,
+        "{}",
+        describe_http(&agent.metrics_text())
+    );
+}

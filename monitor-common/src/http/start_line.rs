@@ -257,7 +257,7 @@ pub fn cannot_be_status_line(head: &[u8; 16], len: usize) -> bool {
 /// Whether `head` starts with the HTTP/2 connection preface, `PRI * HTTP/2.0`. A byte loop
 /// rather than a slice comparison, which could call out to `memcmp` (BPF cannot).
 #[inline(always)]
-pub(super) fn is_http2_preface(head: &[u8; 16]) -> bool {
+pub fn is_http2_preface(head: &[u8; 16]) -> bool {
     const PREFACE: &[u8; 14] = b"PRI * HTTP/2.0";
     let mut i = 0;
     while i < PREFACE.len() {

@@ -3,6 +3,8 @@
 //!
 //! - `http`: nginx under wrk (saturation) and oha (fixed rate), with the agent's counts and
 //!   percentiles against the load generator's;
+//! - `https`: nginx over TLS under wrk, both OpenSSL programs, with and without the agent's
+//!   uprobes on the library;
 //! - `syscall`: an unrelated getppid loop;
 //! - `sched`: BPF time per context switch;
 //! - `startup`: exec to the first scrape with data;
@@ -17,6 +19,7 @@ mod churn;
 mod compare;
 mod http;
 mod http_report;
+mod https;
 mod loadgen;
 mod micro;
 mod profile;
@@ -47,10 +50,11 @@ struct Plan {
     sched: sched::Plan,
     startup_rounds: usize,
     micro: micro::Plan,
+    https: https::Plan,
 }
 
 /// The benchmarks, by the names of their BENCHMARKS.md sections (and of `--only`).
-const BENCHMARKS: [&str; 5] = ["http", "syscalls", "sched", "startup", "userspace"];
+const BENCHMARKS: [&str; 6] = ["http", "https", "syscalls", "sched", "startup", "userspace"];
 
 impl Plan {
     fn new(quick: bool, cpus: usize) -> Self {
@@ -82,12 +86,20 @@ impl Plan {
             },
             startup_rounds: if quick { 2 } else { 9 },
             micro: micro::Plan { quick },
+            https: https::Plan {
+                rounds,
+                run: Duration::from_secs(if quick { 2 } else { 8 }),
+                connections: 16,
+                load_cpus: "0",
+                server_affinity,
+            },
         }
     }
 
     fn estimate(&self, wanted: impl Fn(&str) -> bool) -> Duration {
         [
             ("http", self.http.estimate()),
+            ("https", self.https.estimate()),
             ("syscalls", self.syscall.estimate()),
             ("sched", self.sched.estimate()),
             (
@@ -149,6 +161,9 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     } else {
         None
     };
+    if wanted("https") {
+        setup::apt_install(&["wrk", "openssl"])?;
+    }
     build_release()?;
     let helper = target_dir().join("release/cpu-burner");
     if wanted("syscalls") || wanted("sched") {
@@ -166,6 +181,11 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
     let http = match &oha {
         Some(oha) => Some(http::measure(&plan.http, oha, &mut progress)?),
         None => None,
+    };
+    let https = if wanted("https") {
+        Some(https::measure(&plan.https, &mut progress)?)
+    } else {
+        None
     };
     let syscalls = if wanted("syscalls") {
         Some(syscall::measure(&plan.syscall, &helper, &mut progress)?)
@@ -198,6 +218,10 @@ pub fn bench(quick: bool, only: Option<&str>) -> Result<()> {
         let summary = http_report::Summary::new(http, syscalls.as_ref());
         sections.push(("http", http_report::markdown(http, &summary, &machine)));
         report.insert("http".into(), summary.json(http));
+    }
+    if let Some(https) = &https {
+        sections.push(("https", https.markdown(&machine)));
+        report.insert("https".into(), https.json());
     }
     if let Some(syscalls) = &syscalls {
         sections.push(("syscalls", syscalls.markdown(&machine)));

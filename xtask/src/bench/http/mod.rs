@@ -15,6 +15,8 @@
 //! and `nginx` what nginx says of itself.
 
 mod nginx;
+
+pub(super) use nginx::{nginx_workers, parse_stub_status};
 mod runs;
 mod scrape;
 
