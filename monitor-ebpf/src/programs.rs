@@ -158,11 +158,12 @@ pub fn tls_call_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// The return of `SSL_read` and `SSL_read_ex`.
+/// The return of `SSL_read` and `SSL_read_ex`. Both return a C `int`, which the caller finds
+/// in the low half of `rax` (the upper half is not sign-extended: -1 is 0xffffffff there).
 #[uretprobe]
 #[inline(always)]
 pub fn tls_read_return(ctx: RetProbeContext) -> u32 {
-    tls::on_return::<false>(ctx.ret());
+    tls::on_return::<false>(ctx.ret::<i32>());
     0
 }
 
@@ -170,7 +171,18 @@ pub fn tls_read_return(ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 #[inline(always)]
 pub fn tls_write_return(ctx: RetProbeContext) -> u32 {
-    tls::on_return::<true>(ctx.ret());
+    tls::on_return::<true>(ctx.ret::<i32>());
+    0
+}
+
+/// The entry of `SSL_set_fd(ssl, fd)`: which socket a new connection object uses, before any
+/// call on it (its address may be a freed object's, whose socket is remembered still).
+#[uprobe]
+#[inline(always)]
+pub fn tls_set_socket(ctx: ProbeContext) -> u32 {
+    if let (Some(ssl), Some(fd)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
+        tls::on_set_socket(ssl, fd);
+    }
     0
 }
 

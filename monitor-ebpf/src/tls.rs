@@ -56,8 +56,22 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64) {
     let _ = TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
 }
 
+/// `SSL_set_fd`: the socket of a new library connection object, replacing whatever a freed
+/// object at the same address used.
+#[inline(always)]
+pub fn on_set_socket(ssl: u64, fd: i32) {
+    let tgid = current_tgid();
+    if fd < 0 || (!uses_tls(tgid) && config().is_none_or(|config| !measured(config, tgid))) {
+        return;
+    }
+    let object = TlsObject { ssl, tgid, _pad: 0 };
+    let _ = TLS_SOCKETS.insert(object, fd as u32, BPF_ANY as u64);
+}
+
 /// A socket syscall on `fd` returned: when the thread is inside a library call, notes the
-/// socket for it and says so, since the bytes are that library's ciphertext.
+/// socket for it and says so, since the bytes are that library's ciphertext. A call's BIO
+/// uses one socket: only the first one seen is the call's, and a syscall on another socket
+/// (a call whose return was never seen, a callback doing I/O of its own) is left alone.
 #[inline(always)]
 pub fn inside_library_call(tgid: u32, fd: u32) -> bool {
     if !uses_tls(tgid) {
@@ -67,14 +81,17 @@ pub fn inside_library_call(tgid: u32, fd: u32) -> bool {
         return false;
     };
     // SAFETY: a map value, valid for this program run.
-    unsafe { (*call).socket = fd };
-    true
+    let call = unsafe { &mut *call };
+    if call.socket == NO_SOCKET {
+        call.socket = fd;
+    }
+    call.socket == fd
 }
 
 /// A library call returned `ret`: its plain text, if any, read (`WRITE` false) or written,
 /// goes to the connection's HTTP path.
 #[inline(always)]
-pub fn on_return<const WRITE: bool>(ret: i64) {
+pub fn on_return<const WRITE: bool>(ret: i32) {
     let thread = bpf_get_current_pid_tgid();
     let Some(call) = TLS_CALLS.get_ptr(thread) else {
         return;
@@ -83,7 +100,7 @@ pub fn on_return<const WRITE: bool>(ret: i64) {
     let call = unsafe { *call };
     let _ = TLS_CALLS.remove(thread);
     let moved = if call.moved_at == 0 {
-        ret
+        i64::from(ret)
     } else if ret == 1 {
         read_user::<u64>(call.moved_at).map_or(0, |moved| moved as i64)
     } else {

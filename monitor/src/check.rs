@@ -27,6 +27,10 @@ pub fn loss(hook: &str) -> &'static str {
         CLOCK_TICK_HOOK => {
             "no per-CPU clock tick: a busy process's CPU time moves only when it is switched out"
         }
+        crate::probes::tls::TLS_HOOK => {
+            "HTTPS through OpenSSL's libssl is not measured (its uprobes were refused: the \
+             agent's log says why, often a missing CAP_SYS_ADMIN)"
+        }
         IDLE_SWEEP_HOOK => {
             "no HTTP idle sweep: a keep-alive connection's last response is recorded only at \
              its close"

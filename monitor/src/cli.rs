@@ -158,9 +158,9 @@ pub struct Cli {
 
     /// Do not read HTTPS: attach no uprobes to the TLS library (OpenSSL's libssl) that
     /// processes use. With them, the plain text of HTTPS that goes through libssl is measured
-    /// like clear-text HTTP. Each SSL_read/SSL_write call then traps into the kernel: a
-    /// microsecond or two on bare metal, about 10 on a KVM guest, paid by every process that
-    /// calls the library (see README, HTTPS). Processes that never call it pay nothing.
+    /// like clear-text HTTP. Each SSL_read/SSL_write call then traps into the kernel, about
+    /// 10 µs on a KVM guest (less on bare metal), paid by every process that calls the
+    /// library (see README, HTTPS). Processes that never call it pay nothing.
     #[arg(long, env = "MONITOR_NO_TLS", value_parser = BoolishValueParser::new())]
     pub no_tls: bool,
 
@@ -175,7 +175,8 @@ pub struct Cli {
     pub check: bool,
 
     /// Benchmarks only: attach empty programs at the same hooks and measure nothing, to show
-    /// what the hooks alone cost.
+    /// what the hooks alone cost (the TLS library's uprobes are left off: the HTTP benchmark's
+    /// nginx speaks clear text).
     #[arg(long, hide = true)]
     pub empty_programs: bool,
 

@@ -242,3 +242,46 @@ fn http2_over_tls_is_counted_as_http2_and_not_as_requests() {
         describe_http(&agent.metrics_text())
     );
 }
+
+/// A big body that a non-blocking client (curl) reads in many SSL_reads, some of which may
+/// find no whole record yet and return -1: the response ends with its last byte.
+#[test]
+fn a_big_https_body_read_in_pieces_is_timed_to_its_last_byte() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start(&[]);
+    let server_name = unique_name("pyb");
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &server_name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", &pem);
+    let server = Server::python_with(command, monitor_tests::agent::free_port(), &server_name);
+    let curl_name = unique_name("curlb");
+    let curl = renamed_copy(dir.path(), "/usr/bin/curl", &curl_name);
+    let url = format!("https://127.0.0.1:{}/bytes/40000000", server.port);
+    let output = Command::new(curl)
+        .args(["-sk", "-o", "/dev/null", "-w", "%{time_total}", &url])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let seconds: f64 = String::from_utf8_lossy(&output.stdout).parse().unwrap();
+
+    let labels = [("service_name", curl_name.as_str())];
+    let scrape = wait_until(&agent, "curl's one HTTPS request recorded", |s| {
+        s.histogram_count(CLIENT_DURATION, &labels) == Some(1)
+    });
+    let buckets = scrape.histogram(CLIENT_DURATION, &labels).unwrap();
+    // Observed no shorter than half of what curl took (its connect and handshake included).
+    let too_short = buckets
+        .iter()
+        .filter(|&&(le, _)| le < seconds / 2.0)
+        .map(|&(_, count)| count)
+        .max()
+        .unwrap_or(0);
+    assert_eq!(
+        too_short, 0,
+        "curl took {seconds} s; the agent's buckets: {buckets:?}"
+    );
+}

@@ -98,7 +98,16 @@ fn attach_tls(
             for (library, why) in &tls.refused {
                 log::warn!("HTTPS through {} is not measured: {why}", library.display());
             }
-            if tls.libraries.is_empty() {
+            if let Some(capability) = tls.missing_capability {
+                log::warn!(
+                    "HTTPS is not measured: this kernel attaches uprobes to the TLS library \
+                     only with {capability}, which the agent lacks (grant it: the agent gives \
+                     it up once started; or pass --no-tls)"
+                );
+            }
+            if tls.all_refused() {
+                unavailable.push(probes::tls::TLS_HOOK);
+            } else if tls.libraries.is_empty() {
                 log::info!("no TLS library (libssl) found: HTTPS is not measured");
             } else {
                 log::debug!("TLS libraries probed: {:?}", tls.libraries);

@@ -241,7 +241,8 @@ fn program_info(attached: &[AttachedProgram]) -> Option<MetricFamily> {
 /// all), `sys_enter_close` or `sys_enter_sendmsg` (their syscalls seen at the exit only),
 /// `sched_process_fork` (forking servers' children not followed), `cpu_clock` (a busy
 /// process's CPU time updated at context switches only), `cpu_clock_one_cpu` (the
-/// HTTP idle sweep: a keep-alive connection's last response recorded at its close).
+/// HTTP idle sweep: a keep-alive connection's last response recorded at its close), `libssl`
+/// (HTTPS not read: the TLS library's uprobes refused).
 fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
     hooks
         .iter()
@@ -253,7 +254,8 @@ fn hook_unavailable(hooks: &[&'static str]) -> Option<MetricFamily> {
                  the exit only; sched_process_fork leaves forking servers' children \
                  unfollowed; cpu_clock leaves a busy process's CPU time to move only when it \
                  is switched out; cpu_clock_one_cpu (the HTTP idle sweep) leaves a keep-alive \
-                 connection's last response to be recorded at its close. The agent's log says why.",
+                 connection's last response to be recorded at its close; libssl leaves HTTPS \
+                 unread. The agent's log says why.",
             ),
             |family, hook| family.value(&[("hook", hook)], 1.0),
         )

@@ -1,16 +1,18 @@
 //! uprobes on the TLS library that processes use (OpenSSL's `libssl`): at the entry and return
-//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes
-//! (`tls` in the BPF crate). A uprobe sits on a file (its inode), so one attach covers every
-//! process that maps that file, those started later included.
+//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, and
+//! at `SSL_set_fd`, which tells a new connection object's socket (`tls` in the BPF crate). A
+//! uprobe sits on a file (its inode), so one attach covers every process that maps that file,
+//! those started later included.
 //!
-//! Which files: the libraries in the usual directories of the host, and every `libssl` that a
-//! running process maps (a container's own copy, through `/proc/<pid>/root`), found at
+//! Which files: the libraries in the usual directories of the host (through `/proc/1/root`,
+//! the host's root seen from a container with the host's PID namespace), and every `libssl`
+//! that a running process maps (a container's own copy, through `/proc/<pid>/root`), found at
 //! start-up. The agent gives up the capabilities to attach programs once started, so a
 //! container image with its own copy of the library, started later, is not probed until the
 //! agent restarts.
 
 use std::{
-    collections::{BTreeSet, HashSet},
+    collections::HashSet,
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -26,9 +28,10 @@ use super::{AttachedProgram, HookKind, program_mut};
 
 /// The programs, with the library functions each is attached to: the return programs come
 /// first, so that no call is entered without its return being watched.
-const PROBES: [(&str, &[&str]); 4] = [
+const PROBES: [(&str, &[&str]); 5] = [
     ("tls_read_return", &["SSL_read", "SSL_read_ex"]),
     ("tls_write_return", &["SSL_write", "SSL_write_ex"]),
+    ("tls_set_socket", &["SSL_set_fd"]),
     ("tls_call", &["SSL_read", "SSL_write"]),
     ("tls_call_ex", &["SSL_read_ex", "SSL_write_ex"]),
 ];
@@ -58,10 +61,13 @@ pub struct TlsProbes {
     pub libraries: Vec<PathBuf>,
     /// Library files the kernel or the symbol look-up refused, with why.
     pub refused: Vec<(PathBuf, String)>,
+    /// Set when the kernel refused the uprobes for want of a capability (then no library is
+    /// tried after the first): what to grant.
+    pub missing_capability: Option<&'static str>,
 }
 
 impl TlsProbes {
-    /// The programs, as attached (`monitor_program_attached_info`), once a library is probed.
+    /// The programs, as attached (`monitor_bpf_program_info`), once a library is probed.
     pub fn attached(&self) -> Vec<AttachedProgram> {
         if self.libraries.is_empty() {
             return Vec::new();
@@ -79,6 +85,34 @@ impl TlsProbes {
             })
             .collect()
     }
+
+    /// Whether libraries were found and every one refused: HTTPS is then not measured for
+    /// want of the kernel's support or a capability, not for want of a library.
+    pub fn all_refused(&self) -> bool {
+        self.libraries.is_empty() && (!self.refused.is_empty() || self.missing_capability.is_some())
+    }
+}
+
+/// Which file a library is: its device (major, minor) and inode, as `/proc/<pid>/maps` shows
+/// them. Under overlayfs that is the layer's real file, which the kernel places uprobes on:
+/// containers of one image share it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileId {
+    pub major: u32,
+    pub minor: u32,
+    pub inode: u64,
+}
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        // Linux's encoding of a device number (glibc's `major`/`minor`).
+        let dev = meta.dev();
+        Self {
+            major: (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0xfff)) as u32,
+            minor: (((dev >> 12) & 0xffff_ff00) | (dev & 0xff)) as u32,
+            inode: meta.ino(),
+        }
+    }
 }
 
 /// Loads the programs and attaches them to every TLS library found on the host and in the
@@ -92,20 +126,42 @@ pub fn attach_tls(ebpf: &mut Ebpf) -> Result<TlsProbes> {
     }
     let mut probes = TlsProbes::default();
     let mut seen = HashSet::new();
-    for path in candidate_libraries() {
+    for (path, file) in candidate_libraries() {
         // One probe per file, whichever path led to it.
-        let Ok(meta) = fs::metadata(&path) else {
-            continue;
-        };
-        if !seen.insert((meta.dev(), meta.ino())) {
+        if !seen.insert(file) {
             continue;
         }
         match attach_library(ebpf, &path) {
             Ok(()) => probes.libraries.push(path),
+            Err(error) if denied(&error) && !has_sys_admin() => {
+                // The perf uprobe PMU admits CAP_SYS_ADMIN alone on many kernels (this one
+                // too; CAP_PERFMON is not enough): every other library would be refused alike.
+                probes.missing_capability = Some("CAP_SYS_ADMIN");
+                break;
+            }
             Err(error) => probes.refused.push((path, format!("{error:#}"))),
         }
     }
     Ok(probes)
+}
+
+/// Whether the kernel refused an attach for want of privilege (EACCES or EPERM).
+fn denied(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .is_some_and(|code| code == libc::EACCES || code == libc::EPERM)
+    })
+}
+
+fn has_sys_admin() -> bool {
+    caps::has_cap(
+        None,
+        caps::CapSet::Effective,
+        caps::Capability::CAP_SYS_ADMIN,
+    )
+    .unwrap_or(false)
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
@@ -128,14 +184,22 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The host's libraries in the usual directories, then those the running processes map.
-fn candidate_libraries() -> Vec<PathBuf> {
-    let mut paths = Vec::new();
+/// The host's libraries in the usual directories, then those the running processes map, each
+/// with the file it is.
+fn candidate_libraries() -> Vec<(PathBuf, FileId)> {
+    let mut found = Vec::new();
+    // The host's root: the agent's own in a host install, the host's from a container that
+    // shares the host's PID namespace (whose own root has no libraries).
+    let host_root = if fs::read_dir("/proc/1/root/").is_ok() {
+        "/proc/1/root"
+    } else {
+        ""
+    };
     for dir in LIBRARY_DIRS {
-        let Ok(entries) = fs::read_dir(dir) else {
+        let Ok(entries) = fs::read_dir(format!("{host_root}{dir}")) else {
             continue;
         };
-        let mut found: Vec<PathBuf> = entries
+        let mut paths: Vec<PathBuf> = entries
             .flatten()
             .map(|entry| entry.path())
             .filter(|path| {
@@ -144,11 +208,15 @@ fn candidate_libraries() -> Vec<PathBuf> {
                     .is_some_and(is_tls_library)
             })
             .collect();
-        found.sort();
-        paths.extend(found);
+        paths.sort();
+        for path in paths {
+            if let Ok(meta) = fs::metadata(&path) {
+                found.push((path, FileId::of(&meta)));
+            }
+        }
     }
     let Ok(processes) = fs::read_dir("/proc") else {
-        return paths;
+        return found;
     };
     for entry in processes.flatten() {
         let name = entry.file_name();
@@ -164,10 +232,11 @@ fn candidate_libraries() -> Vec<PathBuf> {
         };
         for library in tls_libraries_in_maps(&maps) {
             // The path as the process sees it, from the host (a container has its own root).
-            paths.push(PathBuf::from(format!("/proc/{pid}/root{library}")));
+            let path = PathBuf::from(format!("/proc/{pid}/root{}", library.path));
+            found.push((path, library.file));
         }
     }
-    paths
+    found
 }
 
 /// Whether a file name is a shared OpenSSL `libssl` (`libssl.so.3`, `libssl.so.1.1`), not
@@ -178,19 +247,54 @@ pub fn is_tls_library(file_name: &str) -> bool {
     })
 }
 
-/// The TLS libraries in a `/proc/<pid>/maps` text: the absolute paths of mapped files whose
-/// name `is_tls_library`. A file deleted since it was mapped (an upgraded package) is left
-/// out: its path names another file now.
-pub fn tls_libraries_in_maps(maps: &str) -> BTreeSet<&str> {
-    maps.lines()
-        .filter_map(|line| {
-            // address perms offset dev inode path: the path is the sixth field, and may
-            // hold spaces.
-            let path = line.splitn(6, char::is_whitespace).nth(5)?.trim_start();
-            let file_name = path.rsplit('/').next()?;
-            (path.starts_with('/') && is_tls_library(file_name)).then_some(path)
-        })
-        .collect()
+/// A TLS library a process maps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct MappedLibrary<'a> {
+    pub path: &'a str,
+    pub file: FileId,
+}
+
+/// The TLS libraries in a `/proc/<pid>/maps` text, once each: the absolute paths of mapped
+/// files whose name `is_tls_library`, with the device and inode the line gives. A file
+/// deleted since it was mapped (an upgraded package) is left out: its path names another file
+/// now.
+pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
+    let mut libraries: Vec<MappedLibrary<'_>> = Vec::new();
+    for line in maps.lines() {
+        // address perms offset dev inode path: the path is the sixth field, and may hold
+        // spaces.
+        let mut fields = line.splitn(6, char::is_whitespace);
+        let (Some(device), Some(inode), Some(path)) = (fields.nth(3), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start();
+        let Some(file_name) = path.rsplit('/').next() else {
+            continue;
+        };
+        if !path.starts_with('/') || !is_tls_library(file_name) {
+            continue;
+        }
+        let Some((major, minor)) = device.split_once(':') else {
+            continue;
+        };
+        let (Ok(major), Ok(minor), Ok(inode)) = (
+            u32::from_str_radix(major, 16),
+            u32::from_str_radix(minor, 16),
+            inode.parse(),
+        ) else {
+            continue;
+        };
+        let file = FileId {
+            major,
+            minor,
+            inode,
+        };
+        if !libraries.iter().any(|known| known.file == file) {
+            libraries.push(MappedLibrary { path, file });
+        }
+    }
+    libraries
 }
 
 #[cfg(test)]
@@ -209,24 +313,55 @@ mod tests {
     }
 
     #[test]
-    fn the_libraries_a_process_maps_are_found_once_each() {
+    fn the_libraries_a_process_maps_are_found_once_each_with_their_file() {
         let maps = "\
 55d0c0a00000-55d0c0a28000 r--p 00000000 08:01 1835  /usr/sbin/nginx
 7f11a0000000-7f11a0021000 rw-p 00000000 00:00 0 
 7f11a2000000-7f11a201c000 r--p 00000000 08:01 2101  /usr/lib/x86_64-linux-gnu/libssl.so.3
 7f11a201c000-7f11a2077000 r-xp 0001c000 08:01 2101  /usr/lib/x86_64-linux-gnu/libssl.so.3
 7f11a2100000-7f11a2300000 r-xp 00000000 08:01 2099  /usr/lib/x86_64-linux-gnu/libcrypto.so.3
-7f11a2400000-7f11a2410000 r-xp 00000000 08:01 3001  /opt/my app/lib/libssl.so.1.1
+7f11a2400000-7f11a2410000 r-xp 00000000 fd:1a 3001  /opt/my app/lib/libssl.so.1.1
 7f11a2500000-7f11a2510000 r-xp 00000000 08:01 3002  /usr/lib/libssl.so.3 (deleted)
 7ffd5a000000-7ffd5a021000 rw-p 00000000 00:00 0     [stack]
 ";
-        let found: Vec<&str> = tls_libraries_in_maps(maps).into_iter().collect();
+        let found = tls_libraries_in_maps(maps);
         assert_eq!(
             found,
             [
-                "/opt/my app/lib/libssl.so.1.1",
-                "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+                MappedLibrary {
+                    path: "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+                    file: FileId {
+                        major: 8,
+                        minor: 1,
+                        inode: 2101
+                    }
+                },
+                MappedLibrary {
+                    path: "/opt/my app/lib/libssl.so.1.1",
+                    file: FileId {
+                        major: 0xfd,
+                        minor: 0x1a,
+                        inode: 3001
+                    }
+                },
             ]
         );
+    }
+
+    #[test]
+    fn a_file_is_the_same_whether_found_in_a_directory_or_in_a_processs_maps() {
+        // This test's own executable, as the kernel lists it in this process's maps.
+        let maps = fs::read_to_string("/proc/self/maps").unwrap();
+        let exe = fs::read_link("/proc/self/exe").unwrap();
+        let exe = exe.to_str().unwrap();
+        let line = maps.lines().find(|line| line.ends_with(exe)).unwrap();
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (major, minor) = fields[3].split_once(':').unwrap();
+        let listed = FileId {
+            major: u32::from_str_radix(major, 16).unwrap(),
+            minor: u32::from_str_radix(minor, 16).unwrap(),
+            inode: fields[4].parse().unwrap(),
+        };
+        assert_eq!(FileId::of(&fs::metadata(exe).unwrap()), listed);
     }
 }

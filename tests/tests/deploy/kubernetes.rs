@@ -253,13 +253,32 @@ fn kustomizations_render_and_validate() {
         let path = fs::canonicalize(path).unwrap();
         format!("{up}{}", path.strip_prefix("/").unwrap().display())
     };
-    let kustomization = format!(
-        "resources: [{}]\ncomponents: [{}]\n",
-        relative(&base),
-        relative(&component)
+    let with_component = |component: &Path, name: &str| {
+        let kustomization = format!(
+            "resources: [{}]\ncomponents: [{}]\n",
+            relative(&base),
+            relative(component)
+        );
+        fs::write(overlay.join("kustomization.yaml"), kustomization).unwrap();
+        render(&overlay, name)
+    };
+    // The HTTPS component: the base's capabilities and SYS_ADMIN, nothing else changed.
+    let documents = with_component(&base.join("https"), "https.yaml");
+    let daemonset = documents.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
+    let security = &daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let base_security =
+        &manifest("daemonset.yaml")["spec"]["template"]["spec"]["containers"][0]["securityContext"];
+    let mut expected = base_security["capabilities"]["add"]
+        .as_sequence()
+        .unwrap()
+        .clone();
+    expected.push("SYS_ADMIN".into());
+    assert_eq!(
+        security["capabilities"]["add"].as_sequence().unwrap(),
+        &expected
     );
-    fs::write(overlay.join("kustomization.yaml"), kustomization).unwrap();
-    let documents = render(&overlay, "privileged.yaml");
+    assert_eq!(security["privileged"], false);
+    let documents = with_component(&component, "privileged.yaml");
     let daemonset = documents.iter().find(|d| d["kind"] == "DaemonSet").unwrap();
     let spec = &daemonset["spec"]["template"]["spec"];
     let security = &spec["containers"][0]["securityContext"];

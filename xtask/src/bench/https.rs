@@ -21,11 +21,12 @@ use super::{
 const ROUTE: &str = "/hello";
 const STATUS_ROUTE: &str = "/nginx_status";
 /// The programs that run at the TLS library's calls.
-const TLS_PROGRAMS: [&str; 4] = [
+const TLS_PROGRAMS: [&str; 5] = [
     "tls_call",
     "tls_call_ex",
     "tls_read_return",
     "tls_write_return",
+    "tls_set_socket",
 ];
 
 pub struct Plan {
