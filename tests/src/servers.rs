@@ -465,7 +465,18 @@ pub fn ab(url: &str, requests: usize, concurrency: usize) -> usize {
 
 /// Runs ApacheBench with `extra` options (none: a new connection per request).
 pub fn ab_with(extra: &[&str], url: &str, requests: usize, concurrency: usize) -> usize {
-    let output = Command::new("ab")
+    ab_program(Path::new("ab"), extra, url, requests, concurrency)
+}
+
+/// `ab_with` for an ApacheBench at `program` (a renamed copy: the client's service name).
+pub fn ab_program(
+    program: &Path,
+    extra: &[&str],
+    url: &str,
+    requests: usize,
+    concurrency: usize,
+) -> usize {
+    let output = Command::new(program)
         .args(extra)
         .args([
             "-q",

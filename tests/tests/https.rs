@@ -2,13 +2,17 @@
 //! `_ex` forms) by the agent's uprobes: nginx and ApacheBench (SSL_read/SSL_write), Python's
 //! ssl module at both ends (SSL_read_ex/SSL_write_ex). Certificates are made here with rcgen.
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
-    agent::require_root,
+    agent::{free_port, require_root},
     http::{describe_http, server_count, wait_until},
-    servers::{Server, fixture, renamed_copy},
+    servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
 };
 use tempfile::TempDir;
@@ -92,25 +96,22 @@ fn https_through_nginx_and_apachebench_is_counted_exactly_at_both_ends() {
 }
 
 /// ApacheBench (`program`, a copy of it) with keep-alive over 16 connections; the requests
-/// it completed.
-fn ab_at(program: &std::path::Path, url: &str, requests: usize) -> usize {
-    let output = Command::new(program)
-        .args(["-q", "-k", "-c", "16", "-n", &requests.to_string(), url])
-        .output()
-        .expect("running ab");
-    let report = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "ab failed: {report}{output:?}");
-    let field = |name: &str| -> usize {
-        report
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no `{name}` in ab's report:\n{report}"))
-    };
-    // ab counts a response of another length than the first as failed: 200s and 503s are
-    // run apart, so none should be.
-    assert_eq!(field("Failed requests:"), 0, "{report}");
-    field("Complete requests:")
+/// it completed. (ab counts a response of another length than the first as failed: 200s and
+/// 503s are run apart.)
+fn ab_at(program: &Path, url: &str, requests: usize) -> usize {
+    ab_program(program, &["-k"], url, requests, 16)
+}
+
+/// Python's http.server fixture serving HTTPS with `pem` (SSL_read_ex and SSL_write_ex), under
+/// a name of its own beginning with `prefix`.
+fn python_https_server(dir: &TempDir, pem: &Path, prefix: &str) -> Server {
+    let name = unique_name(prefix);
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", pem);
+    Server::python_with(command, free_port(), &name)
 }
 
 #[test]
@@ -119,13 +120,8 @@ fn python_https_server_and_client_are_counted_and_timed_through_the_ex_calls() {
     let dir = tempfile::tempdir().unwrap();
     let pem = certificate(&dir);
     let agent = MonitorAgent::start(&[]);
-    let server_name = unique_name("pys");
-    let python = renamed_copy(dir.path(), "/usr/bin/python3", &server_name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", &pem);
-    let server = Server::python_with(command, monitor_tests::agent::free_port(), &server_name);
+    let server = python_https_server(&dir, &pem, "pys");
+    let server_name = server.service.clone();
 
     // One keep-alive connection: statuses, and a handler that sleeps 100 ms.
     let client_name = unique_name("pyc");
@@ -251,13 +247,7 @@ fn a_big_https_body_read_in_pieces_is_timed_to_its_last_byte() {
     let dir = tempfile::tempdir().unwrap();
     let pem = certificate(&dir);
     let agent = MonitorAgent::start(&[]);
-    let server_name = unique_name("pyb");
-    let python = renamed_copy(dir.path(), "/usr/bin/python3", &server_name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", &pem);
-    let server = Server::python_with(command, monitor_tests::agent::free_port(), &server_name);
+    let server = python_https_server(&dir, &pem, "pyb");
     let curl_name = unique_name("curlb");
     let curl = renamed_copy(dir.path(), "/usr/bin/curl", &curl_name);
     let url = format!("https://127.0.0.1:{}/bytes/40000000", server.port);

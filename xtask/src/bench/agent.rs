@@ -74,6 +74,21 @@ impl Variant {
     }
 }
 
+/// A variant with the arguments one benchmark gives its agent, under the name its table shows.
+#[derive(Clone, Copy)]
+pub struct Run {
+    pub variant: Variant,
+    pub args: &'static [&'static str],
+    pub name: &'static str,
+}
+
+impl Run {
+    /// This run's agent (`Variant::start`); none for `NoAgent`.
+    pub fn start(self) -> Option<MonitorAgent> {
+        self.variant.start(self.args)
+    }
+}
+
 /// The agent with its refresh interval as deployed (1 s): the tests' 200 ms would multiply
 /// its CPU per request. The tests' harness passes its own first; the last one given wins.
 pub fn start_as_deployed(args: &[&str]) -> MonitorAgent {

@@ -11,7 +11,7 @@ use monitor_tests::{MonitorAgent, Scrape, servers::Server};
 use serde_json::{Value, json};
 
 use super::{
-    agent::{Variant, process_cpu_seconds, program_deltas, program_totals, start_as_deployed},
+    agent::{Run, Variant, process_cpu_seconds, program_deltas, program_totals},
     http::{nginx_workers, parse_stub_status},
     loadgen::wrk,
     progress::Progress,
@@ -43,13 +43,6 @@ impl Plan {
     pub fn estimate(&self) -> Duration {
         (Duration::from_secs(3) + self.run) * (self.rounds * RUNS.len()) as u32
     }
-}
-
-#[derive(Clone, Copy)]
-struct Run {
-    variant: Variant,
-    args: &'static [&'static str],
-    name: &'static str,
 }
 
 const RUNS: [Run; 3] = [
@@ -142,7 +135,7 @@ pub fn measure(plan: &Plan, progress: &mut Progress) -> Result<Https> {
                 &format!("round {}/{}, {}", round + 1, plan.rounds, run.name),
                 Duration::from_secs(3) + plan.run,
             );
-            let agent = (run.variant != Variant::NoAgent).then(|| start_as_deployed(run.args));
+            let agent = run.start();
             rounds[index].push(one_round(plan, agent.as_ref(), &url, &status_url, worker)?);
         }
     }

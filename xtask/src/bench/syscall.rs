@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result};
 use serde_json::{Value, json};
 
 use super::{
-    agent::Variant,
+    agent::{Run, Variant},
     progress::Progress,
     stats::{median, ratio},
 };
@@ -26,14 +26,6 @@ impl Plan {
     pub fn estimate(&self) -> Duration {
         (Duration::from_secs(2) + self.run) * (self.rounds * RUNS.len()) as u32
     }
-}
-
-/// A variant of the agent, and the arguments it gets here.
-#[derive(Clone, Copy)]
-struct Run {
-    variant: Variant,
-    args: &'static [&'static str],
-    name: &'static str,
 }
 
 /// The basic variants, and the agent with its HTTP program at the socket syscalls' exits
@@ -81,7 +73,7 @@ pub fn measure(plan: &Plan, helper: &Path, progress: &mut Progress) -> Result<Sy
                 &format!("round {}/{}, {}", round + 1, plan.rounds, run.name),
                 Duration::from_secs(2) + plan.run,
             );
-            let _agent = run.variant.start(run.args);
+            let _agent = run.start();
             let calls: f64 = output(
                 Command::new("taskset")
                     .args(["-c", plan.cpus])
