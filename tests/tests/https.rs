@@ -275,3 +275,44 @@ fn a_big_https_body_read_in_pieces_is_timed_to_its_last_byte() {
         "curl took {seconds} s; the agent's buckets: {buckets:?}"
     );
 }
+
+/// A process that calls OpenSSL (and so has its socket syscalls looked at for a library call
+/// in progress) keeps its clear-text requests measured: one client alternates HTTPS and clear
+/// text on two keep-alive connections.
+#[test]
+fn clear_text_requests_of_a_process_that_also_speaks_https_are_counted_exactly() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start(&[]);
+    let secure = python_https_server(&dir, &pem, "pym");
+    let plain = Server::python();
+    let client_name = unique_name("mix");
+    let script = dir.path().join(format!("{client_name}.py"));
+    fs::copy(fixture("mixed_client.py"), &script).unwrap();
+    const EACH: u64 = 50;
+    let output = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .args([secure.port.to_string(), plain.port.to_string()])
+        .arg(EACH.to_string())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+
+    let client = |s: &Scrape, host: &str| {
+        s.histogram_count(
+            CLIENT_DURATION,
+            &[
+                ("service_name", &client_name),
+                ("server_address", host),
+                ("http_response_status_code", "200"),
+            ],
+        )
+    };
+    wait_until(&agent, "both kinds of request counted at both ends", |s| {
+        client(s, "secure.test") == Some(EACH)
+            && client(s, "plain.test") == Some(EACH)
+            && server_count(s, &secure.service, 200, "/status/{id}") == Some(EACH)
+            && server_count(s, &plain.service, 200, "/status/{id}") == Some(EACH)
+    });
+}
