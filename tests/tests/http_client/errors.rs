@@ -3,9 +3,9 @@
 //! connects that fail (no local port left, refused).
 
 use std::{
-    io::{Read as _, Write as _},
+    io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
-    process::Command,
+    process::{Command, Stdio},
     thread,
 };
 
@@ -167,17 +167,26 @@ fn connects_with_no_local_port_left_are_connect_errors() {
     let script = dir.path().join(format!("{name}.py"));
     std::fs::copy(fixture("port_exhaustion.py"), &script).unwrap();
     // The interpreter itself: a `python3` on PATH may be a shim (pyenv's is a bash script).
-    let output = Command::new("/usr/bin/python3")
+    let mut client = Command::new("/usr/bin/python3")
         .arg(&script)
-        .output()
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    // It prints once the connect has failed, and lives on until its stdin closes.
+    let mut line = String::new();
+    BufReader::new(client.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.trim().parse::<u32>().is_ok(), "{line:?}");
     wait_until(&agent, "one connect error", |scrape| {
         scrape.value(
             "tcp_client_connect_errors_total",
             &[("service_name", name.as_str())],
         ) == Some(1.0)
     });
+    drop(client.stdin.take());
+    assert!(client.wait().unwrap().success());
 }
 
 #[test]
