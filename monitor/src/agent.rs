@@ -7,8 +7,15 @@
 mod kernel;
 mod refresh;
 mod start;
+mod tls;
 
-use std::{os::fd::OwnedFd, sync::Arc, time::Duration};
+pub use tls::follow_libraries as follow_tls_libraries;
+
+use std::{
+    os::fd::OwnedFd,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use aya::Ebpf;
 
@@ -23,8 +30,12 @@ use crate::{
     },
     export::metrics::{self, Exposition},
     model::{http::HttpLedger, processes::ProcessLedger, timing::Timings},
-    probes::{self, AttachedProgram, http::HttpSettings},
+    probes::{self, AttachedProgram, http::HttpSettings, tls::TlsLibraries},
 };
+
+/// The agent, shared by the scrapes, the refresh and the TLS library scan; `None` once it
+/// stopped.
+pub type SharedAgent = Arc<Mutex<Option<Agent>>>;
 
 pub struct Settings {
     pub exited_process_grace: Duration,
@@ -83,8 +94,8 @@ pub struct Agent {
     in_flight_at_exit: InFlightAtExit,
     ports: PortFilter,
     identifier: Identifier,
-    /// TLS library files with uprobes attached.
-    tls_libraries: usize,
+    /// TLS library files tried and probed; `None` when the programs are not loaded.
+    tls: Option<TlsLibraries>,
     _bpf_stats: Option<OwnedFd>,
 }
 
@@ -147,7 +158,7 @@ impl Agent {
             refresh_errors_total: self.refresh_errors,
             processes_named_at_exec_total: self.early_names.named(),
             refresh_durations: &self.refresh_durations,
-            tls_libraries: self.tls_libraries,
+            tls_libraries: self.tls.as_ref().map_or(0, TlsLibraries::probed),
         })
     }
 }

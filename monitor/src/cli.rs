@@ -164,6 +164,15 @@ pub struct Cli {
     #[arg(long, env = "MONITOR_NO_TLS", value_parser = BoolishValueParser::new())]
     pub no_tls: bool,
 
+    /// How often to look through the processes' memory maps for a TLS library (libssl) that
+    /// no probe sits on yet: one a container started since start-up brought, or an upgraded
+    /// package. A scan reads the maps of processes started lately; every sixth, those of all.
+    /// Attaching a uprobe takes CAP_SYS_ADMIN: when the agent was granted it, one thread of the
+    /// agent keeps it for that alone. `0s`: only at start-up, and every thread gives
+    /// CAP_SYS_ADMIN up.
+    #[arg(long, env = "MONITOR_TLS_SCAN_INTERVAL", default_value = "10s", value_parser = at_most_a_day)]
+    pub tls_scan_interval: Duration,
+
     /// Check what this host allows, then exit without serving.
     ///
     /// Loads and attaches every program as a run would (with the other options given),
@@ -273,6 +282,16 @@ mod tests {
         let defaults = Cli::try_parse_from(["monitor"]).unwrap();
         assert_eq!(defaults.exited_process_grace, Duration::from_secs(300));
         assert!(Cli::try_parse_from(["monitor", "--refresh-interval", "soon"]).is_err());
+    }
+
+    #[test]
+    fn tls_libraries_are_looked_for_every_ten_seconds_unless_told_otherwise() {
+        let defaults = Cli::try_parse_from(["monitor"]).unwrap();
+        assert_eq!(defaults.tls_scan_interval, Duration::from_secs(10));
+        // Zero: at start-up only.
+        let cli = Cli::try_parse_from(["monitor", "--tls-scan-interval", "0s"]).unwrap();
+        assert!(cli.tls_scan_interval.is_zero());
+        assert!(Cli::try_parse_from(["monitor", "--tls-scan-interval", "2d"]).is_err());
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! Capabilities belong to threads: the main thread drops them before the runtime's threads
 //! exist, so those inherit the reduced sets; a thread started during start-up (the exec namer)
-//! drops its own.
+//! drops its own. One thread may keep CAP_SYS_ADMIN: the one that attaches uprobes to TLS
+//! libraries that processes map after start-up (`agent::tls`), when the agent was granted it
+//! and `--tls-scan-interval` is not zero.
 
 use anyhow::{Context as _, Result};
 use caps::{CapSet, Capability, CapsHashSet};
@@ -39,10 +41,12 @@ pub fn drop_start_up_capabilities(maps_readable: impl Fn() -> bool) -> Result<Ve
 }
 
 /// The same for a thread started during start-up that reads no map through bpf(2) (a ring
-/// buffer is read from shared memory): it keeps [`RUN_TIME`] alone.
-pub fn drop_in_this_thread() -> Result<Vec<Capability>> {
+/// buffer is read from shared memory): it keeps [`RUN_TIME`] and those of `also` it holds
+/// (the thread that probes TLS libraries found later keeps CAP_SYS_ADMIN).
+pub fn drop_in_this_thread(also: &[Capability]) -> Result<Vec<Capability>> {
     let permitted = caps::read(None, CapSet::Permitted).context("reading capabilities")?;
-    let keep = run_time(&permitted);
+    let mut keep = run_time(&permitted);
+    keep.extend(also.iter().filter(|cap| permitted.contains(cap)));
     drop_bounding(&keep);
     lower_to(&keep)
 }

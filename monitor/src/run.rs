@@ -12,9 +12,10 @@ use monitor_common::{http::test_fault, sched::test_fault as sched_fault};
 use tokio::signal::unix::SignalKind;
 
 use crate::{
-    agent::{Agent, Settings},
+    agent::{self, Agent, Settings, SharedAgent},
     check,
     cli::{Cli, SchedAccounting},
+    collect::ReaderThread,
     export::server::{self, RenderFn},
     open_files, preflight, privileges,
     probes::http::HttpSettings,
@@ -22,8 +23,6 @@ use crate::{
 
 /// How long open scrape connections may take to finish once a signal arrived.
 const SHUTDOWN_GRACE: Duration = Duration::from_millis(1000);
-
-type SharedAgent = Arc<Mutex<Option<Agent>>>;
 
 /// Everything that needs privileges happens first, on the only thread there is: capabilities
 /// belong to threads, and the runtime's threads, started after the drop, inherit what is left.
@@ -43,24 +42,80 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
     // Bind before loading anything, so a taken port fails fast and leaves nothing behind.
     let listener = bind(cli.listen)?;
-    let (agent, kept) = start_agent(&cli)?;
-    log_summary(&agent, &cli, &protection, &kept);
+    let started = start_agent(&cli, Mode::Run)?;
+    log_summary(&started, &cli, &protection);
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(serve(cli, listener, agent, protection))?;
+        .block_on(serve(cli, listener, started, protection))?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Whether the agent starts to serve or for `--check`.
+#[derive(PartialEq)]
+enum Mode {
+    Run,
+    Check,
+}
+
+/// The agent started, with what it kept of its privileges.
+struct Started {
+    agent: SharedAgent,
+    /// The capabilities every thread kept.
+    kept: Vec<caps::Capability>,
+    /// Whether a thread keeps CAP_SYS_ADMIN to probe TLS libraries mapped later (started in a
+    /// run only).
+    follows_tls_libraries: bool,
+    tls_scan: Option<ReaderThread>,
+}
+
+impl Started {
+    /// The capabilities kept, as the summary and the check say them.
+    fn capabilities_kept(&self) -> String {
+        let mut text = privileges::describe(&self.kept);
+        if self.follows_tls_libraries {
+            text.push_str(
+                " (and cap_sys_admin in the thread that probes TLS libraries mapped later)",
+            );
+        }
+        text
+    }
+}
+
 /// Loads and attaches the programs, then gives up the capabilities only start-up needs: what
-/// a run and `--check` both do, so that the check sees what a run would. Returns the agent
-/// and the capabilities kept.
-fn start_agent(cli: &Cli) -> Result<(Agent, Vec<caps::Capability>)> {
+/// a run and `--check` both do, so that the check sees what a run would.
+fn start_agent(cli: &Cli, mode: Mode) -> Result<Started> {
     let agent = Agent::start(&settings(cli))?;
-    let kept = privileges::drop_start_up_capabilities(|| agent.maps_readable())?;
-    Ok((agent, kept))
+    let mut follows_tls_libraries =
+        !cli.tls_scan_interval.is_zero() && agent.may_follow_tls_libraries();
+    let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
+    // Started before the drop, with CAP_SYS_ADMIN to keep.
+    let tls_scan = if follows_tls_libraries && mode == Mode::Run {
+        agent::follow_tls_libraries(&agent, cli.tls_scan_interval)
+            .inspect_err(|error| {
+                follows_tls_libraries = false;
+                log::warn!(
+                    "TLS libraries are probed at start-up only: {error:#} (HTTPS through a \
+                     libssl first mapped later is not measured)"
+                );
+            })
+            .ok()
+    } else {
+        None
+    };
+    let kept = {
+        let guard = agent.lock().unwrap_or_else(PoisonError::into_inner);
+        let agent = guard.as_ref().expect("just started");
+        privileges::drop_start_up_capabilities(|| agent.maps_readable())?
+    };
+    Ok(Started {
+        agent,
+        kept,
+        follows_tls_libraries,
+        tls_scan,
+    })
 }
 
 /// The agent's settings from the command line.
@@ -104,9 +159,15 @@ fn settings(cli: &Cli) -> Settings {
 
 /// `--check`: starts the agent as a run would, prints what it attached and missed, stops it.
 fn check_host(cli: &Cli) -> Result<ExitCode> {
-    let (agent, kept) = start_agent(cli)?;
+    let started = start_agent(cli, Mode::Check)?;
+    let capabilities_kept = started.capabilities_kept();
+    let agent = started
+        .agent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+        .expect("just started");
     let kernel = preflight::kernel_release();
-    let capabilities_kept = privileges::describe(&kept);
     let (report, status) = check::report(&check::Findings {
         kernel: &kernel,
         btf: preflight::btf_available(),
@@ -142,10 +203,12 @@ fn bind(address: SocketAddr) -> Result<std::net::TcpListener> {
 async fn serve(
     cli: Cli,
     listener: std::net::TcpListener,
-    agent: Agent,
+    started: Started,
     protection: server::Protection,
 ) -> Result<()> {
-    let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
+    let Started {
+        agent, tls_scan, ..
+    } = started;
     let refresher = tokio::spawn(refresh_periodically(agent.clone(), cli.refresh_interval));
     let render: RenderFn = {
         let agent = agent.clone();
@@ -176,6 +239,8 @@ async fn serve(
         Ok(_) => {}
         Err(_) => log::debug!("open connections closed by the shutdown deadline"),
     }
+    // No library is probed from here on (the scan waits for the agent's lock).
+    drop(tls_scan);
     // Dropping the agent detaches every program and frees every map: nothing stays behind.
     drop(agent.lock().unwrap_or_else(PoisonError::into_inner).take());
     log::info!("stopped; all BPF programs detached");
@@ -209,17 +274,19 @@ async fn wait_for_signal() -> Result<&'static str> {
     })
 }
 
-fn log_summary(
-    agent: &Agent,
-    cli: &Cli,
-    protection: &server::Protection,
-    kept: &[caps::Capability],
-) {
-    let hooks: Vec<String> = agent
-        .attached()
-        .iter()
-        .map(|program| format!("{}={}", program.hook, program.kind))
-        .collect();
+fn log_summary(started: &Started, cli: &Cli, protection: &server::Protection) {
+    let guard = started.agent.lock().unwrap_or_else(PoisonError::into_inner);
+    let Some(agent) = guard.as_ref() else {
+        return;
+    };
+    let mut hooks: Vec<String> = Vec::new();
+    for program in agent.attached() {
+        // Several programs on one hook of one kind (libssl's uprobes) are named once.
+        let hook = format!("{}={}", program.hook, program.kind);
+        if !hooks.contains(&hook) {
+            hooks.push(hook);
+        }
+    }
     log::info!(
         "monitor {} | kernel {} | BTF {} | hooks: {}{} | CPU time and waits from the {} | \
          {} open server connections adopted | capabilities kept: {} | listening on \
@@ -239,7 +306,7 @@ fn log_summary(
         },
         accounting_source(agent),
         agent.adopted_connections(),
-        privileges::describe(kept),
+        started.capabilities_kept(),
         protection.scheme(),
         cli.listen,
         if protection.requires_password() {

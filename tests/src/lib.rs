@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod bpf;
+pub mod capabilities;
 pub mod churn;
 pub mod guest;
 pub mod http;

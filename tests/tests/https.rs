@@ -11,6 +11,7 @@ use std::{
 use monitor_tests::{
     MonitorAgent, Scrape,
     agent::{free_port, require_root},
+    capabilities::{DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping},
     http::{describe_http, server_count, wait_until},
     servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
@@ -315,4 +316,70 @@ fn clear_text_requests_of_a_process_that_also_speaks_https_are_counted_exactly()
             && server_count(s, &secure.service, 200, "/status/{id}") == Some(EACH)
             && server_count(s, &plain.service, 200, "/status/{id}") == Some(EACH)
     });
+}
+
+/// A TLS library that no process mapped when the agent started (as a container image's own
+/// copy, started later, would be) is found by the scan of the processes' maps and probed, with
+/// the capabilities deploy/kubernetes/https grants: HTTPS through it is counted exactly from
+/// then on, and only the scanning thread kept CAP_SYS_ADMIN.
+#[test]
+fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let agent = MonitorAgent::start_with(
+        capsh_keeping(&DAEMONSET_HTTPS),
+        &["--tls-scan-interval", "1s", "--log-level", "info"],
+    );
+    let probed = |s: &Scrape| s.value("monitor_tls_libraries_probed", &[]).unwrap_or(0.0);
+    let at_start = probed(&agent.scrape());
+
+    // Python's ssl module loads the copy: a file no probe sits on.
+    let libraries = dir.path().join("lib");
+    fs::create_dir(&libraries).unwrap();
+    fs::copy(
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+        libraries.join("libssl.so.3"),
+    )
+    .unwrap();
+    let name = unique_name("pyl");
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", &pem)
+        .env("LD_LIBRARY_PATH", &libraries);
+    let server = Server::python_with(command, free_port(), &name);
+    let maps = fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    assert!(
+        maps.contains(&*libraries.join("libssl.so.3").to_string_lossy()),
+        "the server maps another libssl: {maps}"
+    );
+    wait_until(&agent, "the library mapped since start-up probed", |s| {
+        probed(s) == at_start + 1.0
+    });
+
+    const REQUESTS: u64 = 40;
+    let client_name = unique_name("pyk");
+    let script = dir.path().join(format!("{client_name}.py"));
+    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
+    let host = format!("late.test:{}", server.port);
+    let output = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(server.port.to_string())
+        .args((0..REQUESTS).map(|_| format!("{host},/status/201")))
+        .env("TLS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until(&agent, "every request to the late library's server", |s| {
+        server_count(s, &name, 201, "/status/{id}") == Some(REQUESTS)
+            && client_total(s, &client_name, 201) == REQUESTS
+    });
+    assert!(
+        agent.log().contains("is measured from now on"),
+        "{}",
+        agent.log()
+    );
+    assert_threads_hold_the_run_time_set(agent.pid(), true);
 }

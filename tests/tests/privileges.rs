@@ -9,106 +9,23 @@ use std::{
 
 use monitor_tests::{
     MonitorAgent,
-    agent::{free_port, monitor_bin},
+    agent::free_port,
+    capabilities::{
+        CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_PTRACE, DAEMONSET,
+        assert_threads_hold_the_run_time_set, capsh_args, capsh_keeping,
+    },
     http::{client, get, server_count, wait_until},
     servers::{Server, ab_with, fixture},
     workload::unique_name,
 };
 
-const CAP_DAC_READ_SEARCH: u32 = 2;
-const CAP_SYS_PTRACE: u32 = 19;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
-/// deploy/kubernetes/daemonset.yaml's `capabilities.add`.
-const DAEMONSET: [u32; 4] = [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
-
 /// An unprivileged user other than the agent's (nobody).
 const OTHER_UID: &str = "65534";
 
-fn mask(caps: &[u32]) -> u64 {
-    caps.iter().fold(0, |mask, cap| mask | 1 << cap)
-}
-
-/// What the agent keeps once its programs are attached. Kernels before 6.5 check CAP_BPF on
-/// every bpf(2) call, map reads included, so there the agent keeps it too.
-fn run_time_set() -> u64 {
-    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
-    let mut numbers = release
-        .split(['.', '-'])
-        .map(|n| n.parse::<u32>().unwrap_or(0));
-    let version = (numbers.next().unwrap_or(0), numbers.next().unwrap_or(0));
-    let mut caps = vec![CAP_SYS_PTRACE, CAP_DAC_READ_SEARCH];
-    if version < (6, 5) {
-        caps.push(CAP_BPF);
-    }
-    mask(&caps)
-}
-
-/// `capsh` execing the agent with only `keep` in its bounding set: as root, that is all it
-/// gets at exec (as in a container that drops ALL and adds these), nothing inheritable or
-/// ambient.
-fn capsh_keeping(keep: &[u32]) -> Command {
-    let mut capsh = Command::new("capsh");
-    capsh.args(capsh_args(keep));
-    capsh
-}
-
-/// capsh's arguments for `capsh_keeping`, up to the agent's own.
-fn capsh_args(keep: &[u32]) -> Vec<String> {
-    let last: u32 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    let drop: Vec<String> = (0..=last)
-        .filter(|cap| !keep.contains(cap))
-        .map(|cap| cap.to_string())
-        .collect();
-    vec![
-        format!("--drop={}", drop.join(",")),
-        "--inh=".to_owned(),
-        "--noamb".to_owned(),
-        format!("--shell={}", monitor_bin().display()),
-        "--".to_owned(),
-    ]
-}
-
-/// The capability sets of every thread of `pid`: (thread, name of the set, mask).
-fn capability_sets(pid: u32) -> Vec<(String, String, u64)> {
-    let mut sets = Vec::new();
-    for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
-        let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
-        for line in status.lines() {
-            if let Some((set, hex)) = line.split_once(":\t")
-                && set.starts_with("Cap")
-                && set != "CapBnd"
-            {
-                let value = u64::from_str_radix(hex.trim(), 16).unwrap();
-                let thread = task.file_name().to_string_lossy().into_owned();
-                sets.push((thread, set.to_owned(), value));
-            }
-        }
-    }
-    sets
-}
-
-/// Every thread of the agent holds exactly the run-time set, effective and permitted, and
-/// nothing inheritable or ambient.
+/// Every thread of the agent holds exactly the run-time set (the DaemonSet grants no
+/// CAP_SYS_ADMIN, so no thread keeps it to probe TLS libraries).
 fn assert_holds_only_the_run_time_set(agent: &MonitorAgent) {
-    let expected = run_time_set();
-    let sets = capability_sets(agent.pid());
-    assert!(sets.len() >= 4 * 3, "too few threads or sets: {sets:?}");
-    for (thread, set, value) in &sets {
-        let want = match set.as_str() {
-            "CapEff" | "CapPrm" => expected,
-            _ => 0,
-        };
-        assert_eq!(
-            *value, want,
-            "thread {thread}: {set} is {value:#x}, expected {want:#x}"
-        );
-    }
+    assert_threads_hold_the_run_time_set(agent.pid(), false);
 }
 
 /// A process of another user, started now, named by the full name of its executable: longer
@@ -223,11 +140,29 @@ fn with_the_daemonsets_four_capabilities_it_measures_and_keeps_only_two() {
 }
 
 #[test]
-fn started_as_root_it_keeps_only_its_run_time_capabilities() {
+fn started_as_root_it_keeps_only_its_run_time_capabilities_and_one_thread_cap_sys_admin() {
     let agent = MonitorAgent::start(&[]);
-    assert_holds_only_the_run_time_set(&agent);
+    // The one that probes TLS libraries mapped later keeps CAP_SYS_ADMIN.
+    assert_threads_hold_the_run_time_set(agent.pid(), true);
     assert_measures_processes_of_another_user(&agent);
-    assert_holds_only_the_run_time_set(&agent);
+    assert_threads_hold_the_run_time_set(agent.pid(), true);
+}
+
+#[test]
+fn started_as_root_without_tls_scans_no_thread_keeps_cap_sys_admin() {
+    for args in [&["--tls-scan-interval", "0s"][..], &["--no-tls"]] {
+        let args = [args, &["--log-level", "info"]].concat();
+        let args = &args[..];
+        let agent = MonitorAgent::start(args);
+        assert_holds_only_the_run_time_set(&agent);
+        assert!(
+            agent
+                .log()
+                .contains("capabilities kept: cap_dac_read_search, cap_sys_ptrace |"),
+            "{args:?}: {}",
+            agent.log()
+        );
+    }
 }
 
 /// The agent in a mount namespace of its own without tracefs (the host's stays as it is),

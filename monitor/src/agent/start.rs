@@ -86,46 +86,6 @@ fn attach_syscall_entries(
     }
 }
 
-/// The uprobes on TLS libraries (`probes::tls`); returns how many library files got them.
-/// Without them HTTPS goes unmeasured, and the rest of the agent works as before.
-fn attach_tls(
-    ebpf: &mut Ebpf,
-    attached: &mut Vec<AttachedProgram>,
-    unavailable: &mut Vec<&'static str>,
-) -> usize {
-    match probes::tls::attach_tls(ebpf) {
-        Ok(tls) => {
-            for (library, why) in &tls.refused {
-                log::warn!("HTTPS through {} is not measured: {why}", library.display());
-            }
-            if let Some(capability) = tls.missing_capability {
-                log::warn!(
-                    "HTTPS is not measured: this kernel attaches uprobes to the TLS library \
-                     only with {capability}, which the agent lacks (grant it: the agent gives \
-                     it up once started; or pass --no-tls)"
-                );
-            }
-            if tls.all_refused() {
-                unavailable.push(probes::tls::TLS_HOOK);
-            } else if tls.libraries.is_empty() {
-                log::info!("no TLS library (libssl) found: HTTPS is not measured");
-            } else {
-                log::debug!("TLS libraries probed: {:?}", tls.libraries);
-            }
-            attached.extend(tls.attached());
-            tls.libraries.len()
-        }
-        Err(error) => {
-            log::warn!(
-                "HTTPS is not measured: the kernel refused the TLS library's uprobes ({})",
-                refusal::brief(&error)
-            );
-            unavailable.push(probes::tls::TLS_HOOK);
-            0
-        }
-    }
-}
-
 impl Agent {
     /// Loads and attaches the kernel programs. Each step's time is logged at debug level: the
     /// verifier's pass over the `sys_exit` program is most of the start-up.
@@ -204,7 +164,7 @@ impl Agent {
             SchedAccounting::Programs
         };
         let mut unavailable = Vec::new();
-        let mut tls_libraries = 0;
+        let mut tls = None;
         if !attached
             .iter()
             .any(|program| program.hook == probes::CLOCK_TICK_HOOK)
@@ -244,7 +204,11 @@ impl Agent {
                         &mut unavailable,
                     );
                     if !settings.no_tls && !settings.empty_programs {
-                        tls_libraries = attach_tls(&mut ebpf, &mut attached, &mut unavailable);
+                        tls = super::tls::attach_at_start_up(
+                            &mut ebpf,
+                            &mut attached,
+                            &mut unavailable,
+                        );
                     }
                 }
                 Err(error) => {
@@ -328,7 +292,7 @@ impl Agent {
             in_flight_at_exit: InFlightAtExit::default(),
             ports,
             identifier: Identifier::new(&settings.pod_logs, MemoryReads::Bounded),
-            tls_libraries,
+            tls,
             _bpf_stats: bpf_stats,
         })
     }

@@ -82,7 +82,18 @@ pub struct ReaderThread {
 impl ReaderThread {
     /// `step` runs again and again; it should wait for work a short while at most (the stop
     /// flag is looked at between two steps). `what` names the thread in errors and warnings.
-    pub fn spawn(name: &str, what: &str, mut step: impl FnMut() + Send + 'static) -> Result<Self> {
+    pub fn spawn(name: &str, what: &str, step: impl FnMut() + Send + 'static) -> Result<Self> {
+        Self::spawn_keeping(name, what, &[], step)
+    }
+
+    /// [`Self::spawn`] for a thread that keeps `also`, where held, beside the run-time
+    /// capabilities.
+    pub fn spawn_keeping(
+        name: &str,
+        what: &str,
+        also: &'static [caps::Capability],
+        mut step: impl FnMut() + Send + 'static,
+    ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let (dropped_tx, dropped_rx) = mpsc::channel();
@@ -92,7 +103,7 @@ impl ReaderThread {
             .spawn(move || {
                 // Dropped however the thread ends, a panic included.
                 let _finished = finished_tx;
-                let dropped = crate::privileges::drop_in_this_thread();
+                let dropped = crate::privileges::drop_in_this_thread(also);
                 let failed = dropped.is_err();
                 let _ = dropped_tx.send(dropped);
                 if failed {

@@ -53,7 +53,7 @@ fn procfs_reader(timeout: Duration) -> Reader {
         Arc::new(|path: &Path| std::fs::read(path)),
         // A reader thread reads procfs only: it keeps what the agent keeps to do so.
         || {
-            let _ = crate::privileges::drop_in_this_thread();
+            let _ = crate::privileges::drop_in_this_thread(&[]);
         },
         timeout,
         MAX_STUCK,

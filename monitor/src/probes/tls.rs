@@ -4,12 +4,11 @@
 //! uprobe sits on a file (its inode), so one attach covers every process that maps that file,
 //! those started later included.
 //!
-//! Which files: the libraries in the usual directories of the host (through `/proc/1/root`,
-//! the host's root seen from a container with the host's PID namespace), and every `libssl`
-//! that a running process maps (a container's own copy, through `/proc/<pid>/root`), found at
-//! start-up. The agent gives up the capabilities to attach programs once started, so a
-//! container image with its own copy of the library, started later, is not probed until the
-//! agent restarts.
+//! Which files: at start-up, the libraries in the usual directories of the host (through
+//! `/proc/1/root`, the host's root seen from a container with the host's PID namespace), and
+//! every `libssl` that a running process maps (a container's own copy, through
+//! `/proc/<pid>/root`); later, every `libssl` that a process maps and no probe sits on yet (a
+//! container image started since, an upgraded package), found by `agent::tls`.
 
 use std::{
     collections::HashSet,
@@ -54,11 +53,19 @@ const LIBRARY_DIRS: [&str; 8] = [
     "/usr/lib/x86_64-linux-gnu",
 ];
 
-/// The TLS libraries probed.
+/// The TLS library files tried so far, and how many of them carry the probes.
 #[derive(Debug, Default)]
-pub struct TlsProbes {
+pub struct TlsLibraries {
+    /// Every file tried, probed or refused: none is tried twice.
+    tried: HashSet<FileId>,
+    probed: usize,
+}
+
+/// What one attempt on a set of library files did.
+#[derive(Debug, Default)]
+pub struct Attempt {
     /// Paths of the library files probed, one per file.
-    pub libraries: Vec<PathBuf>,
+    pub probed: Vec<PathBuf>,
     /// Library files the kernel or the symbol look-up refused, with why.
     pub refused: Vec<(PathBuf, String)>,
     /// Set when the kernel refused the uprobes for want of a capability (then no library is
@@ -66,31 +73,69 @@ pub struct TlsProbes {
     pub missing_capability: Option<&'static str>,
 }
 
-impl TlsProbes {
-    /// The programs, as attached (`monitor_bpf_program_info`), once a library is probed.
-    pub fn attached(&self) -> Vec<AttachedProgram> {
-        if self.libraries.is_empty() {
-            return Vec::new();
-        }
-        PROBES
-            .iter()
-            .map(|&(program, _)| AttachedProgram {
-                hook: TLS_HOOK,
-                kind: if program.ends_with("_return") {
-                    HookKind::Uretprobe
-                } else {
-                    HookKind::Uprobe
-                },
-                program,
-            })
-            .collect()
-    }
-
+impl Attempt {
     /// Whether libraries were found and every one refused: HTTPS is then not measured for
     /// want of the kernel's support or a capability, not for want of a library.
     pub fn all_refused(&self) -> bool {
-        self.libraries.is_empty() && (!self.refused.is_empty() || self.missing_capability.is_some())
+        self.probed.is_empty() && (!self.refused.is_empty() || self.missing_capability.is_some())
     }
+}
+
+impl TlsLibraries {
+    /// Library files that carry the probes.
+    pub fn probed(&self) -> usize {
+        self.probed
+    }
+
+    /// Attaches the programs to each library of `candidates` not tried before. A library
+    /// that cannot be probed is listed in the attempt's `refused`, not an error: the rest of
+    /// the agent does not depend on it.
+    pub fn attach(&mut self, ebpf: &mut Ebpf, candidates: Vec<(PathBuf, FileId)>) -> Attempt {
+        let mut attempt = Attempt::default();
+        for (path, file) in candidates {
+            // One probe per file, whichever path led to it.
+            if !self.tried.insert(file) {
+                continue;
+            }
+            match attach_library(ebpf, &path) {
+                Ok(()) => {
+                    self.probed += 1;
+                    attempt.probed.push(path);
+                }
+                Err(error) if denied(&error) && !has_sys_admin() => {
+                    // The perf uprobe PMU admits CAP_SYS_ADMIN alone on many kernels (this one
+                    // too; CAP_PERFMON is not enough): every other library would be refused
+                    // alike, and is left to be tried again by an agent that holds it.
+                    self.tried.remove(&file);
+                    attempt.missing_capability = Some("CAP_SYS_ADMIN");
+                    break;
+                }
+                // The process that led to it is gone: another that maps it will lead to it
+                // again.
+                Err(_) if !path.exists() => {
+                    self.tried.remove(&file);
+                }
+                Err(error) => attempt.refused.push((path, format!("{error:#}"))),
+            }
+        }
+        attempt
+    }
+}
+
+/// The programs, as attached (`monitor_bpf_program_info`), once a library is probed.
+pub fn attached_programs() -> Vec<AttachedProgram> {
+    PROBES
+        .iter()
+        .map(|&(program, _)| AttachedProgram {
+            hook: TLS_HOOK,
+            kind: if program.ends_with("_return") {
+                HookKind::Uretprobe
+            } else {
+                HookKind::Uprobe
+            },
+            program,
+        })
+        .collect()
 }
 
 /// Which file a library is: its device (major, minor) and inode, as `/proc/<pid>/maps` shows
@@ -115,34 +160,19 @@ impl FileId {
     }
 }
 
-/// Loads the programs and attaches them to every TLS library found on the host and in the
-/// running processes. A library that cannot be probed is listed in `refused`, not an error:
-/// the rest of the agent does not depend on it.
-pub fn attach_tls(ebpf: &mut Ebpf) -> Result<TlsProbes> {
+/// Loads the programs, then attaches them to every TLS library found on the host and in the
+/// running processes.
+pub fn attach_tls(ebpf: &mut Ebpf) -> Result<(TlsLibraries, Attempt)> {
     for (name, _) in PROBES {
         uprobe(ebpf, name)?
             .load()
             .with_context(|| format!("loading {name}"))?;
     }
-    let mut probes = TlsProbes::default();
-    let mut seen = HashSet::new();
-    for (path, file) in candidate_libraries() {
-        // One probe per file, whichever path led to it.
-        if !seen.insert(file) {
-            continue;
-        }
-        match attach_library(ebpf, &path) {
-            Ok(()) => probes.libraries.push(path),
-            Err(error) if denied(&error) && !has_sys_admin() => {
-                // The perf uprobe PMU admits CAP_SYS_ADMIN alone on many kernels (this one
-                // too; CAP_PERFMON is not enough): every other library would be refused alike.
-                probes.missing_capability = Some("CAP_SYS_ADMIN");
-                break;
-            }
-            Err(error) => probes.refused.push((path, format!("{error:#}"))),
-        }
-    }
-    Ok(probes)
+    let mut libraries = TlsLibraries::default();
+    let mut candidates = libraries_in_host_dirs();
+    candidates.extend(libraries_processes_map());
+    let attempt = libraries.attach(ebpf, candidates);
+    Ok((libraries, attempt))
 }
 
 /// Whether the kernel refused an attach for want of privilege (EACCES or EPERM).
@@ -153,6 +183,11 @@ fn denied(error: &anyhow::Error) -> bool {
             .and_then(std::io::Error::raw_os_error)
             .is_some_and(|code| code == libc::EACCES || code == libc::EPERM)
     })
+}
+
+/// Whether this thread may attach uprobes (see [`TlsLibraries::attach`]).
+pub fn may_attach() -> bool {
+    has_sys_admin()
 }
 
 fn has_sys_admin() -> bool {
@@ -184,9 +219,8 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The host's libraries in the usual directories, then those the running processes map, each
-/// with the file it is.
-fn candidate_libraries() -> Vec<(PathBuf, FileId)> {
+/// The host's libraries in the usual directories, each with the file it is.
+fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
     let mut found = Vec::new();
     // The host's root: the agent's own in a host install, the host's from a container that
     // shares the host's PID namespace (whose own root has no libraries).
@@ -215,9 +249,22 @@ fn candidate_libraries() -> Vec<(PathBuf, FileId)> {
             }
         }
     }
+    found
+}
+
+/// The TLS libraries the running processes map, each with the file it is, as a path that
+/// reaches it from the agent (a container has its own root).
+pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
+    libraries_mapped_by(|_| true)
+}
+
+/// [`libraries_processes_map`] for the processes `look_at` picks by pid (each is asked once).
+pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<(PathBuf, FileId)> {
+    let mut found = Vec::new();
     let Ok(processes) = fs::read_dir("/proc") else {
         return found;
     };
+    let mut maps = String::new();
     for entry in processes.flatten() {
         let name = entry.file_name();
         let Some(pid) = name
@@ -226,12 +273,18 @@ fn candidate_libraries() -> Vec<(PathBuf, FileId)> {
         else {
             continue;
         };
-        // A process that is gone, or a kernel thread, maps nothing.
-        let Ok(maps) = fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        if !pid.parse().is_ok_and(&mut look_at) {
             continue;
-        };
+        }
+        // A process that is gone, or a kernel thread, maps nothing. One buffer for all: a
+        // scan reads many processes' maps.
+        maps.clear();
+        let read = fs::File::open(format!("/proc/{pid}/maps"))
+            .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut maps));
+        if read.is_err() || !maps.contains("libssl.so.") {
+            continue;
+        }
         for library in tls_libraries_in_maps(&maps) {
-            // The path as the process sees it, from the host (a container has its own root).
             let path = PathBuf::from(format!("/proc/{pid}/root{}", library.path));
             found.push((path, library.file));
         }

@@ -1,0 +1,210 @@
+//! HTTPS: the uprobes on TLS libraries attached at start-up, and the thread that attaches them
+//! to the libraries processes map later (a container image started since, a package
+//! upgraded), which keeps CAP_SYS_ADMIN for that alone.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{PoisonError, Weak},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use aya::Ebpf;
+
+use super::{Agent, SharedAgent};
+use crate::{
+    collect::ReaderThread,
+    probes::{
+        AttachedProgram, refusal,
+        tls::{self, FileId, TlsLibraries},
+    },
+};
+
+/// The longest the scanning thread sleeps at once: its stop flag is looked at in between.
+const STOP_CHECK: Duration = Duration::from_millis(200);
+
+/// The uprobes on the TLS libraries found at start-up (`probes::tls`); `None` when the
+/// programs could not be loaded. Without them HTTPS goes unmeasured, and the rest of the agent
+/// works as before.
+pub(super) fn attach_at_start_up(
+    ebpf: &mut Ebpf,
+    attached: &mut Vec<AttachedProgram>,
+    unavailable: &mut Vec<&'static str>,
+) -> Option<TlsLibraries> {
+    match tls::attach_tls(ebpf) {
+        Ok((libraries, attempt)) => {
+            for (library, why) in &attempt.refused {
+                log::warn!("HTTPS through {} is not measured: {why}", library.display());
+            }
+            if let Some(capability) = attempt.missing_capability {
+                log::warn!(
+                    "HTTPS is not measured: this kernel attaches uprobes to the TLS library \
+                     only with {capability}, which the agent lacks (grant it, or pass --no-tls)"
+                );
+            }
+            if attempt.all_refused() {
+                unavailable.push(tls::TLS_HOOK);
+            } else if attempt.probed.is_empty() {
+                log::info!("no TLS library (libssl) found yet: HTTPS is not measured");
+            } else {
+                log::debug!("TLS libraries probed: {:?}", attempt.probed);
+                attached.extend(tls::attached_programs());
+            }
+            Some(libraries)
+        }
+        Err(error) => {
+            log::warn!(
+                "HTTPS is not measured: the kernel refused the TLS library's uprobes ({})",
+                refusal::brief(&error)
+            );
+            unavailable.push(tls::TLS_HOOK);
+            None
+        }
+    }
+}
+
+impl Agent {
+    /// Whether libraries that processes map later can be probed: the programs are loaded and
+    /// this thread may attach them (it holds CAP_SYS_ADMIN, before the start-up drop).
+    pub fn may_follow_tls_libraries(&self) -> bool {
+        self.tls.is_some() && tls::may_attach()
+    }
+
+    /// Attaches the programs to the libraries of `found` that were never tried.
+    fn probe_tls_libraries(&mut self, found: Vec<(PathBuf, FileId)>) {
+        let Some(libraries) = self.tls.as_mut() else {
+            return;
+        };
+        let attempt = libraries.attach(&mut self.ebpf, found);
+        for (library, why) in &attempt.refused {
+            log::warn!("HTTPS through {} is not measured: {why}", library.display());
+        }
+        if let Some(capability) = attempt.missing_capability {
+            log::warn!(
+                "a TLS library mapped since start-up is not probed: {capability} is lacking"
+            );
+        }
+        for library in &attempt.probed {
+            log::info!(
+                "HTTPS through {} is measured from now on (a TLS library mapped since \
+                 start-up)",
+                library.display()
+            );
+        }
+        let listed = self
+            .attached
+            .iter()
+            .any(|program| program.hook == tls::TLS_HOOK);
+        if !attempt.probed.is_empty() && !listed {
+            self.attached.extend(tls::attached_programs());
+        }
+    }
+}
+
+/// Every how many scans every process's maps are read, not only those of processes started
+/// since the last scan: a library loaded later (`dlopen`, Python's `import ssl`), or a pid
+/// reused between two scans, is found by the next such scan.
+const FULL_SCAN_EVERY: u64 = 6;
+
+/// How many scans in a row read a new process's maps: a process may load the library a
+/// while after it started (Python's `import ssl`, a `dlopen`).
+const SCANS_OF_A_NEW_PROCESS: u32 = 3;
+
+/// Which processes a scan reads the maps of: those first listed by one of the last
+/// [`SCANS_OF_A_NEW_PROCESS`] scans (started since: a container's), and every one at each
+/// [`FULL_SCAN_EVERY`]th scan. Reading maps is most of a scan's cost (about 50 µs per
+/// process with OpenSSL loaded, here).
+#[derive(Default)]
+struct ScanPlan {
+    /// Each process listed by the last scan, with how many scans in a row listed it.
+    listed: HashMap<u32, u32>,
+    previous: HashMap<u32, u32>,
+    full: bool,
+    scans: u64,
+}
+
+impl ScanPlan {
+    fn begin(&mut self) {
+        self.full = self.scans.is_multiple_of(FULL_SCAN_EVERY);
+        self.scans += 1;
+        self.previous = std::mem::take(&mut self.listed);
+    }
+
+    /// Whether this scan reads the maps of `pid`, listed now.
+    fn reads(&mut self, pid: u32) -> bool {
+        let scans = self
+            .previous
+            .get(&pid)
+            .map_or(1, |scans| scans.saturating_add(1));
+        self.listed.insert(pid, scans);
+        self.full || scans <= SCANS_OF_A_NEW_PROCESS
+    }
+}
+
+/// Starts the thread that looks through the processes' maps each `interval` for TLS
+/// libraries not probed yet, and probes them. Started before the start-up capabilities are
+/// dropped: it keeps CAP_SYS_ADMIN, which the kernel asks of whoever attaches a uprobe.
+pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<ReaderThread> {
+    let agent: Weak<_> = std::sync::Arc::downgrade(agent);
+    let mut next = Instant::now() + interval;
+    let mut plan = ScanPlan::default();
+    ReaderThread::spawn_keeping(
+        "tls-libraries",
+        "TLS library scan",
+        &[caps::Capability::CAP_SYS_ADMIN],
+        move || {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep((next - now).min(STOP_CHECK));
+                return;
+            }
+            next = now + interval;
+            // Read outside the lock: scrapes do not wait for procfs.
+            plan.begin();
+            let found = tls::libraries_mapped_by(|pid| plan.reads(pid));
+            log::trace!("TLS library scan: {:.1?}", now.elapsed());
+            let Some(agent) = agent.upgrade() else {
+                return;
+            };
+            let mut agent = agent.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(agent) = agent.as_mut() {
+                agent.probe_tls_libraries(found);
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pids a scan of `listed` reads.
+    fn scan(plan: &mut ScanPlan, listed: &[u32]) -> Vec<u32> {
+        plan.begin();
+        listed
+            .iter()
+            .copied()
+            .filter(|&pid| plan.reads(pid))
+            .collect()
+    }
+
+    #[test]
+    fn a_scan_reads_the_processes_started_lately_and_now_and_then_all() {
+        let mut plan = ScanPlan::default();
+        // The first scan is a full one.
+        assert_eq!(scan(&mut plan, &[1, 2]), [1, 2]);
+        assert_eq!(scan(&mut plan, &[1, 2, 3]), [1, 2, 3]);
+        assert_eq!(scan(&mut plan, &[1, 2, 3]), [1, 2, 3]);
+        // 1 and 2 were read by three scans in a row; 2 ended, 4 started.
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), [3, 4]);
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), [4]);
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), [4]);
+        assert_eq!(FULL_SCAN_EVERY, 6);
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), [1, 3, 4]);
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), Vec::<u32>::new());
+        // A pid that was missing from one scan is a new process.
+        assert_eq!(scan(&mut plan, &[1, 4]), Vec::<u32>::new());
+        assert_eq!(scan(&mut plan, &[1, 3, 4]), [3]);
+    }
+}
