@@ -168,9 +168,9 @@ pub struct Cli {
     /// no probe sits on yet: one a container started since start-up brought, or an upgraded
     /// package. A scan reads the maps of processes started lately; every sixth, those of all.
     /// Attaching a uprobe takes CAP_SYS_ADMIN: when the agent was granted it, one thread of the
-    /// agent keeps it for that alone. `0s`: only at start-up, and every thread gives
-    /// CAP_SYS_ADMIN up.
-    #[arg(long, env = "MONITOR_TLS_SCAN_INTERVAL", default_value = "10s", value_parser = at_most_a_day)]
+    /// agent keeps it for that alone. At least 1s; `0s`: only at start-up, and every thread
+    /// gives CAP_SYS_ADMIN up.
+    #[arg(long, env = "MONITOR_TLS_SCAN_INTERVAL", default_value = "10s", value_parser = zero_or_a_second_at_least)]
     pub tls_scan_interval: Duration,
 
     /// Check what this host allows, then exit without serving.
@@ -260,6 +260,17 @@ fn nonzero_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
+/// A period of a second to a day, or zero for none: a scan of every process's maps more
+/// often than each second would cost more than it finds.
+fn zero_or_a_second_at_least(text: &str) -> Result<Duration, String> {
+    match at_most_a_day(text)? {
+        duration if !duration.is_zero() && duration < Duration::from_secs(1) => {
+            Err("must be 0s (none) or at least 1s".to_owned())
+        }
+        duration => Ok(duration),
+    }
+}
+
 /// A duration of a day at most: beyond, timers and nanosecond counts would overflow, and no
 /// refresh or idle timeout needs more.
 fn at_most_a_day(text: &str) -> Result<Duration, String> {
@@ -292,6 +303,8 @@ mod tests {
         let cli = Cli::try_parse_from(["monitor", "--tls-scan-interval", "0s"]).unwrap();
         assert!(cli.tls_scan_interval.is_zero());
         assert!(Cli::try_parse_from(["monitor", "--tls-scan-interval", "2d"]).is_err());
+        let error = Cli::try_parse_from(["monitor", "--tls-scan-interval", "1ms"]).unwrap_err();
+        assert!(error.to_string().contains("at least 1s"), "{error}");
     }
 
     #[test]

@@ -231,6 +231,9 @@ async fn serve(
     ));
     let signal = wait_for_signal().await?;
     log::info!("received {signal}, shutting down");
+    if let Some(scan) = &tls_scan {
+        scan.stop_soon();
+    }
     let _ = stop_tx.send(());
     refresher.abort();
     // Keep-alive scrapers may hold the server open; they do not get to delay the exit.
@@ -239,10 +242,10 @@ async fn serve(
         Ok(_) => {}
         Err(_) => log::debug!("open connections closed by the shutdown deadline"),
     }
-    // No library is probed from here on (the scan waits for the agent's lock).
-    drop(tls_scan);
     // Dropping the agent detaches every program and frees every map: nothing stays behind.
+    // The TLS library scan finds it gone, if it still runs.
     drop(agent.lock().unwrap_or_else(PoisonError::into_inner).take());
+    drop(tls_scan);
     log::info!("stopped; all BPF programs detached");
     Ok(())
 }

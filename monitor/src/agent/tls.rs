@@ -71,12 +71,30 @@ impl Agent {
         self.tls.is_some() && tls::may_attach()
     }
 
+    /// The libraries of `found` never tried, once each.
+    fn untried_tls_libraries(&self, found: Vec<(PathBuf, FileId)>) -> Vec<(PathBuf, FileId)> {
+        let Some(libraries) = self.tls.as_ref() else {
+            return Vec::new();
+        };
+        let mut untried: Vec<(PathBuf, FileId)> = Vec::new();
+        for (path, file) in found {
+            if !libraries.tried(file) && !untried.iter().any(|&(_, known)| known == file) {
+                untried.push((path, file));
+            }
+        }
+        untried
+    }
+
     /// Attaches the programs to the libraries of `found` that were never tried.
     fn probe_tls_libraries(&mut self, found: Vec<(PathBuf, FileId)>) {
         let Some(libraries) = self.tls.as_mut() else {
             return;
         };
         let attempt = libraries.attach(&mut self.ebpf, found);
+        if !attempt.probed.is_empty() {
+            // Refused at start-up, probed now.
+            self.unavailable.retain(|&hook| hook != tls::TLS_HOOK);
+        }
         for (library, why) in &attempt.refused {
             log::warn!("HTTPS through {} is not measured: {why}", library.display());
         }
@@ -167,12 +185,25 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
             let Some(agent) = agent.upgrade() else {
                 return;
             };
-            let mut agent = agent.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(agent) = agent.as_mut() {
-                agent.probe_tls_libraries(found);
-            }
+            let untried = with_agent(&agent, |agent| agent.untried_tls_libraries(found));
+            let Some(mut untried) = untried.filter(|untried| !untried.is_empty()) else {
+                return;
+            };
+            // Checked outside the lock too: a path that leads to another file by now (the
+            // process ended, its pid went to another) or to something else than a file (a
+            // FIFO, whose opening would block) is not opened under the lock.
+            untried.retain(|(path, file)| tls::still_leads_to(path, *file));
+            with_agent(&agent, |agent| agent.probe_tls_libraries(untried));
         },
     )
+}
+
+fn with_agent<T>(agent: &SharedAgent, f: impl FnOnce(&mut Agent) -> T) -> Option<T> {
+    agent
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .as_mut()
+        .map(f)
 }
 
 #[cfg(test)]

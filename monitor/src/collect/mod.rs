@@ -127,6 +127,13 @@ impl ReaderThread {
     }
 }
 
+impl ReaderThread {
+    /// Asks the thread to stop after its current step, without waiting for it.
+    pub fn stop_soon(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
 impl Drop for ReaderThread {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

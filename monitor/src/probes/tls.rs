@@ -87,6 +87,11 @@ impl TlsLibraries {
         self.probed
     }
 
+    /// Whether `file` was tried (and is not to be again).
+    pub fn tried(&self, file: FileId) -> bool {
+        self.tried.contains(&file)
+    }
+
     /// Attaches the programs to each library of `candidates` not tried before. A library
     /// that cannot be probed is listed in the attempt's `refused`, not an error: the rest of
     /// the agent does not depend on it.
@@ -205,18 +210,33 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .with_context(|| format!("{name} is not a uprobe"))
 }
 
+/// Attaches every program to the library at `path`: all of them, or none (a library refused
+/// half-way, or one whose process went away meanwhile, keeps no probe, so that trying it
+/// again does not probe it twice).
 fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
+    let mut links = Vec::new();
     for (name, functions) in PROBES {
         for &function in functions {
-            let attached = uprobe(ebpf, name)?.attach(function, path, UProbeScope::AllProcesses);
-            if let Err(error) = attached
-                && REQUIRED.contains(&function)
-            {
-                return Err(error).with_context(|| format!("{function} in {}", path.display()));
+            match uprobe(ebpf, name)?.attach(function, path, UProbeScope::AllProcesses) {
+                Ok(link) => links.push((name, link)),
+                // The `_ex` forms came with OpenSSL 1.1.1.
+                Err(_) if !REQUIRED.contains(&function) => {}
+                Err(error) => {
+                    for (name, link) in links {
+                        let _ = uprobe(ebpf, name).map(|program| program.detach(link));
+                    }
+                    return Err(error).with_context(|| format!("{function} in {}", path.display()));
+                }
             }
         }
     }
     Ok(())
+}
+
+/// Whether `path` still leads to `file`, a regular file: the process whose root led to it may
+/// have ended, and its pid gone to another, since its maps were read.
+pub fn still_leads_to(path: &Path, file: FileId) -> bool {
+    fs::metadata(path).is_ok_and(|meta| meta.is_file() && FileId::of(&meta) == file)
 }
 
 /// The host's libraries in the usual directories, each with the file it is.
