@@ -166,7 +166,14 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
-    if !may_have_connections(tgid) || tls::inside_library_call(tgid, fd) {
+    if !may_have_connections(tgid) {
+        return;
+    }
+    if tls::inside_library_call(tgid, fd) {
+        // The library's write of ciphertext failed: the client has gone.
+        if ret < 0 {
+            tls::on_socket_write_failed(tgid, fd);
+        }
         return;
     }
     let key = connection_key(tgid, fd);

@@ -88,6 +88,20 @@ pub fn inside_library_call(tgid: u32, fd: u32) -> bool {
     call.socket == fd
 }
 
+/// A socket write inside a library call failed for a reset or closed connection: a response
+/// the server was sending over it is cut short, as a failed clear-text write says.
+#[inline(always)]
+pub fn on_socket_write_failed(tgid: u32, fd: u32) {
+    let Some(conn) = CONNECTIONS.get_ptr_mut(tls_connection_key(tgid, fd)) else {
+        return;
+    };
+    // SAFETY: a map value, valid for this program run.
+    let conn = unsafe { &mut *conn };
+    if conn.role != role::CLIENT {
+        server::on_write_failed(conn);
+    }
+}
+
 /// A library call returned `ret`: its plain text, if any, read (`WRITE` false) or written,
 /// goes to the connection's HTTP path.
 #[inline(always)]

@@ -383,3 +383,40 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     );
     assert_threads_hold_the_run_time_set(agent.pid(), true);
 }
+
+/// A client that goes away mid-response makes the library's write of ciphertext fail inside
+/// SSL_write: the response is recorded up to its last write and counted as aborted, as a
+/// failed clear-text write is.
+#[test]
+fn an_https_response_the_client_cuts_off_is_counted_as_aborted() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = certificate(&dir);
+    let port = free_port();
+    let name = unique_name("pya");
+    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", &pem);
+    let server = Server::python_with(command, port, &name);
+    // Only this server's port: the counter is this test's alone.
+    let agent = MonitorAgent::start(&["--http-ports", &port.to_string()]);
+    let aborted = |s: &Scrape| s.value("monitor_http_responses_aborted_total", &[]);
+    assert_eq!(aborted(&agent.scrape()), Some(0.0));
+
+    // curl reads slowly and gives up after a second, with most of the body unread: its close
+    // resets the connection, and the server's next write fails.
+    let url = format!("https://127.0.0.1:{}/bytes/200000000", server.port);
+    let output = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "--limit-rate", "200k"])
+        .args(["--max-time", "1", &url])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(28), "curl timed out: {output:?}");
+    wait_until(
+        &agent,
+        "the cut-off HTTPS response recorded and aborted",
+        |s| server_count(s, &name, 200, "/bytes/{id}") == Some(1) && aborted(s) == Some(1.0),
+    );
+}
