@@ -6,13 +6,16 @@ use std::{
     fs,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use monitor_tests::{
     MonitorAgent, Scrape,
     agent::{free_port, require_root},
+    bpf,
     capabilities::{DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping},
     http::{describe_http, server_count, wait_until},
+    poll_until,
     servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
 };
@@ -333,6 +336,7 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     );
     let probed = |s: &Scrape| s.value("monitor_tls_libraries_probed", &[]).unwrap_or(0.0);
     let at_start = probed(&agent.scrape());
+    let links_at_start = bpf::held_by(agent.pid()).links.len();
 
     // Python's ssl module loads the copy: a file no probe sits on.
     let libraries = dir.path().join("lib");
@@ -382,7 +386,20 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
         agent.log()
     );
     assert_threads_hold_the_run_time_set(agent.pid(), true);
+    assert!(bpf::held_by(agent.pid()).links.len() > links_at_start);
+
+    // Once no process maps it (two scans of every process in a row: 6 to 12 s at this
+    // interval), its probes go.
+    drop(server);
+    poll_until("the library no process maps released", RELEASE_WAIT, || {
+        (probed(&agent.scrape()) == at_start).then_some(())
+    });
+    assert_eq!(bpf::held_by(agent.pid()).links.len(), links_at_start);
+    assert!(agent.log().contains("no process maps any more released"));
 }
+
+/// Two scans of every process in a row at a 1 s interval, with room to spare.
+const RELEASE_WAIT: Duration = Duration::from_secs(60);
 
 /// A client that goes away mid-response makes the library's write of ciphertext fail inside
 /// SSL_write: the response is recorded up to its last write and counted as aborted, as a

@@ -3,7 +3,7 @@
 //! upgraded), which keeps CAP_SYS_ADMIN for that alone.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{PoisonError, Weak},
     time::{Duration, Instant},
@@ -71,6 +71,18 @@ impl Agent {
         self.tls.is_some() && tls::may_attach()
     }
 
+    /// After a scan of every process: releases the libraries no process has mapped for a
+    /// while (`TlsLibraries::release_unmapped`).
+    fn release_unmapped_tls_libraries(&mut self, mapped: &HashSet<FileId>) {
+        let Some(libraries) = self.tls.as_mut() else {
+            return;
+        };
+        let released = libraries.release_unmapped(&mut self.ebpf, mapped);
+        if released > 0 {
+            log::info!("{released} TLS library file(s) that no process maps any more released");
+        }
+    }
+
     /// The libraries of `found` never tried, once each.
     fn untried_tls_libraries(&self, found: Vec<(PathBuf, FileId)>) -> Vec<(PathBuf, FileId)> {
         let Some(libraries) = self.tls.as_ref() else {
@@ -90,7 +102,7 @@ impl Agent {
         let Some(libraries) = self.tls.as_mut() else {
             return;
         };
-        let attempt = libraries.attach(&mut self.ebpf, found);
+        let attempt = libraries.attach(&mut self.ebpf, found, false);
         if !attempt.probed.is_empty() {
             // Refused at start-up, probed now.
             self.unavailable.retain(|&hook| hook != tls::TLS_HOOK);
@@ -185,6 +197,17 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
             let Some(agent) = agent.upgrade() else {
                 return;
             };
+            if plan.full {
+                let mapped: HashSet<FileId> = found.iter().map(|found| found.file).collect();
+                with_agent(&agent, |agent| {
+                    agent.release_unmapped_tls_libraries(&mapped)
+                });
+            }
+            let found = found
+                .into_iter()
+                .filter(|found| !found.deleted)
+                .map(|found| (found.path, found.file))
+                .collect();
             let untried = with_agent(&agent, |agent| agent.untried_tls_libraries(found));
             let Some(mut untried) = untried.filter(|untried| !untried.is_empty()) else {
                 return;

@@ -8,10 +8,11 @@
 //! `/proc/1/root`, the host's root seen from a container with the host's PID namespace), and
 //! every `libssl` that a running process maps (a container's own copy, through
 //! `/proc/<pid>/root`); later, every `libssl` that a process maps and no probe sits on yet (a
-//! container image started since, an upgraded package), found by `agent::tls`.
+//! container image started since, an upgraded package), found by `agent::tls`, which also
+//! releases those no process maps any more.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     fs,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -20,7 +21,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use aya::{
     Ebpf,
-    programs::{UProbe, uprobe::UProbeScope},
+    programs::{
+        UProbe,
+        uprobe::{UProbeLinkId, UProbeScope},
+    },
 };
 
 use super::{AttachedProgram, HookKind, program_mut};
@@ -53,13 +57,27 @@ const LIBRARY_DIRS: [&str; 8] = [
     "/usr/lib/x86_64-linux-gnu",
 ];
 
-/// The TLS library files tried so far, and how many of them carry the probes.
+/// The TLS library files tried so far, and the probes on those that carry them.
 #[derive(Debug, Default)]
 pub struct TlsLibraries {
-    /// Every file tried, probed or refused: none is tried twice.
-    tried: HashSet<FileId>,
-    probed: usize,
+    /// Every file tried, probed or refused: none is tried twice while processes map it.
+    tried: HashMap<FileId, Tried>,
 }
+
+/// A library file tried.
+#[derive(Debug)]
+struct Tried {
+    /// Its probes: none when it was refused.
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// Found in the host's library directories: probed for as long as the agent runs.
+    host: bool,
+    /// Full scans in a row that found no process mapping it.
+    unmapped_scans: u8,
+}
+
+/// Full scans in a row that must find no process mapping a library before its probes go:
+/// a crash-looping container's next start finds them still there.
+pub const RELEASE_AFTER_UNMAPPED_SCANS: u8 = 2;
 
 /// What one attempt on a set of library files did.
 #[derive(Debug, Default)]
@@ -84,46 +102,93 @@ impl Attempt {
 impl TlsLibraries {
     /// Library files that carry the probes.
     pub fn probed(&self) -> usize {
-        self.probed
+        self.tried
+            .values()
+            .filter(|tried| !tried.links.is_empty())
+            .count()
     }
 
-    /// Whether `file` was tried (and is not to be again).
+    /// Whether `file` was tried (and is not to be again while processes map it).
     pub fn tried(&self, file: FileId) -> bool {
-        self.tried.contains(&file)
+        self.tried.contains_key(&file)
     }
 
-    /// Attaches the programs to each library of `candidates` not tried before. A library
-    /// that cannot be probed is listed in the attempt's `refused`, not an error: the rest of
-    /// the agent does not depend on it.
-    pub fn attach(&mut self, ebpf: &mut Ebpf, candidates: Vec<(PathBuf, FileId)>) -> Attempt {
+    /// Attaches the programs to each library of `candidates` not tried before (`host`: found
+    /// in the host's library directories). A library that cannot be probed is listed in the
+    /// attempt's `refused`, not an error: the rest of the agent does not depend on it.
+    pub fn attach(
+        &mut self,
+        ebpf: &mut Ebpf,
+        candidates: Vec<(PathBuf, FileId)>,
+        host: bool,
+    ) -> Attempt {
         let mut attempt = Attempt::default();
         for (path, file) in candidates {
             // One probe per file, whichever path led to it.
-            if !self.tried.insert(file) {
+            if self.tried.contains_key(&file) {
                 continue;
             }
-            match attach_library(ebpf, &path) {
-                Ok(()) => {
-                    self.probed += 1;
+            let links = match attach_library(ebpf, &path) {
+                Ok(links) => {
                     attempt.probed.push(path);
+                    links
                 }
                 Err(error) if denied(&error) && !has_sys_admin() => {
                     // The perf uprobe PMU admits CAP_SYS_ADMIN alone on many kernels (this one
                     // too; CAP_PERFMON is not enough): every other library would be refused
                     // alike, and is left to be tried again by an agent that holds it.
-                    self.tried.remove(&file);
                     attempt.missing_capability = Some("CAP_SYS_ADMIN");
                     break;
                 }
                 // The process that led to it is gone: another that maps it will lead to it
                 // again.
-                Err(_) if !path.exists() => {
-                    self.tried.remove(&file);
+                Err(_) if !path.exists() => continue,
+                Err(error) => {
+                    attempt.refused.push((path, format!("{error:#}")));
+                    Vec::new()
                 }
-                Err(error) => attempt.refused.push((path, format!("{error:#}"))),
-            }
+            };
+            self.tried.insert(
+                file,
+                Tried {
+                    links,
+                    host,
+                    unmapped_scans: 0,
+                },
+            );
         }
         attempt
+    }
+
+    /// After a scan of every process's maps, which found `mapped`: the libraries found in
+    /// processes that none has mapped for [`RELEASE_AFTER_UNMAPPED_SCANS`] scans lose their
+    /// probes and are forgotten, so that what the agent holds (perf events, links, the file
+    /// and the container file system it was found in) stays bounded by what runs. Returns
+    /// how many were released.
+    pub fn release_unmapped(&mut self, ebpf: &mut Ebpf, mapped: &HashSet<FileId>) -> usize {
+        let mut released = Vec::new();
+        for (file, tried) in &mut self.tried {
+            if tried.host || mapped.contains(file) {
+                tried.unmapped_scans = 0;
+                continue;
+            }
+            tried.unmapped_scans = tried.unmapped_scans.saturating_add(1);
+            if tried.unmapped_scans >= RELEASE_AFTER_UNMAPPED_SCANS {
+                released.push(*file);
+            }
+        }
+        for file in &released {
+            if let Some(tried) = self.tried.remove(file) {
+                detach(ebpf, tried.links);
+            }
+        }
+        released.len()
+    }
+}
+
+fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
+    for (name, link) in links {
+        let _ = uprobe(ebpf, name).map(|program| program.detach(link));
     }
 }
 
@@ -174,9 +239,13 @@ pub fn attach_tls(ebpf: &mut Ebpf) -> Result<(TlsLibraries, Attempt)> {
             .with_context(|| format!("loading {name}"))?;
     }
     let mut libraries = TlsLibraries::default();
-    let mut candidates = libraries_in_host_dirs();
-    candidates.extend(libraries_processes_map());
-    let attempt = libraries.attach(ebpf, candidates);
+    let mut attempt = libraries.attach(ebpf, libraries_in_host_dirs(), true);
+    if attempt.missing_capability.is_none() {
+        let in_processes = libraries.attach(ebpf, libraries_processes_map(), false);
+        attempt.probed.extend(in_processes.probed);
+        attempt.refused.extend(in_processes.refused);
+        attempt.missing_capability = in_processes.missing_capability;
+    }
     Ok((libraries, attempt))
 }
 
@@ -212,8 +281,8 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
 
 /// Attaches every program to the library at `path`: all of them, or none (a library refused
 /// half-way, or one whose process went away meanwhile, keeps no probe, so that trying it
-/// again does not probe it twice).
-fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
+/// again does not probe it twice). Returns the links made.
+fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>> {
     let mut links = Vec::new();
     for (name, functions) in PROBES {
         for &function in functions {
@@ -222,15 +291,13 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<()> {
                 // The `_ex` forms came with OpenSSL 1.1.1.
                 Err(_) if !REQUIRED.contains(&function) => {}
                 Err(error) => {
-                    for (name, link) in links {
-                        let _ = uprobe(ebpf, name).map(|program| program.detach(link));
-                    }
+                    detach(ebpf, links);
                     return Err(error).with_context(|| format!("{function} in {}", path.display()));
                 }
             }
         }
     }
-    Ok(())
+    Ok(links)
 }
 
 /// Whether `path` still leads to `file`, a regular file: the process whose root led to it may
@@ -272,14 +339,28 @@ fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
     found
 }
 
-/// The TLS libraries the running processes map, each with the file it is, as a path that
-/// reaches it from the agent (a container has its own root).
+/// The TLS libraries the running processes map (deleted files left out), each with the file
+/// it is, as a path that reaches it from the agent (a container has its own root).
 pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
     libraries_mapped_by(|_| true)
+        .into_iter()
+        .filter(|found| !found.deleted)
+        .map(|found| (found.path, found.file))
+        .collect()
 }
 
-/// [`libraries_processes_map`] for the processes `look_at` picks by pid (each is asked once).
-pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<(PathBuf, FileId)> {
+/// A TLS library a process maps, as a path from the agent.
+#[derive(Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    pub file: FileId,
+    /// Deleted since it was mapped (an upgraded package): the path leads to another file,
+    /// if any.
+    pub deleted: bool,
+}
+
+/// The TLS libraries the processes `look_at` picks by pid (each is asked once) map.
+pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<Found> {
     let mut found = Vec::new();
     let Ok(processes) = fs::read_dir("/proc") else {
         return found;
@@ -305,8 +386,11 @@ pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<(PathBuf
             continue;
         }
         for library in tls_libraries_in_maps(&maps) {
-            let path = PathBuf::from(format!("/proc/{pid}/root{}", library.path));
-            found.push((path, library.file));
+            found.push(Found {
+                path: PathBuf::from(format!("/proc/{pid}/root{}", library.path)),
+                file: library.file,
+                deleted: library.deleted,
+            });
         }
     }
     found
@@ -325,12 +409,13 @@ pub fn is_tls_library(file_name: &str) -> bool {
 pub struct MappedLibrary<'a> {
     pub path: &'a str,
     pub file: FileId,
+    /// Deleted since it was mapped (an upgraded package): its path names another file now.
+    pub deleted: bool,
 }
 
 /// The TLS libraries in a `/proc/<pid>/maps` text, once each: the absolute paths of mapped
-/// files whose name `is_tls_library`, with the device and inode the line gives. A file
-/// deleted since it was mapped (an upgraded package) is left out: its path names another file
-/// now.
+/// files whose name `is_tls_library`, with the device and inode the line gives, and whether
+/// the file was deleted since.
 pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
     let mut libraries: Vec<MappedLibrary<'_>> = Vec::new();
     for line in maps.lines() {
@@ -342,6 +427,10 @@ pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
             continue;
         };
         let path = path.trim_start();
+        let (path, deleted) = match path.strip_suffix(" (deleted)") {
+            Some(path) => (path, true),
+            None => (path, false),
+        };
         let Some(file_name) = path.rsplit('/').next() else {
             continue;
         };
@@ -364,7 +453,11 @@ pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
             inode,
         };
         if !libraries.iter().any(|known| known.file == file) {
-            libraries.push(MappedLibrary { path, file });
+            libraries.push(MappedLibrary {
+                path,
+                file,
+                deleted,
+            });
         }
     }
     libraries
@@ -386,7 +479,7 @@ mod tests {
     }
 
     #[test]
-    fn the_libraries_a_process_maps_are_found_once_each_with_their_file() {
+    fn the_libraries_a_process_maps_are_found_once_each_with_their_file_deleted_or_not() {
         let maps = "\
 55d0c0a00000-55d0c0a28000 r--p 00000000 08:01 1835  /usr/sbin/nginx
 7f11a0000000-7f11a0021000 rw-p 00000000 00:00 0 
@@ -407,7 +500,8 @@ mod tests {
                         major: 8,
                         minor: 1,
                         inode: 2101
-                    }
+                    },
+                    deleted: false,
                 },
                 MappedLibrary {
                     path: "/opt/my app/lib/libssl.so.1.1",
@@ -415,7 +509,18 @@ mod tests {
                         major: 0xfd,
                         minor: 0x1a,
                         inode: 3001
-                    }
+                    },
+                    deleted: false,
+                },
+                // Still mapped, under the name it had.
+                MappedLibrary {
+                    path: "/usr/lib/libssl.so.3",
+                    file: FileId {
+                        major: 8,
+                        minor: 1,
+                        inode: 3002
+                    },
+                    deleted: true,
                 },
             ]
         );
