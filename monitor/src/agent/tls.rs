@@ -65,10 +65,11 @@ pub(super) fn attach_at_start_up(
 }
 
 impl Agent {
-    /// Whether libraries that processes map later can be probed: the programs are loaded and
-    /// this thread may attach them (it holds CAP_SYS_ADMIN, before the start-up drop).
+    /// Whether libraries that processes map later can be probed: the programs are loaded,
+    /// this thread may attach them (it holds CAP_SYS_ADMIN, before the start-up drop), and
+    /// the kernel did not refuse every library found at start-up.
     pub fn may_follow_tls_libraries(&self) -> bool {
-        self.tls.is_some() && tls::may_attach()
+        self.tls.is_some() && tls::may_attach() && !self.unavailable.contains(&tls::TLS_HOOK)
     }
 
     /// After a scan of every process: releases the libraries no process has mapped for a
@@ -103,10 +104,6 @@ impl Agent {
             return;
         };
         let attempt = libraries.attach(&mut self.ebpf, found, false);
-        if !attempt.probed.is_empty() {
-            // Refused at start-up, probed now.
-            self.unavailable.retain(|&hook| hook != tls::TLS_HOOK);
-        }
         for (library, why) in &attempt.refused {
             log::warn!("HTTPS through {} is not measured: {why}", library.display());
         }
