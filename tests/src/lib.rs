@@ -7,6 +7,7 @@ pub mod capabilities;
 pub mod churn;
 pub mod guest;
 pub mod http;
+pub mod https;
 pub mod metrics;
 pub mod poll;
 pub mod servers;

@@ -21,6 +21,7 @@ use monitor_tests::{
     Scrape,
     agent::{free_port, require_root},
     http::{describe_http, server_count},
+    https,
     poll::try_poll,
     poll_until,
     servers::{Server, ab},
@@ -271,18 +272,13 @@ impl Container {
         args
     }
 
-    /// Starts the container in the background and waits until it answers /healthz.
-    fn start(image: &Image, daemonset: &DaemonSet) -> Self {
+    /// Starts the container with `capabilities` in the background and waits until it answers
+    /// /healthz.
+    fn start(image: &Image, daemonset: &DaemonSet, capabilities: &[String]) -> Self {
         let name = format!("monitor-test-{}", unique_name("c"));
         let port = free_port();
         let empty = tempfile::tempdir().unwrap();
-        let mut args = Self::run_arguments(
-            daemonset,
-            &daemonset.capabilities,
-            &name,
-            port,
-            empty.path(),
-        );
+        let mut args = Self::run_arguments(daemonset, capabilities, &name, port, empty.path());
         args.insert(1, "--detach".into());
         args.push(image.name.clone());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -373,7 +369,7 @@ fn unique_segment() -> String {
 fn the_image_run_like_the_daemonset_counts_host_http_traffic_exactly() {
     let image = Image::build();
     let daemonset = daemonset();
-    let container = Container::start(&image, &daemonset);
+    let container = Container::start(&image, &daemonset, &daemonset.capabilities);
     let mut capabilities: Vec<String> = daemonset
         .capabilities
         .iter()
@@ -450,6 +446,84 @@ fn the_image_run_like_the_daemonset_counts_host_http_traffic_exactly() {
         "{}",
         container.logs()
     );
+}
+
+/// The capabilities deploy/kubernetes/https gives the container: the DaemonSet's and
+/// SYS_ADMIN.
+fn https_component_capabilities() -> Vec<String> {
+    let path = repo("deploy/kubernetes/https/daemonset-https.yaml");
+    let text = std::fs::read_to_string(&path).expect("reading daemonset-https.yaml");
+    let doc: Value = serde_yaml::from_str(&text).expect("daemonset-https.yaml parses");
+    let container = &sequence(&doc["spec"]["template"]["spec"]["containers"], "containers")[0];
+    sequence(&container["securityContext"]["capabilities"]["add"], "add")
+        .iter()
+        .map(|c| string(c, "a capability"))
+        .collect()
+}
+
+/// With the https component, the container reads HTTPS on the host, also through a libssl
+/// that a process loads after the agent started (as a container image's own copy would be):
+/// its scan finds it, at the default interval, and the requests are counted exactly.
+#[test]
+fn the_image_with_the_https_component_reads_https_through_a_library_loaded_later() {
+    let image = Image::build();
+    let daemonset = daemonset();
+    let capabilities = https_component_capabilities();
+    assert!(
+        capabilities.iter().any(|c| c == "SYS_ADMIN"),
+        "{capabilities:?}"
+    );
+    let container = Container::start(&image, &daemonset, &capabilities);
+    let probed = || {
+        Scrape::parse(&container.metrics())
+            .value("monitor_tls_libraries_probed", &[])
+            .unwrap_or(0.0)
+    };
+    let at_start = probed();
+
+    let dir = tempfile::tempdir().unwrap();
+    let pem = https::certificate(dir.path());
+    let libraries = https::libssl_copy(dir.path());
+    let server = https::python_https_server(
+        dir.path(),
+        &pem,
+        "pyc",
+        &[("LD_LIBRARY_PATH", libraries.as_os_str())],
+    );
+    try_poll(WAIT, || (probed() == at_start + 1.0).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "the library loaded later was not probed within {WAIT:?}:\n{}",
+            container.logs()
+        )
+    });
+
+    const REQUESTS: usize = 30;
+    let url = format!("https://127.0.0.1:{}/status/202", server.port);
+    let output = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}\n"])
+        .args(std::iter::repeat_n(&url, REQUESTS))
+        .output()
+        .unwrap();
+    assert_eq!(
+        text(&output.stdout)
+            .lines()
+            .filter(|code| *code == "202")
+            .count(),
+        REQUESTS,
+        "{output:?}"
+    );
+    try_poll(WAIT, || {
+        let scrape = Scrape::parse(&container.metrics());
+        (server_count(&scrape, &server.service, 202, "/status/{id}") == Some(REQUESTS as u64))
+            .then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the container's agent did not count {REQUESTS} HTTPS requests; it has:\n{}\nlogs:\n{}",
+            describe_http(&container.metrics()),
+            container.logs()
+        )
+    });
 }
 
 #[test]

@@ -1,21 +1,16 @@
 //! HTTPS through OpenSSL's libssl, read as plain text at SSL_read and SSL_write (and their
 //! `_ex` forms) by the agent's uprobes: nginx and ApacheBench (SSL_read/SSL_write), Python's
-//! ssl module at both ends (SSL_read_ex/SSL_write_ex). Certificates are made here with rcgen.
+//! ssl module at both ends (SSL_read_ex/SSL_write_ex). Certificates are made with rcgen.
 
-use std::{
-    fs,
-    path::{Path, PathBuf},
-    process::Command,
-    time::Duration,
-};
+use std::{fs, path::Path, process::Command, time::Duration};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
-    agent::{free_port, require_root},
+    agent::require_root,
     bpf,
     capabilities::{DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping},
     http::{describe_http, server_count, wait_until},
-    poll_until,
+    https, poll_until,
     servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
 };
@@ -23,20 +18,6 @@ use tempfile::TempDir;
 
 const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
 const SERVER_DURATION: &str = "http_server_request_duration_seconds";
-
-/// A self-signed certificate for `localhost` and its key, in one PEM file (nginx and Python
-/// both take that).
-fn certificate(dir: &TempDir) -> PathBuf {
-    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let path = dir.path().join("localhost.pem");
-    let pem = format!(
-        "{}{}",
-        certified.cert.pem(),
-        certified.signing_key.serialize_pem()
-    );
-    fs::write(&path, pem).unwrap();
-    path
-}
 
 /// The client observations of `service`, summed over server addresses, by status.
 fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
@@ -57,7 +38,7 @@ fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
 fn https_through_nginx_and_apachebench_is_counted_exactly_at_both_ends() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start(&[]);
     let server = Server::nginx_https(
         &pem,
@@ -106,23 +87,17 @@ fn ab_at(program: &Path, url: &str, requests: usize) -> usize {
     ab_program(program, &["-k"], url, requests, 16)
 }
 
-/// Python's http.server fixture serving HTTPS with `pem` (SSL_read_ex and SSL_write_ex), under
-/// a name of its own beginning with `prefix`.
+/// Python's http.server fixture serving HTTPS with `pem`, under a name of its own beginning
+/// with `prefix`.
 fn python_https_server(dir: &TempDir, pem: &Path, prefix: &str) -> Server {
-    let name = unique_name(prefix);
-    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", pem);
-    Server::python_with(command, free_port(), &name)
+    https::python_https_server(dir.path(), pem, prefix, &[])
 }
 
 #[test]
 fn python_https_server_and_client_are_counted_and_timed_through_the_ex_calls() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start(&[]);
     let server = python_https_server(&dir, &pem, "pys");
     let server_name = server.service.clone();
@@ -212,7 +187,7 @@ fn count_in(buckets: &[(f64, u64)], low: f64, high: f64) -> u64 {
 fn http2_over_tls_is_counted_as_http2_and_not_as_requests() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start(&[]);
     let server = Server::nginx_https_with(
         "",
@@ -249,7 +224,7 @@ fn http2_over_tls_is_counted_as_http2_and_not_as_requests() {
 fn a_big_https_body_read_in_pieces_is_timed_to_its_last_byte() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start(&[]);
     let server = python_https_server(&dir, &pem, "pyb");
     let curl_name = unique_name("curlb");
@@ -287,7 +262,7 @@ fn a_big_https_body_read_in_pieces_is_timed_to_its_last_byte() {
 fn clear_text_requests_of_a_process_that_also_speaks_https_are_counted_exactly() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start(&[]);
     let secure = python_https_server(&dir, &pem, "pym");
     let plain = Server::python();
@@ -329,7 +304,7 @@ fn clear_text_requests_of_a_process_that_also_speaks_https_are_counted_exactly()
 fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
+    let pem = https::certificate(dir.path());
     let agent = MonitorAgent::start_with(
         capsh_keeping(&DAEMONSET_HTTPS),
         &["--tls-scan-interval", "1s", "--log-level", "info"],
@@ -339,21 +314,14 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     let links_at_start = bpf::held_by(agent.pid()).links.len();
 
     // Python's ssl module loads the copy: a file no probe sits on.
-    let libraries = dir.path().join("lib");
-    fs::create_dir(&libraries).unwrap();
-    fs::copy(
-        "/lib/x86_64-linux-gnu/libssl.so.3",
-        libraries.join("libssl.so.3"),
-    )
-    .unwrap();
-    let name = unique_name("pyl");
-    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", &pem)
-        .env("LD_LIBRARY_PATH", &libraries);
-    let server = Server::python_with(command, free_port(), &name);
+    let libraries = https::libssl_copy(dir.path());
+    let server = https::python_https_server(
+        dir.path(),
+        &pem,
+        "pyl",
+        &[("LD_LIBRARY_PATH", libraries.as_os_str())],
+    );
+    let name = server.service.clone();
     let maps = fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
     assert!(
         maps.contains(&*libraries.join("libssl.so.3").to_string_lossy()),
@@ -408,15 +376,10 @@ const RELEASE_WAIT: Duration = Duration::from_secs(60);
 fn an_https_response_the_client_cuts_off_is_counted_as_aborted() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
-    let pem = certificate(&dir);
-    let port = free_port();
-    let name = unique_name("pya");
-    let python = renamed_copy(dir.path(), "/usr/bin/python3", &name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", &pem);
-    let server = Server::python_with(command, port, &name);
+    let pem = https::certificate(dir.path());
+    let server = python_https_server(&dir, &pem, "pya");
+    let port = server.port;
+    let name = server.service.clone();
     // Only this server's port: the counter is this test's alone.
     let agent = MonitorAgent::start(&["--http-ports", &port.to_string()]);
     let aborted = |s: &Scrape| s.value("monitor_http_responses_aborted_total", &[]);

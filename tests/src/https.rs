@@ -1,0 +1,56 @@
+//! HTTPS servers for the tests: a self-signed certificate, Python's http.server fixture
+//! serving TLS through OpenSSL's libssl, and a copy of libssl that no probe sits on yet.
+
+use std::{
+    ffi::OsStr,
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use crate::{
+    agent::free_port,
+    servers::{Server, fixture, renamed_copy},
+    workload::unique_name,
+};
+
+/// A self-signed certificate for `localhost` and its key, in one PEM file in `dir` (nginx and
+/// Python both take that).
+pub fn certificate(dir: &Path) -> PathBuf {
+    let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let path = dir.join("localhost.pem");
+    let pem = format!(
+        "{}{}",
+        certified.cert.pem(),
+        certified.signing_key.serialize_pem()
+    );
+    fs::write(&path, pem).unwrap();
+    path
+}
+
+/// Python's http.server fixture serving HTTPS with `pem` (SSL_read_ex and SSL_write_ex),
+/// under a name of its own beginning with `prefix` (its copy of the interpreter goes in
+/// `dir`), with `env` set.
+pub fn python_https_server(dir: &Path, pem: &Path, prefix: &str, env: &[(&str, &OsStr)]) -> Server {
+    let name = unique_name(prefix);
+    let python = renamed_copy(dir, "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("http_server.py"))
+        .env("TLS_CERT_AND_KEY", pem)
+        .envs(env.iter().copied());
+    Server::python_with(command, free_port(), &name)
+}
+
+/// A copy of the host's `libssl.so.3` in `dir/lib`, a directory for `LD_LIBRARY_PATH`: a
+/// library file that no probe sits on, as a container image's own copy would be.
+pub fn libssl_copy(dir: &Path) -> PathBuf {
+    let libraries = dir.join("lib");
+    fs::create_dir(&libraries).unwrap();
+    fs::copy(
+        "/lib/x86_64-linux-gnu/libssl.so.3",
+        libraries.join("libssl.so.3"),
+    )
+    .unwrap();
+    libraries
+}
