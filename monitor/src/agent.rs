@@ -37,6 +37,15 @@ use crate::{
 /// stopped.
 pub type SharedAgent = Arc<Mutex<Option<Agent>>>;
 
+/// Runs `f` on the shared agent, unless it stopped.
+pub fn with_agent<T>(agent: &SharedAgent, f: impl FnOnce(&mut Agent) -> T) -> Option<T> {
+    agent
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_mut()
+        .map(f)
+}
+
 pub struct Settings {
     pub exited_process_grace: Duration,
     pub exited_process_budget: usize,

@@ -12,7 +12,7 @@ use monitor_common::{http::test_fault, sched::test_fault as sched_fault};
 use tokio::signal::unix::SignalKind;
 
 use crate::{
-    agent::{self, Agent, Settings, SharedAgent},
+    agent::{self, Agent, Settings, SharedAgent, with_agent},
     check,
     cli::{Cli, SchedAccounting},
     collect::ReaderThread,
@@ -248,14 +248,6 @@ async fn serve(
     drop(tls_scan);
     log::info!("stopped; all BPF programs detached");
     Ok(())
-}
-
-fn with_agent<T>(agent: &SharedAgent, f: impl FnOnce(&mut Agent) -> T) -> Option<T> {
-    agent
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-        .map(f)
 }
 
 async fn refresh_periodically(agent: SharedAgent, interval: Duration) {

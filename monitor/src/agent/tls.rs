@@ -5,14 +5,14 @@
 use std::{
     collections::{HashMap, HashSet},
     path::PathBuf,
-    sync::{PoisonError, Weak},
+    sync::Weak,
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
 use aya::Ebpf;
 
-use super::{Agent, SharedAgent};
+use super::{Agent, SharedAgent, with_agent};
 use crate::{
     collect::ReaderThread,
     probes::{
@@ -216,14 +216,6 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
             with_agent(&agent, |agent| agent.probe_tls_libraries(untried));
         },
     )
-}
-
-fn with_agent<T>(agent: &SharedAgent, f: impl FnOnce(&mut Agent) -> T) -> Option<T> {
-    agent
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .as_mut()
-        .map(f)
 }
 
 #[cfg(test)]
