@@ -125,7 +125,7 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
-    if !may_have_connections(tgid) || tls::inside_library_call(tgid, fd) {
+    if !may_have_connections(tgid) || tls::library_call_on(tgid, fd).is_some() {
         return;
     }
     let key = connection_key(tgid, fd);
@@ -169,9 +169,9 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
     if !may_have_connections(tgid) {
         return;
     }
-    if tls::inside_library_call(tgid, fd) {
-        // The library's write of ciphertext failed: the client has gone.
-        if ret < 0 {
+    if let Some(writing) = tls::library_call_on(tgid, fd) {
+        // The library's write of a response's ciphertext failed: the client has gone.
+        if writing && ret < 0 {
             tls::on_socket_write_failed(tgid, fd);
         }
         return;

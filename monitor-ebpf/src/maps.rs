@@ -154,7 +154,8 @@ pub struct TlsCall {
     /// calls that return them.
     pub moved_at: u64,
     pub socket: u32,
-    pub _pad: u32,
+    /// 1 in `SSL_write` and `SSL_write_ex`.
+    pub writing: u32,
 }
 
 /// TLS library calls in progress, by thread (`bpf_get_current_pid_tgid`). LRU: a thread

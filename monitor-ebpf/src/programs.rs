@@ -138,24 +138,49 @@ pub fn sys_enter_close_empty(_ctx: TracePointContext) -> u32 {
 
 // --- TLS libraries: plain text at OpenSSL's reads and writes (`tls`). ---
 
-/// The entry of `SSL_read(ssl, buf, num)` and `SSL_write(ssl, buf, num)`.
+/// The entry of `SSL_read(ssl, buf, num)`.
 #[uprobe]
 #[inline(always)]
-pub fn tls_call(ctx: ProbeContext) -> u32 {
-    tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), 0);
+pub fn tls_read(ctx: ProbeContext) -> u32 {
+    tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), 0, false);
     0
 }
 
-/// The entry of `SSL_read_ex(ssl, buf, num, &read)` and `SSL_write_ex(ssl, buf, num,
-/// &written)`.
+/// The entry of `SSL_write(ssl, buf, num)`.
 #[uprobe]
 #[inline(always)]
-pub fn tls_call_ex(ctx: ProbeContext) -> u32 {
+pub fn tls_write(ctx: ProbeContext) -> u32 {
+    tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), 0, true);
+    0
+}
+
+/// The entry of `SSL_read_ex(ssl, buf, num, &read)`.
+#[uprobe]
+#[inline(always)]
+pub fn tls_read_ex(ctx: ProbeContext) -> u32 {
+    on_call_ex(&ctx, false);
+    0
+}
+
+/// The entry of `SSL_write_ex(ssl, buf, num, &written)`.
+#[uprobe]
+#[inline(always)]
+pub fn tls_write_ex(ctx: ProbeContext) -> u32 {
+    on_call_ex(&ctx, true);
+    0
+}
+
+#[inline(always)]
+fn on_call_ex(ctx: &ProbeContext, writing: bool) {
     let moved_at = ctx.arg(3).unwrap_or(0);
     if moved_at != 0 {
-        tls::on_call(ctx.arg(0).unwrap_or(0), ctx.arg(1).unwrap_or(0), moved_at);
+        tls::on_call(
+            ctx.arg(0).unwrap_or(0),
+            ctx.arg(1).unwrap_or(0),
+            moved_at,
+            writing,
+        );
     }
-    0
 }
 
 /// The return of `SSL_read` and `SSL_read_ex`. Both return a C `int`, which the caller finds

@@ -34,9 +34,9 @@ use crate::{
 pub const NO_SOCKET: u32 = u32::MAX;
 
 /// A library call starts: `SSL_read`/`SSL_write` (`moved_at` 0), or their `_ex` forms, which
-/// write the bytes moved at `moved_at`.
+/// write the bytes moved at `moved_at`; `writing` in the write calls.
 #[inline(always)]
-pub fn on_call(ssl: u64, buffer: u64, moved_at: u64) {
+pub fn on_call(ssl: u64, buffer: u64, moved_at: u64, writing: bool) {
     let Some(config) = config() else {
         return;
     };
@@ -51,7 +51,7 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64) {
         buffer,
         moved_at,
         socket: NO_SOCKET,
-        _pad: 0,
+        writing: u32::from(writing),
     };
     let _ = TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
 }
@@ -69,27 +69,26 @@ pub fn on_set_socket(ssl: u64, fd: i32) {
 }
 
 /// A socket syscall on `fd` returned: when the thread is inside a library call, notes the
-/// socket for it and says so, since the bytes are that library's ciphertext. A call's BIO
-/// uses one socket: only the first one seen is the call's, and a syscall on another socket
-/// (a call whose return was never seen, a callback doing I/O of its own) is left alone.
+/// socket for it and says which call it is (`Some(true)` a write), since the bytes are that
+/// library's ciphertext. A call's BIO uses one socket: only the first one seen is the call's,
+/// and a syscall on another socket (a call whose return was never seen, a callback doing I/O
+/// of its own) is left alone.
 #[inline(always)]
-pub fn inside_library_call(tgid: u32, fd: u32) -> bool {
+pub fn library_call_on(tgid: u32, fd: u32) -> Option<bool> {
     if !uses_tls(tgid) {
-        return false;
+        return None;
     }
-    let Some(call) = TLS_CALLS.get_ptr_mut(bpf_get_current_pid_tgid()) else {
-        return false;
-    };
     // SAFETY: a map value, valid for this program run.
-    let call = unsafe { &mut *call };
+    let call = unsafe { &mut *TLS_CALLS.get_ptr_mut(bpf_get_current_pid_tgid())? };
     if call.socket == NO_SOCKET {
         call.socket = fd;
     }
-    call.socket == fd
+    (call.socket == fd).then_some(call.writing != 0)
 }
 
-/// A socket write inside a library call failed for a reset or closed connection: a response
-/// the server was sending over it is cut short, as a failed clear-text write says.
+/// A socket write inside `SSL_write` failed for a reset or closed connection: a response the
+/// server was sending over it is cut short, as a failed clear-text write says. (A write the
+/// library makes inside `SSL_read`, an alert or a key update, says nothing of a response.)
 #[inline(always)]
 pub fn on_socket_write_failed(tgid: u32, fd: u32) {
     let Some(conn) = CONNECTIONS.get_ptr_mut(tls_connection_key(tgid, fd)) else {

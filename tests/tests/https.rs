@@ -357,13 +357,20 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     assert!(bpf::held_by(agent.pid()).links.len() > links_at_start);
 
     // Once no process maps it (two scans of every process in a row: 6 to 12 s at this
-    // interval), its probes go.
+    // interval) and it is deleted (as a removed image's files are), its probes go.
     drop(server);
+    fs::remove_file(libraries.join("libssl.so.3")).unwrap();
+    // (The links are dropped after the count falls, outside the agent's lock.)
     poll_until("the library no process maps released", RELEASE_WAIT, || {
-        (probed(&agent.scrape()) == at_start).then_some(())
+        (probed(&agent.scrape()) == at_start
+            && bpf::held_by(agent.pid()).links.len() == links_at_start)
+            .then_some(())
     });
-    assert_eq!(bpf::held_by(agent.pid()).links.len(), links_at_start);
-    assert!(agent.log().contains("no process maps any more released"));
+    assert!(
+        agent
+            .log()
+            .contains("no process maps any more, and deleted, released")
+    );
 }
 
 /// Two scans of every process in a row at a 1 s interval, with room to spare.

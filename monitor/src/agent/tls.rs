@@ -17,7 +17,7 @@ use crate::{
     collect::ReaderThread,
     probes::{
         AttachedProgram, refusal,
-        tls::{self, FileId, TlsLibraries},
+        tls::{self, FileId, ReleasedLinks, TlsLibraries},
     },
 };
 
@@ -72,16 +72,23 @@ impl Agent {
         self.tls.is_some() && tls::may_attach() && !self.unavailable.contains(&tls::TLS_HOOK)
     }
 
-    /// After a scan of every process: releases the libraries no process has mapped for a
-    /// while (`TlsLibraries::release_unmapped`).
-    fn release_unmapped_tls_libraries(&mut self, mapped: &HashSet<FileId>) {
+    /// After a complete scan of every process: releases the libraries no process has mapped
+    /// for a while and that were deleted (`TlsLibraries::release_unmapped`). Returns their
+    /// links, to drop outside the lock.
+    fn release_unmapped_tls_libraries(&mut self, mapped: &HashSet<FileId>) -> ReleasedLinks {
         let Some(libraries) = self.tls.as_mut() else {
-            return;
+            return Vec::new();
         };
-        let released = libraries.release_unmapped(&mut self.ebpf, mapped);
-        if released > 0 {
-            log::info!("{released} TLS library file(s) that no process maps any more released");
+        let links = libraries.release_unmapped(&mut self.ebpf, mapped);
+        if !links.is_empty() {
+            log::info!("TLS libraries that no process maps any more, and deleted, released");
         }
+        if libraries.probed() == 0 {
+            // Loaded, attached nowhere: not listed in monitor_bpf_program_info.
+            self.attached
+                .retain(|program| program.hook != tls::TLS_HOOK);
+        }
+        links
     }
 
     /// The libraries of `found` never tried, once each.
@@ -189,18 +196,21 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
             next = now + interval;
             // Read outside the lock: scrapes do not wait for procfs.
             plan.begin();
-            let found = tls::libraries_mapped_by(|pid| plan.reads(pid));
+            let scan = tls::libraries_mapped_by(|pid| plan.reads(pid));
             log::trace!("TLS library scan: {:.1?}", now.elapsed());
             let Some(agent) = agent.upgrade() else {
                 return;
             };
-            if plan.full {
-                let mapped: HashSet<FileId> = found.iter().map(|found| found.file).collect();
-                with_agent(&agent, |agent| {
+            if plan.full && scan.complete {
+                let mapped: HashSet<FileId> = scan.found.iter().map(|found| found.file).collect();
+                let released = with_agent(&agent, |agent| {
                     agent.release_unmapped_tls_libraries(&mapped)
                 });
+                // Detached here: the kernel waits for its programs' runs to end.
+                drop(released);
             }
-            let found = found
+            let found = scan
+                .found
                 .into_iter()
                 .filter(|found| !found.deleted)
                 .map(|found| (found.path, found.file))

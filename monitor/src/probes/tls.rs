@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -23,7 +23,7 @@ use aya::{
     Ebpf,
     programs::{
         UProbe,
-        uprobe::{UProbeLinkId, UProbeScope},
+        uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 
@@ -31,12 +31,14 @@ use super::{AttachedProgram, HookKind, program_mut};
 
 /// The programs, with the library functions each is attached to: the return programs come
 /// first, so that no call is entered without its return being watched.
-const PROBES: [(&str, &[&str]); 5] = [
+const PROBES: [(&str, &[&str]); 7] = [
     ("tls_read_return", &["SSL_read", "SSL_read_ex"]),
     ("tls_write_return", &["SSL_write", "SSL_write_ex"]),
     ("tls_set_socket", &["SSL_set_fd"]),
-    ("tls_call", &["SSL_read", "SSL_write"]),
-    ("tls_call_ex", &["SSL_read_ex", "SSL_write_ex"]),
+    ("tls_read", &["SSL_read"]),
+    ("tls_write", &["SSL_write"]),
+    ("tls_read_ex", &["SSL_read_ex"]),
+    ("tls_write_ex", &["SSL_write_ex"]),
 ];
 
 /// The hook of the TLS programs, as `monitor_bpf_program_info` and `--check` name it.
@@ -69,15 +71,30 @@ pub struct TlsLibraries {
 struct Tried {
     /// Its probes: none when it was refused.
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The file, held open to tell when it is deleted (`None` where it could not be opened).
+    opened: Option<fs::File>,
     /// Found in the host's library directories: probed for as long as the agent runs.
     host: bool,
     /// Full scans in a row that found no process mapping it.
     unmapped_scans: u8,
 }
 
-/// Full scans in a row that must find no process mapping a library before its probes go:
-/// a crash-looping container's next start finds them still there.
+impl Tried {
+    /// Whether the file was deleted (its container image removed), or cannot be told.
+    fn deleted(&self) -> bool {
+        self.opened
+            .as_ref()
+            .is_none_or(|file| file.metadata().is_ok_and(|meta| meta.nlink() == 0))
+    }
+}
+
+/// Full scans in a row that must find no process mapping a deleted library before its probes
+/// go.
 pub const RELEASE_AFTER_UNMAPPED_SCANS: u8 = 2;
+
+/// The probes of released libraries, to be dropped (which detaches them, and waits for the
+/// kernel) once the agent's lock is released.
+pub type ReleasedLinks = Vec<UProbeLink>;
 
 /// What one attempt on a set of library files did.
 #[derive(Debug, Default)]
@@ -130,7 +147,7 @@ impl TlsLibraries {
             }
             let links = match attach_library(ebpf, &path) {
                 Ok(links) => {
-                    attempt.probed.push(path);
+                    attempt.probed.push(path.clone());
                     links
                 }
                 Err(error) if denied(&error) && !has_sys_admin() => {
@@ -144,14 +161,21 @@ impl TlsLibraries {
                 // again.
                 Err(_) if !path.exists() => continue,
                 Err(error) => {
-                    attempt.refused.push((path, format!("{error:#}")));
+                    attempt.refused.push((path.clone(), format!("{error:#}")));
                     Vec::new()
                 }
             };
+            // Held like the probe holds it; opened without blocking, whatever it has become.
+            let opened = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&path)
+                .ok();
             self.tried.insert(
                 file,
                 Tried {
                     links,
+                    opened,
                     host,
                     unmapped_scans: 0,
                 },
@@ -160,12 +184,14 @@ impl TlsLibraries {
         attempt
     }
 
-    /// After a scan of every process's maps, which found `mapped`: the libraries found in
-    /// processes that none has mapped for [`RELEASE_AFTER_UNMAPPED_SCANS`] scans lose their
-    /// probes and are forgotten, so that what the agent holds (perf events, links, the file
-    /// and the container file system it was found in) stays bounded by what runs. Returns
-    /// how many were released.
-    pub fn release_unmapped(&mut self, ebpf: &mut Ebpf, mapped: &HashSet<FileId>) -> usize {
+    /// After a complete scan of every process's maps, which found `mapped`: a library found
+    /// in processes that none has mapped for [`RELEASE_AFTER_UNMAPPED_SCANS`] scans and whose
+    /// file was deleted since (its container image removed) loses its probes and is
+    /// forgotten, so that what the agent holds (perf events, links, the file and the
+    /// container file system it was found through) stays bounded by what the host keeps. A
+    /// library still on disk keeps its probes: a short-lived process of that image, started
+    /// between two scans, is measured. Returns the links taken, to drop outside the lock.
+    pub fn release_unmapped(&mut self, ebpf: &mut Ebpf, mapped: &HashSet<FileId>) -> ReleasedLinks {
         let mut released = Vec::new();
         for (file, tried) in &mut self.tried {
             if tried.host || mapped.contains(file) {
@@ -173,23 +199,28 @@ impl TlsLibraries {
                 continue;
             }
             tried.unmapped_scans = tried.unmapped_scans.saturating_add(1);
-            if tried.unmapped_scans >= RELEASE_AFTER_UNMAPPED_SCANS {
+            if tried.unmapped_scans >= RELEASE_AFTER_UNMAPPED_SCANS && tried.deleted() {
                 released.push(*file);
             }
         }
+        let mut links = Vec::new();
         for file in &released {
             if let Some(tried) = self.tried.remove(file) {
-                detach(ebpf, tried.links);
+                links.extend(take_links(ebpf, tried.links));
             }
         }
-        released.len()
+        links
     }
 }
 
-fn detach(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) {
-    for (name, link) in links {
-        let _ = uprobe(ebpf, name).map(|program| program.detach(link));
-    }
+/// The links, entries first (so that no entry is left without its return), taken from their
+/// programs.
+fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> ReleasedLinks {
+    links
+        .into_iter()
+        .rev()
+        .filter_map(|(name, link)| uprobe(ebpf, name).ok()?.take_link(link).ok())
+        .collect()
 }
 
 /// The programs, as attached (`monitor_bpf_program_info`), once a library is probed.
@@ -291,7 +322,7 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UPr
                 // The `_ex` forms came with OpenSSL 1.1.1.
                 Err(_) if !REQUIRED.contains(&function) => {}
                 Err(error) => {
-                    detach(ebpf, links);
+                    drop(take_links(ebpf, links));
                     return Err(error).with_context(|| format!("{function} in {}", path.display()));
                 }
             }
@@ -343,6 +374,7 @@ fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
 /// it is, as a path that reaches it from the agent (a container has its own root).
 pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
     libraries_mapped_by(|_| true)
+        .found
         .into_iter()
         .filter(|found| !found.deleted)
         .map(|found| (found.path, found.file))
@@ -359,12 +391,24 @@ pub struct Found {
     pub deleted: bool,
 }
 
+/// What a scan of the processes' maps found.
+#[derive(Debug, Default)]
+pub struct Scan {
+    pub found: Vec<Found>,
+    /// /proc was listed: only then does a library missing from `found` tell that no process
+    /// maps it. (A process whose maps were refused is not known to map anything: a library
+    /// is released only once deleted too, which such a process rarely still maps.)
+    pub complete: bool,
+}
+
 /// The TLS libraries the processes `look_at` picks by pid (each is asked once) map.
-pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<Found> {
-    let mut found = Vec::new();
+pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Scan {
+    let mut scan = Scan::default();
     let Ok(processes) = fs::read_dir("/proc") else {
-        return found;
+        return scan;
     };
+    scan.complete = true;
+    let found = &mut scan.found;
     let mut maps = String::new();
     for entry in processes.flatten() {
         let name = entry.file_name();
@@ -382,7 +426,12 @@ pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<Found> {
         maps.clear();
         let read = fs::File::open(format!("/proc/{pid}/maps"))
             .and_then(|mut file| std::io::Read::read_to_string(&mut file, &mut maps));
-        if read.is_err() || !maps.contains("libssl.so.") {
+        if let Err(error) = read {
+            // Gone meanwhile, or refused (some hosts' init, even to CAP_SYS_PTRACE).
+            log::trace!("TLS library scan: the maps of process {pid} unread: {error}");
+            continue;
+        }
+        if !maps.contains("libssl.so.") {
             continue;
         }
         for library in tls_libraries_in_maps(&maps) {
@@ -393,7 +442,7 @@ pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Vec<Found> {
             });
         }
     }
-    found
+    scan
 }
 
 /// Whether a file name is a shared OpenSSL `libssl` (`libssl.so.3`, `libssl.so.1.1`), not
