@@ -44,7 +44,7 @@ pub fn python_https_server(dir: &Path, pem: &Path, prefix: &str, env: &[(&str, &
 
 /// A copy of the host's `libssl.so.3` in `dir/lib`, a directory for `LD_LIBRARY_PATH`: a
 /// library file that no probe sits on, as a container image's own copy would be.
-pub fn libssl_copy(dir: &Path) -> PathBuf {
+fn libssl_copy(dir: &Path) -> PathBuf {
     let libraries = dir.join("lib");
     fs::create_dir(&libraries).unwrap();
     fs::copy(
@@ -53,4 +53,22 @@ pub fn libssl_copy(dir: &Path) -> PathBuf {
     )
     .unwrap();
     libraries
+}
+
+/// [`python_https_server`] with its own copy of libssl ([`libssl_copy`], through
+/// `LD_LIBRARY_PATH`): a library file that no probe sits on when it starts. Returns the server
+/// and the path of its copy.
+pub fn python_https_server_with_own_libssl(
+    dir: &Path,
+    pem: &Path,
+    prefix: &str,
+) -> (Server, PathBuf) {
+    let libraries = libssl_copy(dir);
+    let server = python_https_server(
+        dir,
+        pem,
+        prefix,
+        &[("LD_LIBRARY_PATH", libraries.as_os_str())],
+    );
+    (server, libraries.join("libssl.so.3"))
 }

@@ -483,13 +483,7 @@ fn the_image_with_the_https_component_reads_https_through_a_library_loaded_later
 
     let dir = tempfile::tempdir().unwrap();
     let pem = https::certificate(dir.path());
-    let libraries = https::libssl_copy(dir.path());
-    let server = https::python_https_server(
-        dir.path(),
-        &pem,
-        "pyc",
-        &[("LD_LIBRARY_PATH", libraries.as_os_str())],
-    );
+    let (server, _) = https::python_https_server_with_own_libssl(dir.path(), &pem, "pyc");
     try_poll(WAIT, || (probed() == at_start + 1.0).then_some(())).unwrap_or_else(|| {
         panic!(
             "the library loaded later was not probed within {WAIT:?}:\n{}",

@@ -314,17 +314,11 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     let links_at_start = bpf::held_by(agent.pid()).links.len();
 
     // Python's ssl module loads the copy: a file no probe sits on.
-    let libraries = https::libssl_copy(dir.path());
-    let server = https::python_https_server(
-        dir.path(),
-        &pem,
-        "pyl",
-        &[("LD_LIBRARY_PATH", libraries.as_os_str())],
-    );
+    let (server, library) = https::python_https_server_with_own_libssl(dir.path(), &pem, "pyl");
     let name = server.service.clone();
     let maps = fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
     assert!(
-        maps.contains(&*libraries.join("libssl.so.3").to_string_lossy()),
+        maps.contains(&*library.to_string_lossy()),
         "the server maps another libssl: {maps}"
     );
     wait_until(&agent, "the library mapped since start-up probed", |s| {
@@ -359,7 +353,7 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     // Once no process maps it (two scans of every process in a row: 6 to 12 s at this
     // interval) and it is deleted (as a removed image's files are), its probes go.
     drop(server);
-    fs::remove_file(libraries.join("libssl.so.3")).unwrap();
+    fs::remove_file(&library).unwrap();
     // (The links are dropped after the count falls, outside the agent's lock.)
     poll_until("the library no process maps released", RELEASE_WAIT, || {
         (probed(&agent.scrape()) == at_start

@@ -49,8 +49,8 @@ pub(super) fn attach_at_start_up(
                 log::info!("no TLS library (libssl) found yet: HTTPS is not measured");
             } else {
                 log::debug!("TLS libraries probed: {:?}", attempt.probed);
-                attached.extend(tls::attached_programs());
             }
+            tls::list_programs(attached, libraries.probed() > 0);
             Some(libraries)
         }
         Err(error) => {
@@ -69,7 +69,7 @@ impl Agent {
     /// this thread may attach them (it holds CAP_SYS_ADMIN, before the start-up drop), and
     /// the kernel did not refuse every library found at start-up.
     pub fn may_follow_tls_libraries(&self) -> bool {
-        self.tls.is_some() && tls::may_attach() && !self.unavailable.contains(&tls::TLS_HOOK)
+        self.tls.is_some() && tls::has_sys_admin() && !self.unavailable.contains(&tls::TLS_HOOK)
     }
 
     /// After a complete scan of every process: releases the libraries no process has mapped
@@ -83,11 +83,7 @@ impl Agent {
         if !links.is_empty() {
             log::info!("TLS libraries that no process maps any more, and deleted, released");
         }
-        if libraries.probed() == 0 {
-            // Loaded, attached nowhere: not listed in monitor_bpf_program_info.
-            self.attached
-                .retain(|program| program.hook != tls::TLS_HOOK);
-        }
+        tls::list_programs(&mut self.attached, libraries.probed() > 0);
         links
     }
 
@@ -126,13 +122,7 @@ impl Agent {
                 library.display()
             );
         }
-        let listed = self
-            .attached
-            .iter()
-            .any(|program| program.hook == tls::TLS_HOOK);
-        if !attempt.probed.is_empty() && !listed {
-            self.attached.extend(tls::attached_programs());
-        }
+        tls::list_programs(&mut self.attached, libraries.probed() > 0);
     }
 }
 
@@ -202,19 +192,14 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
                 return;
             };
             if plan.full && scan.complete {
-                let mapped: HashSet<FileId> = scan.found.iter().map(|found| found.file).collect();
+                let mapped = scan.mapped_files();
                 let released = with_agent(&agent, |agent| {
                     agent.release_unmapped_tls_libraries(&mapped)
                 });
                 // Detached here: the kernel waits for its programs' runs to end.
                 drop(released);
             }
-            let found = scan
-                .found
-                .into_iter()
-                .filter(|found| !found.deleted)
-                .map(|found| (found.path, found.file))
-                .collect();
+            let found = scan.into_candidates();
             let untried = with_agent(&agent, |agent| agent.untried_tls_libraries(found));
             let Some(mut untried) = untried.filter(|untried| !untried.is_empty()) else {
                 return;

@@ -125,9 +125,7 @@ impl ReaderThread {
             thread: Some(thread),
         })
     }
-}
 
-impl ReaderThread {
     /// Asks the thread to stop after its current step, without waiting for it.
     pub fn stop_soon(&self) {
         self.stop.store(true, Ordering::Relaxed);
@@ -136,7 +134,7 @@ impl ReaderThread {
 
 impl Drop for ReaderThread {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.stop_soon();
         let Some(thread) = self.thread.take() else {
             return;
         };

@@ -223,11 +223,12 @@ fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> Rele
         .collect()
 }
 
-/// The programs, as attached (`monitor_bpf_program_info`), once a library is probed.
-pub fn attached_programs() -> Vec<AttachedProgram> {
-    PROBES
-        .iter()
-        .map(|&(program, _)| AttachedProgram {
+/// Lists the programs among those attached (`monitor_bpf_program_info`) while a library
+/// carries them (`probed`), and not otherwise.
+pub fn list_programs(attached: &mut Vec<AttachedProgram>, probed: bool) {
+    let listed = attached.iter().any(|program| program.hook == TLS_HOOK);
+    if probed && !listed {
+        attached.extend(PROBES.iter().map(|&(program, _)| AttachedProgram {
             hook: TLS_HOOK,
             kind: if program.ends_with("_return") {
                 HookKind::Uretprobe
@@ -235,8 +236,10 @@ pub fn attached_programs() -> Vec<AttachedProgram> {
                 HookKind::Uprobe
             },
             program,
-        })
-        .collect()
+        }));
+    } else if !probed {
+        attached.retain(|program| program.hook != TLS_HOOK);
+    }
 }
 
 /// Which file a library is: its device (major, minor) and inode, as `/proc/<pid>/maps` shows
@@ -290,12 +293,9 @@ fn denied(error: &anyhow::Error) -> bool {
     })
 }
 
-/// Whether this thread may attach uprobes (see [`TlsLibraries::attach`]).
-pub fn may_attach() -> bool {
-    has_sys_admin()
-}
-
-fn has_sys_admin() -> bool {
+/// Whether this thread holds CAP_SYS_ADMIN, which attaching uprobes takes here (see
+/// [`TlsLibraries::attach`]).
+pub fn has_sys_admin() -> bool {
     caps::has_cap(
         None,
         caps::CapSet::Effective,
@@ -373,12 +373,7 @@ fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
 /// The TLS libraries the running processes map (deleted files left out), each with the file
 /// it is, as a path that reaches it from the agent (a container has its own root).
 pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
-    libraries_mapped_by(|_| true)
-        .found
-        .into_iter()
-        .filter(|found| !found.deleted)
-        .map(|found| (found.path, found.file))
-        .collect()
+    libraries_mapped_by(|_| true).into_candidates()
 }
 
 /// A TLS library a process maps, as a path from the agent.
@@ -399,6 +394,22 @@ pub struct Scan {
     /// maps it. (A process whose maps were refused is not known to map anything: a library
     /// is released only once deleted too, which such a process rarely still maps.)
     pub complete: bool,
+}
+
+impl Scan {
+    /// Every library file found, deleted or not.
+    pub fn mapped_files(&self) -> HashSet<FileId> {
+        self.found.iter().map(|found| found.file).collect()
+    }
+
+    /// The libraries found that can be probed (deleted files left out), with their file.
+    pub fn into_candidates(self) -> Vec<(PathBuf, FileId)> {
+        self.found
+            .into_iter()
+            .filter(|found| !found.deleted)
+            .map(|found| (found.path, found.file))
+            .collect()
+    }
 }
 
 /// The TLS libraries the processes `look_at` picks by pid (each is asked once) map.
