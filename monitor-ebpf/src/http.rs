@@ -125,7 +125,7 @@ pub fn on_data_in(fd: u32, buffer: Buffer, ret: i64) {
         return;
     }
     let tgid = current_tgid();
-    if !may_have_connections(tgid) || tls::library_call_on(tgid, fd).is_some() {
+    if !may_have_connections(tgid) || tls::read_in_library_call(tgid, fd, ret) {
         return;
     }
     let key = connection_key(tgid, fd);
@@ -175,6 +175,9 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
             tls::on_socket_write_failed(tgid, fd);
         }
         return;
+    }
+    if ret > 0 && uses_tls(tgid) {
+        tls::on_socket_write(tgid, fd);
     }
     let key = connection_key(tgid, fd);
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {

@@ -173,9 +173,45 @@ pub struct TlsObject {
 }
 
 /// The socket each library connection object was last seen to use: a call served from the
-/// library's buffer makes no syscall to tell it. LRU: objects are freed without a word.
+/// library's buffer makes no syscall to tell it. Forgotten at `SSL_free`; LRU besides.
 #[map]
 pub static TLS_SOCKETS: LruHashMap<TlsObject, u32> = LruHashMap::with_max_entries(16384, 0);
+
+/// The last socket read a thread of a TLS process made outside a library call.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct SocketRead {
+    pub fd: u32,
+    pub _pad: u32,
+    /// When it returned (`bpf_ktime_get_ns`).
+    pub at: u64,
+}
+
+/// The socket read each thread of a TLS process made last outside a library call, by thread:
+/// a library that reads through memory BIOs (Node, Python's asyncio) is handed the ciphertext
+/// its caller read from the socket just before, on the same thread (`tls::socket_of`). LRU:
+/// threads end without a word.
+#[map]
+pub static TLS_LAST_READS: LruHashMap<u64, SocketRead> = LruHashMap::with_max_entries(16384, 0);
+
+/// A library write whose plain text moved before anything told its socket: a memory-BIO
+/// client's first request, written into the library before the connection's first read. Its
+/// connection waits under the thread's placeholder key (`tls::placeholder_key`).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingWrite {
+    /// The library's connection object (`SSL *`).
+    pub ssl: u64,
+    /// When the call returned (`bpf_ktime_get_ns`).
+    pub at: u64,
+}
+
+/// Library writes waiting for the socket write that sends their ciphertext, by thread: the
+/// caller sends it right after the call, on the same thread (`tls::on_socket_write`). LRU:
+/// threads end without a word.
+#[map]
+pub static TLS_PENDING_WRITES: LruHashMap<u64, PendingWrite> =
+    LruHashMap::with_max_entries(4096, 0);
 
 /// Request durations per (process, method, status, route), per CPU.
 #[map]

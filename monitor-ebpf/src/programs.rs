@@ -200,6 +200,14 @@ pub fn tls_write_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The return of `SSL_new`: a new library connection object.
+#[uretprobe]
+#[inline(always)]
+pub fn tls_new_return(ctx: RetProbeContext) -> u32 {
+    tls::on_new(ctx.ret::<u64>());
+    0
+}
+
 /// The entry of `SSL_set_fd(ssl, fd)`: which socket a new connection object uses, before any
 /// call on it (its address may be a freed object's, whose socket is remembered still).
 #[uprobe]

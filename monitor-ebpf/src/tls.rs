@@ -5,6 +5,15 @@
 //! paths as clear-text HTTP, under the socket's TLS key (`tls_connection_key`), so that close(2)
 //! and the idle sweep end it like any other connection.
 //!
+//! A library that reads and writes through memory BIOs (Node's TLS, Python's asyncio) makes
+//! no syscall inside the calls: its caller reads the ciphertext from the socket and hands it
+//! over, on the same thread, just before the `SSL_read` that returns its plain text. A
+//! connection object's socket is then the one of the thread's last socket read before its
+//! first `SSL_read` that returned plain text (`TLS_LAST_READS`), remembered for its later
+//! calls, its writes included. A client writes its first request before any read: the plain
+//! text waits (`TLS_PENDING_WRITES`) for the thread's next socket write, which sends its
+//! ciphertext and so tells the socket.
+//!
 //! The handshake is not watched: its syscalls are seen as what they are, bytes that are not
 //! HTTP (`counter::NOT_HTTP_TLS` for a server, `CLIENT_NOT_HTTP` for a client).
 
@@ -22,10 +31,13 @@ use crate::{
     client,
     files::{port_allowed, socket_local_port},
     http::{
-        config, current_tgid, first_16, mark_measured, mark_tls, measured, read_user,
+        config, current_tgid, first_16, mark_measured, mark_tls, measured, now_ns, read_user,
         track_server_connection, uses_tls,
     },
-    maps::{CONNECTIONS, TLS_CALLS, TLS_SOCKETS, TlsCall, TlsObject, count},
+    maps::{
+        CONNECTIONS, PendingWrite, SocketRead, TLS_CALLS, TLS_LAST_READS, TLS_PENDING_WRITES,
+        TLS_SOCKETS, TlsCall, TlsObject, count,
+    },
     server,
     syscalls::Buffer,
 };
@@ -56,6 +68,20 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64, writing: bool) {
     let _ = TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
 }
 
+/// `SSL_new` returned `ssl`, a new library connection object: the process is one whose socket
+/// reads a memory-BIO library may be handed (`on_socket_read`) from now on, before the first
+/// call on it; and whatever socket a freed object at the same address used is forgotten.
+#[inline(always)]
+pub fn on_new(ssl: u64) {
+    let tgid = current_tgid();
+    if ssl == 0 || config().is_none_or(|config| !measured(config, tgid)) {
+        return;
+    }
+    mark_measured(tgid);
+    mark_tls(tgid);
+    let _ = TLS_SOCKETS.remove(TlsObject { ssl, tgid, _pad: 0 });
+}
+
 /// `SSL_set_fd`: the socket of a new library connection object, replacing whatever a freed
 /// object at the same address used.
 #[inline(always)]
@@ -80,10 +106,39 @@ pub fn library_call_on(tgid: u32, fd: u32) -> Option<bool> {
     }
     // SAFETY: a map value, valid for this program run.
     let call = unsafe { &mut *TLS_CALLS.get_ptr_mut(bpf_get_current_pid_tgid())? };
+    claim(call, fd)
+}
+
+#[inline(always)]
+fn claim(call: &mut TlsCall, fd: u32) -> Option<bool> {
     if call.socket == NO_SOCKET {
         call.socket = fd;
     }
     (call.socket == fd).then_some(call.writing != 0)
+}
+
+/// A read on `fd` returned `ret` (> 0: bytes) in process `tgid`: whether it was a library
+/// call's, as `library_call_on` tells. A read outside any call, in a TLS process, is kept as
+/// the thread's last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come.
+#[inline(always)]
+pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
+    if !uses_tls(tgid) {
+        return false;
+    }
+    let thread = bpf_get_current_pid_tgid();
+    if let Some(call) = TLS_CALLS.get_ptr_mut(thread) {
+        // SAFETY: a map value, valid for this program run.
+        return claim(unsafe { &mut *call }, fd).is_some();
+    }
+    if ret > 0 {
+        let read = SocketRead {
+            fd,
+            _pad: 0,
+            at: now_ns(),
+        };
+        let _ = TLS_LAST_READS.insert(thread, read, BPF_ANY as u64);
+    }
+    false
 }
 
 /// A socket write inside `SSL_write` failed for a reset or closed connection: a response the
@@ -125,12 +180,95 @@ pub fn on_return<const WRITE: bool>(ret: i32) {
         return;
     }
     let tgid = (thread >> 32) as u32;
-    let Some(socket) = socket_of(&call, tgid) else {
-        count(counter::TLS_SOCKET_UNKNOWN);
+    let (key, socket) = match socket_of(&call, thread, WRITE) {
+        Some(socket) => (tls_connection_key(tgid, socket), socket),
+        None if WRITE => (hold_until_sent(thread, call.ssl), 0),
+        None => {
+            count(counter::TLS_SOCKET_UNKNOWN);
+            return;
+        }
+    };
+    plain_text::<WRITE>(tgid, key, socket, Buffer::Plain(call.buffer), moved);
+}
+
+/// How long after a library write its ciphertext may still be taken to go out in the thread's
+/// next socket write: the caller sends it right after the call, but may be preempted between.
+const SENT_WITHIN_NS: u64 = 1_000_000_000;
+
+/// The `CONNECTIONS` key under which a thread's write waits for its socket: the process's, with
+/// an fd half that no descriptor reaches (2^30 and up; the kernel caps them at `nr_open`, below
+/// that) and the thread's id in the rest.
+#[inline(always)]
+fn placeholder_key(thread: u64) -> u64 {
+    tls_connection_key(
+        (thread >> 32) as u32,
+        (1 << 30) | (thread as u32 & 0x3fff_ffff),
+    )
+}
+
+/// A write on `ssl` whose socket nothing told yet (a memory-BIO client's first request): its
+/// plain text goes to a connection under the thread's placeholder key (returned), which the
+/// thread's next socket write moves to its socket (`on_socket_write`). More writes on the
+/// same object before then (a request body) follow it there; a write on another object
+/// replaces it, and the one that waited in vain (its ciphertext went out on another thread)
+/// is counted as skipped.
+#[inline(always)]
+fn hold_until_sent(thread: u64, ssl: u64) -> u64 {
+    let key = placeholder_key(thread);
+    // SAFETY: a map value, copied at once.
+    let waiting = TLS_PENDING_WRITES
+        .get_ptr(thread)
+        .map(|pending| unsafe { (*pending).ssl });
+    if waiting != Some(ssl) {
+        if CONNECTIONS.remove(key).is_ok() {
+            count(counter::TLS_SOCKET_UNKNOWN);
+        }
+        let pending = PendingWrite { ssl, at: now_ns() };
+        let _ = TLS_PENDING_WRITES.insert(thread, pending, BPF_ANY as u64);
+    }
+    key
+}
+
+/// A socket write on `fd` returned, outside any library call, in a TLS process: when a library
+/// write waits for its socket (`hold_until_sent`), this one sent its ciphertext. Its connection
+/// moves from the placeholder to the socket's TLS key, and the socket is remembered for the
+/// library object.
+#[inline(always)]
+pub fn on_socket_write(tgid: u32, fd: u32) {
+    let thread = bpf_get_current_pid_tgid();
+    let Some(pending) = TLS_PENDING_WRITES.get_ptr(thread) else {
         return;
     };
-    let key = tls_connection_key(tgid, socket);
-    let buffer = Buffer::Plain(call.buffer);
+    // SAFETY: a map value, copied before it is removed.
+    let pending = unsafe { *pending };
+    let _ = TLS_PENDING_WRITES.remove(thread);
+    let placeholder = placeholder_key(thread);
+    let Some(conn) = CONNECTIONS.get_ptr(placeholder) else {
+        return; // not a request: nothing waits
+    };
+    if now_ns().saturating_sub(pending.at) <= SENT_WITHIN_NS {
+        // SAFETY: a map value, valid for this program run; the kernel copies it.
+        let conn = unsafe { &*conn };
+        // Over whatever the key held: the plain text of an earlier socket of that number
+        // whose close went unseen (this object's socket had none, or it would be known).
+        let _ = CONNECTIONS.insert(tls_connection_key(tgid, fd), conn, BPF_ANY as u64);
+        let object = TlsObject {
+            ssl: pending.ssl,
+            tgid,
+            _pad: 0,
+        };
+        let _ = TLS_SOCKETS.insert(object, fd, BPF_ANY as u64);
+    } else {
+        count(counter::TLS_SOCKET_UNKNOWN);
+    }
+    let _ = CONNECTIONS.remove(placeholder);
+}
+
+/// Plain text a library call moved on `socket` of process `tgid`: it goes to the HTTP path of
+/// the connection under `key` (the socket's TLS key, or a placeholder); a connection not
+/// followed yet starts with a request.
+#[inline(always)]
+fn plain_text<const WRITE: bool>(tgid: u32, key: u64, socket: u32, buffer: Buffer, moved: i64) {
     let mut conn = CONNECTIONS.get_ptr_mut(key);
     if conn.is_none() {
         if !track_first_request::<WRITE>(key, socket, buffer, moved) {
@@ -151,25 +289,43 @@ pub fn on_return<const WRITE: bool>(ret: i32) {
     }
 }
 
-/// The socket of the call: the one its syscalls used, remembered for the library object; else
-/// the one that object used last (the call was served from the library's buffer).
+/// How long after the thread's last socket read an `SSL_read` that made no syscall may still be
+/// taken for handing its bytes over: the caller feeds the library right after its read, but a
+/// thread may be preempted between the two.
+const HANDED_OVER_WITHIN_NS: u64 = 1_000_000_000;
+
+/// The socket of the call on `thread`: the one its syscalls used, remembered for the library
+/// object; else the one that object used last (the call was served from the library's buffer,
+/// or the library reads through memory BIOs); else, for a first read that made no syscall,
+/// the thread's last socket read (a memory BIO's, see the module's notes).
 #[inline(always)]
-fn socket_of(call: &TlsCall, tgid: u32) -> Option<u32> {
+fn socket_of(call: &TlsCall, thread: u64, write: bool) -> Option<u32> {
     let object = TlsObject {
         ssl: call.ssl,
-        tgid,
+        tgid: (thread >> 32) as u32,
         _pad: 0,
     };
     // SAFETY: a map value, copied at once.
     let known = TLS_SOCKETS.get_ptr(object).map(|socket| unsafe { *socket });
-    if call.socket == NO_SOCKET {
+    let socket = if call.socket != NO_SOCKET {
+        call.socket
+    } else if known.is_some() {
         return known;
-    }
+    } else if write {
+        return None;
+    } else {
+        // SAFETY: a map value, copied at once.
+        let read = unsafe { *TLS_LAST_READS.get_ptr(thread)? };
+        if now_ns().saturating_sub(read.at) > HANDED_OVER_WITHIN_NS {
+            return None;
+        }
+        read.fd
+    };
     // Written only when it changed: most calls on a connection use the socket they did.
-    if known != Some(call.socket) {
-        let _ = TLS_SOCKETS.insert(object, call.socket, BPF_ANY as u64);
+    if known != Some(socket) {
+        let _ = TLS_SOCKETS.insert(object, socket, BPF_ANY as u64);
     }
-    Some(call.socket)
+    Some(socket)
 }
 
 /// Plain text on a socket not followed yet: a request read starts a server connection, a

@@ -1,5 +1,7 @@
 //! HTTPS servers for the tests: a self-signed certificate, Python's http.server fixture
-//! serving TLS through OpenSSL's libssl, and a copy of libssl that no probe sits on yet.
+//! serving TLS through OpenSSL's libssl, a copy of libssl that no probe sits on yet, and
+//! servers whose TLS reads and writes through memory BIOs (Python's asyncio; Node, whose
+//! executable carries its own OpenSSL).
 
 use std::{
     ffi::OsStr,
@@ -39,7 +41,33 @@ pub fn python_https_server(dir: &Path, pem: &Path, prefix: &str, env: &[(&str, &
         .arg(fixture("http_server.py"))
         .env("TLS_CERT_AND_KEY", pem)
         .envs(env.iter().copied());
-    Server::python_with(command, free_port(), &name)
+    Server::started_by(command, free_port(), &name)
+}
+
+/// The asyncio fixture (tests/fixtures/asyncio_https_server.py) serving HTTPS with `pem`
+/// (OpenSSL through memory BIOs: asyncio reads and writes the socket itself), under a name of
+/// its own beginning with `prefix`.
+pub fn asyncio_https_server(dir: &Path, pem: &Path, prefix: &str) -> Server {
+    let name = unique_name(prefix);
+    let python = renamed_copy(dir, "/usr/bin/python3", &name);
+    let mut command = Command::new(python);
+    command
+        .arg(fixture("asyncio_https_server.py"))
+        .env("TLS_CERT_AND_KEY", pem);
+    Server::started_by(command, free_port(), &name)
+}
+
+/// Node's `https` module (tests/fixtures/http_server.js) serving with `pem`, from a copy of
+/// the node executable named after `prefix`: a file no probe sits on when it starts, which
+/// carries OpenSSL itself (no libssl is mapped) and reads and writes through memory BIOs.
+pub fn node_https_server(dir: &Path, pem: &Path, prefix: &str) -> Server {
+    let name = unique_name(prefix);
+    let node = renamed_copy(dir, "/usr/bin/node", &name);
+    let mut command = Command::new(node);
+    command
+        .arg(fixture("http_server.js"))
+        .env("TLS_CERT_AND_KEY", pem);
+    Server::started_by(command, free_port(), &name)
 }
 
 /// A copy of the host's `libssl.so.3` in `dir/lib`, a directory for `LD_LIBRARY_PATH`: a

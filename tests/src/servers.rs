@@ -112,9 +112,9 @@ impl Server {
         Self::spawn(command, port, name, dir)
     }
 
-    /// The Python server started by `command` (its program, arguments and environment are
-    /// the test's), expected to serve as `service`.
-    pub fn python_with(mut command: Command, port: u16, service: &str) -> Self {
+    /// The server started by `command` (its program, arguments and environment are the
+    /// test's; the port is added as its last argument), expected to serve as `service`.
+    pub fn started_by(mut command: Command, port: u16, service: &str) -> Self {
         command.arg(port.to_string());
         Self::spawn(
             command,

@@ -64,7 +64,7 @@ fn otel_service_name_names_server_client_and_cpu_series() {
     command
         .arg(fixture("http_server.py"))
         .env("OTEL_SERVICE_NAME", &service);
-    let server = Server::python_with(command, port, &service);
+    let server = Server::started_by(command, port, &service);
     // A client under the same name, through the resource attributes this time, calling a
     // server of its own.
     let upstream = Server::python();
@@ -113,7 +113,7 @@ fn an_interpreter_is_named_after_its_script() {
     let port = free_port();
     let mut command = Command::new("/usr/bin/python3");
     command.arg(&script);
-    let server = Server::python_with(command, port, "app");
+    let server = Server::started_by(command, port, "app");
     assert_eq!(get(&client(), &server.url("/hello")), 200);
     let scrape = wait_until(&agent, "the server named app", |scrape| {
         server_count(scrape, "app", 200, "/hello") == Some(1)
@@ -150,7 +150,7 @@ fn a_host_process_is_named_after_its_systemd_service() {
         .arg("sh")
         .arg(cgroup.procs())
         .arg(&script);
-    let server = Server::python_with(command, free_port(), &unit);
+    let server = Server::started_by(command, free_port(), &unit);
     assert_served_and_named(&agent, &[server], "/orders", Some("python3"));
 }
 

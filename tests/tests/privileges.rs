@@ -85,7 +85,7 @@ fn assert_measures_processes_of_another_user(agent: &MonitorAgent) {
         ])
         .arg(fixture("http_server.py"))
         .env("OTEL_SERVICE_NAME", &service);
-    let server = Server::python_with(command, port, &service);
+    let server = Server::started_by(command, port, &service);
     let burner = OtherUsersBurner::spin();
     let http = client();
     for _ in 0..5 {

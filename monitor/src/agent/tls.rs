@@ -18,6 +18,7 @@ use crate::{
     probes::{
         AttachedProgram, refusal,
         tls::{self, FileId, ReleasedLinks, TlsLibraries},
+        tls_executables::ExecutableVerdicts,
     },
 };
 
@@ -173,6 +174,7 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
     let agent: Weak<_> = std::sync::Arc::downgrade(agent);
     let mut next = Instant::now() + interval;
     let mut plan = ScanPlan::default();
+    let mut executables = ExecutableVerdicts::default();
     ReaderThread::spawn_keeping(
         "tls-libraries",
         "TLS library scan",
@@ -186,7 +188,7 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
             next = now + interval;
             // Read outside the lock: scrapes do not wait for procfs.
             plan.begin();
-            let scan = tls::libraries_mapped_by(|pid| plan.reads(pid));
+            let scan = tls::libraries_mapped_by(|pid| plan.reads(pid), &mut executables);
             log::trace!("TLS library scan: {:.1?}", now.elapsed());
             let Some(agent) = agent.upgrade() else {
                 return;

@@ -269,10 +269,10 @@ fn counters(http: &HttpLedger) -> Vec<Option<MetricFamily>> {
         ),
         single(
             "monitor_http_tls_calls_skipped_total",
-            "Plain text that a TLS library call moved on a socket the kernel had not seen that \
-             library use (a call served from the library's buffer on a connection it had not \
-             seen, or a library reading through memory buffers rather than the socket): \
-             skipped.",
+            "Plain text that a TLS library call moved on a socket the kernel could not tell (a \
+             call served from the library's buffer on a connection it had not seen; through \
+             memory BIOs, a read with no socket read on its thread in the second before, or a \
+             write whose ciphertext did not go out on its thread): skipped.",
             kernel(counter::TLS_SOCKET_UNKNOWN),
         ),
         single(

@@ -52,9 +52,10 @@ pub fn render(view: &Exposition<'_>) -> String {
         hook_unavailable(view.unavailable),
         families::gauge(
             "monitor_tls_libraries_probed",
-            "TLS library files (OpenSSL's libssl) whose SSL_read and SSL_write calls the agent \
-             reads HTTPS from: found on the host and in the running processes at start-up, and in \
-             processes since (--tls-scan-interval); a deleted one no process maps is released.",
+            "TLS library files (OpenSSL's libssl, and executables that carry OpenSSL themselves, \
+             as Node's does) whose SSL_read and SSL_write calls the agent reads HTTPS from: found \
+             on the host and in the running processes at start-up, and in processes since \
+             (--tls-scan-interval); a deleted one no process maps is released.",
         )
         .value(&[], view.tls_libraries as f64)
         .build(),

@@ -10,6 +10,7 @@ mod sched;
 mod stack_budget;
 pub mod task_offsets;
 pub mod tls;
+pub mod tls_executables;
 pub mod tracefs;
 
 use std::fmt;

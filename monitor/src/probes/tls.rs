@@ -1,6 +1,7 @@
 //! uprobes on the TLS library that processes use (OpenSSL's `libssl`): at the entry and return
-//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, and
-//! at `SSL_set_fd`, which tells a new connection object's socket (`tls` in the BPF crate). A
+//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, at
+//! `SSL_set_fd`, which tells a new connection object's socket, and at the return of `SSL_new`,
+//! which tells a new object before its handshake (`tls` in the BPF crate). A
 //! uprobe sits on a file (its inode), so one attach covers every process that maps that file,
 //! those started later included.
 //!
@@ -27,13 +28,14 @@ use aya::{
     },
 };
 
-use super::{AttachedProgram, HookKind, program_mut};
+use super::{AttachedProgram, HookKind, program_mut, tls_executables::ExecutableVerdicts};
 
 /// The programs, with the library functions each is attached to: the return programs come
 /// first, so that no call is entered without its return being watched.
-const PROBES: [(&str, &[&str]); 7] = [
+const PROBES: [(&str, &[&str]); 8] = [
     ("tls_read_return", &["SSL_read", "SSL_read_ex"]),
     ("tls_write_return", &["SSL_write", "SSL_write_ex"]),
+    ("tls_new_return", &["SSL_new"]),
     ("tls_set_socket", &["SSL_set_fd"]),
     ("tls_read", &["SSL_read"]),
     ("tls_write", &["SSL_write"]),
@@ -45,7 +47,7 @@ const PROBES: [(&str, &[&str]); 7] = [
 pub const TLS_HOOK: &str = "libssl";
 
 /// Functions every probed library has; the `_ex` forms came with OpenSSL 1.1.1.
-const REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
+pub const REQUIRED: [&str; 2] = ["SSL_read", "SSL_write"];
 
 /// Where distributions put the host's shared libraries (the programs are built for x86_64).
 const LIBRARY_DIRS: [&str; 8] = [
@@ -253,7 +255,7 @@ pub struct FileId {
 }
 
 impl FileId {
-    fn of(meta: &fs::Metadata) -> Self {
+    pub fn of(meta: &fs::Metadata) -> Self {
         // Linux's encoding of a device number (glibc's `major`/`minor`).
         let dev = meta.dev();
         Self {
@@ -319,7 +321,8 @@ fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UPr
         for &function in functions {
             match uprobe(ebpf, name)?.attach(function, path, UProbeScope::AllProcesses) {
                 Ok(link) => links.push((name, link)),
-                // The `_ex` forms came with OpenSSL 1.1.1.
+                // The `_ex` forms came with OpenSSL 1.1.1; without `SSL_new`, a memory-BIO
+                // server's first request may go unseen.
                 Err(_) if !REQUIRED.contains(&function) => {}
                 Err(error) => {
                     drop(take_links(ebpf, links));
@@ -370,13 +373,15 @@ fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
     found
 }
 
-/// The TLS libraries the running processes map (deleted files left out), each with the file
-/// it is, as a path that reaches it from the agent (a container has its own root).
+/// The TLS libraries the running processes map, and the executables that carry OpenSSL
+/// themselves (deleted files left out), each with the file it is, as a path that reaches it
+/// from the agent (a container has its own root).
 pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
-    libraries_mapped_by(|_| true).into_candidates()
+    libraries_mapped_by(|_| true, &mut ExecutableVerdicts::default()).into_candidates()
 }
 
-/// A TLS library a process maps, as a path from the agent.
+/// A TLS library a process maps, or its executable when that carries OpenSSL itself
+/// (`tls_executables`), as a path from the agent.
 #[derive(Debug)]
 pub struct Found {
     pub path: PathBuf,
@@ -412,8 +417,12 @@ impl Scan {
     }
 }
 
-/// The TLS libraries the processes `look_at` picks by pid (each is asked once) map.
-pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Scan {
+/// The TLS libraries the processes `look_at` picks by pid (each is asked once) map, and their
+/// executables that carry OpenSSL themselves (judged once per file, in `executables`).
+pub fn libraries_mapped_by(
+    mut look_at: impl FnMut(u32) -> bool,
+    executables: &mut ExecutableVerdicts,
+) -> Scan {
     let mut scan = Scan::default();
     let Ok(processes) = fs::read_dir("/proc") else {
         return scan;
@@ -442,6 +451,7 @@ pub fn libraries_mapped_by(mut look_at: impl FnMut(u32) -> bool) -> Scan {
             log::trace!("TLS library scan: the maps of process {pid} unread: {error}");
             continue;
         }
+        found.extend(executables.tls_carrier(pid));
         if !maps.contains("libssl.so.") {
             continue;
         }

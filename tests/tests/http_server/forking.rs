@@ -53,7 +53,7 @@ fn forked_children_gone_before_the_agent_looked_are_the_servers_service() {
     fs::copy(fixture("forking_server.py"), &script).unwrap();
     let mut command = Command::new("/usr/bin/python3");
     command.arg(&script);
-    let server = Server::python_with(command, free_port(), &name);
+    let server = Server::started_by(command, free_port(), &name);
     // The first while the agent looks: the parent is then a server, whose children are noted.
     assert_eq!(ab(&server.url("/forked/7"), 1, 1), 1);
     wait_for_count(&agent, &server.service, 200, "/forked/{id}", 1);

@@ -139,7 +139,7 @@ fn a_peek_at_the_first_byte_is_not_taken_for_a_read() {
     command
         .arg(monitor_tests::servers::fixture("http_server.py"))
         .env("PEEK_FIRST_BYTE", "1");
-    let server = Server::python_with(command, monitor_tests::agent::free_port(), &name);
+    let server = Server::started_by(command, monitor_tests::agent::free_port(), &name);
     // A new connection, and so a peek, per request.
     assert_eq!(ab_with(&[], &server.url("/peeked"), REQUESTS, 4), REQUESTS);
     let scrape = wait_for_count(&agent, &name, 200, "/peeked", REQUESTS as u64);
