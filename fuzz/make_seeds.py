@@ -192,3 +192,45 @@ fixtures = pathlib.Path(__file__).resolve().parent.parent / "monitor" / "tests" 
 switch = (fixtures / "sched_switch.format").read_bytes()
 wakeup = (fixtures / "sched_wakeup.format").read_bytes()
 write("tracefs_format", "sched", switch + b"\0" + wakeup)
+
+MAPS = (
+    "55d0c0a00000-55d0c0a28000 r--p 00000000 08:01 1835  /usr/sbin/nginx\n"
+    "7f11a0000000-7f11a0021000 rw-p 00000000 00:00 0 \n"
+    "7f11a2000000-7f11a201c000 r--p 00000000 08:01 2101  /usr/lib/x86_64-linux-gnu/libssl.so.3\n"
+    "7f11a201c000-7f11a2077000 r-xp 0001c000 08:01 2101  /usr/lib/x86_64-linux-gnu/libssl.so.3\n"
+    "7f11a2100000-7f11a2300000 r-xp 00000000 08:01 2099  /usr/lib/x86_64-linux-gnu/libcrypto.so.3\n"
+    "7f11a2400000-7f11a2410000 r-xp 00000000 fd:1a 3001  /opt/my app/lib/libssl.so.1.1\n"
+    "7f11a2500000-7f11a2510000 r-xp 00000000 08:01 3002  /usr/lib/libssl.so.3 (deleted)\n"
+    "7ffd5a000000-7ffd5a021000 rw-p 00000000 00:00 0     [stack]\n"
+)
+write("proc_maps", "nginx", MAPS)
+write("proc_maps", "overlay", "7f0000000000-7f0000001000 r--p 00000000 00:2f 131 /usr/lib/libssl.so.1.1\n")
+
+
+def elf(symbols):
+    """A minimal 64-bit ELF file whose .dynsym holds `symbols`, (name, defined) pairs."""
+    strings = b"\0"
+    entries = [b"\0" * 24]
+    for name, defined in symbols:
+        offset = len(strings)
+        strings += name.encode() + b"\0"
+        # st_name, st_info (global function), st_other, st_shndx (0: undefined), value, size
+        entries.append(struct.pack("<IBBHQQ", offset, 0x12, 0, 1 if defined else 0, 0x1000, 16))
+    dynsym = b"".join(entries)
+    header_size, section_size = 64, 64
+    dynsym_at = header_size
+    dynstr_at = dynsym_at + len(dynsym)
+    sections_at = dynstr_at + len(strings)
+    header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
+    header += struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, sections_at, 0, header_size, 0, 0,
+                          section_size, 3, 2)
+    null = b"\0" * section_size
+    # name, type (11: DYNSYM, 3: STRTAB), flags, addr, offset, size, link, info, align, entsize
+    dynsym_header = struct.pack("<IIQQQQIIQQ", 0, 11, 2, 0, dynsym_at, len(dynsym), 2, 1, 8, 24)
+    dynstr_header = struct.pack("<IIQQQQIIQQ", 0, 3, 2, 0, dynstr_at, len(strings), 0, 0, 1, 0)
+    return header + dynsym + strings + null + dynsym_header + dynstr_header
+
+
+write("elf_symbols", "carries_openssl", elf([("SSL_read", True), ("SSL_write", True), ("SSL_new", True)]))
+write("elf_symbols", "imports_openssl", elf([("SSL_read", False), ("SSL_write", False)]))
+write("elf_symbols", "half", elf([("SSL_read", True), ("SSL_free", True)]))

@@ -9,6 +9,7 @@ use std::{
 use crate::{MonitorAgent, Scrape, poll::try_poll};
 
 pub const SERVER_DURATION: &str = "http_server_request_duration_seconds";
+pub const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
 
 /// A keep-alive client: requests on one pooled connection, like a real one.
 pub fn client() -> ureq::Agent {
@@ -182,4 +183,19 @@ pub fn read_to_close(stream: &mut TcpStream) -> Vec<u8> {
             Ok(n) => all.extend_from_slice(&chunk[..n]),
         }
     }
+}
+
+/// The client observations of `service` with `status`, summed over server addresses.
+pub fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
+    let status = status.to_string();
+    scrape
+        .histograms(
+            CLIENT_DURATION,
+            &[
+                ("service_name", service),
+                ("http_response_status_code", &status),
+            ],
+        )
+        .map(|buckets| buckets.last().map_or(0, |&(_, count)| count))
+        .sum()
 }

@@ -9,7 +9,7 @@ use monitor_tests::{
     agent::require_root,
     bpf,
     capabilities::{DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping},
-    http::{describe_http, server_count, wait_until},
+    http::{client_total, describe_http, server_count, wait_until},
     https, poll_until,
     servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
@@ -18,21 +18,6 @@ use tempfile::TempDir;
 
 const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
 const SERVER_DURATION: &str = "http_server_request_duration_seconds";
-
-/// The client observations of `service`, summed over server addresses, by status.
-fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
-    let status = status.to_string();
-    scrape
-        .histograms(
-            CLIENT_DURATION,
-            &[
-                ("service_name", service),
-                ("http_response_status_code", &status),
-            ],
-        )
-        .map(|buckets| buckets.last().map_or(0, |&(_, count)| count))
-        .sum()
-}
 
 #[test]
 fn https_through_nginx_and_apachebench_is_counted_exactly_at_both_ends() {
@@ -364,6 +349,47 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
         agent
             .log()
             .contains("no process maps any more, and deleted, released")
+    );
+}
+
+/// A library deleted while a process maps it (a package upgraded under a running server) is
+/// no longer at its path when the agent starts: it is probed through the process's mapping of
+/// it, and the server's HTTPS counted exactly.
+#[test]
+fn a_tls_library_deleted_before_start_up_is_probed_through_the_process_that_maps_it() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let pem = https::certificate(dir.path());
+    let (server, library) = https::python_https_server_with_own_libssl(dir.path(), &pem, "pyd");
+    let name = server.service.clone();
+    fs::remove_file(&library).unwrap();
+    let maps = fs::read_to_string(format!("/proc/{}/maps", server.pid())).unwrap();
+    assert!(
+        maps.contains(&format!("{} (deleted)", library.display())),
+        "the server maps another libssl: {maps}"
+    );
+    let agent = MonitorAgent::start(&[]);
+
+    const REQUESTS: u64 = 40;
+    let client_name = unique_name("pyk");
+    let script = dir.path().join(format!("{client_name}.py"));
+    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
+    let host = format!("deleted.test:{}", server.port);
+    let output = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(server.port.to_string())
+        .args((0..REQUESTS).map(|_| format!("{host},/status/202")))
+        .env("TLS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    wait_until(
+        &agent,
+        "every request to the deleted library's server",
+        |s| {
+            server_count(s, &name, 202, "/status/{id}") == Some(REQUESTS)
+                && client_total(s, &client_name, 202) == REQUESTS
+        },
     );
 }
 

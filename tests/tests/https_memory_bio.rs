@@ -14,7 +14,7 @@ use std::{
 use monitor_tests::{
     MonitorAgent, Scrape,
     agent::require_root,
-    http::{describe_http, server_count, wait_until},
+    http::{client_total, describe_http, server_count, wait_until},
     https,
     servers::{Server, ab_program, fixture, renamed_copy},
     workload::unique_name,
@@ -22,21 +22,6 @@ use monitor_tests::{
 
 const SERVER_DURATION: &str = "http_server_request_duration_seconds";
 const CLIENT_DURATION: &str = "http_client_request_duration_seconds";
-
-/// The client observations of `service` with `status`, summed over server addresses.
-fn client_total(scrape: &Scrape, service: &str, status: u16) -> u64 {
-    let status = status.to_string();
-    scrape
-        .histograms(
-            CLIENT_DURATION,
-            &[
-                ("service_name", service),
-                ("http_response_status_code", &status),
-            ],
-        )
-        .map(|buckets| buckets.last().map_or(0, |&(_, count)| count))
-        .sum()
-}
 
 /// Runs a client `program` with `args` to the end and checks that it got `count` answers of
 /// `status`.

@@ -95,7 +95,9 @@ impl Tried {
 pub const RELEASE_AFTER_UNMAPPED_SCANS: u8 = 2;
 
 /// The probes of released libraries, to be dropped (which detaches them, and waits for the
-/// kernel) once the agent's lock is released.
+/// kernel) once the agent's lock is released. The kernel takes each uprobe off after an RCU
+/// grace period, under a lock of its own: one after another whichever thread drops them, about
+/// 90 ms each here, 0.9 s for a library's ten.
 pub type ReleasedLinks = Vec<UProbeLink>;
 
 /// What one attempt on a set of library files did.
@@ -374,8 +376,9 @@ fn libraries_in_host_dirs() -> Vec<(PathBuf, FileId)> {
 }
 
 /// The TLS libraries the running processes map, and the executables that carry OpenSSL
-/// themselves (deleted files left out), each with the file it is, as a path that reaches it
-/// from the agent (a container has its own root).
+/// themselves, each with the file it is, as a path that reaches it from the agent (a
+/// container has its own root; a file deleted since it was mapped, through the process's
+/// `map_files`).
 pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
     libraries_mapped_by(|_| true, &mut ExecutableVerdicts::default()).into_candidates()
 }
@@ -386,9 +389,6 @@ pub fn libraries_processes_map() -> Vec<(PathBuf, FileId)> {
 pub struct Found {
     pub path: PathBuf,
     pub file: FileId,
-    /// Deleted since it was mapped (an upgraded package): the path leads to another file,
-    /// if any.
-    pub deleted: bool,
 }
 
 /// What a scan of the processes' maps found.
@@ -407,11 +407,10 @@ impl Scan {
         self.found.iter().map(|found| found.file).collect()
     }
 
-    /// The libraries found that can be probed (deleted files left out), with their file.
+    /// The libraries found, with their file.
     pub fn into_candidates(self) -> Vec<(PathBuf, FileId)> {
         self.found
             .into_iter()
-            .filter(|found| !found.deleted)
             .map(|found| (found.path, found.file))
             .collect()
     }
@@ -456,10 +455,18 @@ pub fn libraries_mapped_by(
             continue;
         }
         for library in tls_libraries_in_maps(&maps) {
+            // A library deleted since it was mapped (an upgraded package, while the process
+            // runs on) is no longer at its path, which may name its successor: the process's
+            // mapping of it still leads to it (opened with CAP_SYS_ADMIN, which attaching
+            // takes anyway).
+            let path = if library.deleted {
+                format!("/proc/{pid}/map_files/{}", library.range)
+            } else {
+                format!("/proc/{pid}/root{}", library.path)
+            };
             found.push(Found {
-                path: PathBuf::from(format!("/proc/{pid}/root{}", library.path)),
+                path: PathBuf::from(path),
                 file: library.file,
-                deleted: library.deleted,
             });
         }
     }
@@ -479,6 +486,8 @@ pub fn is_tls_library(file_name: &str) -> bool {
 pub struct MappedLibrary<'a> {
     pub path: &'a str,
     pub file: FileId,
+    /// The addresses of one of its mappings (`start-end`, as `map_files` names it).
+    pub range: &'a str,
     /// Deleted since it was mapped (an upgraded package): its path names another file now.
     pub deleted: bool,
 }
@@ -492,7 +501,8 @@ pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
         // address perms offset dev inode path: the path is the sixth field, and may hold
         // spaces.
         let mut fields = line.splitn(6, char::is_whitespace);
-        let (Some(device), Some(inode), Some(path)) = (fields.nth(3), fields.next(), fields.next())
+        let (Some(range), Some(device), Some(inode), Some(path)) =
+            (fields.next(), fields.nth(2), fields.next(), fields.next())
         else {
             continue;
         };
@@ -526,6 +536,7 @@ pub fn tls_libraries_in_maps(maps: &str) -> Vec<MappedLibrary<'_>> {
             libraries.push(MappedLibrary {
                 path,
                 file,
+                range,
                 deleted,
             });
         }
@@ -571,6 +582,7 @@ mod tests {
                         minor: 1,
                         inode: 2101
                     },
+                    range: "7f11a2000000-7f11a201c000",
                     deleted: false,
                 },
                 MappedLibrary {
@@ -580,6 +592,7 @@ mod tests {
                         minor: 0x1a,
                         inode: 3001
                     },
+                    range: "7f11a2400000-7f11a2410000",
                     deleted: false,
                 },
                 // Still mapped, under the name it had.
@@ -590,6 +603,7 @@ mod tests {
                         minor: 1,
                         inode: 3002
                     },
+                    range: "7f11a2500000-7f11a2510000",
                     deleted: true,
                 },
             ]

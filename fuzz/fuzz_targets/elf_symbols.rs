@@ -1,0 +1,24 @@
+//! An executable's dynamic symbol table, read to tell whether it carries OpenSSL
+//! (`probes::tls_executables`): any user may run a file crafted to mislead the agent.
+//!
+//! Input: the bytes of a file.
+//! Checks: no panic; a file said to define `SSL_read` and `SSL_write` holds both names,
+//! NUL-terminated (its string table does).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use monitor::probes::tls_executables::dynamic_symbols_define;
+
+fuzz_target!(|data: &[u8]| {
+    let names = ["SSL_read", "SSL_write"];
+    if dynamic_symbols_define(data, &names).unwrap_or(false) {
+        for name in names {
+            let terminated = [name.as_bytes(), b"\0"].concat();
+            assert!(
+                data.windows(terminated.len())
+                    .any(|window| window == terminated),
+                "{name} defined without its name in the file"
+            );
+        }
+    }
+});
