@@ -208,17 +208,6 @@ pub fn tls_new_return(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// The entry of `SSL_set_fd(ssl, fd)`: which socket a new connection object uses, before any
-/// call on it (its address may be a freed object's, whose socket is remembered still).
-#[uprobe]
-#[inline(always)]
-pub fn tls_set_socket(ctx: ProbeContext) -> u32 {
-    if let (Some(ssl), Some(fd)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
-        tls::on_set_socket(ssl, fd);
-    }
-    0
-}
-
 // --- fork: server connections a child inherits. ---
 
 /// `sched:sched_process_fork`, in the parent: notes the child of a process with connections

@@ -3,7 +3,12 @@
 //! socket syscalls made inside the call tell which socket it is (and are skipped: their bytes
 //! are ciphertext), and at the return the plain text goes through the same server and client
 //! paths as clear-text HTTP, under the socket's TLS key (`tls_connection_key`), so that close(2)
-//! and the idle sweep end it like any other connection.
+//! and the idle sweep end it like any other connection. The socket is remembered for the
+//! library's connection object (`SSL *`), whose creation (`SSL_new`) forgets what an object
+//! freed at the same address used: a later call served from the library's buffer makes no
+//! syscall. So is a first `SSL_read` that a server's handshake left in the buffer (the request
+//! came with the handshake's last message): its socket is the thread's last read, the
+//! handshake's, as for memory BIOs below.
 //!
 //! A library that reads and writes through memory BIOs (Node's TLS, Python's asyncio) makes
 //! no syscall inside the calls: its caller reads the ciphertext from the socket and hands it
@@ -80,18 +85,6 @@ pub fn on_new(ssl: u64) {
     mark_measured(tgid);
     mark_tls(tgid);
     let _ = TLS_SOCKETS.remove(TlsObject { ssl, tgid, _pad: 0 });
-}
-
-/// `SSL_set_fd`: the socket of a new library connection object, replacing whatever a freed
-/// object at the same address used.
-#[inline(always)]
-pub fn on_set_socket(ssl: u64, fd: i32) {
-    let tgid = current_tgid();
-    if fd < 0 || (!uses_tls(tgid) && config().is_none_or(|config| !measured(config, tgid))) {
-        return;
-    }
-    let object = TlsObject { ssl, tgid, _pad: 0 };
-    let _ = TLS_SOCKETS.insert(object, fd as u32, BPF_ANY as u64);
 }
 
 /// A socket syscall on `fd` returned: when the thread is inside a library call, notes the

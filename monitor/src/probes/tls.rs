@@ -1,9 +1,9 @@
 //! uprobes on the TLS library that processes use (OpenSSL's `libssl`): at the entry and return
-//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, at
-//! `SSL_set_fd`, which tells a new connection object's socket, and at the return of `SSL_new`,
-//! which tells a new object before its handshake (`tls` in the BPF crate). A
-//! uprobe sits on a file (its inode), so one attach covers every process that maps that file,
-//! those started later included.
+//! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, and
+//! at the return of `SSL_new`, which tells a new connection object before its handshake (`tls`
+//! in the BPF crate). A uprobe sits on a file (its inode), so one attach covers every process
+//! that maps that file, those started later included. Each costs the agent's exit a kernel
+//! grace period (`ReleasedLinks`): no more are attached than the measurement needs.
 //!
 //! Which files: at start-up, the libraries in the usual directories of the host (through
 //! `/proc/1/root`, the host's root seen from a container with the host's PID namespace), and
@@ -32,11 +32,10 @@ use super::{AttachedProgram, HookKind, program_mut, tls_executables::ExecutableV
 
 /// The programs, with the library functions each is attached to: the return programs come
 /// first, so that no call is entered without its return being watched.
-const PROBES: [(&str, &[&str]); 8] = [
+const PROBES: [(&str, &[&str]); 7] = [
     ("tls_read_return", &["SSL_read", "SSL_read_ex"]),
     ("tls_write_return", &["SSL_write", "SSL_write_ex"]),
     ("tls_new_return", &["SSL_new"]),
-    ("tls_set_socket", &["SSL_set_fd"]),
     ("tls_read", &["SSL_read"]),
     ("tls_write", &["SSL_write"]),
     ("tls_read_ex", &["SSL_read_ex"]),

@@ -21,14 +21,13 @@ use super::{
 const ROUTE: &str = "/hello";
 const STATUS_ROUTE: &str = "/nginx_status";
 /// The programs that run at the TLS library's calls.
-const TLS_PROGRAMS: [&str; 8] = [
+const TLS_PROGRAMS: [&str; 7] = [
     "tls_read",
     "tls_write",
     "tls_read_ex",
     "tls_write_ex",
     "tls_read_return",
     "tls_write_return",
-    "tls_set_socket",
     "tls_new_return",
 ];
 
