@@ -169,15 +169,8 @@ pub fn on_data_out(fd: u32, buffer: Buffer, ret: i64) {
     if !may_have_connections(tgid) {
         return;
     }
-    if let Some(writing) = tls::library_call_on(tgid, fd) {
-        // The library's write of a response's ciphertext failed: the client has gone.
-        if writing && ret < 0 {
-            tls::on_socket_write_failed(tgid, fd);
-        }
+    if tls::write_in_library_call(tgid, fd, ret) {
         return;
-    }
-    if ret > 0 && uses_tls(tgid) {
-        tls::on_socket_write(tgid, fd);
     }
     let key = connection_key(tgid, fd);
     let Some(conn) = CONNECTIONS.get_ptr_mut(key) else {

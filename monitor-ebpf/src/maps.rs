@@ -173,7 +173,8 @@ pub struct TlsObject {
 }
 
 /// The socket each library connection object was last seen to use: a call served from the
-/// library's buffer makes no syscall to tell it. Forgotten at `SSL_free`; LRU besides.
+/// library's buffer makes no syscall to tell it. Forgotten when `SSL_new` returns an object
+/// at the same address (`tls::on_new`); LRU besides.
 #[map]
 pub static TLS_SOCKETS: LruHashMap<TlsObject, u32> = LruHashMap::with_max_entries(16384, 0);
 

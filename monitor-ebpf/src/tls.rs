@@ -74,7 +74,7 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64, writing: bool) {
 }
 
 /// `SSL_new` returned `ssl`, a new library connection object: the process is one whose socket
-/// reads a memory-BIO library may be handed (`on_socket_read`) from now on, before the first
+/// reads a memory-BIO library may be handed (`read_in_library_call`) from now on, before the first
 /// call on it; and whatever socket a freed object at the same address used is forgotten.
 #[inline(always)]
 pub fn on_new(ssl: u64) {
@@ -87,21 +87,11 @@ pub fn on_new(ssl: u64) {
     let _ = TLS_SOCKETS.remove(TlsObject { ssl, tgid, _pad: 0 });
 }
 
-/// A socket syscall on `fd` returned: when the thread is inside a library call, notes the
+/// A socket syscall on `fd` returned inside the thread's library call `call`: notes the
 /// socket for it and says which call it is (`Some(true)` a write), since the bytes are that
 /// library's ciphertext. A call's BIO uses one socket: only the first one seen is the call's,
 /// and a syscall on another socket (a call whose return was never seen, a callback doing I/O
-/// of its own) is left alone.
-#[inline(always)]
-pub fn library_call_on(tgid: u32, fd: u32) -> Option<bool> {
-    if !uses_tls(tgid) {
-        return None;
-    }
-    // SAFETY: a map value, valid for this program run.
-    let call = unsafe { &mut *TLS_CALLS.get_ptr_mut(bpf_get_current_pid_tgid())? };
-    claim(call, fd)
-}
-
+/// of its own) is left alone (`None`).
 #[inline(always)]
 fn claim(call: &mut TlsCall, fd: u32) -> Option<bool> {
     if call.socket == NO_SOCKET {
@@ -110,8 +100,34 @@ fn claim(call: &mut TlsCall, fd: u32) -> Option<bool> {
     (call.socket == fd).then_some(call.writing != 0)
 }
 
+/// A write on `fd` returned `ret` in process `tgid`: whether it was a library call's (see
+/// `claim`); a failed one inside `SSL_write` cuts the response short. Any other write, in a
+/// TLS process, may send the ciphertext of a library write that waits for its socket
+/// (`on_socket_write`). One look at the process's TLS bit for both.
+#[inline(always)]
+pub fn write_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
+    if !uses_tls(tgid) {
+        return false;
+    }
+    let thread = bpf_get_current_pid_tgid();
+    if let Some(call) = TLS_CALLS.get_ptr_mut(thread) {
+        // SAFETY: a map value, valid for this program run.
+        if let Some(writing) = claim(unsafe { &mut *call }, fd) {
+            // The library's write of a response's ciphertext failed: the client has gone.
+            if writing && ret < 0 {
+                on_socket_write_failed(tgid, fd);
+            }
+            return true;
+        }
+    }
+    if ret > 0 {
+        on_socket_write(thread, tgid, fd);
+    }
+    false
+}
+
 /// A read on `fd` returned `ret` (> 0: bytes) in process `tgid`: whether it was a library
-/// call's, as `library_call_on` tells. A read outside any call, in a TLS process, is kept as
+/// call's (see `claim`). A read outside any call, in a TLS process, is kept as
 /// the thread's last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come.
 #[inline(always)]
 pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
@@ -138,7 +154,7 @@ pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
 /// server was sending over it is cut short, as a failed clear-text write says. (A write the
 /// library makes inside `SSL_read`, an alert or a key update, says nothing of a response.)
 #[inline(always)]
-pub fn on_socket_write_failed(tgid: u32, fd: u32) {
+fn on_socket_write_failed(tgid: u32, fd: u32) {
     let Some(conn) = CONNECTIONS.get_ptr_mut(tls_connection_key(tgid, fd)) else {
         return;
     };
@@ -184,10 +200,6 @@ pub fn on_return<const WRITE: bool>(ret: i32) {
     plain_text::<WRITE>(tgid, key, socket, Buffer::Plain(call.buffer), moved);
 }
 
-/// How long after a library write its ciphertext may still be taken to go out in the thread's
-/// next socket write: the caller sends it right after the call, but may be preempted between.
-const SENT_WITHIN_NS: u64 = 1_000_000_000;
-
 /// The `CONNECTIONS` key under which a thread's write waits for its socket: the process's, with
 /// an fd half that no descriptor reaches (2^30 and up; the kernel caps them at `nr_open`, below
 /// that) and the thread's id in the rest.
@@ -227,8 +239,7 @@ fn hold_until_sent(thread: u64, ssl: u64) -> u64 {
 /// moves from the placeholder to the socket's TLS key, and the socket is remembered for the
 /// library object.
 #[inline(always)]
-pub fn on_socket_write(tgid: u32, fd: u32) {
-    let thread = bpf_get_current_pid_tgid();
+fn on_socket_write(thread: u64, tgid: u32, fd: u32) {
     let Some(pending) = TLS_PENDING_WRITES.get_ptr(thread) else {
         return;
     };
@@ -239,7 +250,7 @@ pub fn on_socket_write(tgid: u32, fd: u32) {
     let Some(conn) = CONNECTIONS.get_ptr(placeholder) else {
         return; // not a request: nothing waits
     };
-    if now_ns().saturating_sub(pending.at) <= SENT_WITHIN_NS {
+    if now_ns().saturating_sub(pending.at) <= HANDED_OVER_WITHIN_NS {
         // SAFETY: a map value, valid for this program run; the kernel copies it.
         let conn = unsafe { &*conn };
         // Over whatever the key held: the plain text of an earlier socket of that number
@@ -282,9 +293,9 @@ fn plain_text<const WRITE: bool>(tgid: u32, key: u64, socket: u32, buffer: Buffe
     }
 }
 
-/// How long after the thread's last socket read an `SSL_read` that made no syscall may still be
-/// taken for handing its bytes over: the caller feeds the library right after its read, but a
-/// thread may be preempted between the two.
+/// How far apart a memory-BIO library's call and the caller's socket I/O for it may be on
+/// one thread: the caller reads right before it feeds the library (`socket_of`) and sends
+/// right after the library wrote (`on_socket_write`), but may be preempted between.
 const HANDED_OVER_WITHIN_NS: u64 = 1_000_000_000;
 
 /// The socket of the call on `thread`: the one its syscalls used, remembered for the library

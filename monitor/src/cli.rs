@@ -158,15 +158,17 @@ pub struct Cli {
 
     /// Do not read HTTPS: attach no uprobes to the TLS library that processes use (OpenSSL's
     /// libssl, or the OpenSSL built into an executable that exports it, as Node's). With them,
-    /// the plain text of HTTPS that goes through OpenSSL is measured like clear-text HTTP. Each SSL_read/SSL_write call then traps into the kernel, about
-    /// 10 µs on a KVM guest (less on bare metal), paid by every process that calls the
-    /// library (see README, HTTPS). Processes that never call it pay nothing.
+    /// the plain text of HTTPS that goes through OpenSSL is measured like clear-text HTTP.
+    /// Each SSL_read/SSL_write call then traps into the kernel, about 10 µs on a KVM guest
+    /// (less on bare metal), paid by every process that calls the library (see README,
+    /// HTTPS). Processes that never call it pay nothing.
     #[arg(long, env = "MONITOR_NO_TLS", value_parser = BoolishValueParser::new())]
     pub no_tls: bool,
 
     /// How often to look through the processes' memory maps for a TLS library (libssl, or an
     /// executable carrying OpenSSL, as Node's) that no probe sits on yet: one a container
-    /// started since start-up brought, an upgraded package, a Node process. A scan reads the maps of processes started lately; every sixth, those of all.
+    /// started since start-up brought, an upgraded package, a Node process. A scan reads the
+    /// maps of processes started lately; every sixth, those of all.
     /// Attaching a uprobe takes CAP_SYS_ADMIN: when the agent was granted it, one thread of the
     /// agent keeps it for that alone. At least 1s; `0s`: only at start-up, and every thread
     /// gives CAP_SYS_ADMIN up.

@@ -96,7 +96,7 @@ pub const RELEASE_AFTER_UNMAPPED_SCANS: u8 = 2;
 /// The probes of released libraries, to be dropped (which detaches them, and waits for the
 /// kernel) once the agent's lock is released. The kernel takes each uprobe off after an RCU
 /// grace period, under a lock of its own: one after another whichever thread drops them, about
-/// 90 ms each here, 0.9 s for a library's ten.
+/// 90 ms each here, 0.8 s for a library's nine.
 pub type ReleasedLinks = Vec<UProbeLink>;
 
 /// What one attempt on a set of library files did.
