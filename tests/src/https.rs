@@ -30,44 +30,69 @@ pub fn certificate(dir: &Path) -> PathBuf {
     path
 }
 
+/// A fixture server (`script`, in tests/fixtures) run by a copy of `program` in `dir` named
+/// after `prefix` (the service its metrics carry), serving HTTPS with `pem`, with `env` set.
+fn fixture_https_server(
+    dir: &Path,
+    pem: &Path,
+    prefix: &str,
+    (program, script): (&str, &str),
+    env: &[(&str, &OsStr)],
+) -> Server {
+    let name = unique_name(prefix);
+    let mut command = Command::new(renamed_copy(dir, program, &name));
+    command
+        .arg(fixture(script))
+        .env("TLS_CERT_AND_KEY", pem)
+        .envs(env.iter().copied());
+    Server::started_by(command, free_port(), &name)
+}
+
 /// Python's http.server fixture serving HTTPS with `pem` (SSL_read_ex and SSL_write_ex),
 /// under a name of its own beginning with `prefix` (its copy of the interpreter goes in
 /// `dir`), with `env` set.
 pub fn python_https_server(dir: &Path, pem: &Path, prefix: &str, env: &[(&str, &OsStr)]) -> Server {
-    let name = unique_name(prefix);
-    let python = renamed_copy(dir, "/usr/bin/python3", &name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("http_server.py"))
-        .env("TLS_CERT_AND_KEY", pem)
-        .envs(env.iter().copied());
-    Server::started_by(command, free_port(), &name)
+    let program = ("/usr/bin/python3", "http_server.py");
+    fixture_https_server(dir, pem, prefix, program, env)
 }
 
 /// The asyncio fixture (tests/fixtures/asyncio_https_server.py) serving HTTPS with `pem`
 /// (OpenSSL through memory BIOs: asyncio reads and writes the socket itself), under a name of
 /// its own beginning with `prefix`.
 pub fn asyncio_https_server(dir: &Path, pem: &Path, prefix: &str) -> Server {
-    let name = unique_name(prefix);
-    let python = renamed_copy(dir, "/usr/bin/python3", &name);
-    let mut command = Command::new(python);
-    command
-        .arg(fixture("asyncio_https_server.py"))
-        .env("TLS_CERT_AND_KEY", pem);
-    Server::started_by(command, free_port(), &name)
+    let program = ("/usr/bin/python3", "asyncio_https_server.py");
+    fixture_https_server(dir, pem, prefix, program, &[])
 }
 
 /// Node's `https` module (tests/fixtures/http_server.js) serving with `pem`, from a copy of
 /// the node executable named after `prefix`: a file no probe sits on when it starts, which
 /// carries OpenSSL itself (no libssl is mapped) and reads and writes through memory BIOs.
 pub fn node_https_server(dir: &Path, pem: &Path, prefix: &str) -> Server {
+    fixture_https_server(dir, pem, prefix, ("/usr/bin/node", "http_server.js"), &[])
+}
+
+/// `count` GET requests for `path` with Host `host`, on one keep-alive HTTPS connection to
+/// `port` (Python's http.client, tests/fixtures/keep_alive_client.py, copied into `dir` under
+/// a name of its own beginning with `prefix`, the client's service). Returns that name.
+pub fn keep_alive_https_requests(
+    dir: &Path,
+    prefix: &str,
+    port: u16,
+    (host, path): (&str, &str),
+    count: usize,
+) -> String {
     let name = unique_name(prefix);
-    let node = renamed_copy(dir, "/usr/bin/node", &name);
-    let mut command = Command::new(node);
-    command
-        .arg(fixture("http_server.js"))
-        .env("TLS_CERT_AND_KEY", pem);
-    Server::started_by(command, free_port(), &name)
+    let script = dir.join(format!("{name}.py"));
+    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
+    let output = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .args(std::iter::repeat_n(format!("{host},{path}"), count))
+        .env("TLS", "1")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    name
 }
 
 /// A copy of the host's `libssl.so.3` in `dir/lib`, a directory for `LD_LIBRARY_PATH`: a

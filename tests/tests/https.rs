@@ -314,18 +314,14 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     });
 
     const REQUESTS: u64 = 40;
-    let client_name = unique_name("pyk");
-    let script = dir.path().join(format!("{client_name}.py"));
-    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
     let host = format!("late.test:{}", server.port);
-    let output = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(server.port.to_string())
-        .args((0..REQUESTS).map(|_| format!("{host},/status/201")))
-        .env("TLS", "1")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    let client_name = https::keep_alive_https_requests(
+        dir.path(),
+        "pyk",
+        server.port,
+        (&host, "/status/201"),
+        REQUESTS as usize,
+    );
     wait_until(&agent, "every request to the late library's server", |s| {
         server_count(s, &name, 201, "/status/{id}") == Some(REQUESTS)
             && client_total(s, &client_name, 201) == REQUESTS
@@ -374,18 +370,14 @@ fn a_tls_library_deleted_before_start_up_is_probed_through_the_process_that_maps
     let agent = MonitorAgent::start(&[]);
 
     const REQUESTS: u64 = 40;
-    let client_name = unique_name("pyk");
-    let script = dir.path().join(format!("{client_name}.py"));
-    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
     let host = format!("deleted.test:{}", server.port);
-    let output = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(server.port.to_string())
-        .args((0..REQUESTS).map(|_| format!("{host},/status/202")))
-        .env("TLS", "1")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    let client_name = https::keep_alive_https_requests(
+        dir.path(),
+        "pyk",
+        server.port,
+        (&host, "/status/202"),
+        REQUESTS as usize,
+    );
     wait_until(
         &agent,
         "every request to the deleted library's server",

@@ -61,20 +61,10 @@ fn ab(dir: &Path, url: &str, requests: usize, keep_alive: bool) -> usize {
     ab_program(&program, extra, url, requests, 8)
 }
 
-/// `count` requests for `path` on one keep-alive HTTPS connection (Python's http.client,
-/// tests/fixtures/keep_alive_client.py).
+/// `count` requests for `path` on one keep-alive HTTPS connection (Python's http.client).
 fn keep_alive_requests(dir: &Path, server: &Server, path: &str, count: usize) {
-    let script = dir.join("keep_alive_client.py");
-    fs::copy(fixture("keep_alive_client.py"), &script).unwrap();
-    let request = format!("memory.test:{},{path}", server.port);
-    let output = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(server.port.to_string())
-        .args(std::iter::repeat_n(request, count))
-        .env("TLS", "1")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{output:?}");
+    let host = format!("memory.test:{}", server.port);
+    https::keep_alive_https_requests(dir, "pyk", server.port, (&host, path), count);
 }
 
 #[test]
