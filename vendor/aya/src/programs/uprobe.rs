@@ -12,7 +12,9 @@ use std::{
     sync::LazyLock,
 };
 
-use aya_obj::generated::{bpf_link_type, bpf_prog_type::BPF_PROG_TYPE_KPROBE};
+use aya_obj::generated::{
+    bpf_attach_type::BPF_TRACE_UPROBE_MULTI, bpf_link_type, bpf_prog_type::BPF_PROG_TYPE_KPROBE,
+};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, Symbol};
 use thiserror::Error;
 
@@ -20,7 +22,7 @@ use crate::{
     VerifierLogLevel,
     programs::{
         ProgramData, ProgramError, ProgramType, define_link_wrapper, impl_try_from_fdlink,
-        impl_try_into_fdlink, load_program_without_attach_type,
+        impl_try_into_fdlink, load_program_with_attach_type, load_program_without_attach_type,
         perf_attach::{PerfLinkIdInner, PerfLinkInner},
         probe::{OsStringExt as _, Probe, ProbeKind, attach},
     },
@@ -196,6 +198,14 @@ impl UProbe {
     pub fn load(&mut self) -> Result<(), ProgramError> {
         let Self { data, kind: _ } = self;
         load_program_without_attach_type(BPF_PROG_TYPE_KPROBE, data)
+    }
+
+    /// Loads the program inside the kernel for uprobe_multi links (`BPF_LINK_CREATE` with
+    /// `BPF_TRACE_UPROBE_MULTI`, Linux 6.6+), which the caller makes with the program's fd;
+    /// [`UProbe::attach`] cannot attach a program loaded so. (Added by the monitor project.)
+    pub fn load_for_uprobe_multi(&mut self) -> Result<(), ProgramError> {
+        let Self { data, kind: _ } = self;
+        load_program_with_attach_type(BPF_PROG_TYPE_KPROBE, BPF_TRACE_UPROBE_MULTI, data)
     }
 
     /// Returns [`ProbeKind::Entry`] if the program is a `uprobe`, or
