@@ -208,29 +208,38 @@ write("proc_maps", "overlay", "7f0000000000-7f0000001000 r--p 00000000 00:2f 131
 
 
 def elf(symbols):
-    """A minimal 64-bit ELF file whose .dynsym holds `symbols`, (name, defined) pairs."""
+    """A minimal 64-bit ELF file whose .dynsym holds `symbols`, (name, defined) pairs; the
+    defined ones are 16-byte functions in a .text at address 0x1000."""
     strings = b"\0"
     entries = [b"\0" * 24]
-    for name, defined in symbols:
+    for index, (name, defined) in enumerate(symbols):
         offset = len(strings)
         strings += name.encode() + b"\0"
-        # st_name, st_info (global function), st_other, st_shndx (0: undefined), value, size
-        entries.append(struct.pack("<IBBHQQ", offset, 0x12, 0, 1 if defined else 0, 0x1000, 16))
+        # st_name, st_info (global function), st_other, st_shndx (3: .text, 0: undefined),
+        # value, size
+        entries.append(struct.pack("<IBBHQQ", offset, 0x12, 0, 3 if defined else 0,
+                                   TEXT_ADDRESS + 16 * index, 16))
     dynsym = b"".join(entries)
+    text = b"\xc3" * (16 * len(symbols))
     header_size, section_size = 64, 64
     dynsym_at = header_size
     dynstr_at = dynsym_at + len(dynsym)
-    sections_at = dynstr_at + len(strings)
+    text_at = dynstr_at + len(strings)
+    sections_at = text_at + len(text)
     header = b"\x7fELF" + bytes([2, 1, 1, 0]) + b"\0" * 8
     header += struct.pack("<HHIQQQIHHHHHH", 3, 62, 1, 0, 0, sections_at, 0, header_size, 0, 0,
-                          section_size, 3, 2)
+                          section_size, 4, 2)
     null = b"\0" * section_size
-    # name, type (11: DYNSYM, 3: STRTAB), flags, addr, offset, size, link, info, align, entsize
+    # name, type (11: DYNSYM, 3: STRTAB, 1: PROGBITS), flags, addr, offset, size, link, info,
+    # align, entsize
     dynsym_header = struct.pack("<IIQQQQIIQQ", 0, 11, 2, 0, dynsym_at, len(dynsym), 2, 1, 8, 24)
     dynstr_header = struct.pack("<IIQQQQIIQQ", 0, 3, 2, 0, dynstr_at, len(strings), 0, 0, 1, 0)
-    return header + dynsym + strings + null + dynsym_header + dynstr_header
+    text_header = struct.pack("<IIQQQQIIQQ", 0, 1, 6, TEXT_ADDRESS, text_at, len(text), 0, 0, 16,
+                              0)
+    return header + dynsym + strings + text + null + dynsym_header + dynstr_header + text_header
 
 
+TEXT_ADDRESS = 0x1000
 write("elf_symbols", "carries_openssl", elf([("SSL_read", True), ("SSL_write", True), ("SSL_new", True)]))
 write("elf_symbols", "imports_openssl", elf([("SSL_read", False), ("SSL_write", False)]))
 write("elf_symbols", "half", elf([("SSL_read", True), ("SSL_free", True)]))

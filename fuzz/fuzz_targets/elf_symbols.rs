@@ -3,11 +3,12 @@
 //!
 //! Input: the bytes of a file.
 //! Checks: no panic; a file said to define `SSL_read` and `SSL_write` holds both names,
-//! NUL-terminated (its string table does).
+//! NUL-terminated (its string table does); the functions' file offsets (where the uprobes go)
+//! are found for exactly the names said to be defined.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use monitor::probes::tls_executables::dynamic_symbols_define;
+use monitor::probes::tls_executables::{dynamic_symbol_offsets, dynamic_symbols_define};
 
 fuzz_target!(|data: &[u8]| {
     let names = ["SSL_read", "SSL_write"];
@@ -21,4 +22,12 @@ fuzz_target!(|data: &[u8]| {
             );
         }
     }
+    let offsets = dynamic_symbol_offsets(data, &names);
+    let all_found = offsets
+        .as_ref()
+        .is_ok_and(|offsets| offsets.iter().all(Option::is_some));
+    assert_eq!(
+        all_found,
+        dynamic_symbols_define(data, &names).unwrap_or(false)
+    );
 });

@@ -12,8 +12,8 @@ use std::{
 
 use object::{
     Endianness, ReadCache, ReadRef, SectionIndex, StringTable,
-    elf::{FileHeader64, SHT_DYNSYM, Sym64},
-    read::elf::{FileHeader as _, SectionHeader as _, Sym as _},
+    elf::{FileHeader64, SHN_LORESERVE, SHN_UNDEF, SHT_DYNSYM, SHT_NOBITS, Sym64},
+    read::elf::{FileHeader as _, SectionHeader as _, SectionTable, Sym as _},
 };
 
 use super::tls::{FileId, Found, REQUIRED};
@@ -72,12 +72,25 @@ pub fn defines_tls_functions(path: &Path) -> bool {
 }
 
 /// Whether the dynamic symbol table of the ELF file in `data` defines every one of `names`.
-/// Only that table and its strings are read, each at once: not the (often far bigger) full
-/// symbol table an unstripped executable carries, nor the rest of the file.
 pub fn dynamic_symbols_define<'data, R: ReadRef<'data>>(
     data: R,
     names: &[&str],
 ) -> object::read::Result<bool> {
+    Ok(dynamic_symbol_offsets(data, names)?
+        .iter()
+        .all(Option::is_some))
+}
+
+/// Where in the ELF file in `data` each of `names` is defined, as the file offset a uprobe
+/// takes: `None` for a name its dynamic symbol table does not define (imports it, or lacks it,
+/// or defines it outside the file's contents). Only that table, its strings and the section
+/// headers are read, each at once: not the (often far bigger) full symbol table an unstripped
+/// executable carries, nor the rest of the file.
+pub fn dynamic_symbol_offsets<'data, R: ReadRef<'data>>(
+    data: R,
+    names: &[&str],
+) -> object::read::Result<Vec<Option<u64>>> {
+    let mut offsets = vec![None; names.len()];
     let header = FileHeader64::<Endianness>::parse(data)?;
     let endian = header.endian()?;
     let sections = header.sections(endian, data)?;
@@ -85,17 +98,16 @@ pub fn dynamic_symbols_define<'data, R: ReadRef<'data>>(
         .iter()
         .find(|section| section.sh_type(endian) == SHT_DYNSYM)
     else {
-        return Ok(false);
+        return Ok(offsets);
     };
     let strings = sections.section(SectionIndex(table.sh_link(endian) as usize))?;
     // Read whole into memory: a file crafted with huge (sparse) tables is passed over.
     if table.sh_size(endian) > MAX_TABLE_BYTES || strings.sh_size(endian) > MAX_TABLE_BYTES {
-        return Ok(false);
+        return Ok(offsets);
     }
     let symbols: &[Sym64<Endianness>] = table.data_as_array(endian, data)?;
     let strings = strings.data(endian, data)?;
     let strings = StringTable::new(strings, 0, strings.len() as u64);
-    let mut defined = vec![false; names.len()];
     for symbol in symbols {
         if symbol.is_undefined(endian) {
             continue;
@@ -104,10 +116,35 @@ pub fn dynamic_symbols_define<'data, R: ReadRef<'data>>(
             continue;
         };
         if let Some(index) = names.iter().position(|wanted| wanted.as_bytes() == name) {
-            defined[index] = true;
+            offsets[index] = file_offset(symbol, &sections, endian);
         }
     }
-    Ok(defined.iter().all(|&defined| defined))
+    Ok(offsets)
+}
+
+/// A defined symbol's address, as an offset in the file: its section's file offset plus its
+/// distance from the section's address (what the kernel takes for a uprobe). `None` for a
+/// symbol outside any section with contents in the file, or with inconsistent numbers.
+fn file_offset<'data, R: ReadRef<'data>>(
+    symbol: &Sym64<Endianness>,
+    sections: &SectionTable<'data, FileHeader64<Endianness>, R>,
+    endian: Endianness,
+) -> Option<u64> {
+    let index = symbol.st_shndx(endian);
+    if index == SHN_UNDEF || index >= SHN_LORESERVE {
+        return None;
+    }
+    let section = sections.section(SectionIndex(index.into())).ok()?;
+    if section.sh_type(endian) == SHT_NOBITS {
+        return None;
+    }
+    let into_section = symbol
+        .st_value(endian)
+        .checked_sub(section.sh_addr(endian))?;
+    if into_section >= section.sh_size(endian) {
+        return None;
+    }
+    section.sh_offset(endian).checked_add(into_section)
 }
 
 #[cfg(test)]
@@ -153,6 +190,48 @@ mod tests {
         assert!(dynamic_symbols_define(&b"#!/bin/sh\n"[..], &names).is_err());
         let cut = seed("carries_openssl");
         assert!(dynamic_symbols_define(&cut[..cut.len() - 100], &names).is_err());
+    }
+
+    #[test]
+    fn offsets_are_where_the_functions_are_in_the_file_and_none_for_missing_or_imported_ones() {
+        let names = ["SSL_read", "SSL_write", "SSL_new", "SSL_free"];
+        let carries = seed("carries_openssl");
+        // The seed ends with .text (three 16-byte functions), then four section headers.
+        let text_at = (carries.len() - 4 * 64 - 3 * 16) as u64;
+        assert_eq!(
+            dynamic_symbol_offsets(&carries[..], &names).unwrap(),
+            [Some(text_at), Some(text_at + 16), Some(text_at + 32), None]
+        );
+        let imports = seed("imports_openssl");
+        assert_eq!(
+            dynamic_symbol_offsets(&imports[..], &names).unwrap(),
+            [None; 4]
+        );
+    }
+
+    #[test]
+    fn the_offset_of_ssl_read_in_libssl_holds_the_code_the_loaded_library_runs() {
+        let libssl = c"/lib/x86_64-linux-gnu/libssl.so.3";
+        let path = Path::new(libssl.to_str().unwrap());
+        if !path.exists() {
+            eprintln!("skipped: no {}", path.display());
+            return;
+        }
+        let file = fs::read(path).unwrap();
+        let [Some(offset)] = dynamic_symbol_offsets(&file[..], &["SSL_read"]).unwrap()[..] else {
+            panic!("SSL_read not found in {}", path.display());
+        };
+        // SAFETY: libssl's initialisers are safe to run; the handle stays open (the library
+        // stays mapped) for the comparison.
+        let loaded = unsafe {
+            let handle = libc::dlopen(libssl.as_ptr(), libc::RTLD_NOW);
+            assert!(!handle.is_null());
+            let function = libc::dlsym(handle, c"SSL_read".as_ptr());
+            assert!(!function.is_null());
+            std::slice::from_raw_parts(function as *const u8, 32)
+        };
+        let offset = offset as usize;
+        assert_eq!(&file[offset..offset + 32], loaded);
     }
 
     #[test]
