@@ -59,6 +59,8 @@ pub struct Settings {
     pub no_http: bool,
     /// `--no-tls`: no uprobes on TLS libraries.
     pub no_tls: bool,
+    /// `--perf-event-uprobes`: TLS uprobes as perf events even where uprobe_multi links work.
+    pub perf_event_uprobes: bool,
     /// Where CPU time and waits should come from (the kernel's accounting needs BTF hooks).
     pub sched_accounting: SchedAccounting,
     /// Offsets to use instead of the kernel's BTF (tests of a refused switch program).

@@ -29,7 +29,8 @@ pub fn loss(hook: &str) -> &'static str {
         }
         crate::probes::tls::TLS_HOOK => {
             "HTTPS through OpenSSL's libssl is not measured (its uprobes were refused: the \
-             agent's log says why, often a missing CAP_SYS_ADMIN)"
+             agent's log says why, often a missing CAP_SYS_ADMIN where they are perf events, \
+             before Linux 6.6)"
         }
         IDLE_SWEEP_HOOK => {
             "no HTTP idle sweep: a keep-alive connection's last response is recorded only at \

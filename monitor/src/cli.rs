@@ -201,6 +201,11 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub bounded_loops: bool,
 
+    /// Tests only: attach the TLS programs with one perf event per function, as on kernels
+    /// before 6.6 (no uprobe_multi links), whatever this kernel has.
+    #[arg(long, hide = true)]
+    pub perf_event_uprobes: bool,
+
     /// Tests only: preallocate the maps the programs add entries to, as on kernels before
     /// 6.1, whatever this kernel has.
     #[arg(long, hide = true)]

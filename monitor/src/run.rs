@@ -65,9 +65,9 @@ struct Started {
     agent: SharedAgent,
     /// The capabilities every thread kept.
     kept: Vec<caps::Capability>,
-    /// Whether a thread keeps CAP_SYS_ADMIN to probe TLS libraries mapped later (started in a
-    /// run only).
-    follows_tls_libraries: bool,
+    /// Whether a thread keeps CAP_SYS_ADMIN to probe TLS libraries mapped later with perf
+    /// events (started in a run only).
+    tls_scan_keeps_sys_admin: bool,
     tls_scan: Option<ReaderThread>,
 }
 
@@ -75,7 +75,7 @@ impl Started {
     /// The capabilities kept, as the summary and the check say them.
     fn capabilities_kept(&self) -> String {
         let mut text = privileges::describe(&self.kept);
-        if self.follows_tls_libraries {
+        if self.tls_scan_keeps_sys_admin {
             text.push_str(
                 " (and cap_sys_admin in the thread that probes TLS libraries mapped later)",
             );
@@ -90,10 +90,11 @@ fn start_agent(cli: &Cli, mode: Mode) -> Result<Started> {
     let agent = Agent::start(&settings(cli))?;
     let mut follows_tls_libraries =
         !cli.tls_scan_interval.is_zero() && agent.may_follow_tls_libraries();
+    let keep_sys_admin = agent.tls_attach_needs_sys_admin();
     let agent: SharedAgent = Arc::new(Mutex::new(Some(agent)));
-    // Started before the drop, with CAP_SYS_ADMIN to keep.
+    // Started before the drop, with CAP_SYS_ADMIN to keep where perf events need it.
     let tls_scan = if follows_tls_libraries && mode == Mode::Run {
-        agent::follow_tls_libraries(&agent, cli.tls_scan_interval)
+        agent::follow_tls_libraries(&agent, cli.tls_scan_interval, keep_sys_admin)
             .inspect_err(|error| {
                 follows_tls_libraries = false;
                 log::warn!(
@@ -113,7 +114,7 @@ fn start_agent(cli: &Cli, mode: Mode) -> Result<Started> {
     Ok(Started {
         agent,
         kept,
-        follows_tls_libraries,
+        tls_scan_keeps_sys_admin: follows_tls_libraries && keep_sys_admin,
         tls_scan,
     })
 }
@@ -130,6 +131,7 @@ fn settings(cli: &Cli) -> Settings {
         syscall_hook: cli.syscall_hook,
         no_http: cli.no_http,
         no_tls: cli.no_tls,
+        perf_event_uprobes: cli.perf_event_uprobes,
         sched_accounting: cli.sched_accounting,
         task_offsets: cli.task_offsets.clone(),
         ports_checked_by_agent: cli.ports_checked_by_agent,

@@ -110,13 +110,42 @@ pub fn run_time_set() -> u64 {
     mask(&caps)
 }
 
-/// The thread that probes TLS libraries mapped after start-up, which keeps CAP_SYS_ADMIN.
+/// The thread that probes TLS libraries mapped after start-up.
 pub const TLS_SCAN_THREAD: &str = "tls-libraries";
 
+/// The thread that probes TLS libraries mapped after start-up, as a test expects it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TlsScan {
+    /// None runs.
+    Off,
+    /// It runs with the run-time set, as every thread (uprobe_multi links need no privilege).
+    RunTimeSet,
+    /// It keeps CAP_SYS_ADMIN beside (perf-event uprobes, `--perf-event-uprobes`).
+    KeepingSysAdmin,
+}
+
+/// Whether the tests' agents attach the TLS programs as perf events: the second pass of
+/// `cargo xtask test` passes `--perf-event-uprobes` to every agent.
+pub fn perf_event_uprobes() -> bool {
+    std::env::var("MONITOR_TEST_AGENT_ARGS").is_ok_and(|args| {
+        args.split_whitespace()
+            .any(|arg| arg == "--perf-event-uprobes")
+    })
+}
+
+/// The scan thread of an agent that may follow TLS libraries: keeping CAP_SYS_ADMIN where
+/// perf events need it.
+pub fn tls_scan_thread() -> TlsScan {
+    if perf_event_uprobes() {
+        TlsScan::KeepingSysAdmin
+    } else {
+        TlsScan::RunTimeSet
+    }
+}
+
 /// Every thread of `pid` holds exactly the run-time set, effective and permitted, and nothing
-/// inheritable or ambient; with `tls_scan`, one thread named [`TLS_SCAN_THREAD`] holds
-/// CAP_SYS_ADMIN beside.
-pub fn assert_threads_hold_the_run_time_set(pid: u32, tls_scan: bool) {
+/// inheritable or ambient, but the TLS scan thread as `tls_scan` says.
+pub fn assert_threads_hold_the_run_time_set(pid: u32, tls_scan: TlsScan) {
     let run_time = run_time_set();
     let sets = capability_sets(pid);
     assert!(sets.len() >= 4 * 3, "too few threads or sets: {sets:?}");
@@ -127,7 +156,7 @@ pub fn assert_threads_hold_the_run_time_set(pid: u32, tls_scan: bool) {
         mask: value,
     } in &sets
     {
-        let extra = if tls_scan && name == TLS_SCAN_THREAD {
+        let extra = if tls_scan == TlsScan::KeepingSysAdmin && name == TLS_SCAN_THREAD {
             mask(&[CAP_SYS_ADMIN])
         } else {
             0
@@ -145,5 +174,5 @@ pub fn assert_threads_hold_the_run_time_set(pid: u32, tls_scan: bool) {
         .iter()
         .filter(|set| set.name == TLS_SCAN_THREAD && set.set == "CapEff")
         .count();
-    assert_eq!(scanners, usize::from(tls_scan), "{sets:?}");
+    assert_eq!(scanners, usize::from(tls_scan != TlsScan::Off), "{sets:?}");
 }

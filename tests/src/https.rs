@@ -97,7 +97,7 @@ pub fn keep_alive_https_requests(
 
 /// A copy of the host's `libssl.so.3` in `dir/lib`, a directory for `LD_LIBRARY_PATH`: a
 /// library file that no probe sits on, as a container image's own copy would be.
-fn libssl_copy(dir: &Path) -> PathBuf {
+pub fn libssl_copy(dir: &Path) -> PathBuf {
     let libraries = dir.join("lib");
     fs::create_dir(&libraries).unwrap();
     fs::copy(

@@ -8,7 +8,10 @@ use monitor_tests::{
     MonitorAgent, Scrape,
     agent::require_root,
     bpf,
-    capabilities::{DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping},
+    capabilities::{
+        DAEMONSET, DAEMONSET_HTTPS, assert_threads_hold_the_run_time_set, capsh_keeping,
+        perf_event_uprobes, tls_scan_thread,
+    },
     http::{client_total, describe_http, server_count, wait_until},
     https, poll_until,
     servers::{Server, ab_program, fixture, renamed_copy},
@@ -286,15 +289,21 @@ fn clear_text_requests_of_a_process_that_also_speaks_https_are_counted_exactly()
 
 /// A TLS library that no process mapped when the agent started (as a container image's own
 /// copy, started later, would be) is found by the scan of the processes' maps and probed, with
-/// the capabilities deploy/kubernetes/https grants: HTTPS through it is counted exactly from
-/// then on, and only the scanning thread kept CAP_SYS_ADMIN.
+/// the capabilities the DaemonSet grants (uprobe_multi links), or those deploy/kubernetes/https
+/// grants where the programs are perf-event uprobes: HTTPS through it is counted exactly from
+/// then on, and no thread but the scanning one, for perf events, kept CAP_SYS_ADMIN.
 #[test]
 fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let pem = https::certificate(dir.path());
+    let capabilities = if perf_event_uprobes() {
+        &DAEMONSET_HTTPS[..]
+    } else {
+        &DAEMONSET[..]
+    };
     let agent = MonitorAgent::start_with(
-        capsh_keeping(&DAEMONSET_HTTPS),
+        capsh_keeping(capabilities),
         &["--tls-scan-interval", "1s", "--log-level", "info"],
     );
     let probed = |s: &Scrape| s.value("monitor_tls_libraries_probed", &[]).unwrap_or(0.0);
@@ -331,7 +340,7 @@ fn a_tls_library_first_mapped_after_start_up_is_probed_and_its_https_counted() {
         "{}",
         agent.log()
     );
-    assert_threads_hold_the_run_time_set(agent.pid(), true);
+    assert_threads_hold_the_run_time_set(agent.pid(), tls_scan_thread());
     assert!(bpf::held_by(agent.pid()).links.len() > links_at_start);
 
     // Once no process maps it (two scans of every process in a row: 6 to 12 s at this

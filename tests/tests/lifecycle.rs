@@ -1,15 +1,23 @@
 //! The agent's life: what it serves, and that it leaves nothing in the kernel when it stops.
 
-use std::{process::Command, time::Duration};
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::Duration,
+};
 
 use monitor_tests::{
     MonitorAgent,
     agent::monitor_bin,
     bpf,
-    http::{client, get},
+    http::{client, get, wait_until},
+    https::libssl_copy,
     metrics::documented_sample_names,
     poll_until,
     servers::Server,
+    workload::KillOnDrop,
 };
 
 #[test]
@@ -40,6 +48,58 @@ fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
                 .filter(|id| ids.contains(id))
                 .collect();
             left.is_empty().then_some(())
+        },
+    );
+}
+
+/// Every TLS library file (a container image's own libssl) carries the TLS programs. Taken
+/// off as perf-event uprobes, one after another after a kernel grace period each, they cost
+/// the exit 0.8 s per library; as uprobe_multi links, closed together, about one grace period
+/// for all.
+#[test]
+fn sigterm_exits_within_two_seconds_with_six_tls_libraries_probed() {
+    let dir = tempfile::tempdir().unwrap();
+    let copies: Vec<PathBuf> = (0..5)
+        .map(|i| {
+            let image = dir.path().join(format!("image{i}"));
+            fs::create_dir(&image).unwrap();
+            libssl_copy(&image).join("libssl.so.3")
+        })
+        .collect();
+    // One process maps the five copies, as processes of five container images would.
+    let script = "import ctypes, sys\n\
+                  for path in sys.argv[1:]: ctypes.CDLL(path)\n\
+                  print('loaded', flush=True)\n\
+                  sys.stdin.read()\n";
+    let mut loader = KillOnDrop(
+        Command::new("python3")
+            .args(["-c", script])
+            .args(&copies)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting python3"),
+    );
+    let mut loaded = String::new();
+    BufReader::new(loader.0.stdout.as_mut().unwrap())
+        .read_line(&mut loaded)
+        .unwrap();
+    assert_eq!(loaded.trim(), "loaded");
+
+    let agent = MonitorAgent::start(&[]);
+    // The host's libssl and the five copies.
+    wait_until(&agent, "six TLS libraries probed", |s| {
+        s.value("monitor_tls_libraries_probed", &[]) == Some(6.0)
+    });
+    let ids = bpf::held_by(agent.pid()).programs;
+    let status = agent.terminate(Duration::from_secs(2));
+    assert!(status.success(), "monitor exited with {status}");
+    poll_until(
+        "the kernel to free the agent's programs",
+        Duration::from_secs(2),
+        || {
+            let listed = bpf::listed("prog");
+            ids.iter().all(|id| !listed.contains(id)).then_some(())
         },
     );
 }

@@ -11,8 +11,9 @@ use monitor_tests::{
     MonitorAgent,
     agent::free_port,
     capabilities::{
-        CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_PTRACE, DAEMONSET,
-        assert_threads_hold_the_run_time_set, capsh_args, capsh_keeping,
+        CAP_BPF, CAP_DAC_READ_SEARCH, CAP_PERFMON, CAP_SYS_PTRACE, DAEMONSET, TlsScan,
+        assert_threads_hold_the_run_time_set, capsh_args, capsh_keeping, perf_event_uprobes,
+        tls_scan_thread,
     },
     http::{client, get, server_count, wait_until},
     servers::{Server, ab_with, fixture},
@@ -22,10 +23,17 @@ use monitor_tests::{
 /// An unprivileged user other than the agent's (nobody).
 const OTHER_UID: &str = "65534";
 
-/// Every thread of the agent holds exactly the run-time set (the DaemonSet grants no
-/// CAP_SYS_ADMIN, so no thread keeps it to probe TLS libraries).
+/// Every thread of the agent holds exactly the run-time set, the one that probes TLS
+/// libraries mapped later too: the DaemonSet grants no CAP_SYS_ADMIN, which that thread would
+/// keep for perf-event uprobes, and uprobe_multi links need none (without them, on kernels
+/// before 6.6, the thread does not run).
 fn assert_holds_only_the_run_time_set(agent: &MonitorAgent) {
-    assert_threads_hold_the_run_time_set(agent.pid(), false);
+    let tls_scan = if perf_event_uprobes() {
+        TlsScan::Off
+    } else {
+        TlsScan::RunTimeSet
+    };
+    assert_threads_hold_the_run_time_set(agent.pid(), tls_scan);
 }
 
 /// A process of another user, started now, named by the full name of its executable: longer
@@ -134,18 +142,49 @@ fn assert_measures_processes_of_another_user(agent: &MonitorAgent) {
 fn with_the_daemonsets_four_capabilities_it_measures_and_keeps_only_two() {
     let agent = MonitorAgent::start_with(capsh_keeping(&DAEMONSET), &[]);
     assert_holds_only_the_run_time_set(&agent);
+    // HTTPS too, where uprobe_multi links attach the TLS programs without CAP_SYS_ADMIN.
+    if !perf_event_uprobes() {
+        let scrape = agent.scrape();
+        assert!(
+            scrape
+                .value("monitor_tls_libraries_probed", &[])
+                .is_some_and(|probed| probed >= 1.0),
+            "no TLS library probed:\n{}",
+            agent.log()
+        );
+        assert_eq!(
+            scrape.value("monitor_hook_unavailable", &[("hook", "libssl")]),
+            None
+        );
+    }
     assert_measures_processes_of_another_user(&agent);
     // Threads started for the scrapes above inherited the reduced sets too.
     assert_holds_only_the_run_time_set(&agent);
 }
 
 #[test]
-fn started_as_root_it_keeps_only_its_run_time_capabilities_and_one_thread_cap_sys_admin() {
+fn started_as_root_it_keeps_only_its_run_time_capabilities() {
     let agent = MonitorAgent::start(&[]);
-    // The one that probes TLS libraries mapped later keeps CAP_SYS_ADMIN.
-    assert_threads_hold_the_run_time_set(agent.pid(), true);
+    // The thread that probes TLS libraries mapped later keeps CAP_SYS_ADMIN only for
+    // perf-event uprobes.
+    assert_threads_hold_the_run_time_set(agent.pid(), tls_scan_thread());
     assert_measures_processes_of_another_user(&agent);
-    assert_threads_hold_the_run_time_set(agent.pid(), true);
+    assert_threads_hold_the_run_time_set(agent.pid(), tls_scan_thread());
+}
+
+/// Perf-event uprobes (kernels before 6.6) are attached for CAP_SYS_ADMIN holders alone: the
+/// thread that probes TLS libraries mapped later keeps it, and no other.
+#[test]
+fn with_perf_event_uprobes_the_tls_scan_thread_alone_keeps_cap_sys_admin() {
+    let agent = MonitorAgent::start(&["--perf-event-uprobes", "--log-level", "info"]);
+    assert_threads_hold_the_run_time_set(agent.pid(), TlsScan::KeepingSysAdmin);
+    assert!(
+        agent
+            .log()
+            .contains("(and cap_sys_admin in the thread that probes TLS libraries mapped later)"),
+        "{}",
+        agent.log()
+    );
 }
 
 #[test]
@@ -154,7 +193,7 @@ fn started_as_root_without_tls_scans_no_thread_keeps_cap_sys_admin() {
         let args = [args, &["--log-level", "info"]].concat();
         let args = &args[..];
         let agent = MonitorAgent::start(args);
-        assert_holds_only_the_run_time_set(&agent);
+        assert_threads_hold_the_run_time_set(agent.pid(), TlsScan::Off);
         let log = agent.log();
         assert!(
             log.contains("capabilities kept: ") && !log.contains("cap_sys_admin"),
@@ -280,25 +319,41 @@ fn check_without_tracefs_names_the_hooks_a_run_would_miss() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    // The DaemonSet's capabilities hold no CAP_SYS_ADMIN, which the uprobes on the TLS
-    // library need: HTTPS is named as missing too.
-    for hook in [
-        "sys_enter_close",
-        "sched_process_fork",
-        "sys_enter_sendmsg",
-        "libssl",
-    ] {
+    for hook in ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"] {
         assert!(
             stdout.contains(&format!("\n  {hook}: ")),
             "{hook} not named: {stdout}"
         );
     }
     assert!(stdout.contains("  sys_exit (tp_btf)\n"), "{stdout}");
+    // uprobe_multi links need no CAP_SYS_ADMIN, which the DaemonSet does not grant.
+    assert!(stdout.contains("  libssl (uprobe_multi)\n"), "{stdout}");
     assert!(
-        stdout.contains("result: degraded, 4 hook(s) unavailable"),
+        stdout.contains("result: degraded, 3 hook(s) unavailable"),
         "{stdout}"
     );
+}
+
+/// `--check` where the TLS programs would be perf-event uprobes (kernels before 6.6), which
+/// the kernel attaches for CAP_SYS_ADMIN holders alone: without it, HTTPS is named among what
+/// a run would miss, and the log says what to grant.
+#[test]
+fn check_with_perf_event_uprobes_and_without_cap_sys_admin_names_https_as_missing() {
+    let output = capsh_keeping(&DAEMONSET)
+        .args(["--check", "--perf-event-uprobes"])
+        .output()
+        .expect("running monitor --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("\n  libssl: "),
+        "libssl not named: {stdout}"
+    );
+    assert!(
+        stdout.contains("result: degraded, 1 hook(s) unavailable"),
+        "{stdout}"
+    );
     assert!(
         stderr.contains("only with CAP_SYS_ADMIN, which the agent lacks"),
         "{stderr}"

@@ -29,16 +29,21 @@ pub fn test(filter: Option<&str>) -> Result<()> {
     run(&mut integration_tests(filter, &[], None))?;
     // The HTTP tests again as kernels before 5.17 have them: the programs built without
     // `bpf_loop`, which share every step with the others but loop their own way, and every
-    // map preallocated (the duration histograms capped).
+    // map preallocated (the duration histograms capped); the TLS programs attached as before
+    // 6.6, one perf event per function.
     run(&mut integration_tests(
         filter,
         BOUNDED_LOOP_SUITES,
-        Some("--bounded-loops --preallocated-maps --syscall-hook socket-exits"),
+        Some(
+            "--bounded-loops --preallocated-maps --syscall-hook socket-exits \
+             --perf-event-uprobes",
+        ),
     ))
 }
 
-/// The integration tests run a second time with `--bounded-loops --preallocated-maps` and
-/// the HTTP program at the socket syscalls' exits alone (`--syscall-hook socket-exits`).
+/// The integration tests run a second time with `--bounded-loops --preallocated-maps`, the
+/// HTTP program at the socket syscalls' exits alone (`--syscall-hook socket-exits`) and the
+/// TLS programs on perf events (`--perf-event-uprobes`).
 const BOUNDED_LOOP_SUITES: &[&str] = &["http_server", "http_client", "https"];
 
 /// `cargo test` of the integration tests: `suites` (all when empty), those whose name has

@@ -29,7 +29,7 @@ use crate::{
         timing::{REFRESH_BOUNDS, Timings},
     },
     preflight,
-    probes::{self, AttachedProgram, MapSizes, http::http_config, refusal},
+    probes::{self, AttachedProgram, MapSizes, http::http_config, refusal, tls::LinkKind},
 };
 
 /// The programs at close(2)'s and sendmsg(2)'s entries and at fork, which improve on what
@@ -208,6 +208,11 @@ impl Agent {
                             &mut ebpf,
                             &mut attached,
                             &mut unavailable,
+                            if settings.perf_event_uprobes {
+                                LinkKind::PerfEvents
+                            } else {
+                                LinkKind::UprobeMulti
+                            },
                         );
                     }
                 }

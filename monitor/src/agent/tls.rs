@@ -1,6 +1,7 @@
 //! HTTPS: the uprobes on TLS libraries attached at start-up, and the thread that attaches them
 //! to the libraries processes map later (a container image started since, a package
-//! upgraded), which keeps CAP_SYS_ADMIN for that alone.
+//! upgraded), which keeps CAP_SYS_ADMIN for that alone where the kernel wants it (perf-event
+//! uprobes; uprobe_multi links need none).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,7 +18,7 @@ use crate::{
     collect::ReaderThread,
     probes::{
         AttachedProgram, refusal,
-        tls::{self, FileId, ReleasedLinks, TlsLibraries},
+        tls::{self, FileId, LinkKind, ReleasedLinks, TlsLibraries},
         tls_executables::ExecutableVerdicts,
     },
 };
@@ -32,8 +33,9 @@ pub(super) fn attach_at_start_up(
     ebpf: &mut Ebpf,
     attached: &mut Vec<AttachedProgram>,
     unavailable: &mut Vec<&'static str>,
+    kind: LinkKind,
 ) -> Option<TlsLibraries> {
-    match tls::attach_tls(ebpf) {
+    match tls::attach_tls(ebpf, kind) {
         Ok((libraries, attempt)) => {
             for (library, why) in &attempt.refused {
                 log::warn!("HTTPS through {} is not measured: {why}", library.display());
@@ -49,9 +51,13 @@ pub(super) fn attach_at_start_up(
             } else if attempt.probed.is_empty() {
                 log::info!("no TLS library (libssl) found yet: HTTPS is not measured");
             } else {
-                log::debug!("TLS libraries probed: {:?}", attempt.probed);
+                log::debug!(
+                    "TLS libraries probed with {:?} links: {:?}",
+                    libraries.kind(),
+                    attempt.probed
+                );
             }
-            tls::list_programs(attached, libraries.probed() > 0);
+            tls::list_programs(attached, &libraries);
             Some(libraries)
         }
         Err(error) => {
@@ -67,10 +73,21 @@ pub(super) fn attach_at_start_up(
 
 impl Agent {
     /// Whether libraries that processes map later can be probed: the programs are loaded,
-    /// this thread may attach them (it holds CAP_SYS_ADMIN, before the start-up drop), and
-    /// the kernel did not refuse every library found at start-up.
+    /// they can be attached (as uprobe_multi links, or as perf events by a holder of
+    /// CAP_SYS_ADMIN, which this thread is before the start-up drop), and the kernel did not
+    /// refuse every library found at start-up.
     pub fn may_follow_tls_libraries(&self) -> bool {
-        self.tls.is_some() && tls::has_sys_admin() && !self.unavailable.contains(&tls::TLS_HOOK)
+        self.tls.is_some()
+            && (!self.tls_attach_needs_sys_admin() || tls::has_sys_admin())
+            && !self.unavailable.contains(&tls::TLS_HOOK)
+    }
+
+    /// Whether attaching the TLS programs takes CAP_SYS_ADMIN: the kernel's perf uprobe PMU
+    /// admits no one else, where uprobe_multi links need no capability.
+    pub fn tls_attach_needs_sys_admin(&self) -> bool {
+        self.tls
+            .as_ref()
+            .is_some_and(|tls| tls.kind() == LinkKind::PerfEvents)
     }
 
     /// After a complete scan of every process: releases the libraries no process has mapped
@@ -78,13 +95,13 @@ impl Agent {
     /// links, to drop outside the lock.
     fn release_unmapped_tls_libraries(&mut self, mapped: &HashSet<FileId>) -> ReleasedLinks {
         let Some(libraries) = self.tls.as_mut() else {
-            return Vec::new();
+            return ReleasedLinks::default();
         };
         let links = libraries.release_unmapped(&mut self.ebpf, mapped);
         if !links.is_empty() {
             log::info!("TLS libraries that no process maps any more, and deleted, released");
         }
-        tls::list_programs(&mut self.attached, libraries.probed() > 0);
+        tls::list_programs(&mut self.attached, libraries);
         links
     }
 
@@ -123,7 +140,7 @@ impl Agent {
                 library.display()
             );
         }
-        tls::list_programs(&mut self.attached, libraries.probed() > 0);
+        tls::list_programs(&mut self.attached, libraries);
     }
 }
 
@@ -169,8 +186,13 @@ impl ScanPlan {
 
 /// Starts the thread that looks through the processes' maps each `interval` for TLS
 /// libraries not probed yet, and probes them. Started before the start-up capabilities are
-/// dropped: it keeps CAP_SYS_ADMIN, which the kernel asks of whoever attaches a uprobe.
-pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<ReaderThread> {
+/// dropped: it keeps CAP_SYS_ADMIN (`keep_sys_admin`) where the kernel asks it of whoever
+/// attaches a perf-event uprobe.
+pub fn follow_libraries(
+    agent: &SharedAgent,
+    interval: Duration,
+    keep_sys_admin: bool,
+) -> Result<ReaderThread> {
     let agent: Weak<_> = std::sync::Arc::downgrade(agent);
     let mut next = Instant::now() + interval;
     let mut plan = ScanPlan::default();
@@ -178,7 +200,11 @@ pub fn follow_libraries(agent: &SharedAgent, interval: Duration) -> Result<Reade
     ReaderThread::spawn_keeping(
         "tls-libraries",
         "TLS library scan",
-        &[caps::Capability::CAP_SYS_ADMIN],
+        if keep_sys_admin {
+            &[caps::Capability::CAP_SYS_ADMIN]
+        } else {
+            &[]
+        },
         move || {
             let now = Instant::now();
             if now < next {

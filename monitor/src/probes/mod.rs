@@ -12,6 +12,7 @@ pub mod task_offsets;
 pub mod tls;
 pub mod tls_executables;
 pub mod tracefs;
+mod uprobe_multi;
 
 use std::fmt;
 
@@ -49,6 +50,8 @@ pub enum HookKind {
     PerfEvent,
     Uprobe,
     Uretprobe,
+    UprobeMulti,
+    UretprobeMulti,
 }
 
 impl HookKind {
@@ -60,6 +63,8 @@ impl HookKind {
             HookKind::PerfEvent => "perf_event",
             HookKind::Uprobe => "uprobe",
             HookKind::Uretprobe => "uretprobe",
+            HookKind::UprobeMulti => "uprobe_multi",
+            HookKind::UretprobeMulti => "uretprobe_multi",
         }
     }
 }

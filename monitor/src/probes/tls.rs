@@ -2,8 +2,10 @@
 //! of `SSL_read`, `SSL_write` and their `_ex` forms, where the plain text of HTTPS passes, and
 //! at the return of `SSL_new`, which tells a new connection object before its handshake (`tls`
 //! in the BPF crate). A uprobe sits on a file (its inode), so one attach covers every process
-//! that maps that file, those started later included. Each costs the agent's exit a kernel
-//! grace period (`ReleasedLinks`): no more are attached than the measurement needs.
+//! that maps that file, those started later included. Where the kernel has them (6.6+), each
+//! program sits on a library through one uprobe_multi link (`uprobe_multi`), else through one
+//! perf event per function, each of which costs the agent's exit a kernel grace period
+//! (`ReleasedLinks`).
 //!
 //! Which files: at start-up, the libraries in the usual directories of the host (through
 //! `/proc/1/root`, the host's root seen from a container with the host's PID namespace), and
@@ -15,7 +17,10 @@
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    os::{
+        fd::{AsFd as _, OwnedFd},
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -28,7 +33,11 @@ use aya::{
     },
 };
 
-use super::{AttachedProgram, HookKind, program_mut, tls_executables::ExecutableVerdicts};
+use super::{
+    AttachedProgram, HookKind, program_mut,
+    tls_executables::{ExecutableVerdicts, dynamic_symbol_offsets},
+    uprobe_multi,
+};
 
 /// The programs, with the library functions each is attached to: the return programs come
 /// first, so that no call is entered without its return being watched.
@@ -60,18 +69,45 @@ const LIBRARY_DIRS: [&str; 8] = [
     "/usr/lib/x86_64-linux-gnu",
 ];
 
+/// How the programs are attached to a library.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// One uprobe_multi link per program (Linux 6.6+), on all its functions in the library.
+    UprobeMulti,
+    /// One perf-event uprobe per program and function.
+    PerfEvents,
+}
+
+/// The probes on one library file.
+#[derive(Debug)]
+enum Links {
+    UprobeMulti(Vec<OwnedFd>),
+    PerfEvents(Vec<(&'static str, UProbeLinkId)>),
+}
+
+impl Links {
+    fn is_empty(&self) -> bool {
+        match self {
+            Links::UprobeMulti(links) => links.is_empty(),
+            Links::PerfEvents(links) => links.is_empty(),
+        }
+    }
+}
+
 /// The TLS library files tried so far, and the probes on those that carry them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TlsLibraries {
     /// Every file tried, probed or refused: none is tried twice while processes map it.
     tried: HashMap<FileId, Tried>,
+    /// How the programs were loaded to be attached.
+    kind: LinkKind,
 }
 
 /// A library file tried.
 #[derive(Debug)]
 struct Tried {
     /// Its probes: none when it was refused.
-    links: Vec<(&'static str, UProbeLinkId)>,
+    links: Links,
     /// The file, held open to tell when it is deleted (`None` where it could not be opened).
     opened: Option<fs::File>,
     /// Found in the host's library directories: probed for as long as the agent runs.
@@ -94,10 +130,34 @@ impl Tried {
 pub const RELEASE_AFTER_UNMAPPED_SCANS: u8 = 2;
 
 /// The probes of released libraries, to be dropped (which detaches them, and waits for the
-/// kernel) once the agent's lock is released. The kernel takes each uprobe off after an RCU
-/// grace period, under a lock of its own: one after another whichever thread drops them, about
-/// 90 ms each here, 0.8 s for a library's nine.
-pub type ReleasedLinks = Vec<UProbeLink>;
+/// kernel) once the agent's lock is released. The kernel takes a perf-event uprobe off after
+/// an RCU grace period, under a lock of its own: one after another whichever thread drops
+/// them, about 90 ms each here, 0.8 s for a library's nine. uprobe_multi links are closed
+/// together, their grace periods overlapping (`uprobe_multi::close_concurrently`).
+#[derive(Default)]
+pub struct ReleasedLinks {
+    uprobe_multi: Vec<OwnedFd>,
+    perf_events: Vec<UProbeLink>,
+}
+
+impl ReleasedLinks {
+    pub fn is_empty(&self) -> bool {
+        self.uprobe_multi.is_empty() && self.perf_events.is_empty()
+    }
+
+    fn add(&mut self, ebpf: &mut Ebpf, links: Links) {
+        match links {
+            Links::UprobeMulti(links) => self.uprobe_multi.extend(links),
+            Links::PerfEvents(links) => self.perf_events.extend(take_links(ebpf, links)),
+        }
+    }
+}
+
+impl Drop for ReleasedLinks {
+    fn drop(&mut self) {
+        uprobe_multi::close_concurrently(std::mem::take(&mut self.uprobe_multi));
+    }
+}
 
 /// What one attempt on a set of library files did.
 #[derive(Debug, Default)]
@@ -120,6 +180,18 @@ impl Attempt {
 }
 
 impl TlsLibraries {
+    fn new(kind: LinkKind) -> Self {
+        Self {
+            tried: HashMap::new(),
+            kind,
+        }
+    }
+
+    /// How the programs are attached.
+    pub fn kind(&self) -> LinkKind {
+        self.kind
+    }
+
     /// Library files that carry the probes.
     pub fn probed(&self) -> usize {
         self.tried
@@ -148,12 +220,18 @@ impl TlsLibraries {
             if self.tried.contains_key(&file) {
                 continue;
             }
-            let links = match attach_library(ebpf, &path) {
+            let attached = match self.kind {
+                LinkKind::UprobeMulti => attach_uprobe_multi(ebpf, &path).map(Links::UprobeMulti),
+                LinkKind::PerfEvents => attach_perf_events(ebpf, &path).map(Links::PerfEvents),
+            };
+            let links = match attached {
                 Ok(links) => {
                     attempt.probed.push(path.clone());
                     links
                 }
-                Err(error) if denied(&error) && !has_sys_admin() => {
+                Err(error)
+                    if self.kind == LinkKind::PerfEvents && denied(&error) && !has_sys_admin() =>
+                {
                     // The perf uprobe PMU admits CAP_SYS_ADMIN alone on many kernels (this one
                     // too; CAP_PERFMON is not enough): every other library would be refused
                     // alike, and is left to be tried again by an agent that holds it.
@@ -165,7 +243,7 @@ impl TlsLibraries {
                 Err(_) if !path.exists() => continue,
                 Err(error) => {
                     attempt.refused.push((path.clone(), format!("{error:#}")));
-                    Vec::new()
+                    Links::PerfEvents(Vec::new())
                 }
             };
             // Held like the probe holds it; opened without blocking, whatever it has become.
@@ -206,19 +284,32 @@ impl TlsLibraries {
                 released.push(*file);
             }
         }
-        let mut links = Vec::new();
+        let mut links = ReleasedLinks::default();
         for file in &released {
             if let Some(tried) = self.tried.remove(file) {
-                links.extend(take_links(ebpf, tried.links));
+                links.add(ebpf, tried.links);
             }
         }
         links
     }
 }
 
+impl Drop for TlsLibraries {
+    /// Detaches the uprobe_multi links together (`ReleasedLinks`); perf-event uprobes go with
+    /// their programs.
+    fn drop(&mut self) {
+        let mut released = ReleasedLinks::default();
+        for (_, tried) in self.tried.drain() {
+            if let Links::UprobeMulti(links) = tried.links {
+                released.uprobe_multi.extend(links);
+            }
+        }
+    }
+}
+
 /// The links, entries first (so that no entry is left without its return), taken from their
 /// programs.
-fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> ReleasedLinks {
+fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
     links
         .into_iter()
         .rev()
@@ -227,22 +318,27 @@ fn take_links(ebpf: &mut Ebpf, links: Vec<(&'static str, UProbeLinkId)>) -> Rele
 }
 
 /// Lists the programs among those attached (`monitor_bpf_program_info`) while a library
-/// carries them (`probed`), and not otherwise.
-pub fn list_programs(attached: &mut Vec<AttachedProgram>, probed: bool) {
-    let listed = attached.iter().any(|program| program.hook == TLS_HOOK);
-    if probed && !listed {
-        attached.extend(PROBES.iter().map(|&(program, _)| AttachedProgram {
-            hook: TLS_HOOK,
-            kind: if program.ends_with("_return") {
-                HookKind::Uretprobe
-            } else {
-                HookKind::Uprobe
-            },
-            program,
-        }));
-    } else if !probed {
-        attached.retain(|program| program.hook != TLS_HOOK);
+/// carries them, and not otherwise.
+pub fn list_programs(attached: &mut Vec<AttachedProgram>, libraries: &TlsLibraries) {
+    attached.retain(|program| program.hook != TLS_HOOK);
+    if libraries.probed() == 0 {
+        return;
     }
+    attached.extend(PROBES.iter().map(|&(program, _)| AttachedProgram {
+        hook: TLS_HOOK,
+        kind: match (libraries.kind, is_return(program)) {
+            (LinkKind::UprobeMulti, true) => HookKind::UretprobeMulti,
+            (LinkKind::UprobeMulti, false) => HookKind::UprobeMulti,
+            (LinkKind::PerfEvents, true) => HookKind::Uretprobe,
+            (LinkKind::PerfEvents, false) => HookKind::Uprobe,
+        },
+        program,
+    }));
+}
+
+/// Whether the program runs at its functions' returns.
+fn is_return(program: &str) -> bool {
+    program.ends_with("_return")
 }
 
 /// Which file a library is: its device (major, minor) and inode, as `/proc/<pid>/maps` shows
@@ -267,15 +363,17 @@ impl FileId {
     }
 }
 
-/// Loads the programs, then attaches them to every TLS library found on the host and in the
-/// running processes.
-pub fn attach_tls(ebpf: &mut Ebpf) -> Result<(TlsLibraries, Attempt)> {
-    for (name, _) in PROBES {
-        uprobe(ebpf, name)?
-            .load()
-            .with_context(|| format!("loading {name}"))?;
-    }
-    let mut libraries = TlsLibraries::default();
+/// Loads the programs, for uprobe_multi links unless `kind` says perf events or the kernel
+/// refuses, then attaches them to every TLS library found on the host and in the running
+/// processes.
+pub fn attach_tls(ebpf: &mut Ebpf, kind: LinkKind) -> Result<(TlsLibraries, Attempt)> {
+    let kind = if kind == LinkKind::UprobeMulti && load_for_uprobe_multi(ebpf) {
+        LinkKind::UprobeMulti
+    } else {
+        load_programs(ebpf, LinkKind::PerfEvents)?;
+        LinkKind::PerfEvents
+    };
+    let mut libraries = TlsLibraries::new(kind);
     let mut attempt = libraries.attach(ebpf, libraries_in_host_dirs(), true);
     if attempt.missing_capability.is_none() {
         let in_processes = libraries.attach(ebpf, libraries_processes_map(), false);
@@ -313,10 +411,100 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe> {
         .with_context(|| format!("{name} is not a uprobe"))
 }
 
-/// Attaches every program to the library at `path`: all of them, or none (a library refused
-/// half-way, or one whose process went away meanwhile, keeps no probe, so that trying it
-/// again does not probe it twice). Returns the links made.
-fn attach_library(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+/// Loads the programs for uprobe_multi links, if this kernel has them: whether it did.
+fn load_for_uprobe_multi(ebpf: &mut Ebpf) -> bool {
+    let loaded = load_programs(ebpf, LinkKind::UprobeMulti).and_then(|()| {
+        let (name, _) = PROBES[0];
+        Ok(uprobe_multi::supported(uprobe(ebpf, name)?.fd()?.as_fd()))
+    });
+    match loaded {
+        Ok(true) => true,
+        Ok(false) => {
+            log::debug!("no uprobe_multi links on this kernel: TLS libraries get perf events");
+            false
+        }
+        Err(error) => {
+            log::debug!(
+                "TLS programs not loaded for uprobe_multi links ({}): perf events instead",
+                super::refusal::brief(&error)
+            );
+            false
+        }
+    }
+}
+
+/// Loads (or loads again) every program, for links of `kind`.
+fn load_programs(ebpf: &mut Ebpf, kind: LinkKind) -> Result<()> {
+    for (name, _) in PROBES {
+        let program = uprobe(ebpf, name)?;
+        // Loaded before for the other kind: the kernel fixes the kind at load.
+        if program.fd().is_ok() {
+            program.unload()?;
+        }
+        match kind {
+            LinkKind::UprobeMulti => program.load_for_uprobe_multi(),
+            LinkKind::PerfEvents => program.load(),
+        }
+        .with_context(|| format!("loading {name}"))?;
+    }
+    Ok(())
+}
+
+/// The functions the programs are attached to, once each.
+fn probed_functions() -> Vec<&'static str> {
+    let mut functions: Vec<&str> = PROBES
+        .iter()
+        .flat_map(|&(_, functions)| functions.iter().copied())
+        .collect();
+    functions.sort_unstable();
+    functions.dedup();
+    functions
+}
+
+/// Attaches every program to the library at `path` with one uprobe_multi link each: all of
+/// them, or none (as [`attach_perf_events`]). The functions' offsets come from the library's
+/// dynamic symbols, read once for all of them.
+fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
+    let functions = probed_functions();
+    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let offsets = dynamic_symbol_offsets(&object::ReadCache::new(file), &functions)
+        .with_context(|| format!("reading the dynamic symbols of {}", path.display()))?;
+    let offset_of = |function: &str| {
+        functions
+            .iter()
+            .position(|&known| known == function)
+            .and_then(|index| offsets[index])
+    };
+    if let Some(missing) = REQUIRED
+        .iter()
+        .find(|&&function| offset_of(function).is_none())
+    {
+        anyhow::bail!("{missing} is not defined in {}", path.display());
+    }
+    let mut links = Vec::new();
+    for (name, functions) in PROBES {
+        // The `_ex` forms came with OpenSSL 1.1.1; without `SSL_new`, a memory-BIO server's
+        // first request may go unseen.
+        let at: Vec<u64> = functions.iter().filter_map(|&f| offset_of(f)).collect();
+        if at.is_empty() {
+            continue;
+        }
+        let program = uprobe(ebpf, name)?.fd()?.as_fd();
+        match uprobe_multi::attach(program, path, &at, is_return(name)) {
+            Ok(link) => links.push(link),
+            Err(error) => {
+                uprobe_multi::close_concurrently(links);
+                return Err(error).with_context(|| format!("{name} on {}", path.display()));
+            }
+        }
+    }
+    Ok(links)
+}
+
+/// Attaches every program to the library at `path`, one perf event per function: all of them,
+/// or none (a library refused half-way, or one whose process went away meanwhile, keeps no
+/// probe, so that trying it again does not probe it twice). Returns the links made.
+fn attach_perf_events(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>> {
     let mut links = Vec::new();
     for (name, functions) in PROBES {
         for &function in functions {
