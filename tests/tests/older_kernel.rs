@@ -55,7 +55,8 @@ fn monitor_path() -> String {
 }
 
 /// 6.1 has `bpf_loop` (the programs built with it load) and allocates map entries safely in
-/// tracing programs (no map is preallocated, and the kernel warns of nothing).
+/// tracing programs (no map is preallocated, and the kernel warns of nothing); it has no
+/// uprobe_multi links (6.6).
 #[test]
 fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
     let guest = GuestKernel::debian_12();
@@ -101,6 +102,19 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
             "no HTTP program:\n{log}"
         );
         assert!(attached("sched_switch", sched_hook_kind), "{log}");
+        // No uprobe_multi links before 6.6: the agent asks the kernel, and attaches the TLS
+        // programs (to the host's libssl, which the guest sees) as perf events.
+        let tls_kinds = scrape.label_values(
+            "monitor_bpf_program_info",
+            &[("hook", "libssl")],
+            "hook_kind",
+        );
+        assert!(
+            tls_kinds.iter().any(|kind| kind == "uprobe")
+                && tls_kinds.iter().any(|kind| kind == "uretprobe")
+                && !tls_kinds.iter().any(|kind| kind.ends_with("_multi")),
+            "TLS programs not on perf events: {tls_kinds:?}\n{log}"
+        );
         assert_eq!(attached("sched_wakeup", sched_hook_kind), wakeups, "{log}");
         assert_counted_exactly(&scrape, &log);
         assert_burner_counted(&scrape, &console);
