@@ -36,18 +36,20 @@ fn sigterm_exits_zero_within_two_seconds_leaving_no_program() {
     // An open keep-alive scrape must not hold the shutdown up.
     let _scrape = agent.metrics_text();
 
+    terminate_within_two_seconds_leaving_no_program(agent, &ids);
+}
+
+/// SIGTERM: the agent exits 0 within 2 s, and the kernel then frees `programs`, its programs
+/// (a moment later: freeing a program is deferred in the kernel).
+fn terminate_within_two_seconds_leaving_no_program(agent: MonitorAgent, programs: &[u64]) {
     let status = agent.terminate(Duration::from_secs(2));
     assert!(status.success(), "monitor exited with {status}");
-    // Freeing a program is deferred a moment in the kernel.
     poll_until(
         "the kernel to free the agent's programs",
         Duration::from_secs(2),
         || {
-            let left: Vec<u64> = bpf::listed("prog")
-                .into_iter()
-                .filter(|id| ids.contains(id))
-                .collect();
-            left.is_empty().then_some(())
+            let listed = bpf::listed("prog");
+            programs.iter().all(|id| !listed.contains(id)).then_some(())
         },
     );
 }
@@ -92,16 +94,7 @@ fn sigterm_exits_within_two_seconds_with_six_tls_libraries_probed() {
         s.value("monitor_tls_libraries_probed", &[]) == Some(6.0)
     });
     let ids = bpf::held_by(agent.pid()).programs;
-    let status = agent.terminate(Duration::from_secs(2));
-    assert!(status.success(), "monitor exited with {status}");
-    poll_until(
-        "the kernel to free the agent's programs",
-        Duration::from_secs(2),
-        || {
-            let listed = bpf::listed("prog");
-            ids.iter().all(|id| !listed.contains(id)).then_some(())
-        },
-    );
+    terminate_within_two_seconds_leaving_no_program(agent, &ids);
 }
 
 #[test]

@@ -165,6 +165,7 @@ impl Agent {
         };
         let mut unavailable = Vec::new();
         let mut tls = None;
+        let mut http_attached = false;
         if !attached
             .iter()
             .any(|program| program.hook == probes::CLOCK_TICK_HOOK)
@@ -203,18 +204,7 @@ impl Agent {
                         &mut attached,
                         &mut unavailable,
                     );
-                    if !settings.no_tls && !settings.empty_programs {
-                        tls = super::tls::attach_at_start_up(
-                            &mut ebpf,
-                            &mut attached,
-                            &mut unavailable,
-                            if settings.perf_event_uprobes {
-                                LinkKind::PerfEvents
-                            } else {
-                                LinkKind::UprobeMulti
-                            },
-                        );
-                    }
+                    http_attached = true;
                 }
                 Err(error) => {
                     log::error!(
@@ -228,6 +218,20 @@ impl Agent {
             }
         }
         step.done("sys_exit program verified and attached");
+        // HTTPS is read by the HTTP programs: without them, nothing to attach.
+        if http_attached && !settings.no_tls && !settings.empty_programs {
+            tls = super::tls::attach_at_start_up(
+                &mut ebpf,
+                &mut attached,
+                &mut unavailable,
+                if settings.perf_event_uprobes {
+                    LinkKind::PerfEvents
+                } else {
+                    LinkKind::UprobeMulti
+                },
+            );
+            step.done("TLS programs loaded and attached");
+        }
         let maps = SchedMaps::new(&mut ebpf)?;
         let early_names = Arc::new(EarlyNames::default());
         let namer = ExecNamer::spawn(

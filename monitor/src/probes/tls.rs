@@ -83,6 +83,8 @@ pub enum LinkKind {
 enum Links {
     UprobeMulti(Vec<OwnedFd>),
     PerfEvents(Vec<(&'static str, UProbeLinkId)>),
+    /// None: the library was refused.
+    Refused,
 }
 
 impl Links {
@@ -90,6 +92,7 @@ impl Links {
         match self {
             Links::UprobeMulti(links) => links.is_empty(),
             Links::PerfEvents(links) => links.is_empty(),
+            Links::Refused => true,
         }
     }
 }
@@ -149,6 +152,7 @@ impl ReleasedLinks {
         match links {
             Links::UprobeMulti(links) => self.uprobe_multi.extend(links),
             Links::PerfEvents(links) => self.perf_events.extend(take_links(ebpf, links)),
+            Links::Refused => {}
         }
     }
 }
@@ -243,7 +247,7 @@ impl TlsLibraries {
                 Err(_) if !path.exists() => continue,
                 Err(error) => {
                     attempt.refused.push((path.clone(), format!("{error:#}")));
-                    Links::PerfEvents(Vec::new())
+                    Links::Refused
                 }
             };
             // Held like the probe holds it; opened without blocking, whatever it has become.
@@ -466,7 +470,12 @@ fn probed_functions() -> Vec<&'static str> {
 /// dynamic symbols, read once for all of them.
 fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
     let functions = probed_functions();
-    let file = fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    // Without blocking, whatever the path leads to by now (a FIFO would block).
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
     let offsets = dynamic_symbol_offsets(&object::ReadCache::new(file), &functions)
         .with_context(|| format!("reading the dynamic symbols of {}", path.display()))?;
     let offset_of = |function: &str| {

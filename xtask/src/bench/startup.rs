@@ -22,6 +22,10 @@ const GIVE_UP: Duration = Duration::from_secs(60);
 
 struct Round {
     ready: Duration,
+    /// From SIGTERM to the agent's exit.
+    exit: Duration,
+    /// TLS library files probed (`monitor_tls_libraries_probed` at the first scrape).
+    tls_libraries: Option<f64>,
     /// (step, its time), in the agent's order.
     steps: Vec<(String, Duration)>,
 }
@@ -58,7 +62,7 @@ fn measure_round() -> Result<Round> {
         .stderr(Stdio::piped())
         .spawn()
         .context("starting monitor")?;
-    let ready = loop {
+    let (ready, body) = loop {
         if started.elapsed() > GIVE_UP {
             let _ = child.kill();
             bail!("the agent served no data within {GIVE_UP:?}");
@@ -66,21 +70,33 @@ fn measure_round() -> Result<Round> {
         if let Some(status) = child.try_wait()? {
             bail!("the agent exited during start-up: {status}");
         }
-        if scrape(port).is_some_and(|body| body.contains("process_cpu_time_seconds_total{")) {
-            break started.elapsed();
+        if let Some(body) = scrape(port)
+            && body.contains("process_cpu_time_seconds_total{")
+        {
+            break (started.elapsed(), body);
         }
         thread::sleep(POLL);
     };
+    let stopping = Instant::now();
     signal(&child, libc::SIGTERM);
     let mut stderr = String::new();
+    // Read to its end: the agent's exit closes it.
     child
         .stderr
         .take()
         .context("no stderr")?
         .read_to_string(&mut stderr)?;
     child.wait()?;
+    let exit = stopping.elapsed();
     Ok(Round {
         ready,
+        exit,
+        tls_libraries: body.lines().find_map(|line| {
+            line.strip_prefix("monitor_tls_libraries_probed ")?
+                .trim()
+                .parse()
+                .ok()
+        }),
         steps: BufReader::new(stderr.as_bytes())
             .lines()
             .map_while(Result::ok)
@@ -130,6 +146,7 @@ fn ms(duration: Duration) -> f64 {
 impl Startup {
     pub fn json(&self) -> Value {
         let ready: Vec<f64> = self.results.iter().map(|r| ms(r.ready)).collect();
+        let exit: Vec<f64> = self.results.iter().map(|r| ms(r.exit)).collect();
         let mut steps: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for round in &self.results {
             for (step, duration) in &round.steps {
@@ -143,6 +160,8 @@ impl Startup {
         json!({
             "rounds": self.results.len(),
             "exec_to_first_metrics_ms": median(ready),
+            "sigterm_to_exit_ms": median(exit),
+            "tls_libraries_probed": self.results.first().and_then(|r| r.tls_libraries),
             "steps_ms": steps,
         })
     }
@@ -185,6 +204,15 @@ fn render(results: &[Round], machine: &str) -> String {
     text.push_str(&format!(
         "| **exec to first /metrics with data** | **{}** |\n",
         range(&ready)
+    ));
+    let exit: Vec<f64> = results.iter().map(|r| ms(r.exit)).collect();
+    let libraries = results
+        .first()
+        .and_then(|r| r.tls_libraries)
+        .map_or("no".to_owned(), |n| format!("{n:.0}"));
+    text.push_str(&format!(
+        "| **SIGTERM to exit** ({libraries} TLS library files probed; see the note below) | **{}** |\n",
+        range(&exit)
     ));
     text
 }
