@@ -207,9 +207,10 @@ write("proc_maps", "nginx", MAPS)
 write("proc_maps", "overlay", "7f0000000000-7f0000001000 r--p 00000000 00:2f 131 /usr/lib/libssl.so.1.1\n")
 
 
-def elf(symbols):
+def elf(symbols, code=b""):
     """A minimal 64-bit ELF file whose .dynsym holds `symbols`, (name, defined) pairs; the
-    defined ones are 16-byte functions in a .text at address 0x1000."""
+    defined ones are 16-byte functions in a .text at address 0x1000, each opening with the
+    bytes of `code` (one `bytes` per symbol) or `ret`."""
     strings = b"\0"
     entries = [b"\0" * 24]
     for index, (name, defined) in enumerate(symbols):
@@ -220,7 +221,8 @@ def elf(symbols):
         entries.append(struct.pack("<IBBHQQ", offset, 0x12, 0, 3 if defined else 0,
                                    TEXT_ADDRESS + 16 * index, 16))
     dynsym = b"".join(entries)
-    text = b"\xc3" * (16 * len(symbols))
+    text = b"".join((code[i] if i < len(code) else b"").ljust(16, b"\xc3")
+                    for i in range(len(symbols)))
     header_size, section_size = 64, 64
     dynsym_at = header_size
     dynstr_at = dynsym_at + len(dynsym)
@@ -243,3 +245,8 @@ TEXT_ADDRESS = 0x1000
 write("elf_symbols", "carries_openssl", elf([("SSL_read", True), ("SSL_write", True), ("SSL_new", True)]))
 write("elf_symbols", "imports_openssl", elf([("SSL_read", False), ("SSL_write", False)]))
 write("elf_symbols", "half", elf([("SSL_read", True), ("SSL_free", True)]))
+# Built for Intel's CET: endbr64 first, then a push of rbp, a sub from rsp, a push of r12.
+ENDBR64 = b"\xf3\x0f\x1e\xfa"
+write("elf_symbols", "cet_openssl", elf(
+    [("SSL_read", True), ("SSL_write", True), ("SSL_new", True)],
+    [ENDBR64 + b"\x55", ENDBR64 + b"\x48\x83\xec\x18", ENDBR64 + b"\x41\x54"]))

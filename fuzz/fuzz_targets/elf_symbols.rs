@@ -4,11 +4,14 @@
 //! Input: the bytes of a file.
 //! Checks: no panic; a file said to define `SSL_read` and `SSL_write` holds both names,
 //! NUL-terminated (its string table does); the functions' file offsets (where the uprobes go)
-//! are found for exactly the names said to be defined.
+//! are found for exactly the names said to be defined, and a probe goes at most past an
+//! `endbr64` there.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use monitor::probes::tls_executables::{dynamic_symbol_offsets, dynamic_symbols_define};
+use monitor::probes::tls_executables::{
+    dynamic_symbol_offsets, dynamic_symbols_define, probe_offset,
+};
 
 fuzz_target!(|data: &[u8]| {
     let names = ["SSL_read", "SSL_write"];
@@ -30,4 +33,11 @@ fuzz_target!(|data: &[u8]| {
         all_found,
         dynamic_symbols_define(data, &names).unwrap_or(false)
     );
+    for offset in offsets.into_iter().flatten().flatten() {
+        let probe = probe_offset(data, offset);
+        assert!(
+            probe == offset || probe == offset + 4,
+            "{offset} -> {probe}"
+        );
+    }
 });

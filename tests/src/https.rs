@@ -125,3 +125,42 @@ pub fn python_https_server_with_own_libssl(
     );
     (server, libraries.join("libssl.so.3"))
 }
+
+/// The server of tests/fixtures/cet_tls (an HTTP server over a stand-in libssl built for
+/// Intel's CET, whose functions open with `endbr64` then `push %rbp`, as Ubuntu's and
+/// Fedora's do; it encrypts nothing), both built with `cc` into `dir` under a name of its own
+/// beginning with `prefix`. Returns the server and the path of its library.
+pub fn cet_tls_server(dir: &Path, prefix: &str) -> (Server, PathBuf) {
+    let libraries = dir.join("cet-lib");
+    fs::create_dir(&libraries).unwrap();
+    let library = libraries.join("libssl.so.3");
+    let source = fixture("cet_tls");
+    compile(&[
+        "-O2",
+        "-shared",
+        "-fPIC",
+        "-fcf-protection=full",
+        "-fno-omit-frame-pointer",
+        "-Wl,-soname,libssl.so.3",
+        "-o",
+        library.to_str().unwrap(),
+        source.join("libssl.c").to_str().unwrap(),
+    ]);
+    let name = unique_name(prefix);
+    let program = dir.join(&name);
+    compile(&[
+        "-O2",
+        "-o",
+        program.to_str().unwrap(),
+        source.join("server.c").to_str().unwrap(),
+        library.to_str().unwrap(),
+        &format!("-Wl,-rpath,{}", libraries.display()),
+    ]);
+    let server = Server::started_by(Command::new(&program), free_port(), &name);
+    (server, library)
+}
+
+fn compile(args: &[&str]) {
+    let output = Command::new("cc").args(args).output().expect("running cc");
+    assert!(output.status.success(), "cc {args:?}: {output:?}");
+}

@@ -2,7 +2,7 @@
 //! `_ex` forms) by the agent's uprobes: nginx and ApacheBench (SSL_read/SSL_write), Python's
 //! ssl module at both ends (SSL_read_ex/SSL_write_ex). Certificates are made with rcgen.
 
-use std::{fs, path::Path, process::Command, time::Duration};
+use std::{fs, os::unix::fs::FileExt as _, path::Path, process::Command, time::Duration};
 
 use monitor_tests::{
     MonitorAgent, Scrape,
@@ -14,7 +14,7 @@ use monitor_tests::{
     },
     http::{client_total, describe_http, server_count, wait_until},
     https, poll_until,
-    servers::{Server, ab_program, fixture, renamed_copy},
+    servers::{Server, ab_program, ab_with, fixture, renamed_copy},
     workload::unique_name,
 };
 use tempfile::TempDir;
@@ -430,4 +430,78 @@ fn an_https_response_the_client_cuts_off_is_counted_as_aborted() {
         "the cut-off HTTPS response recorded and aborted",
         |s| server_count(s, &name, 200, "/bytes/{id}") == Some(1) && aborted(s) == Some(1.0),
     );
+}
+
+/// A TLS library built for Intel's CET (Ubuntu's and Fedora's libssl) opens each function with
+/// `endbr64`, which the kernel single-steps under a uprobe, a second trap that costs a KVM
+/// guest an exit to the hypervisor, where it emulates the `push` that follows: the probes go
+/// past `endbr64`, on the push, and the requests are counted exactly as before.
+#[test]
+fn a_cet_built_tls_library_is_probed_past_endbr64_and_its_requests_counted_exactly() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, library) = https::cet_tls_server(dir.path(), "cet");
+    let code = |function: &str| code_in_process(server.pid(), &library, function, 5);
+    assert_eq!(
+        code("SSL_read"),
+        ENDBR64_PUSH_RBP,
+        "not a CET-built function"
+    );
+    let agent = MonitorAgent::start(&[]);
+
+    // The kernel writes a uprobe's breakpoint (int3) into every process that maps the file.
+    let probed = [0xf3, 0x0f, 0x1e, 0xfa, 0xcc];
+    poll_until(
+        "the breakpoint in the server's SSL_read",
+        Duration::from_secs(10),
+        || (code("SSL_read") == probed).then_some(()),
+    );
+    for function in ["SSL_write", "SSL_new"] {
+        assert_eq!(code(function), probed, "{function}");
+    }
+
+    const REQUESTS: usize = 2000;
+    assert_eq!(
+        ab_with(&["-k"], &server.url("/cet/1234"), REQUESTS, 4),
+        REQUESTS
+    );
+    wait_until(&agent, "every request to the CET library's server", |s| {
+        server_count(s, &server.service, 200, "/cet/{id}") == Some(REQUESTS as u64)
+    });
+}
+
+/// endbr64, then push %rbp.
+const ENDBR64_PUSH_RBP: [u8; 5] = [0xf3, 0x0f, 0x1e, 0xfa, 0x55];
+
+/// The first `len` bytes of `function` (a dynamic symbol of `library`) as process `pid` has
+/// them in memory: where a uprobe sits, the kernel wrote its breakpoint over them.
+fn code_in_process(pid: u32, library: &Path, function: &str, len: usize) -> Vec<u8> {
+    let nm = Command::new("nm")
+        .args(["-D", "--defined-only"])
+        .arg(library)
+        .output()
+        .expect("running nm (binutils)");
+    let symbols = String::from_utf8_lossy(&nm.stdout);
+    let address = symbols
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() == 3 && fields[2] == function)
+                .then(|| u64::from_str_radix(fields[0], 16).ok())?
+        })
+        .unwrap_or_else(|| panic!("{function} not in {}: {symbols}", library.display()));
+    // Where the library is loaded: its mapping of the file's start.
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let base = maps
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.len() == 6 && Path::new(fields[5]) == library && fields[2] == "00000000")
+                .then(|| u64::from_str_radix(fields[0].split('-').next()?, 16).ok())?
+        })
+        .unwrap_or_else(|| panic!("{} not mapped: {maps}", library.display()));
+    let memory = fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut code = vec![0; len];
+    memory.read_exact_at(&mut code, base + address).unwrap();
+    code
 }

@@ -35,7 +35,7 @@ use aya::{
 
 use super::{
     AttachedProgram, HookKind, program_mut,
-    tls_executables::{ExecutableVerdicts, dynamic_symbol_offsets},
+    tls_executables::{ExecutableVerdicts, dynamic_symbol_offsets, probe_offset},
     uprobe_multi,
 };
 
@@ -465,10 +465,11 @@ fn probed_functions() -> Vec<&'static str> {
     functions
 }
 
-/// Attaches every program to the library at `path` with one uprobe_multi link each: all of
-/// them, or none (as [`attach_perf_events`]). The functions' offsets come from the library's
-/// dynamic symbols, read once for all of them.
-fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
+/// Where the programs' functions are probed in the library at `path`, each found once (the
+/// `_ex` forms came with OpenSSL 1.1.1; without `SSL_new`, a memory-BIO server's first request
+/// may go unseen): from its dynamic symbols, past a leading `endbr64` where that saves a
+/// single step (`probe_offset`). An error when [`REQUIRED`] ones are missing.
+fn function_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
     let functions = probed_functions();
     // Without blocking, whatever the path leads to by now (a FIFO would block).
     let file = fs::OpenOptions::new()
@@ -476,25 +477,39 @@ fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    let offsets = dynamic_symbol_offsets(&object::ReadCache::new(file), &functions)
+    let data = object::ReadCache::new(file);
+    let offsets = dynamic_symbol_offsets(&data, &functions)
         .with_context(|| format!("reading the dynamic symbols of {}", path.display()))?;
-    let offset_of = |function: &str| {
-        functions
-            .iter()
-            .position(|&known| known == function)
-            .and_then(|index| offsets[index])
-    };
+    let found: Vec<(&str, u64)> = functions
+        .into_iter()
+        .zip(offsets)
+        .filter_map(|(function, offset)| Some((function, probe_offset(&data, offset?))))
+        .collect();
     if let Some(missing) = REQUIRED
         .iter()
-        .find(|&&function| offset_of(function).is_none())
+        .find(|&&required| !found.iter().any(|&(function, _)| function == required))
     {
         anyhow::bail!("{missing} is not defined in {}", path.display());
     }
+    Ok(found)
+}
+
+/// The offsets of `program`'s functions among `found` ([`function_offsets`]).
+fn offsets_of(program_functions: &[&str], found: &[(&str, u64)]) -> Vec<u64> {
+    found
+        .iter()
+        .filter(|(function, _)| program_functions.contains(function))
+        .map(|&(_, offset)| offset)
+        .collect()
+}
+
+/// Attaches every program to the library at `path` with one uprobe_multi link each: all of
+/// them, or none (as [`attach_perf_events`]).
+fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
+    let found = function_offsets(path)?;
     let mut links = Vec::new();
     for (name, functions) in PROBES {
-        // The `_ex` forms came with OpenSSL 1.1.1; without `SSL_new`, a memory-BIO server's
-        // first request may go unseen.
-        let at: Vec<u64> = functions.iter().filter_map(|&f| offset_of(f)).collect();
+        let at = offsets_of(functions, &found);
         if at.is_empty() {
             continue;
         }
@@ -514,17 +529,15 @@ fn attach_uprobe_multi(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<OwnedFd>> {
 /// or none (a library refused half-way, or one whose process went away meanwhile, keeps no
 /// probe, so that trying it again does not probe it twice). Returns the links made.
 fn attach_perf_events(ebpf: &mut Ebpf, path: &Path) -> Result<Vec<(&'static str, UProbeLinkId)>> {
+    let found = function_offsets(path)?;
     let mut links = Vec::new();
     for (name, functions) in PROBES {
-        for &function in functions {
-            match uprobe(ebpf, name)?.attach(function, path, UProbeScope::AllProcesses) {
+        for offset in offsets_of(functions, &found) {
+            match uprobe(ebpf, name)?.attach(offset, path, UProbeScope::AllProcesses) {
                 Ok(link) => links.push((name, link)),
-                // The `_ex` forms came with OpenSSL 1.1.1; without `SSL_new`, a memory-BIO
-                // server's first request may go unseen.
-                Err(_) if !REQUIRED.contains(&function) => {}
                 Err(error) => {
                     drop(take_links(ebpf, links));
-                    return Err(error).with_context(|| format!("{function} in {}", path.display()));
+                    return Err(error).with_context(|| format!("{name} on {}", path.display()));
                 }
             }
         }
