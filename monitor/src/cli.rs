@@ -169,9 +169,10 @@ pub struct Cli {
     /// executable carrying OpenSSL, as Node's) that no probe sits on yet: one a container
     /// started since start-up brought, an upgraded package, a Node process. A scan reads the
     /// maps of processes started lately; every sixth, those of all.
-    /// Attaching a uprobe takes CAP_SYS_ADMIN: when the agent was granted it, one thread of the
-    /// agent keeps it for that alone. At least 1s; `0s`: only at start-up, and every thread
-    /// gives CAP_SYS_ADMIN up.
+    /// Before Linux 6.6 attaching a uprobe takes CAP_SYS_ADMIN: when the agent was granted it,
+    /// one thread of the agent keeps it for that alone (from 6.6 the uprobes are uprobe_multi
+    /// links, which take no more than the agent keeps). At least 1s; `0s`: only at start-up,
+    /// and every thread gives CAP_SYS_ADMIN up.
     #[arg(long, env = "MONITOR_TLS_SCAN_INTERVAL", default_value = "10s", value_parser = zero_or_a_second_at_least)]
     pub tls_scan_interval: Duration,
 
