@@ -250,12 +250,8 @@ impl TlsLibraries {
                     Links::Refused
                 }
             };
-            // Held like the probe holds it; opened without blocking, whatever it has become.
-            let opened = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NONBLOCK)
-                .open(&path)
-                .ok();
+            // Held like the probe holds it.
+            let opened = open_without_blocking(&path).ok();
             self.tried.insert(
                 file,
                 Tried {
@@ -471,12 +467,8 @@ fn probed_functions() -> Vec<&'static str> {
 /// single step (`probe_offset`). An error when [`REQUIRED`] ones are missing.
 fn function_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
     let functions = probed_functions();
-    // Without blocking, whatever the path leads to by now (a FIFO would block).
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let file =
+        open_without_blocking(path).with_context(|| format!("opening {}", path.display()))?;
     let data = object::ReadCache::new(file);
     let offsets = dynamic_symbol_offsets(&data, &functions)
         .with_context(|| format!("reading the dynamic symbols of {}", path.display()))?;
@@ -492,6 +484,15 @@ fn function_offsets(path: &Path) -> Result<Vec<(&'static str, u64)>> {
         anyhow::bail!("{missing} is not defined in {}", path.display());
     }
     Ok(found)
+}
+
+/// The file at `path`, opened for reading without blocking, whatever the path leads to by now
+/// (a FIFO's opening would block).
+fn open_without_blocking(path: &Path) -> std::io::Result<fs::File> {
+    fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// The offsets of `program`'s functions among `found` ([`function_offsets`]).
