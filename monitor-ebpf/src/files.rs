@@ -1,7 +1,8 @@
 //! A process's open files, found in the kernel through the offsets the agent read from its
 //! BTF (`FileTableOffsets`): the open file behind a descriptor (what a connection passed
 //! between processes is recognised by, `handoff`), a socket's local port (what
-//! `--http-ports` filters on), and whether a descriptor is a socket at all (`fork`).
+//! `--http-ports` filters on), whether a descriptor is a socket at all (`fork`), and whether
+//! it is a TCP or UDP one (`tls`).
 
 use aya_ebpf::{
     Global,
@@ -23,6 +24,7 @@ static FILE_TABLE: Global<FileTableOffsets> = Global::new(FileTableOffsets {
     file_private_data: 0,
     socket_sk: 0,
     sock_num: 0,
+    sock_family: 0,
     file_inode: 0,
     inode_mode: 0,
 });
@@ -80,17 +82,47 @@ const SOCKET_KIND: u16 = 0o140000;
 /// a pipe); false where the kernel's BTF did not give the way to its kind.
 #[inline(always)]
 pub fn known_not_socket(fd: u32) -> bool {
-    let Some(offsets) = offsets().filter(|offsets| offsets.file_inode != 0) else {
-        return false;
+    file_and_mode(fd).is_some_and(|(_, mode)| mode & FILE_KIND != SOCKET_KIND)
+}
+
+/// The open file behind `fd` and its inode's mode, where the kernel's BTF gave the way.
+#[inline(always)]
+fn file_and_mode(fd: u32) -> Option<(u64, u16)> {
+    let offsets = offsets().filter(|offsets| offsets.file_inode != 0)?;
+    let file = open_file(fd, &offsets)?;
+    let inode = read_kernel::<u64>(file + u64::from(offsets.file_inode))?;
+    let mode = read_kernel::<u16>(inode + u64::from(offsets.inode_mode))?;
+    Some((file, mode))
+}
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+
+/// Whether `fd` in the current process is known to be something other than a TCP or UDP
+/// socket: a file, a pipe, an `eventfd`, a Unix socket (journald's standard output, Python's
+/// asyncio waking its loop); false where the kernel's BTF did not give the way to tell. A
+/// global function: the verifier checks it once for the TLS paths that ask it.
+#[inline(never)]
+#[unsafe(no_mangle)]
+pub extern "C" fn fd_known_not_internet_socket(fd: u64) -> u64 {
+    let Some((file, mode)) = file_and_mode(fd as u32) else {
+        return 0;
     };
-    let Some(file) = open_file(fd, &offsets) else {
-        return false;
+    if mode & FILE_KIND != SOCKET_KIND {
+        return 1;
+    }
+    let Some(offsets) = offsets().filter(|offsets| offsets.socket_found != 0) else {
+        return 0;
     };
-    let Some(inode) = read_kernel::<u64>(file + u64::from(offsets.file_inode)) else {
-        return false;
+    let Some(socket) = read_kernel::<u64>(file + u64::from(offsets.file_private_data)) else {
+        return 0;
     };
-    read_kernel::<u16>(inode + u64::from(offsets.inode_mode))
-        .is_some_and(|mode| mode & FILE_KIND != SOCKET_KIND)
+    let Some(sock) = read_kernel::<u64>(socket + u64::from(offsets.socket_sk)) else {
+        return 0;
+    };
+    read_kernel::<u16>(sock + u64::from(offsets.sock_family)).map_or(0, |family| {
+        u64::from(family != AF_INET && family != AF_INET6)
+    })
 }
 
 /// Whether `--http-ports` named `port` (`ALLOWED_PORTS`, written by the agent).

@@ -34,7 +34,7 @@ use monitor_common::http::{
 
 use crate::{
     client,
-    files::{port_allowed, socket_local_port},
+    files::{fd_known_not_internet_socket, port_allowed, socket_local_port},
     http::{
         config, current_tgid, first_16, mark_measured, mark_tls, measured, now_ns, read_user,
         track_server_connection, uses_tls,
@@ -91,10 +91,15 @@ pub fn on_new(ssl: u64) {
 /// socket for it and says which call it is (`Some(true)` a write), since the bytes are that
 /// library's ciphertext. A call's BIO uses one socket: only the first one seen is the call's,
 /// and a syscall on another socket (a call whose return was never seen, a callback doing I/O
-/// of its own) is left alone (`None`).
+/// of its own) is left alone (`None`). So is one on a descriptor that is no TCP socket: a
+/// file the library reads (its configuration, the first time), an event loop woken from a
+/// callback run inside the call (Node's `eventfd`).
 #[inline(always)]
 fn claim(call: &mut TlsCall, fd: u32) -> Option<bool> {
     if call.socket == NO_SOCKET {
+        if not_socket(fd) {
+            return None;
+        }
         call.socket = fd;
     }
     (call.socket == fd).then_some(call.writing != 0)
@@ -127,8 +132,9 @@ pub fn write_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
 }
 
 /// A read on `fd` returned `ret` (> 0: bytes) in process `tgid`: whether it was a library
-/// call's (see `claim`). A read outside any call, in a TLS process, is kept as
-/// the thread's last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come.
+/// call's (see `claim`). A socket read outside any call, in a TLS process, is kept as
+/// the thread's last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come; a
+/// read of anything else (an event loop's `eventfd`) leaves the last one as it was.
 #[inline(always)]
 pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
     if !uses_tls(tgid) {
@@ -139,7 +145,7 @@ pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
         // SAFETY: a map value, valid for this program run.
         return claim(unsafe { &mut *call }, fd).is_some();
     }
-    if ret > 0 {
+    if ret > 0 && !not_socket(fd) {
         let read = SocketRead {
             fd,
             _pad: 0,
@@ -200,6 +206,13 @@ pub fn on_return<const WRITE: bool>(ret: i32) {
     plain_text::<WRITE>(tgid, key, socket, Buffer::Plain(call.buffer), moved);
 }
 
+/// Whether `fd` is known to be no TCP socket: no connection's (where the kernel's BTF gave the
+/// way to tell).
+#[inline(always)]
+fn not_socket(fd: u32) -> bool {
+    fd_known_not_internet_socket(u64::from(fd)) != 0
+}
+
 /// The `CONNECTIONS` key under which a thread's write waits for its socket: the process's, with
 /// an fd half that no descriptor reaches (2^30 and up; the kernel caps them at `nr_open`, below
 /// that) and the thread's id in the rest.
@@ -243,6 +256,9 @@ fn on_socket_write(thread: u64, tgid: u32, fd: u32) {
     let Some(pending) = TLS_PENDING_WRITES.get_ptr(thread) else {
         return;
     };
+    if not_socket(fd) {
+        return; // standard output, an event loop's wake-up: the ciphertext is still to go
+    }
     // SAFETY: a map value, copied before it is removed.
     let pending = unsafe { *pending };
     let _ = TLS_PENDING_WRITES.remove(thread);

@@ -131,10 +131,51 @@ pub fn python_https_server_with_own_libssl(
 /// Fedora's do; it encrypts nothing), both built with `cc` into `dir` under a name of its own
 /// beginning with `prefix`. Returns the server and the path of its library.
 pub fn cet_tls_server(dir: &Path, prefix: &str) -> (Server, PathBuf) {
+    stand_in_tls_server(dir, prefix, &[])
+}
+
+/// `cet_tls_server`, with `env` in its environment (the stand-in's switches: see
+/// tests/fixtures/cet_tls/libssl.c and server.c).
+pub fn stand_in_tls_server(dir: &Path, prefix: &str, env: &[(&str, &str)]) -> (Server, PathBuf) {
+    let (program, name) = stand_in_program(dir, "server.c", prefix);
+    let mut command = Command::new(&program);
+    command.envs(env.iter().copied());
+    let server = Server::started_by(command, free_port(), &name);
+    (server, stand_in_library(dir))
+}
+
+/// The memory-BIO client of tests/fixtures/cet_tls/client.c over the stand-in libssl, built
+/// into `dir` under a name of its own beginning with `prefix`: its path.
+pub fn stand_in_tls_client(dir: &Path, prefix: &str) -> PathBuf {
+    stand_in_program(dir, "client.c", prefix).0
+}
+
+/// A program of tests/fixtures/cet_tls linked to the stand-in libssl, built into `dir` under
+/// a name of its own beginning with `prefix`: its path and name.
+fn stand_in_program(dir: &Path, source: &str, prefix: &str) -> (PathBuf, String) {
+    let library = stand_in_library(dir);
+    let name = unique_name(prefix);
+    let program = dir.join(&name);
+    compile(&[
+        "-O2",
+        "-o",
+        program.to_str().unwrap(),
+        fixture("cet_tls").join(source).to_str().unwrap(),
+        library.to_str().unwrap(),
+        &format!("-Wl,-rpath,{}", library.parent().unwrap().display()),
+    ]);
+    (program, name)
+}
+
+/// The stand-in libssl (tests/fixtures/cet_tls/libssl.c), built into `dir/cet-lib` the first
+/// time: its path.
+fn stand_in_library(dir: &Path) -> PathBuf {
     let libraries = dir.join("cet-lib");
-    fs::create_dir(&libraries).unwrap();
     let library = libraries.join("libssl.so.3");
-    let source = fixture("cet_tls");
+    if library.exists() {
+        return library;
+    }
+    fs::create_dir_all(&libraries).unwrap();
     compile(&[
         "-O2",
         "-shared",
@@ -144,20 +185,9 @@ pub fn cet_tls_server(dir: &Path, prefix: &str) -> (Server, PathBuf) {
         "-Wl,-soname,libssl.so.3",
         "-o",
         library.to_str().unwrap(),
-        source.join("libssl.c").to_str().unwrap(),
+        fixture("cet_tls").join("libssl.c").to_str().unwrap(),
     ]);
-    let name = unique_name(prefix);
-    let program = dir.join(&name);
-    compile(&[
-        "-O2",
-        "-o",
-        program.to_str().unwrap(),
-        source.join("server.c").to_str().unwrap(),
-        library.to_str().unwrap(),
-        &format!("-Wl,-rpath,{}", libraries.display()),
-    ]);
-    let server = Server::started_by(Command::new(&program), free_port(), &name);
-    (server, library)
+    library
 }
 
 fn compile(args: &[&str]) {

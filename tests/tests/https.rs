@@ -470,6 +470,29 @@ fn a_cet_built_tls_library_is_probed_past_endbr64_and_its_requests_counted_exact
     });
 }
 
+/// A syscall inside `SSL_read` on a descriptor that is no connection's (the stand-in library
+/// wakes an event loop through an eventfd there, as Node's callbacks, which run inside its
+/// calls, can) leaves the call on its socket: the requests are counted exactly. Taken for the
+/// call's socket, the eventfd would get every request, and the socket every response.
+#[test]
+fn a_syscall_inside_ssl_read_on_another_descriptor_leaves_the_call_on_its_socket() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let (server, _) =
+        https::stand_in_tls_server(dir.path(), "wakes", &[("STAND_IN_WAKE_LOOP", "1")]);
+    let agent = MonitorAgent::start(&[]);
+    const REQUESTS: usize = 1000;
+    assert_eq!(
+        ab_with(&["-k"], &server.url("/wakes/1234"), REQUESTS, 4),
+        REQUESTS
+    );
+    wait_until(
+        &agent,
+        "every request to the server that wakes a loop",
+        |s| server_count(s, &server.service, 200, "/wakes/{id}") == Some(REQUESTS as u64),
+    );
+}
+
 /// endbr64, then push %rbp.
 const ENDBR64_PUSH_RBP: [u8; 5] = [0xf3, 0x0f, 0x1e, 0xfa, 0x55];
 

@@ -220,3 +220,38 @@ fn node_link(dir: &Path, copy: &str, link: &str) -> PathBuf {
     fs::hard_link(dir.join(copy), &path).unwrap();
     path
 }
+
+/// A memory-BIO client that writes to another descriptor between the library's write of a
+/// request and the send of its ciphertext (tests/fixtures/cet_tls/client.c wakes an event loop
+/// through an eventfd there, as Node did from a callback in a run that lost a request) is
+/// followed on its socket: each response, ended by the server's close, is counted at both
+/// ends. Taken for the request's socket, the eventfd would hold every request, which no close
+/// of a socket would end.
+#[test]
+fn a_memory_bio_client_waking_its_event_loop_before_it_sends_is_counted_exactly() {
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let scrambled = ("STAND_IN_SCRAMBLE", "1");
+    let (server, _) =
+        https::stand_in_tls_server(dir.path(), "closing", &[scrambled, ("STAND_IN_CLOSE", "1")]);
+    let client = https::stand_in_tls_client(dir.path(), "membio");
+    let agent = MonitorAgent::start(&[]);
+
+    const REQUESTS: usize = 200;
+    let output = Command::new(&client)
+        .args([server.port.to_string(), REQUESTS.to_string()])
+        .env(scrambled.0, scrambled.1)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let answered = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| *line == "HTTP/1.1 200 OK")
+        .count();
+    assert_eq!(answered, REQUESTS);
+    let name = client.file_name().unwrap().to_str().unwrap();
+    wait_until(&agent, "every request of the memory-BIO client", |s| {
+        client_total(s, name, 200) == REQUESTS as u64
+            && server_count(s, &server.service, 200, "/standin/{id}") == Some(REQUESTS as u64)
+    });
+}

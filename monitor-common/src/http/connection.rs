@@ -218,6 +218,8 @@ pub struct FileTableOffsets {
     pub socket_sk: u32,
     /// `sock.__sk_common.skc_num` (2 bytes): the local port, in host order.
     pub sock_num: u32,
+    /// `sock.__sk_common.skc_family` (2 bytes): what tells a TCP or UDP socket from a Unix one.
+    pub sock_family: u32,
     /// `file.f_inode`, 0 where not found: with `inode.i_mode` (2 bytes), what tells a
     /// socket from a file or pipe.
     pub file_inode: u32,

@@ -31,7 +31,8 @@ fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
     if let Err(error) = &socket {
         log::debug!("a socket's local port is not read in the kernel: {error:#}");
     }
-    let (file_private_data, socket_sk, sock_num) = socket.as_ref().copied().unwrap_or_default();
+    let (file_private_data, socket_sk, sock_num, sock_family) =
+        socket.as_ref().copied().unwrap_or_default();
     let inode = inode_offsets_in(btf);
     if let Err(error) = &inode {
         log::debug!("a file's kind is not read in the kernel: {error:#}");
@@ -47,6 +48,7 @@ fn file_offsets_in(btf: &Btf) -> Result<FileTableOffsets> {
         file_private_data,
         socket_sk,
         sock_num,
+        sock_family,
         file_inode,
         inode_mode,
     })
@@ -60,13 +62,14 @@ fn inode_offsets_in(btf: &Btf) -> Result<(u32, u32)> {
     ))
 }
 
-/// `file.private_data` (a socket's `struct socket *`), `socket.sk` and the local port in
-/// `struct sock`.
-fn socket_offsets_in(btf: &Btf) -> Result<(u32, u32, u32)> {
+/// `file.private_data` (a socket's `struct socket *`), `socket.sk`, and the local port and
+/// address family in `struct sock`.
+fn socket_offsets_in(btf: &Btf) -> Result<(u32, u32, u32, u32)> {
     Ok((
         pointer_field(btf, "file", "private_data")?,
         pointer_field(btf, "socket", "sk")?,
         int_field(btf, "sock", &["__sk_common", "skc_num"], 2)?,
+        int_field(btf, "sock", &["__sk_common", "skc_family"], 2)?,
     ))
 }
 

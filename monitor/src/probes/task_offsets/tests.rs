@@ -240,9 +240,9 @@ fn file_table(fd_is_pointer: bool) -> Btf {
     file_table_with(fd_is_pointer, true)
 }
 
-/// `file_table`, and with `sockets` the way from a file to its socket's local port:
-/// `file.private_data` -> `socket.sk` -> `sock.__sk_common.skc_num`, inside the anonymous
-/// members the kernel has around it.
+/// `file_table`, and with `sockets` the way from a file to its socket's local port and
+/// address family: `file.private_data` -> `socket.sk` -> `sock.__sk_common.skc_num` (inside
+/// the anonymous members the kernel has around it) and `skc_family`.
 fn file_table_with(fd_is_pointer: bool, sockets: bool) -> Btf {
     let mut btf = BtfBuilder::new();
     let int = btf.int("unsigned int", 4);
@@ -263,8 +263,12 @@ fn file_table_with(fd_is_pointer: bool, sockets: bool) -> Btf {
         let common = btf.aggregate(
             KIND_STRUCT,
             "sock_common",
-            16,
-            &[("skc_hash", int, 0), ("", port_pair, 96)],
+            24,
+            &[
+                ("skc_hash", int, 0),
+                ("", port_pair, 96),
+                ("skc_family", short, 128),
+            ],
         );
         let sock = btf.aggregate(KIND_STRUCT, "sock", 16, &[("__sk_common", common, 0)]);
         let sock_pointer = btf.pointer(sock);
@@ -335,6 +339,7 @@ fn finds_the_walk_from_a_task_to_its_open_files() {
             file_private_data: 8,
             socket_sk: 8,
             sock_num: 14,
+            sock_family: 16,
             file_inode: 16,
             inode_mode: 0,
         }
