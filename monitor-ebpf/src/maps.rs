@@ -141,8 +141,9 @@ pub static SERVING_PROCESSES: Array<u64> =
 #[map]
 pub static TLS_PROCESSES: Array<u64> = Array::with_max_entries(MEASURED_PROCESS_WORDS, 0);
 
-/// A TLS library call in progress on a thread: its arguments, and the socket its syscalls
-/// used (`tls::NO_SOCKET` until one did).
+/// A TLS library call in progress on a thread: its arguments, the socket its syscalls used
+/// (`tls::NO_SOCKET` until one did), and the one its object used before (`tls::NO_SOCKET`
+/// if none is known).
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct TlsCall {
@@ -154,8 +155,11 @@ pub struct TlsCall {
     /// calls that return them.
     pub moved_at: u64,
     pub socket: u32,
+    /// `TLS_SOCKETS` of the object when the call began.
+    pub known: u32,
     /// 1 in `SSL_write` and `SSL_write_ex`.
     pub writing: u32,
+    pub _pad: u32,
 }
 
 /// TLS library calls in progress, by thread (`bpf_get_current_pid_tgid`). LRU: a thread

@@ -63,12 +63,19 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64, writing: bool) {
     }
     mark_measured(tgid);
     mark_tls(tgid);
+    let object = TlsObject { ssl, tgid, _pad: 0 };
+    // SAFETY: a map value, copied at once.
+    let known = TLS_SOCKETS
+        .get_ptr(object)
+        .map_or(NO_SOCKET, |socket| unsafe { *socket });
     let call = TlsCall {
         ssl,
         buffer,
         moved_at,
         socket: NO_SOCKET,
+        known,
         writing: u32::from(writing),
+        _pad: 0,
     };
     let _ = TLS_CALLS.insert(bpf_get_current_pid_tgid(), call, BPF_ANY as u64);
 }
@@ -97,7 +104,8 @@ pub fn on_new(ssl: u64) {
 #[inline(always)]
 fn claim(call: &mut TlsCall, fd: u32) -> Option<bool> {
     if call.socket == NO_SOCKET {
-        if not_socket(fd) {
+        // The socket the object used before needs no look at what the descriptor is.
+        if fd != call.known && not_socket(fd) {
             return None;
         }
         call.socket = fd;
@@ -320,13 +328,8 @@ const HANDED_OVER_WITHIN_NS: u64 = 1_000_000_000;
 /// the thread's last socket read (a memory BIO's, see the module's notes).
 #[inline(always)]
 fn socket_of(call: &TlsCall, thread: u64, write: bool) -> Option<u32> {
-    let object = TlsObject {
-        ssl: call.ssl,
-        tgid: (thread >> 32) as u32,
-        _pad: 0,
-    };
-    // SAFETY: a map value, copied at once.
-    let known = TLS_SOCKETS.get_ptr(object).map(|socket| unsafe { *socket });
+    // Read at the call's entry: nothing else changes an object's socket during its call.
+    let known = (call.known != NO_SOCKET).then_some(call.known);
     let socket = if call.socket != NO_SOCKET {
         call.socket
     } else if known.is_some() {
@@ -343,6 +346,11 @@ fn socket_of(call: &TlsCall, thread: u64, write: bool) -> Option<u32> {
     };
     // Written only when it changed: most calls on a connection use the socket they did.
     if known != Some(socket) {
+        let object = TlsObject {
+            ssl: call.ssl,
+            tgid: (thread >> 32) as u32,
+            _pad: 0,
+        };
         let _ = TLS_SOCKETS.insert(object, socket, BPF_ANY as u64);
     }
     Some(socket)
