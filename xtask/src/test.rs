@@ -44,7 +44,7 @@ pub fn test(filter: Option<&str>) -> Result<()> {
 /// The integration tests run a second time with `--bounded-loops --preallocated-maps`, the
 /// HTTP program at the socket syscalls' exits alone (`--syscall-hook socket-exits`) and the
 /// TLS programs on perf events (`--perf-event-uprobes`).
-const BOUNDED_LOOP_SUITES: &[&str] = &["http_server", "http_client", "https"];
+const BOUNDED_LOOP_SUITES: &[&str] = &["http_server", "http_client", "https", "https_memory_bio"];
 
 /// `cargo test` of the integration tests: `suites` (all when empty), those whose name has
 /// `filter`, every agent started with `agent_args` besides its own. One test at a time: the
