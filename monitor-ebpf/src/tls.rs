@@ -140,9 +140,9 @@ pub fn write_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
 }
 
 /// A read on `fd` returned `ret` (> 0: bytes) in process `tgid`: whether it was a library
-/// call's (see `claim`). A socket read outside any call, in a TLS process, is kept as
-/// the thread's last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come; a
-/// read of anything else (an event loop's `eventfd`) leaves the last one as it was.
+/// call's (see `claim`). A read outside any call, in a TLS process, is kept as the thread's
+/// last (`TLS_LAST_READS`), for a memory-BIO library's `SSL_read` to come (what it read from
+/// is looked at only then: most are never used).
 #[inline(always)]
 pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
     if !uses_tls(tgid) {
@@ -153,7 +153,7 @@ pub fn read_in_library_call(tgid: u32, fd: u32, ret: i64) -> bool {
         // SAFETY: a map value, valid for this program run.
         return claim(unsafe { &mut *call }, fd).is_some();
     }
-    if ret > 0 && !not_socket(fd) {
+    if ret > 0 {
         let read = SocketRead {
             fd,
             _pad: 0,
@@ -339,7 +339,8 @@ fn socket_of(call: &TlsCall, thread: u64, write: bool) -> Option<u32> {
     } else {
         // SAFETY: a map value, copied at once.
         let read = unsafe { *TLS_LAST_READS.get_ptr(thread)? };
-        if now_ns().saturating_sub(read.at) > HANDED_OVER_WITHIN_NS {
+        // A read of anything but a TCP socket (an event loop's eventfd) fed no library.
+        if now_ns().saturating_sub(read.at) > HANDED_OVER_WITHIN_NS || not_socket(read.fd) {
             return None;
         }
         read.fd
