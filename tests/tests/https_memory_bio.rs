@@ -221,12 +221,12 @@ fn node_link(dir: &Path, copy: &str, link: &str) -> PathBuf {
     path
 }
 
-/// A memory-BIO client that writes to another descriptor between the library's write of a
-/// request and the send of its ciphertext (tests/fixtures/cet_tls/client.c wakes an event loop
-/// through an eventfd there, as Node did from a callback in a run that lost a request) is
-/// followed on its socket: each response, ended by the server's close, is counted at both
-/// ends. Taken for the request's socket, the eventfd would hold every request, which no close
-/// of a socket would end.
+/// A memory-BIO client that writes to other descriptors between the library's write of a
+/// request and the send of its ciphertext (tests/fixtures/cet_tls/client.c wakes event loops
+/// there: through an eventfd, as Node did from a callback in a run that lost a request, and
+/// through a Unix socket pair, as Python's asyncio does) is followed on its TCP socket: each
+/// response, ended by the server's close, is counted at both ends. Taken for the request's
+/// socket, either descriptor would hold every request, which no close of a socket would end.
 #[test]
 fn a_memory_bio_client_waking_its_event_loop_before_it_sends_is_counted_exactly() {
     require_root();
