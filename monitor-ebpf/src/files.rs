@@ -62,16 +62,18 @@ pub extern "C" fn socket_local_port(fd: u64) -> u64 {
     let Some(offsets) = offsets().filter(|offsets| offsets.socket_found != 0) else {
         return 0;
     };
-    let Some(file) = open_file(fd as u32, &offsets) else {
-        return 0;
-    };
-    let Some(socket) = read_kernel::<u64>(file + u64::from(offsets.file_private_data)) else {
-        return 0;
-    };
-    let Some(sock) = read_kernel::<u64>(socket + u64::from(offsets.socket_sk)) else {
+    let Some(sock) = open_file(fd as u32, &offsets).and_then(|file| sock_of(file, &offsets)) else {
         return 0;
     };
     read_kernel::<u16>(sock + u64::from(offsets.sock_num)).map_or(0, u64::from)
+}
+
+/// The `struct sock` of the socket open as `file` (`file.private_data`, then `socket.sk`);
+/// the caller checked `socket_found`.
+#[inline(always)]
+fn sock_of(file: u64, offsets: &FileTableOffsets) -> Option<u64> {
+    let socket = read_kernel::<u64>(file + u64::from(offsets.file_private_data))?;
+    read_kernel::<u64>(socket + u64::from(offsets.socket_sk))
 }
 
 /// `S_IFMT` and `S_IFSOCK` of `inode.i_mode`.
@@ -82,14 +84,18 @@ const SOCKET_KIND: u16 = 0o140000;
 /// a pipe); false where the kernel's BTF did not give the way to its kind.
 #[inline(always)]
 pub fn known_not_socket(fd: u32) -> bool {
-    file_and_mode(fd).is_some_and(|(_, mode)| mode & FILE_KIND != SOCKET_KIND)
+    offsets()
+        .and_then(|offsets| file_and_mode(fd, &offsets))
+        .is_some_and(|(_, mode)| mode & FILE_KIND != SOCKET_KIND)
 }
 
 /// The open file behind `fd` and its inode's mode, where the kernel's BTF gave the way.
 #[inline(always)]
-fn file_and_mode(fd: u32) -> Option<(u64, u16)> {
-    let offsets = offsets().filter(|offsets| offsets.file_inode != 0)?;
-    let file = open_file(fd, &offsets)?;
+fn file_and_mode(fd: u32, offsets: &FileTableOffsets) -> Option<(u64, u16)> {
+    if offsets.file_inode == 0 {
+        return None;
+    }
+    let file = open_file(fd, offsets)?;
     let inode = read_kernel::<u64>(file + u64::from(offsets.file_inode))?;
     let mode = read_kernel::<u16>(inode + u64::from(offsets.inode_mode))?;
     Some((file, mode))
@@ -105,19 +111,19 @@ const AF_INET6: u16 = 10;
 #[inline(never)]
 #[unsafe(no_mangle)]
 pub extern "C" fn fd_known_not_internet_socket(fd: u64) -> u64 {
-    let Some((file, mode)) = file_and_mode(fd as u32) else {
+    let Some(offsets) = offsets() else {
+        return 0;
+    };
+    let Some((file, mode)) = file_and_mode(fd as u32, &offsets) else {
         return 0;
     };
     if mode & FILE_KIND != SOCKET_KIND {
         return 1;
     }
-    let Some(offsets) = offsets().filter(|offsets| offsets.socket_found != 0) else {
+    if offsets.socket_found == 0 {
         return 0;
-    };
-    let Some(socket) = read_kernel::<u64>(file + u64::from(offsets.file_private_data)) else {
-        return 0;
-    };
-    let Some(sock) = read_kernel::<u64>(socket + u64::from(offsets.socket_sk)) else {
+    }
+    let Some(sock) = sock_of(file, &offsets) else {
         return 0;
     };
     read_kernel::<u16>(sock + u64::from(offsets.sock_family)).map_or(0, |family| {
