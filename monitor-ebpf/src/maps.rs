@@ -176,6 +176,14 @@ pub struct TlsObject {
     pub _pad: u32,
 }
 
+impl TlsObject {
+    /// The object at address `ssl` in process `tgid`.
+    #[inline(always)]
+    pub fn new(ssl: u64, tgid: u32) -> Self {
+        Self { ssl, tgid, _pad: 0 }
+    }
+}
+
 /// The socket each library connection object was last seen to use: a call served from the
 /// library's buffer makes no syscall to tell it. Forgotten when `SSL_new` returns an object
 /// at the same address (`tls::on_new`); LRU besides.

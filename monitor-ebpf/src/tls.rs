@@ -63,7 +63,7 @@ pub fn on_call(ssl: u64, buffer: u64, moved_at: u64, writing: bool) {
     }
     mark_measured(tgid);
     mark_tls(tgid);
-    let object = TlsObject { ssl, tgid, _pad: 0 };
+    let object = TlsObject::new(ssl, tgid);
     // SAFETY: a map value, copied at once.
     let known = TLS_SOCKETS
         .get_ptr(object)
@@ -91,7 +91,7 @@ pub fn on_new(ssl: u64) {
     }
     mark_measured(tgid);
     mark_tls(tgid);
-    let _ = TLS_SOCKETS.remove(TlsObject { ssl, tgid, _pad: 0 });
+    let _ = TLS_SOCKETS.remove(TlsObject::new(ssl, tgid));
 }
 
 /// A socket syscall on `fd` returned inside the thread's library call `call`: notes the
@@ -280,11 +280,7 @@ fn on_socket_write(thread: u64, tgid: u32, fd: u32) {
         // Over whatever the key held: the plain text of an earlier socket of that number
         // whose close went unseen (this object's socket had none, or it would be known).
         let _ = CONNECTIONS.insert(tls_connection_key(tgid, fd), conn, BPF_ANY as u64);
-        let object = TlsObject {
-            ssl: pending.ssl,
-            tgid,
-            _pad: 0,
-        };
+        let object = TlsObject::new(pending.ssl, tgid);
         let _ = TLS_SOCKETS.insert(object, fd, BPF_ANY as u64);
     } else {
         count(counter::TLS_SOCKET_UNKNOWN);
@@ -347,11 +343,7 @@ fn socket_of(call: &TlsCall, thread: u64, write: bool) -> Option<u32> {
     };
     // Written only when it changed: most calls on a connection use the socket they did.
     if known != Some(socket) {
-        let object = TlsObject {
-            ssl: call.ssl,
-            tgid: (thread >> 32) as u32,
-            _pad: 0,
-        };
+        let object = TlsObject::new(call.ssl, (thread >> 32) as u32);
         let _ = TLS_SOCKETS.insert(object, socket, BPF_ANY as u64);
     }
     Some(socket)
