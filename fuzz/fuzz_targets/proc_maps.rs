@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use monitor::probes::tls::{is_tls_library, tls_libraries_in_maps};
+use monitor::probes::tls_libraries::{is_tls_library, tls_libraries_in_maps};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);

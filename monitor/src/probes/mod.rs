@@ -11,6 +11,7 @@ mod stack_budget;
 pub mod task_offsets;
 pub mod tls;
 pub mod tls_executables;
+pub mod tls_libraries;
 pub mod tracefs;
 mod uprobe_multi;
 

@@ -16,7 +16,10 @@ use object::{
     read::elf::{FileHeader as _, SectionHeader as _, SectionTable, Sym as _},
 };
 
-use super::tls::{FileId, Found, REQUIRED};
+use super::{
+    tls::REQUIRED,
+    tls_libraries::{FileId, Found},
+};
 
 /// Executables whose verdict is kept; past that the verdicts are forgotten and read again
 /// (a host whose container images keep changing would otherwise grow this without bound).
