@@ -98,6 +98,73 @@ pub fn sys_exit_each(_ctx: TracePointContext) -> u32 {
     0
 }
 
+/// `sock:sock_recv_length(struct sock *sk, int ret, int flags)`, which the kernel runs as
+/// a socket receive returns, inside the syscall that made it: the task's saved user registers
+/// say which syscall that is and hold its arguments, and `ret` is its result. Only the reads
+/// and writes go this way (`syscalls::is_socket_data`); the rest of the socket syscalls are
+/// seen at their exits (`sys_exit_each`).
+#[btf_tracepoint(function = "sock_recv_length")]
+#[inline(always)]
+pub fn sock_recv_length(ctx: BtfTracePointContext) -> i32 {
+    let ret = socket_result(&ctx);
+    // What `http::on_data_in` ignores, dropped before the registers are fetched: an event
+    // loop's reads end in EAGAIN.
+    if ret >= 0 || ret == http::ECONNRESET {
+        on_socket_data(ret);
+    }
+    0
+}
+
+/// `sock:sock_send_length(struct sock *sk, int ret, int flags)`: as `sock_recv_length`.
+#[btf_tracepoint(function = "sock_send_length")]
+#[inline(always)]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> i32 {
+    let ret = socket_result(&ctx);
+    // What `http::on_data_out` ignores, as above.
+    if ret > 0 || ret == http::EPIPE || ret == http::ECONNRESET {
+        on_socket_data(ret);
+    }
+    0
+}
+
+/// The socket tracepoints' `ret`, an int, which the kernel passes zero-extended: -EAGAIN
+/// arrives as 4294967285.
+#[inline(always)]
+fn socket_result(ctx: &BtfTracePointContext) -> i64 {
+    i64::from(ctx.arg::<u64>(1) as i32)
+}
+
+#[inline(always)]
+fn on_socket_data(ret: i64) {
+    // A process without connections reads and writes nothing the programs follow, unless it
+    // is receiving one (`handoff`): dropped before the two helper calls for the registers.
+    if !http::may_have_connections(http::current_tgid()) && !handoff::handed_over_lately() {
+        return;
+    }
+    // SAFETY: tracing helpers; the result is the current task's saved user registers, a
+    // trusted BTF pointer.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
+    // SAFETY: as above.
+    let id = unsafe { (*regs).orig_rax };
+    if syscalls::is_socket_data(id) {
+        // SAFETY: as above.
+        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
+        syscalls::on_exit(&SyscallExit { id, ret, args });
+    }
+}
+
+#[btf_tracepoint(function = "sock_recv_length")]
+#[inline(always)]
+pub fn sock_recv_length_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+#[inline(always)]
+pub fn sock_send_length_empty(_ctx: BtfTracePointContext) -> i32 {
+    0
+}
+
 #[tracepoint(category = "syscalls", name = "sys_exit_read")]
 #[inline(always)]
 pub fn sys_exit_each_empty(_ctx: TracePointContext) -> u32 {

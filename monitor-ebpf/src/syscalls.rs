@@ -1,5 +1,7 @@
 //! `sys_exit` dispatch: the syscall id is checked in the first instructions, and only the
-//! socket syscalls go further.
+//! socket syscalls go further. The same dispatch serves the other syscall hooks
+//! (`--syscall-hook`): the socket syscalls' own exits, and the socket tracepoints, which run
+//! inside a read or write and find its syscall in the task's saved registers.
 //!
 //! One hook, at exit: on x86_64 the saved user registers still hold the syscall's arguments
 //! when it returns, so the exit sees the fd, the buffer and the result together and no
@@ -52,6 +54,24 @@ pub fn is_watched(id: u64) -> bool {
     } else {
         id == nr::ACCEPT4
     }
+}
+
+/// The syscalls that move a socket's bytes through `sock_recvmsg` and `sock_sendmsg`, whose
+/// tracepoints (`sock_recv_length`, `sock_send_length`) see them. Not sendfile: it sends
+/// through `sendpage` on kernels before 6.5, which no tracepoint sees, and is taken at its
+/// exit.
+const SOCKET_DATA: u64 = (1 << nr::READ)
+    | (1 << nr::WRITE)
+    | (1 << nr::READV)
+    | (1 << nr::WRITEV)
+    | (1 << nr::SENDTO)
+    | (1 << nr::RECVFROM)
+    | (1 << nr::SENDMSG)
+    | (1 << nr::RECVMSG);
+
+#[inline(always)]
+pub fn is_socket_data(id: u64) -> bool {
+    id < 64 && SOCKET_DATA & (1 << id) != 0
 }
 
 /// `MSG_PEEK` in recvfrom's and recvmsg's flags: the bytes stay queued and are read again.

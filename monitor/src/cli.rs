@@ -96,7 +96,11 @@ pub struct Cli {
     /// other syscall runs a program; needs tracefs and Linux 5.15, else falls back to
     /// `every-exit` and logs why. It halves what the agent costs a getppid(2) loop, and costs
     /// a busy HTTP server 3 to 4 points of throughput more than `every-exit`
-    /// (BENCHMARKS.md), hence not the default.
+    /// (BENCHMARKS.md), hence not the default. `socket-tracepoints`: the kernel's socket
+    /// tracepoints (`sock:sock_recv_length`, `sock:sock_send_length`; BTF and Linux 6.3) for
+    /// reads and writes, and classic tracepoints at the exits of accept, connect, sendfile and
+    /// getsockopt: no program for other syscalls either, and on a par with `every-exit` for a
+    /// busy HTTP server; else falls back to `every-exit` and logs why.
     #[arg(
         long,
         env = "MONITOR_SYSCALL_HOOK",
@@ -258,6 +262,7 @@ pub enum HookChoice {
 pub enum SyscallHook {
     EveryExit,
     SocketExits,
+    SocketTracepoints,
 }
 
 /// A duration such as `500ms` or `2s`, more than zero (a period of zero would never end).

@@ -409,3 +409,18 @@ fn only_the_socket_syscalls_run_the_http_program_at_their_exits() {
     let (calls, runs) = syscall_program_runs_during_getppid_loop("every-exit", "sys_exit_btf");
     assert!(runs >= calls, "{runs} runs for {calls} getppid calls");
 }
+
+/// At the socket tracepoints (`--syscall-hook socket-tracepoints`), neither the programs
+/// there nor the one at the exits of the other socket syscalls run for a process that does
+/// no socket I/O.
+#[test]
+fn only_socket_io_runs_the_http_programs_at_the_socket_tracepoints() {
+    for program in ["sock_recv_length", "sock_send_length", "sys_exit_each"] {
+        let (calls, runs) = syscall_program_runs_during_getppid_loop("socket-tracepoints", program);
+        assert!(calls > 100_000, "{calls} getppid calls");
+        assert!(
+            runs < calls / 100,
+            "{program}: {runs} runs for {calls} getppid calls"
+        );
+    }
+}

@@ -130,6 +130,20 @@ fn http_and_cpu_are_measured_exactly_on_debian_12s_kernel() {
             "{log}"
         );
     }
+    // Asked for the socket tracepoints, which came with Linux 6.3, the agent says why it
+    // cannot have them and reads every syscall's exit instead, exactly.
+    let log = section(&console, "socket tracepoints agent log").join("\n");
+    assert!(
+        log.contains("the socket tracepoints cannot be used"),
+        "no word of the fallback:\n{log}"
+    );
+    let scrape = Scrape::parse(&section(&console, "socket tracepoints metrics").join("\n"));
+    let hook_kinds = |hook: &str| {
+        scrape.label_values("monitor_bpf_program_info", &[("hook", hook)], "hook_kind")
+    };
+    assert_eq!(hook_kinds("sys_exit"), ["tp_btf"], "{log}");
+    assert!(hook_kinds("sock_recv_length").is_empty(), "{log}");
+    assert_counted_exactly(&scrape, &log);
 }
 
 /// On 5.10 the kernel refuses the HTTP programs (built with bounded loops there: their atomic

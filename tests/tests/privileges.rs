@@ -231,34 +231,45 @@ fn without_tracefs() -> Command {
 /// hold no CAP_SYS_ADMIN; a node without `/sys/kernel/tracing` in the pod), the classic
 /// tracepoints at close's and sendmsg's entries and at fork cannot be attached: the agent
 /// says so in `monitor_hook_unavailable`, falls back to close's exit (and from the socket
-/// syscalls' exits to every syscall's), and still counts connections that come and go exactly.
+/// syscalls' exits, or the socket tracepoints, to every syscall's exit), and still counts
+/// connections that come and go exactly.
 #[test]
 fn without_tracefs_it_falls_back_says_so_and_still_counts_exactly() {
     const REQUESTS: usize = 2000;
-    // The socket syscalls' tracepoints are classic ones too: the HTTP program falls back to
-    // every syscall's exit.
-    let agent = MonitorAgent::start_with(without_tracefs(), &["--syscall-hook", "socket-exits"]);
-    let hooks = ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"];
-    let scrape = wait_until(&agent, "the unavailable hooks listed", |scrape| {
-        hooks
-            .iter()
-            .all(|hook| scrape.value("monitor_hook_unavailable", &[("hook", hook)]) == Some(1.0))
-    });
-    assert!(
-        scrape
-            .value(
-                "monitor_bpf_program_info",
-                &[("hook", "sys_exit"), ("hook_kind", "tp_btf")]
-            )
-            .is_some(),
-        "sys_exit needs no tracefs"
-    );
-    // A new connection per request: every close is seen at its exit instead.
-    let nginx = Server::nginx(r#"location = /ok { return 200 "ok\n"; }"#);
-    assert_eq!(ab_with(&[], &nginx.url("/ok"), REQUESTS, 8), REQUESTS);
-    wait_until(&agent, "every request counted once", |scrape| {
-        server_count(scrape, "nginx", 200, "/ok") == Some(REQUESTS as u64)
-    });
+    // The socket syscalls' exits are classic tracepoints, and so are those the socket
+    // tracepoints need beside them: the HTTP program falls back to every syscall's exit.
+    for syscall_hook in ["socket-exits", "socket-tracepoints"] {
+        let agent = MonitorAgent::start_with(without_tracefs(), &["--syscall-hook", syscall_hook]);
+        let hooks = ["sys_enter_close", "sched_process_fork", "sys_enter_sendmsg"];
+        let scrape = wait_until(&agent, "the unavailable hooks listed", |scrape| {
+            hooks.iter().all(|hook| {
+                scrape.value("monitor_hook_unavailable", &[("hook", hook)]) == Some(1.0)
+            })
+        });
+        assert!(
+            scrape
+                .value(
+                    "monitor_bpf_program_info",
+                    &[("hook", "sys_exit"), ("hook_kind", "tp_btf")]
+                )
+                .is_some(),
+            "{syscall_hook}: sys_exit needs no tracefs"
+        );
+        // Attached with every syscall's exit, they would count each request twice.
+        for hook in ["sock_recv_length", "sock_send_length"] {
+            assert_eq!(
+                scrape.value("monitor_bpf_program_info", &[("hook", hook)]),
+                None,
+                "{syscall_hook}: {hook} left attached"
+            );
+        }
+        // A new connection per request: every close is seen at its exit instead.
+        let nginx = Server::nginx(r#"location = /ok { return 200 "ok\n"; }"#);
+        assert_eq!(ab_with(&[], &nginx.url("/ok"), REQUESTS, 8), REQUESTS);
+        wait_until(&agent, "every request counted once", |scrape| {
+            server_count(scrape, "nginx", 200, "/ok") == Some(REQUESTS as u64)
+        });
+    }
 }
 
 /// Runs the agent under capsh keeping `keep`, on a port that is already taken so that it

@@ -182,9 +182,9 @@ impl Agent {
                 &btf,
                 settings.syscall_hook,
             ) {
-                Ok(program) => {
-                    let syscall_program = program.program;
-                    attached.push(program);
+                Ok(programs) => {
+                    let syscall_program = programs[0].program;
+                    attached.extend(programs);
                     match probes::http::attach_idle_sweep(&mut ebpf, settings.empty_programs) {
                         Ok(program) => attached.push(program),
                         Err(error) => {

@@ -136,19 +136,90 @@ pub fn attach_syscalls(
     empty: bool,
     btf: &KernelBtf,
     choice: SyscallHook,
-) -> Result<AttachedProgram> {
-    if choice == SyscallHook::EveryExit {
-        return attach_every_exit(ebpf, empty, btf);
-    }
-    match attach_socket_exits(ebpf, empty) {
-        Ok(program) => Ok(program),
+) -> Result<Vec<AttachedProgram>> {
+    let chosen = match choice {
+        SyscallHook::EveryExit => return Ok(vec![attach_every_exit(ebpf, empty, btf)?]),
+        SyscallHook::SocketExits => {
+            attach_socket_exits(ebpf, empty, &SOCKET_EXITS).map(|p| vec![p])
+        }
+        SyscallHook::SocketTracepoints => attach_socket_tracepoints(ebpf, empty, btf),
+    };
+    match chosen {
+        Ok(programs) => Ok(programs),
         Err(error) => {
             log::warn!(
-                "the socket syscalls' tracepoints cannot be used ({}): every syscall's exit \
-                 runs the HTTP program",
+                "the socket tracepoints cannot be used ({}): every syscall's exit runs the \
+                 HTTP program",
                 refusal::brief(&error)
             );
-            attach_every_exit(ebpf, empty, btf)
+            Ok(vec![attach_every_exit(ebpf, empty, btf)?])
+        }
+    }
+}
+
+/// The socket syscalls that move no bytes through `sock_recvmsg` or `sock_sendmsg`, seen at
+/// their exits beside the socket tracepoints (`is_socket_data` in the BPF crate).
+const EXITS_BESIDE_SOCKET_TRACEPOINTS: [&str; 5] = [
+    "sys_exit_sendfile64",
+    "sys_exit_connect",
+    "sys_exit_accept",
+    "sys_exit_accept4",
+    "sys_exit_getsockopt",
+];
+
+/// The socket tracepoints (Linux 6.3+), as BTF tracepoints, for the reads and writes, and the
+/// socket exits' program at the exits of the other socket syscalls: a program runs only where
+/// a socket moves bytes or a connection starts. All of them, or none.
+fn attach_socket_tracepoints(
+    ebpf: &mut Ebpf,
+    empty: bool,
+    btf: &KernelBtf,
+) -> Result<Vec<AttachedProgram>> {
+    let btf = btf
+        .as_ref()
+        .map_err(|error| anyhow!("no kernel BTF: {error}"))?;
+    let mut attached = Vec::new();
+    for hook in SOCKET_TRACEPOINTS {
+        let name = if empty { hook.1 } else { hook.0 };
+        if let Err(error) = attach_btf(ebpf, btf, hook.0, name) {
+            detach(ebpf, &attached);
+            return Err(error);
+        }
+        attached.push(AttachedProgram {
+            hook: hook.0,
+            kind: HookKind::TpBtf,
+            program: name,
+        });
+    }
+    match attach_socket_exits(ebpf, empty, &EXITS_BESIDE_SOCKET_TRACEPOINTS) {
+        Ok(program) => {
+            // First: the program that sees close at its exit where its entry cannot be had.
+            attached.insert(0, program);
+            Ok(attached)
+        }
+        Err(error) => {
+            detach(ebpf, &attached);
+            Err(error)
+        }
+    }
+}
+
+/// The socket tracepoints, each the name of its program, and of its empty program.
+const SOCKET_TRACEPOINTS: [(&str, &str); 2] = [
+    ("sock_recv_length", "sock_recv_length_empty"),
+    ("sock_send_length", "sock_send_length_empty"),
+];
+
+/// Unloads BTF tracepoints attached here, which detaches them, when their partners cannot
+/// be attached: beside every syscall's exit, they would see the same reads and writes again.
+fn detach(ebpf: &mut Ebpf, attached: &[AttachedProgram]) {
+    for program in attached {
+        let unloaded = program_mut(ebpf, program.program).and_then(|program| {
+            let program: &mut BtfTracePoint = program.try_into()?;
+            Ok(program.unload()?)
+        });
+        if let Err(error) = unloaded {
+            log::warn!("{} left attached: {error:#}", program.program);
         }
     }
 }
@@ -176,8 +247,8 @@ const SOCKET_EXITS: [&str; 13] = [
     "sys_exit_getsockopt",
 ];
 
-/// One program attached at each of `SOCKET_EXITS`; none attached if one cannot be.
-fn attach_socket_exits(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> {
+/// One program attached at each of `exits`; none attached if one cannot be.
+fn attach_socket_exits(ebpf: &mut Ebpf, empty: bool, exits: &[&str]) -> Result<AttachedProgram> {
     tracefs::ensure_mounted()?;
     let name = if empty {
         "sys_exit_each_empty"
@@ -186,7 +257,7 @@ fn attach_socket_exits(ebpf: &mut Ebpf, empty: bool) -> Result<AttachedProgram> 
     };
     let program: &mut TracePoint = program_mut(ebpf, name)?.try_into()?;
     program.load().with_context(|| format!("loading {name}"))?;
-    for exit in SOCKET_EXITS {
+    for &exit in exits {
         if let Err(error) = program.attach("syscalls", exit) {
             // Half attached, the other hook would see the same syscalls twice.
             let _ = program.unload();
@@ -223,7 +294,7 @@ fn attach_every_exit(ebpf: &mut Ebpf, empty: bool, btf: &KernelBtf) -> Result<At
             } else {
                 "sys_exit_btf"
             };
-            match attach_btf(ebpf, btf, name) {
+            match attach_btf(ebpf, btf, SYSCALL_HOOK, name) {
                 Ok(()) => {
                     return Ok(AttachedProgram {
                         hook: SYSCALL_HOOK,
@@ -380,14 +451,17 @@ fn attach_fed_tracepoint(
     })
 }
 
-fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, name: &str) -> Result<()> {
+/// Loads the BTF tracepoint program `name` for `hook` and attaches it; unloaded again if it
+/// cannot be attached.
+fn attach_btf(ebpf: &mut Ebpf, btf: &Btf, hook: &str, name: &str) -> Result<()> {
     let program: &mut BtfTracePoint = program_mut(ebpf, name)?.try_into()?;
     program
-        .load("sys_exit", btf)
+        .load(hook, btf)
         .with_context(|| format!("loading {name}"))?;
-    program
-        .attach()
-        .with_context(|| format!("attaching {name}"))?;
+    if let Err(error) = program.attach() {
+        let _ = program.unload();
+        return Err(error).with_context(|| format!("attaching {name}"));
+    }
     Ok(())
 }
 
