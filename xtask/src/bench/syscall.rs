@@ -28,9 +28,9 @@ impl Plan {
     }
 }
 
-/// The basic variants, and the agent with its HTTP program at the socket syscalls' exits
-/// alone, which getppid does not run.
-const RUNS: [Run; 4] = [
+/// The basic variants, and the agent with its HTTP programs at the socket syscalls' exits
+/// alone or at the socket tracepoints, neither of which getppid runs.
+const RUNS: [Run; 5] = [
     Run {
         variant: Variant::NoAgent,
         args: &[],
@@ -45,6 +45,11 @@ const RUNS: [Run; 4] = [
         variant: Variant::Monitor,
         args: &["--syscall-hook", "socket-exits"],
         name: "monitor, --syscall-hook socket-exits",
+    },
+    Run {
+        variant: Variant::Monitor,
+        args: &["--syscall-hook", "socket-tracepoints"],
+        name: "monitor, --syscall-hook socket-tracepoints",
     },
     Run {
         variant: Variant::EmptyPrograms,
@@ -129,7 +134,8 @@ impl Syscalls {
             "no_agent": run(0),
             "monitor": run(1),
             "monitor_socket_exits": run(2),
-            "empty_programs": run(3),
+            "monitor_socket_tracepoints": run(3),
+            "empty_programs": run(4),
         })
     }
 
@@ -158,7 +164,9 @@ impl Syscalls {
              is that check, the rest is the hook itself. With `--syscall-hook socket-exits` \
              the program sits at the socket syscalls' exits alone and getppid runs none: what \
              is left is the kernel's syscall tracing path, which any syscall tracepoint \
-             turns on.\n\n\
+             turns on. So with `--syscall-hook socket-tracepoints`, whose programs run where \
+             sockets move bytes and at the exits of accept, connect, sendfile and \
+             getsockopt.\n\n\
              | variant | calls per second | ns per call | slowdown |\n|---|---|---|---|\n{rows}",
             self.rounds,
             self.run.as_millis(),
