@@ -30,20 +30,24 @@ use crate::{
 #[inline(always)]
 pub fn sys_exit_btf(ctx: BtfTracePointContext) -> i32 {
     // SAFETY: a trusted pointer from the tracepoint.
-    unsafe { on_exit_with_regs(ctx.arg(0), || ctx.arg(1)) };
+    unsafe { on_exit_with_regs(ctx.arg(0), syscalls::is_watched, || ctx.arg(1)) };
     0
 }
 
-/// The exit of a syscall whose saved user registers are at `regs`, checked on its id first;
-/// `ret` gives its result.
+/// The exit of a syscall whose saved user registers are at `regs`, checked on its id first
+/// (`watched`: the syscalls this hook handles); `ret` gives its result.
 ///
 /// # Safety
 /// `regs` is a trusted BTF `pt_regs` pointer, whose field loads the verifier checks.
 #[inline(always)]
-unsafe fn on_exit_with_regs(regs: *const pt_regs, ret: impl FnOnce() -> i64) {
+unsafe fn on_exit_with_regs(
+    regs: *const pt_regs,
+    watched: impl FnOnce(u64) -> bool,
+    ret: impl FnOnce() -> i64,
+) {
     // SAFETY: see above.
     let id = unsafe { (*regs).orig_rax };
-    if syscalls::is_watched(id) {
+    if watched(id) {
         // SAFETY: see above.
         let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
         syscalls::on_exit(&SyscallExit {
@@ -94,7 +98,7 @@ pub fn sys_exit_each(_ctx: TracePointContext) -> u32 {
     // trusted BTF pointer.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     // SAFETY: as above.
-    unsafe { on_exit_with_regs(regs, || (*regs).rax as i64) };
+    unsafe { on_exit_with_regs(regs, syscalls::is_watched, || (*regs).rax as i64) };
     0
 }
 
@@ -145,12 +149,7 @@ fn on_socket_data(ret: i64) {
     // trusted BTF pointer.
     let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const pt_regs;
     // SAFETY: as above.
-    let id = unsafe { (*regs).orig_rax };
-    if syscalls::is_socket_data(id) {
-        // SAFETY: as above.
-        let args = unsafe { [(*regs).rdi, (*regs).rsi, (*regs).rdx, (*regs).r10] };
-        syscalls::on_exit(&SyscallExit { id, ret, args });
-    }
+    unsafe { on_exit_with_regs(regs, syscalls::is_socket_data, || ret) };
 }
 
 #[btf_tracepoint(function = "sock_recv_length")]
